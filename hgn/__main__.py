@@ -1,0 +1,5 @@
+import sys
+
+from hgn.cli import main
+
+sys.exit(main())

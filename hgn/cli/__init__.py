@@ -1,0 +1,48 @@
+"""The ``hgn`` command line. Each command group lives in a module of this package and
+adds its sub-commands through ``register(subparsers)``; every command is a function
+``(args) -> None`` stored as ``args.func``.
+
+User mistakes surface as :class:`hgn.utils.UserError` and are printed as one line with
+exit status 2; nothing else is caught, so genuine bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hgn import __version__
+from hgn.utils import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hgn.cli import data, flow, model
+
+    parser = argparse.ArgumentParser(
+        prog="hgn",
+        description="Hamiltonian Generative Networks and Neural Hamiltonian Flows.",
+    )
+    parser.add_argument("--version", action="version", version=f"hgn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data.register(sub)
+    model.register(sub)
+    flow.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"hgn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hgn: interrupted; the last checkpoint (if any) is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Small shared pieces: user-facing errors, atomic file writes, seeds, safe checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake in the user's input. The CLI prints it as one line and exits non-zero."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    Works for files and directories alike: whatever the body writes at the yielded path
+    appears at ``path`` in one rename, so a crash never leaves a half-written output
+    that looks complete.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise UserError(f"directory {path.parent} does not exist; create it first")
+    # keep the suffix last: writers such as imageio pick the format from it
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(fd)
+    os.unlink(tmp_name)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed derived from ``parts``: independent streams for (seed, split, step...)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def numpy_rng(*parts: int | str) -> np.random.Generator:
+    """A NumPy generator whose stream is fixed by ``parts`` (see :func:`derive_seed`)."""
+    return np.random.default_rng(derive_seed(*parts))
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically. ``payload`` must hold only tensors, numbers,
+    strings, lists and dicts, so that :func:`load_checkpoint` can read it without pickle."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; train first or check the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+            "delete it or restore it from a backup"
+        ) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map 'auto' | 'cpu' | 'cuda[:i]' to a device, refusing CUDA when there is none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+
+
+def positive_int(value: Any, what: str) -> int:
+    """Validate a strictly positive integer, naming the offending option in the error."""
+    if isinstance(value, bool) or int(value) != value or int(value) <= 0:
+        raise UserError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
