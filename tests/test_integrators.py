@@ -130,7 +130,9 @@ def test_leapfrog_energy_bounded_over_100k_steps_while_euler_grows() -> None:
 
 
 def test_grad_of_matches_analytic_gradient_and_trains_parameters() -> None:
-    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Softplus(), torch.nn.Linear(16, 1, bias=False))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.Softplus(), torch.nn.Linear(16, 1, bias=False)
+    )
     # (an output bias shifts H by a constant and rightly gets no gradient)
 
     def learned_h(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -161,5 +163,5 @@ def test_rollout_keeps_shapes_and_substeps_refine() -> None:
 
 
 def test_unknown_integrator_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown integrator 'verlet'.*leapfrog"):
+    with pytest.raises(UserError, match=r"unknown integrator 'verlet'.*leapfrog"):
         integrators.get("verlet")
