@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml requirements-pinned.txt
 demo: setup
 	$(BIN)/python -m hgn.demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check hgn tests benchmarks
+
+# The report test renders report.html in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "warning: could not install chromium; the report rendering test will be skipped"
 
 lint: setup
 	$(BIN)/ruff check hgn tests benchmarks
