@@ -1,0 +1,257 @@
+"""The HNN baseline from pixels (Greydanus et al., 2019) and its convolutional variant.
+
+HNN learns a Hamiltonian ``H(q, p)`` by matching its symplectic gradient to observed time
+derivatives. From pixels, following the paper's description (SPEC.md §4):
+
+* an autoencoder takes two consecutive frames ``[x_t, x_{t+1}]`` (flattened for the MLP
+  variant, stacked on the channel axis for the conv variant) and maps them to a latent
+  ``z_t = (q_t, p_t)`` of *exactly* the system's true phase-space dimension (``dof``
+  coordinates each, read from the dataset's metadata); the decoder reconstructs the pair;
+* the **HNN loss** matches ``(dH/dp, -dH/dq)`` to the finite-difference derivative of
+  consecutive latents, ``(z_{t+1} - z_t) / dt``, with the field evaluated at the
+  midpoint ``(z_t + z_{t+1}) / 2`` (so the match is second-order accurate in ``dt``);
+* the **auxiliary loss** makes the finite-difference ``dq/dt`` equal ``p`` (HNN's
+  assumption that momentum is velocity, which its authors found necessary to learn).
+
+Rollouts start from the latent of the first frame pair and integrate the learned field
+with RK4 by default: a learned MLP Hamiltonian is not separable, so leapfrog would be only
+an approximation of a symplectic method (see :mod:`hgn.integrators`), while RK4 is a
+fourth-order accurate reference, and HNN's own code integrates with an RK scheme. The
+integrator is a config option for those who want leapfrog.
+
+``HNN Conv`` swaps the MLPs of the autoencoder for HGN's convolutional encoder and
+decoder (imported from :mod:`hgn.models`, not copied), with linear maps between their
+feature maps and the low-dimensional latent.
+
+Both models implement the sequence-model interface every hgn model shares, so training,
+evaluation, rollouts and the reproduction harness treat them exactly like HGN:
+``loss(frames) -> (loss, metrics)``, ``predict(frames, steps, dt=None) -> {"images",
+"energy", "q", "p"}``. They have no prior, so ``sample`` refuses with a clear message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hgn import integrators
+from hgn.models import MODELS, Decoder, Encoder, HGNConfig, ModelSpec, SequenceModel
+from hgn.utils import UserError
+
+
+@dataclass
+class HNNConfig:
+    """Hyper-parameters of HNN and HNN Conv.
+
+    ``dof`` is the number of position coordinates of the true system (1 for the
+    mass-spring and the pendulum, 4 for two bodies in the plane, 6 for three), so the
+    latent is ``2 * dof`` numbers: the defining (and limiting) assumption of HNN. The
+    trainer fills it (and ``image_size``, ``frames``, ``dt``) from the dataset's metadata.
+    MLP widths follow HNN's pixel experiment (200 hidden units); the conv variant takes
+    HGN's encoder and decoder at HGN's default widths and latent map size.
+    """
+
+    image_size: int = 64
+    frames: int = 31
+    """Frames per training sequence; every consecutive pair is an autoencoder input."""
+    dof: int = 1
+    dt: float = 0.125
+    conv: bool = False
+    hidden: int = 200
+    hamiltonian_hidden: int = 200
+    latent_channels: int = 16
+    """Conv variant: channels of the feature map between HGN's networks and the latent."""
+    latent_size: int = 4
+    integrator: str = "rk4"
+    ae_weight: float = 1.0
+    hnn_weight: float = 1.0
+    aux_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("image_size", "dof", "hidden", "hamiltonian_hidden"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.frames < 3:
+            raise UserError(f"model.frames must be at least 3 (two frame pairs), got {self.frames}")
+        if self.dt == 0 or not math.isfinite(self.dt):
+            raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
+        if self.integrator not in integrators.INTEGRATORS:
+            raise UserError(
+                f"model.integrator must be one of {', '.join(integrators.INTEGRATORS)}, "
+                f"got {self.integrator!r}"
+            )
+        if min(self.ae_weight, self.hnn_weight, self.aux_weight) < 0:
+            raise UserError("model.ae_weight, hnn_weight and aux_weight must be ≥ 0")
+
+    def hgn_config(self) -> HGNConfig:
+        """The HGN config whose encoder reads one frame pair and whose decoder draws one
+        frame, at this model's image size: HNN Conv's networks are HGN's."""
+        return HGNConfig(
+            image_size=self.image_size,
+            frames=2,
+            latent_channels=self.latent_channels,
+            latent_size=self.latent_size,
+        )
+
+
+class HamiltonianMLP(nn.Module):
+    """``H(q, p) -> (batch,)``: a smooth MLP (tanh), as in HNN.
+
+    Smoothness matters: training differentiates through ``dH``, so a ReLU network, whose
+    second derivative vanishes, could not shape its own vector field.
+    """
+
+    def __init__(self, dof: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * dof, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, q: Tensor, p: Tensor) -> Tensor:
+        return self.net(torch.cat([q, p], dim=-1)).squeeze(-1)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class MLPEncoder(nn.Module):
+    """A flattened frame pair ``(N, 6, H, W)`` -> latent ``(N, 2 dof)`` (HNN's original)."""
+
+    def __init__(self, cfg: HNNConfig) -> None:
+        super().__init__()
+        self.net = _mlp([6 * cfg.image_size**2, cfg.hidden, cfg.hidden, cfg.hidden, 2 * cfg.dof])
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.net(pairs.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """Latent ``(N, 2 dof)`` -> frame pair ``(N, 6, H, W)`` in [0, 1]."""
+
+    def __init__(self, cfg: HNNConfig) -> None:
+        super().__init__()
+        self.size = cfg.image_size
+        self.net = _mlp([2 * cfg.dof, cfg.hidden, cfg.hidden, cfg.hidden, 6 * cfg.image_size**2])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(z)).view(-1, 6, self.size, self.size)
+
+
+class ConvEncoder(nn.Module):
+    """HGN's encoder on a stacked frame pair, then a linear map to ``(N, 2 dof)``.
+
+    HNN has no posterior, so HGN's two output maps (its mean and log-variance heads)
+    are simply features here.
+    """
+
+    def __init__(self, cfg: HNNConfig) -> None:
+        super().__init__()
+        self.hgn = Encoder(cfg.hgn_config())
+        self.to_latent = nn.Linear(4 * cfg.latent_channels * cfg.latent_size**2, 2 * cfg.dof)
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.to_latent(torch.cat(self.hgn(pairs), dim=1).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """A linear map from ``(N, 2 dof)`` to one feature map per frame of the pair, each
+    drawn by HGN's decoder (shared weights), giving the pair ``(N, 6, H, W)``."""
+
+    def __init__(self, cfg: HNNConfig) -> None:
+        super().__init__()
+        self.shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        self.from_latent = nn.Linear(2 * cfg.dof, 2 * math.prod(self.shape))
+        self.hgn = Decoder(cfg.hgn_config())
+
+    def forward(self, z: Tensor) -> Tensor:
+        maps = self.from_latent(z).view(-1, *self.shape)  # (2N, C, L, L): frame t, t+1
+        images = self.hgn(maps)
+        return images.view(z.shape[0], 6, *images.shape[-2:])
+
+
+class HNN(SequenceModel):
+    """HNN from pixels: an autoencoder on frame pairs plus a Hamiltonian on its latent."""
+
+    Config = HNNConfig
+
+    def __init__(self, config: HNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dof = config.dof
+        if config.conv:
+            self.encoder: nn.Module = ConvEncoder(config)
+            self.decoder: nn.Module = ConvDecoder(config)
+        else:
+            self.encoder = MLPEncoder(config)
+            self.decoder = MLPDecoder(config)
+        self.hamiltonian = HamiltonianMLP(config.dof, config.hamiltonian_hidden)
+
+    def field(self, z: Tensor) -> Tensor:
+        """The symplectic gradient ``(dH/dp, -dH/dq)`` at latents ``z (..., 2 dof)``."""
+        q, p = z.split(self.dof, dim=-1)
+        dh_dq, dh_dp = integrators.grad_of(self.hamiltonian)(q.flatten(0, -2), p.flatten(0, -2))
+        return torch.cat([dh_dp, -dh_dq], dim=-1).view_as(z)
+
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Autoencoder + HNN + auxiliary loss on a batch of sequences ``(B, T+1, 3, H, W)``.
+
+        Every consecutive frame pair of every sequence contributes, in one batched pass.
+        ``mse`` (the shared metric name) is the autoencoder's per-pixel error.
+        """
+        if frames.shape[1] < 3:
+            raise UserError("HNN needs sequences of at least 3 frames (two frame pairs)")
+        pairs = torch.cat([frames[:, :-1], frames[:, 1:]], dim=2).flatten(0, 1)
+        z_flat = self.encoder(pairs)
+        ae = F.mse_loss(self.decoder(z_flat), pairs)
+        z = z_flat.view(frames.shape[0], -1, 2 * self.dof)
+        dz_dt = (z[:, 1:] - z[:, :-1]) / self.config.dt
+        midpoint = 0.5 * (z[:, 1:] + z[:, :-1])
+        hnn = F.mse_loss(self.field(midpoint), dz_dt)
+        aux = F.mse_loss(dz_dt[..., : self.dof], midpoint[..., self.dof :])
+        c = self.config
+        total = c.ae_weight * ae + c.hnn_weight * hnn + c.aux_weight * aux
+        metrics = {"loss": total.item(), "mse": ae.item(), "hnn": hnn.item(), "aux": aux.item()}
+        return total, metrics
+
+    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
+        """Encode the first frame pair, integrate ``steps`` steps, decode every state.
+
+        ``dt`` defaults to the training step; a negative ``dt`` runs backwards in time and
+        a multiple of it changes the speed. Returns ``images (B, steps+1, 3, H, W)``
+        (the first frame of each decoded pair), ``energy (B, steps+1)`` (the learned H
+        along the rollout), ``q`` and ``p`` ``(B, steps+1, dof)``.
+        """
+        if frames.shape[1] < 2:
+            raise UserError("HNN infers its state from a frame pair: give at least 2 frames")
+        dt = self.config.dt if dt is None else float(dt)
+        q0, p0 = self.encoder(frames[:, :2].flatten(1, 2)).split(self.dof, dim=-1)
+        grad_fn = integrators.grad_of(self.hamiltonian)
+        qs, ps = integrators.rollout(grad_fn, q0, p0, dt, steps, method=self.config.integrator)
+        qs, ps = qs.transpose(0, 1), ps.transpose(0, 1)  # (B, steps+1, dof)
+        states = torch.cat([qs, ps], dim=-1)
+        images = self.decoder(states.flatten(0, 1))[:, :3]
+        return {
+            "images": images.view(*states.shape[:2], *images.shape[1:]),
+            "energy": self.hamiltonian(qs, ps),
+            "q": qs,
+            "p": ps,
+        }
+
+
+MODELS["hnn"] = ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)")
+MODELS["hnn-conv"] = ModelSpec(
+    HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
+)
