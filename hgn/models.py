@@ -1,0 +1,539 @@
+"""The Hamiltonian Generative Network (paper Sec. 3.2) and the registry of sequence models.
+
+Reading order: :class:`HGNConfig` (every knob, with the paper's defaults), the four
+networks (:class:`Encoder`, :class:`InitialState` = f_ψ, :class:`HamiltonianNet`,
+:class:`Decoder`), then :class:`HGN`, which ties them together with the shared
+integrators, and finally :data:`MODELS`, the registry the trainer and evaluator use.
+
+Shapes: a batch of sequences is ``(B, T+1, 3, H, W)`` floats in [0, 1]; the latent state
+is ``q, p`` of ``(B, C, L, L)`` each (paper: C = 16, L = 4); a rollout stacks time on
+axis 1, ``(B, steps+1, C, L, L)``.
+
+Every trainable sequence model (HGN and its ablations here, HNN in ``hgn.baselines``)
+subclasses :class:`SequenceModel` and offers ``loss``, ``predict`` and ``sample``, so the
+trainer, the evaluator and the CLI never need to know which model they hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hgn import integrators
+from hgn.utils import UserError
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types.
+
+    Configs come from YAML files and ``--set key=value``; a typo must fail loudly with
+    the key's name (``where.key``) instead of silently training something else.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"unknown config key {where}.{unknown[0]}; valid keys: {', '.join(sorted(known))}"
+        )
+    return cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in values.items()})
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return ``value`` coerced to ``hint`` (int → float, tuple → list) or raise UserError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            if option is not type(None):
+                try:
+                    return _check_type(value, option, key)
+                except UserError:
+                    continue
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list | tuple):
+            return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise UserError(f"config key {key} must be {name}, got {value!r}")
+
+
+@dataclass
+class HGNConfig:
+    """Everything that defines an HGN. Defaults are the paper's (Sec. 3.2 and appendix)."""
+
+    image_size: int = 64
+    frames: int = 31
+    """Frames per training sequence (T+1); a rollout of ``frames - 1`` steps is trained."""
+    input_frames: int | None = None
+    """How many leading frames the encoder sees: ``None`` = all (the paper's protocol);
+    k = infer the state from a k-frame prefix and predict the rest."""
+    latent_channels: int = 16
+    latent_size: int = 4
+    encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64, 64, 64, 64, 48])
+    fpsi_filters: list[int] = field(default_factory=lambda: [64, 64, 64])
+    hamiltonian_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
+    hamiltonian_kernels: list[int] = field(default_factory=lambda: [3, 2, 2, 2, 2])
+    hamiltonian_strides: list[int] = field(default_factory=lambda: [1, 2, 1, 2, 1])
+    decoder_filters: int = 64
+    integrator: str = "leapfrog"
+    dt: float = 0.125
+    deterministic: bool = False
+    """Ablation 'HGN determ': z = μ, no KL term, no prior to sample from."""
+    use_fpsi: bool = True
+    """Ablation 'HGN no f_ψ': the sampled z is the initial state itself."""
+    separable: bool = False
+    """H = K(p) + V(q) with two networks: leapfrog is then exactly reversible."""
+    objective: str = "elbo"
+    """'elbo': Σ squared error + kl_weight·KL; 'geco': KL + λ·(MSE − geco_target)."""
+    kl_weight: float = 1.0
+    geco_target: float = 5e-4
+    """GECO's bound on the per-pixel reconstruction MSE."""
+    geco_alpha: float = 0.99
+    """Moving-average factor of the GECO constraint."""
+    geco_speed: float = 1e-3
+    """GECO's λ ← λ·exp(speed · C_ma / target) step size."""
+
+    def __post_init__(self) -> None:
+        for key in ("image_size", "frames", "latent_channels", "latent_size", "decoder_filters"):
+            _positive(getattr(self, key), key)
+        ratio = self.image_size / self.latent_size
+        if not 16 <= self.image_size <= 128 or ratio != 2 ** round(math.log2(ratio)):
+            raise UserError(
+                f"model.image_size must be latent_size·2^k between 16 and 128, "
+                f"got {self.image_size} (latent_size {self.latent_size})"
+            )
+        if self.input_frames is not None and not 1 <= self.input_frames <= self.frames:
+            raise UserError(
+                f"model.input_frames must be between 1 and frames={self.frames}, "
+                f"got {self.input_frames}"
+            )
+        if self.frames < 2:
+            raise UserError(f"model.frames must be at least 2, got {self.frames}")
+        if self.integrator not in integrators.INTEGRATORS:
+            raise UserError(
+                f"model.integrator must be one of {', '.join(integrators.INTEGRATORS)}, "
+                f"got {self.integrator!r}"
+            )
+        if self.objective not in ("elbo", "geco"):
+            raise UserError(f"model.objective must be 'elbo' or 'geco', got {self.objective!r}")
+        if len(self.hamiltonian_kernels) != len(self.hamiltonian_filters) + 1 or len(
+            self.hamiltonian_strides
+        ) != len(self.hamiltonian_kernels):
+            raise UserError(
+                "model.hamiltonian_kernels and model.hamiltonian_strides need one entry more "
+                "than model.hamiltonian_filters (the last layer outputs the energy)"
+            )
+        for key in ("encoder_filters", "fpsi_filters", "hamiltonian_filters"):
+            if not getattr(self, key) or min(getattr(self, key)) <= 0:
+                raise UserError(f"model.{key} must be a non-empty list of positive integers")
+        if self.dt == 0 or not math.isfinite(self.dt):
+            raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
+        if self.kl_weight < 0 or self.geco_target <= 0 or not 0 <= self.geco_alpha < 1:
+            raise UserError("model.kl_weight ≥ 0, geco_target > 0 and 0 ≤ geco_alpha < 1 needed")
+
+    @property
+    def seen_frames(self) -> int:
+        """Number of leading frames the encoder reads."""
+        return self.input_frames or self.frames
+
+
+def _positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise UserError(f"model.{key} must be positive, got {value}")
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class Encoder(nn.Module):
+    """Stacked frames ``(B, 3k, S, S)`` → mean and log-variance of z ``(B, 2C, L, L)``.
+
+    Stride-2 3×3 convolutions halve the resolution right after the first layer until it
+    reaches the latent size, so most layers run on small maps (cheap on a CPU).
+    """
+
+    def __init__(self, cfg: HGNConfig) -> None:
+        super().__init__()
+        downsamples = round(math.log2(cfg.image_size // cfg.latent_size))
+        if downsamples > len(cfg.encoder_filters) - 1:
+            raise UserError(
+                f"model.encoder_filters needs at least {downsamples + 1} layers to reach "
+                f"{cfg.latent_size}×{cfg.latent_size} from {cfg.image_size}×{cfg.image_size}"
+            )
+        layers: list[nn.Module] = []
+        width = 3 * cfg.seen_frames
+        for i, filters in enumerate(cfg.encoder_filters):
+            stride = 2 if 1 <= i <= downsamples else 1
+            layers += [nn.Conv2d(width, filters, 3, stride, padding=1), _act()]
+            width = filters
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(width, 2 * 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.head(self.body(stacked)).chunk(2, dim=1)
+        return mean, logvar
+
+
+class InitialState(nn.Module):
+    """f_ψ: z → s₀ = (q₀, p₀), a few 3×3 convolutions at the latent resolution."""
+
+    def __init__(self, cfg: HGNConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 2 * cfg.latent_channels
+        for filters in cfg.fpsi_filters:
+            layers += [nn.Conv2d(width, filters, 3, padding=1), _act()]
+            width = filters
+        layers.append(nn.Conv2d(width, 2 * cfg.latent_channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class EnergyNet(nn.Module):
+    """A conv net from a latent map to one energy per sample, summed over positions.
+
+    Softplus, not ReLU: training differentiates through ∂H, and a piecewise-linear H
+    would have zero second derivatives. Stride-1 layers use 'same' padding and stride-2
+    layers halve the map (DeepMind's published config reduces 4×4 to 1×1).
+    """
+
+    def __init__(self, cfg: HGNConfig, in_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        widths = [*cfg.hamiltonian_filters, 1]
+        specs = zip(widths, cfg.hamiltonian_kernels, cfg.hamiltonian_strides, strict=True)
+        for i, (filters, kernel, stride) in enumerate(specs):
+            last = i == len(widths) - 1
+            if stride == 1:  # 'same' padding, asymmetric for even kernels
+                layers.append(nn.ZeroPad2d(((kernel - 1) // 2, kernel // 2) * 2))
+                padding = 0
+            else:
+                padding = (kernel - 1) // 2
+            # a constant in H changes no dynamics, so the energy layer has no bias
+            layers.append(nn.Conv2d(width, filters, kernel, stride, padding, bias=not last))
+            if not last:
+                layers.append(nn.Softplus())
+            width = filters
+        self.net = nn.Sequential(*layers)
+        try:
+            with torch.no_grad():
+                self.net(torch.zeros(1, in_channels, cfg.latent_size, cfg.latent_size))
+        except RuntimeError:
+            raise UserError(
+                f"model.hamiltonian_kernels/strides shrink a {cfg.latent_size}×"
+                f"{cfg.latent_size} latent map below one pixel; use fewer stride-2 layers"
+            ) from None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1).sum(1)
+
+
+class HamiltonianNet(nn.Module):
+    """H_γ(q, p) → (B,). General H(q, p) by default; K(p) + V(q) when ``separable``."""
+
+    def __init__(self, cfg: HGNConfig) -> None:
+        super().__init__()
+        c = cfg.latent_channels
+        self.separable = cfg.separable
+        if self.separable:
+            self.kinetic = EnergyNet(cfg, c)
+            self.potential = EnergyNet(cfg, c)
+        else:
+            self.joint = EnergyNet(cfg, 2 * c)
+
+    def forward(self, q: Tensor, p: Tensor) -> Tensor:
+        if self.separable:
+            return self.kinetic(p) + self.potential(q)
+        return self.joint(torch.cat([q, p], dim=1))
+
+
+class UpBlock(nn.Module):
+    """Progressive-GAN style: nearest ×2 upsampling, two 3×3 convs, residual skip."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = _act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.skip(x) + self.act(self.conv2(self.act(self.conv1(x))))
+
+
+class Decoder(nn.Module):
+    """q ``(N, C, L, L)`` → image ``(N, 3, S, S)``: an image does not show momentum."""
+
+    def __init__(self, cfg: HGNConfig) -> None:
+        super().__init__()
+        f = cfg.decoder_filters
+        blocks = round(math.log2(cfg.image_size // cfg.latent_size))
+        self.stem = nn.Sequential(nn.Conv2d(cfg.latent_channels, f, 3, padding=1), _act())
+        self.blocks = nn.Sequential(*(UpBlock(f, f) for _ in range(blocks)))
+        self.to_rgb = nn.Conv2d(f, 3, 3, padding=1)
+
+    def forward(self, q: Tensor) -> Tensor:
+        return torch.sigmoid(self.to_rgb(self.blocks(self.stem(q))))
+
+
+class Geco(nn.Module):
+    """GECO (Rezende & Viola, 2018): minimise KL subject to MSE ≤ target.
+
+    The Lagrange multiplier λ is updated multiplicatively from a moving average of the
+    constraint, λ ← λ·exp(speed · C_ma / target), so it grows while the reconstruction
+    is worse than the target and shrinks once it is better. Both live in buffers: they
+    are checkpointed with the model and DDP keeps them equal across ranks.
+    """
+
+    def __init__(self, cfg: HGNConfig) -> None:
+        super().__init__()
+        self.target, self.alpha, self.speed = cfg.geco_target, cfg.geco_alpha, cfg.geco_speed
+        self.register_buffer("lam", torch.ones(()))
+        self.register_buffer("c_ma", torch.zeros(()))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, mse: Tensor) -> Tensor:
+        """Return λ·Ĉ, with Ĉ the constraint carrying the moving average's value and
+        the batch's gradient; update λ and the average in training mode."""
+        constraint = mse - self.target
+        if self.training:
+            with torch.no_grad():
+                c = constraint.detach()
+                ma = torch.where(self.started, self.alpha * self.c_ma + (1 - self.alpha) * c, c)
+                self.c_ma.copy_(ma)
+                self.started.fill_(True)
+                lam = self.lam * torch.exp(self.speed * ma / self.target)
+                self.lam.copy_(lam.clamp(1e-6, 1e6))
+        smoothed = constraint + (self.c_ma - constraint).detach()
+        return self.lam * smoothed
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class State(NamedTuple):
+    """A latent phase-space state; a rollout stacks time on axis 1."""
+
+    q: Tensor
+    p: Tensor
+
+
+class SequenceModel(nn.Module):
+    """What the trainer, evaluator and CLI rely on; HGN and the baselines implement it.
+
+    * ``loss(frames) -> (loss, metrics)``: frames ``(B, T+1, 3, H, W)`` in [0, 1];
+      metrics are floats and include ``"loss"`` and ``"mse"`` (per-pixel).
+    * ``predict(frames, steps, dt=None) -> dict`` with ``"images"``
+      ``(B, steps+1, 3, H, W)`` and ``"energy"`` ``(B, steps+1)``: infer the state from
+      the frames the config says the encoder sees, roll out, decode; negative dt runs
+      backwards in time.
+    * ``sample(n, steps, dt=None) -> images`` ``(n, steps+1, 3, H, W)`` from the prior.
+
+    ``forward`` is ``loss`` so that DistributedDataParallel, which only hooks
+    ``forward``, synchronises gradients.
+    """
+
+    Config: ClassVar[type]
+    config: Any
+
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def sample(self, n: int, steps: int, dt: float | None = None) -> Tensor:
+        raise UserError(f"{type(self).__name__} cannot sample new trajectories")
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return self.loss(frames)
+
+
+class HGN(SequenceModel):
+    """Encoder → z → f_ψ → s₀ → integrate H_γ → decode q_t, trained as a temporal VAE."""
+
+    Config = HGNConfig
+
+    def __init__(self, config: HGNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.fpsi = InitialState(config) if config.use_fpsi else None
+        self.h_net = HamiltonianNet(config)
+        self.decoder = Decoder(config)
+        self.geco = Geco(config) if config.objective == "geco" else None
+        self.step_fn = integrators.get(config.integrator)
+
+    # --- the pieces of the public API (``hgn.load(RUN)`` returns this object)
+
+    def posterior(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q_φ(z | first ``seen_frames`` frames)."""
+        k = self.config.seen_frames
+        if frames.shape[1] < k:
+            raise UserError(f"the encoder needs {k} frames, got a sequence of {frames.shape[1]}")
+        stacked = frames[:, :k].flatten(1, 2)  # (B, 3k, H, W): frames on the channel axis
+        return self.encoder(stacked)
+
+    def initial_state(self, z: Tensor) -> State:
+        s0 = self.fpsi(z) if self.fpsi is not None else z
+        q, p = s0.chunk(2, dim=1)
+        return State(q, p)
+
+    def encode(self, frames: Tensor, sample: bool = False) -> State:
+        """The state at the first frame: posterior mean, or a posterior sample."""
+        mean, logvar = self.posterior(frames)
+        z = mean
+        if sample and not self.config.deterministic:
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        return self.initial_state(z)
+
+    def hamiltonian(self, state: State) -> Tensor:
+        """H_γ of states with any leading axes ``(..., C, L, L)`` → ``(...)``."""
+        lead = state.q.shape[:-3]
+        energy = self.h_net(
+            state.q.reshape(-1, *state.q.shape[-3:]), state.p.reshape(-1, *state.p.shape[-3:])
+        )
+        return energy.reshape(lead)
+
+    def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
+        """Integrate ``steps`` steps (dt defaults to the config's; < 0 runs backwards).
+
+        Runs in float32 even under bf16 autocast: the integrator accumulates small
+        increments, which bf16's 8-bit mantissa would swamp. Gradients of H come from
+        ``torch.func`` (``integrators.grad_of``), so this compiles and trains end to end.
+        """
+        dt = self.config.dt if dt is None else dt
+        with torch.autocast(state.q.device.type, enabled=False):
+            grad_fn = integrators.grad_of(self.h_net)
+            qs, ps = integrators.rollout(
+                grad_fn, state.q.float(), state.p.float(), dt, steps, self.step_fn
+            )
+        return State(qs.transpose(0, 1), ps.transpose(0, 1))
+
+    def decode(self, q: Tensor) -> Tensor:
+        """Images of positions with any leading axes, decoded in one batched call."""
+        images = self.decoder(q.reshape(-1, *q.shape[-3:]))
+        return images.reshape(*q.shape[:-3], *images.shape[1:])
+
+    # --- the SequenceModel interface
+
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Negative ELBO (or its GECO form) per pixel, averaged over the batch.
+
+        Likelihood: Gaussian with fixed variance, so -log p(x|q) is the summed squared
+        error up to a constant (σ² = ½ at kl_weight 1; a smaller weight means a sharper
+        likelihood). We prefer it to Bernoulli/BCE because frames are soft discs on a
+        grey background, not binary, and the reported metric is pixel MSE.
+        """
+        steps = frames.shape[1] - 1
+        mean, logvar = self.posterior(frames)
+        if self.config.deterministic:
+            z, kl = mean, torch.zeros((), device=frames.device)
+        else:
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
+        states = self.rollout(self.initial_state(z), steps)
+        recon = self.decode(states.q)
+        mse = F.mse_loss(recon.float(), frames.float())
+        pixels = frames[0].numel()
+        if self.geco is not None:
+            loss = self.geco(mse) + kl / pixels
+        else:
+            loss = mse + self.config.kl_weight * kl / pixels
+        metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
+        if self.geco is not None:
+            metrics["geco_lambda"] = self.geco.lam.item()
+        return loss, metrics
+
+    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
+        """Posterior-mean state of the seen frames → ``steps`` steps → images and H."""
+        states = self.rollout(self.encode(frames), steps, dt)
+        return {
+            "images": self.decode(states.q),
+            "energy": self.hamiltonian(states),
+            "q": states.q,
+            "p": states.p,
+        }
+
+    def sample(self, n: int, steps: int, dt: float | None = None) -> Tensor:
+        """New trajectories: z ~ N(0, I) → f_ψ → roll out → decode (paper Fig. 8)."""
+        if self.config.deterministic:
+            raise UserError("a deterministic HGN has no prior to sample from")
+        c, size = 2 * self.config.latent_channels, self.config.latent_size
+        device = next(self.parameters()).device
+        z = torch.randn(n, c, size, size, device=device)
+        return self.decode(self.rollout(self.initial_state(z), steps, dt).q)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its class and a preset over the class's config defaults."""
+
+    cls: type[SequenceModel]
+    preset: Mapping[str, Any] = field(default_factory=dict)
+    help: str = ""
+
+    def config(self, values: Mapping[str, Any] | None = None, where: str = "model") -> Any:
+        """The validated config: class defaults, then the preset, then ``values``."""
+        return config_from_dict(self.cls.Config, {**self.preset, **(values or {})}, where)
+
+    def __call__(self, config: Any) -> SequenceModel:
+        if isinstance(config, Mapping):
+            config = self.config(config)
+        return self.cls(config)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "hgn": ModelSpec(HGN, {}, "HGN with leapfrog (the paper's full model)"),
+    "hgn-euler": ModelSpec(HGN, {"integrator": "euler"}, "ablation: Euler integrator"),
+    "hgn-determ": ModelSpec(HGN, {"deterministic": True}, "ablation: z = μ, no KL"),
+    "hgn-no-fpsi": ModelSpec(HGN, {"use_fpsi": False}, "ablation: s₀ = z, no f_ψ"),
+}
+"""Models by CLI name. ``hgn.baselines`` adds its own entries when imported."""
+
+_PLUGINS = ("hgn.baselines",)
+
+
+def get_model(name: str) -> ModelSpec:
+    """Look up a model by name, importing the modules that register more models."""
+    for module in _PLUGINS:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
