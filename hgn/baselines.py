@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,9 @@ class HNNConfig:
     latent_channels: int = 16
     """Conv variant: channels of the feature map between HGN's networks and the latent."""
     latent_size: int = 4
+    encoder_filters: list[int] = field(default_factory=lambda: HGNConfig().encoder_filters)
+    """Conv variant: HGN's encoder widths (HGN's defaults, so the networks match)."""
+    decoder_filters: int = HGNConfig.decoder_filters
     integrator: str = "rk4"
     ae_weight: float = 1.0
     hnn_weight: float = 1.0
@@ -96,6 +99,8 @@ class HNNConfig:
             frames=2,
             latent_channels=self.latent_channels,
             latent_size=self.latent_size,
+            encoder_filters=self.encoder_filters,
+            decoder_filters=self.decoder_filters,
         )
 
 
