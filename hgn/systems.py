@@ -32,7 +32,7 @@ BACKGROUND = (0.88, 0.88, 0.88)
 PALETTE = ((0.85, 0.15, 0.15), (0.15, 0.60, 0.25), (0.20, 0.35, 0.85))
 """Red, green, blue: one colour per body, in order."""
 
-RENDER_PIXELS = 1 << 21
+RENDER_PIXELS = 1 << 20
 """Frames are rendered in chunks of about this many pixels, bounding peak memory."""
 
 
@@ -224,11 +224,9 @@ class System:
         q = torch.as_tensor(np.asarray(q) if as_numpy else q).to(torch.float64)
         lead = q.shape[:-1]
         flat = q.reshape(-1, q.shape[-1])
-        out = torch.empty((flat.shape[0], size, size, 3), dtype=torch.uint8)
         chunk = max(1, RENDER_PIXELS // (size * size))
-        for start in range(0, flat.shape[0], chunk):
-            out[start : start + chunk] = self._render_chunk(flat[start : start + chunk], size)
-        out = out.reshape(*lead, size, size, 3)
+        parts = [self._render_chunk(flat[i : i + chunk], size) for i in range(0, len(flat), chunk)]
+        out = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(*lead, size, size, 3)
         return out.numpy() if as_numpy else out
 
     def _render_chunk(self, q: Tensor, size: int) -> Tensor:
@@ -243,7 +241,10 @@ class System:
         patch = min(size, math.ceil(2.0 * radius + 2.0))
         offsets = torch.arange(patch)
         background = torch.tensor(BACKGROUND) * 255.0
-        frames = (background + 0.5).to(torch.uint8).expand(n, size * size, 3).contiguous()
+        # repeat, not expand().contiguous(): the latter copies byte by byte, 15x slower
+        frames = (background + 0.5).to(torch.uint8).repeat(size * size).repeat(n)
+        pixels = frames.view(n * size * size, 3)
+        first_pixel = (torch.arange(n) * (size * size))[:, None, None]
         for body, colour in enumerate(self.colours):
             # patch origin, kept inside the frame; coverage is computed at true pixel
             # centres, so a clamped patch still holds every visible pixel of its disc
@@ -254,12 +255,12 @@ class System:
             dx2 = (xs + 0.5 - cx[:, body, None]).square()
             dy2 = (ys + 0.5 - cy[:, body, None]).square()
             dist = (dy2[:, :, None] + dx2[:, None, :]).sqrt()
-            alpha = (radius + 0.5 - dist).clamp(0.0, 1.0).reshape(n, -1, 1)
-            index = (ys[:, :, None] * size + xs[:, None, :]).reshape(n, -1, 1).expand(-1, -1, 3)
-            under = frames.gather(1, index).to(torch.float32)
+            alpha = (radius + 0.5 - dist).clamp(0.0, 1.0).reshape(-1, 1)
+            index = (first_pixel + ys[:, :, None] * size + xs[:, None, :]).reshape(-1)
+            under = pixels.index_select(0, index).to(torch.float32)
             target = torch.tensor(colour) * 255.0
             painted = under + alpha * (target - under) + 0.5
-            frames.scatter_(1, index, painted.to(torch.uint8))
+            pixels.index_copy_(0, index, painted.to(torch.uint8))
         return frames.reshape(n, size, size, 3)
 
     def __repr__(self) -> str:
