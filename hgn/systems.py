@@ -221,7 +221,7 @@ class System:
         """
         size = self.check_size(size)
         as_numpy = not isinstance(q, Tensor)
-        q = torch.as_tensor(np.asarray(q) if as_numpy else q).to(torch.float64)
+        q = torch.from_numpy(np.array(q, np.float64)) if as_numpy else q.to(torch.float64)
         lead = q.shape[:-1]
         flat = q.reshape(-1, q.shape[-1])
         chunk = max(1, RENDER_PIXELS // (size * size))
