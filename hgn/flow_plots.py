@@ -1,0 +1,168 @@
+"""Figures for flow models: Figure 9 (what an NHF learned) and Figure 10 (NHF vs RealNVP).
+
+matplotlib with the Agg backend (no display needed); every figure is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
+
+from hgn.flows import NHF
+from hgn.integrators import leapfrog
+from hgn.utils import UserError, atomic_path, derive_seed
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def scatter(x: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Samples as a 2-D histogram (first two coordinates) or, for d = 1, a histogram."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if x.shape[1] == 1:
+        ax.hist(x[:, 0], bins=100, density=True, color="tab:blue")
+    else:
+        lim = np.quantile(np.abs(x[:, :2]), 0.995) * 1.1
+        ax.hist2d(x[:, 0], x[:, 1], bins=120, range=[[-lim, lim], [-lim, lim]], cmap="magma")
+        ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _grid(lim: float, n: int) -> tuple[Tensor, Tensor]:
+    axis = torch.linspace(-lim, lim, n)
+    gx, gy = torch.meshgrid(axis, axis, indexing="xy")
+    return axis, torch.stack([gx, gy], -1).reshape(-1, 2)
+
+
+@torch.no_grad()
+def figure9(
+    model: NHF,
+    reference: Tensor,
+    path: str | Path,
+    step: int = -1,
+    n_importance: int = 32,
+    resolution: int = 120,
+    n_paths: int = 300,
+    seed: int = 0,
+) -> Path:
+    """The paper's Figure 9 for a 2-D NHF, left to right: target density (histogram of
+    ``reference`` samples), learned density (exp of the IWAE bound on a grid), K(p) and
+    V(q) of flow step ``step``, one leapfrog step of that flow step started at rest
+    (p = 0: the kick follows -∇V, so arrows point into V's basins), and paths of prior
+    samples through the whole flow (every flow step), ending on the learned density."""
+    if model.dim != 2:
+        raise UserError(f"flow plot draws 2-D densities; this model is {model.dim}-D")
+    if not -len(model.steps) <= step < len(model.steps):
+        raise UserError(f"--step must be in [0, {len(model.steps) - 1}] (or negative from the end)")
+    flow_step = model.steps[step]
+    ref = reference.numpy()
+    lim = float(np.quantile(np.abs(ref), 0.999)) * 1.15
+    axis, x = _grid(lim, resolution)
+    extent = (-lim, lim, -lim, lim)
+    z = (x - model.loc) / model.scale
+
+    density = torch.cat([model.log_prob(c, n_importance).exp() for c in x.split(4096)])
+    p_lim = 3.0
+    _, p_grid = _grid(p_lim, resolution)
+    kinetic = flow_step.kinetic(p_grid)
+    potential = flow_step.potential(z)
+
+    _, xc = _grid(lim * 0.95, 21)
+    zc = (xc - model.loc) / model.scale
+    q1, _ = leapfrog(
+        flow_step.grad_fn(), zc, torch.zeros_like(zc), flow_step.dt / flow_step.substeps
+    )
+    move = (q1 - zc) * model.scale
+
+    torch.manual_seed(derive_seed(seed, "figure9"))
+    s0 = model.prior.sample((n_paths,))
+    qs, _ = model.path(*s0.split(2, -1))
+    qs = (model.loc + model.scale * qs).numpy()
+
+    fig, axes = plt.subplots(1, 6, figsize=(24, 4.2))
+    res = resolution
+    axes[0].hist2d(ref[:, 0], ref[:, 1], bins=res, range=[[-lim, lim]] * 2, cmap="magma")
+    axes[0].set_title("target density")
+    axes[1].imshow(density.reshape(res, res), extent=extent, origin="lower", cmap="magma")
+    axes[1].set_title(f"learned density (IWAE, K={n_importance})")
+    k_img = axes[2].imshow(
+        kinetic.reshape(res, res), extent=(-p_lim, p_lim, -p_lim, p_lim), origin="lower",
+        cmap="viridis",
+    )  # fmt: skip
+    axes[2].set_title(f"kinetic energy K(p), step {step % len(model.steps)}")
+    axes[2].set_xlabel("p₁")
+    axes[2].set_ylabel("p₂")
+    fig.colorbar(k_img, ax=axes[2], fraction=0.046)
+    v_img = axes[3].imshow(
+        potential.reshape(res, res), extent=extent, origin="lower", cmap="viridis"
+    )
+    axes[3].set_title(f"potential energy V(q), step {step % len(model.steps)}")
+    fig.colorbar(v_img, ax=axes[3], fraction=0.046)
+    axes[4].contourf(axis, axis, potential.reshape(res, res), levels=20, cmap="viridis", alpha=0.6)
+    axes[4].quiver(xc[:, 0], xc[:, 1], move[:, 0], move[:, 1], angles="xy", color="k", width=0.004)
+    axes[4].set_title("one leapfrog step from rest")
+    axes[5].imshow(
+        density.reshape(res, res), extent=extent, origin="lower", cmap="Greys", alpha=0.5
+    )
+    for i in range(n_paths):
+        axes[5].plot(qs[:, i, 0], qs[:, i, 1], lw=0.4, alpha=0.5, color="tab:blue")
+    axes[5].scatter(qs[0, :, 0], qs[0, :, 1], s=3, color="tab:green", label="q₀ ~ prior")
+    axes[5].scatter(qs[-1, :, 0], qs[-1, :, 1], s=3, color="tab:red", label="q_T")
+    axes[5].legend(loc="upper right", fontsize=7, markerscale=3)
+    axes[5].set_title(f"integrated flow ({len(model.steps)} steps)")
+    for ax in (axes[0], axes[1], axes[3], axes[4], axes[5]):
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    for ax in axes:
+        ax.set_aspect("equal")
+    return _save(fig, path)
+
+
+def figure10(table: dict[str, Any], path: str | Path) -> Path:
+    """The paper's Figure 10: test NLL of each model (with its standard error and the
+    target's entropy) and its training objective against wall-clock time."""
+    rows = table["rows"]
+    fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [r["model"] for r in rows]
+    colours = plt.cm.tab10(np.arange(len(rows)))
+    ax_bar.bar(
+        names, [r["nll"] for r in rows], yerr=[r["nll_se"] for r in rows], color=colours,
+        capsize=3,
+    )  # fmt: skip
+    if table["entropy"] is not None:
+        ax_bar.axhline(table["entropy"], ls="--", color="k", label="target entropy")
+        ax_bar.legend(fontsize=8)
+    low = min(r["nll"] for r in rows)
+    ax_bar.set_ylim(min(low, table["entropy"] or low) - 0.3, max(r["nll"] for r in rows) + 0.2)
+    ax_bar.set_ylabel("test NLL (nats)")
+    ax_bar.set_title(f"{table['target']}: test NLL")
+    ax_bar.tick_params(axis="x", labelrotation=20)
+    for r, c in zip(rows, colours, strict=True):
+        hist = np.array(r["history"], dtype=float)
+        if len(hist):
+            seconds = hist[:, 0] / hist[:, 2]
+            kernel = np.ones(min(10, len(hist))) / min(10, len(hist))
+            ax_curve.plot(
+                seconds, np.convolve(hist[:, 1], kernel, "same"), color=c, label=r["model"]
+            )
+    ax_curve.set_xlabel("training time (s)")
+    ax_curve.set_ylabel("training loss (NHF: -ELBO, RealNVP: NLL)")
+    ax_curve.set_title("training")
+    ax_curve.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,314 @@
+"""Neural Hamiltonian Flows: exactness of the flow, priors, bounds, targets, training."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hgn.flow_train import TrainConfig, evaluate, matched_realnvp, train
+from hgn.flows import (
+    NHF,
+    EnergyMLP,
+    NHFConfig,
+    RealNVP,
+    RealNVPConfig,
+    SoftUniform,
+    build,
+    load,
+    n_parameters,
+    save,
+)
+from hgn.targets import FFJORD_TARGETS, TARGETS, data_source, load_array
+from hgn.utils import UserError
+
+
+def small_nhf(dim: int = 2, **kw) -> NHF:
+    torch.manual_seed(0)
+    config = {"flow_steps": 3, "leapfrog_steps": 2, "hidden": 16, "posterior_hidden": 16, **kw}
+    return NHF(NHFConfig(dim, **config)).double()
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
+    """Push the freshly initialised (nearly identity) flow into a strongly nonlinear one."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])
+@pytest.mark.parametrize("prior", ["normal", "soft-uniform"])
+def test_inverse_undoes_transform(dim: int, prior: str) -> None:
+    model = perturb(small_nhf(dim, prior=prior))
+    q, p = torch.randn(64, dim, dtype=torch.float64), torch.randn(64, dim, dtype=torch.float64)
+    q_t, p_t = model.transform(q, p)
+    assert (q_t - q).abs().max() > 0.1  # the flow does move points
+    q0, p0 = model.inverse(q_t, p_t)
+    assert torch.allclose(q0, q, atol=1e-5) and torch.allclose(p0, p, atol=1e-5)
+    q_back, p_back = model.transform(*model.inverse(q, p))
+    assert torch.allclose(q_back, q, atol=1e-5) and torch.allclose(p_back, p, atol=1e-5)
+
+
+def test_inverse_exact_in_float32_with_learned_step() -> None:
+    model = perturb(small_nhf(2)).float()
+    q, p = torch.randn(256, 2), torch.randn(256, 2)
+    q0, p0 = model.inverse(*model.transform(q, p))
+    assert (q0 - q).abs().max() < 1e-5 and (p0 - p).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_flow_jacobian_has_unit_determinant(dim: int) -> None:
+    model = perturb(small_nhf(dim))
+
+    def flow(s: torch.Tensor) -> torch.Tensor:
+        return torch.cat(model.transform(s[:dim], s[dim:]))
+
+    for _ in range(3):
+        jac = torch.autograd.functional.jacobian(flow, torch.randn(2 * dim, dtype=torch.float64))
+        assert not torch.allclose(jac, torch.eye(2 * dim).double(), atol=1e-2)  # a non-trivial map
+        sign, logdet = torch.linalg.slogdet(jac)
+        assert sign == 1 and abs(logdet.item()) < 1e-5
+
+
+def test_energy_gradient_matches_autograd() -> None:
+    net = EnergyMLP(3, 8, 3).double()
+    x = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(net(x).sum(), x)
+    assert torch.allclose(net.grad(x), auto, atol=1e-12)
+    assert net.grad(x[0]).shape == (3,)  # unbatched input keeps its shape
+
+
+def test_fixed_step_size_is_not_a_parameter() -> None:
+    learned, fixed = small_nhf(learn_dt=True), small_nhf(learn_dt=False)
+    assert n_parameters(learned) == n_parameters(fixed) + 3
+    assert torch.allclose(fixed.steps[0].dt, torch.tensor(0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("sigma", "beta"), [(2.0, 3.0), (4.0, 0.5), (0.1, 50.0)])
+def test_soft_uniform_normalised_and_sampler_matches(sigma: float, beta: float) -> None:
+    d = SoftUniform(
+        torch.tensor(sigma, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64)
+    )
+    width = sigma / 2 + 40 / beta
+    s = torch.linspace(-width, width, 400_001, dtype=torch.float64)
+    density = d.log_prob(s).exp()
+    assert torch.trapezoid(density, s).item() == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)
+    x = d.sample((200_000,))
+    assert x.var().item() == pytest.approx(d.variance.item(), rel=0.02)
+    # Kolmogorov-Smirnov distance between the sampler and the density's CDF
+    cdf = torch.cumulative_trapezoid(density, s)
+    grid = np.interp(np.sort(x.numpy()), s[1:].numpy(), cdf.numpy())
+    ks = np.abs(grid - np.arange(1, len(x) + 1) / len(x)).max()
+    assert ks < 0.005
+
+
+def test_soft_uniform_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError):
+        SoftUniform(-1.0, 2.0, validate_args=True)
+    for bad in ({"sigma": 0.0}, {"beta": -1.0}, {"sigma": math.nan}):
+        with pytest.raises(UserError, match="must be a positive number"):
+            NHFConfig(2, prior="soft-uniform", **bad)
+    with pytest.raises(UserError, match="unknown prior"):
+        NHFConfig(2, prior="cauchy")
+
+
+def test_elbo_below_iwae_bound_which_rises_with_k() -> None:
+    model = perturb(small_nhf(2), 0.3)
+    x = TARGETS["8gaussians"].sample(16, torch.Generator().manual_seed(0)).double()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        w = model.log_weights(x, 2048)  # (2048, 16) importance log-weights
+        elbo = w.mean(0)
+
+        def bound(k: int) -> torch.Tensor:  # E[IWAE_k], averaged over 2048 / k repeats
+            return (torch.logsumexp(w.reshape(-1, k, 16), 1) - math.log(k)).mean(0)
+
+        bounds = [bound(k) for k in (1, 8, 64, 256)]
+        api = model.log_prob(x, n_importance=256)
+    assert torch.allclose(bounds[0], elbo)  # K = 1 is the ELBO itself
+    for lower, higher in itertools.pairwise(bounds):
+        assert (higher >= lower - 1e-9).all() and (higher - lower).mean() > 0.01
+    assert (api > elbo).float().mean() > 0.9
+
+
+def test_distribution_api_shapes_and_gradients() -> None:
+    model = small_nhf(2)
+    assert model.sample((3, 4)).shape == (3, 4, 2) and model.sample(5).shape == (5, 2)
+    x = model.rsample(6)
+    assert x.requires_grad
+    lp = model.log_prob(torch.randn(2, 3, 2, dtype=torch.float64), n_importance=8)
+    assert lp.shape == (2, 3)
+    model.loss(torch.randn(8, 2, dtype=torch.float64)).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_standardisation_shifts_log_prob_by_constant() -> None:
+    model = small_nhf(2)
+    x = torch.randn(16, 2, dtype=torch.float64)
+    torch.manual_seed(3)
+    base = model.log_prob(x, 8)
+    model.set_standardisation(torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5]))
+    torch.manual_seed(3)
+    shifted = model.log_prob(torch.tensor([1.0, -2.0]) + x * torch.tensor([2.0, 0.5]), 8)
+    assert torch.allclose(shifted, base - math.log(2.0 * 0.5), atol=1e-6)
+
+
+def test_realnvp_wrapper_and_parameter_matching() -> None:
+    model = RealNVP(RealNVPConfig(2, transforms=2, hidden=32))
+    x = torch.randn(10, 2)
+    assert model.log_prob(x).shape == (10,) and model.sample(7).shape == (7, 2)
+    nhf = small_nhf(2)
+    matched = build(matched_realnvp(3, n_parameters(nhf), 2))
+    assert abs(n_parameters(matched) - n_parameters(nhf)) / n_parameters(nhf) < 0.1
+    with pytest.raises(UserError, match="dimension 2 or more"):
+        RealNVPConfig(1)
+
+
+def test_save_and_load_roundtrip(tmp_path) -> None:
+    model = perturb(small_nhf(2)).float()
+    save(model, tmp_path / "m.pt")
+    again = load(tmp_path / "m.pt")
+    q, p = torch.randn(5, 2), torch.randn(5, 2)
+    assert torch.equal(torch.cat(model.transform(q, p)), torch.cat(again.transform(q, p)))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        load(tmp_path / "junk.pt")
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_targets_sample_finite_2d_and_reproducibly(name: str) -> None:
+    target = TARGETS[name]
+    a = target.sample(1000, torch.Generator().manual_seed(5))
+    b = target.sample(1000, torch.Generator().manual_seed(5))
+    assert a.shape == (1000, 2) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert 0.5 < a.std(0).min() < 5  # FFJORD's scale: a few units across
+
+
+@pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if t.log_density is not None])
+def test_target_density_matches_its_sampler(name: str) -> None:
+    """-E[log p(x)] over samples estimates the entropy: both must agree with the grid."""
+    target = TARGETS[name]
+    x = target.sample(20_000, torch.Generator().manual_seed(0)).double()
+    lp = target.log_density(x)
+    assert torch.isfinite(lp).all()  # every sample lies where the density is positive
+    mc, se = -lp.mean().item(), lp.std().item() / math.sqrt(len(lp))
+    assert abs(mc - target.entropy) < 4 * se + 1e-3
+
+
+def test_known_entropies() -> None:
+    assert TARGETS["checkerboard"].entropy == pytest.approx(math.log(32))
+    # nearly separated modes: a little under log 8 + the entropy of one N(0, (0.5/1.414)² I)
+    separated = math.log(8) + 1 + math.log(2 * math.pi) + 2 * math.log(0.5 / 1.414)
+    assert 0 < separated - TARGETS["8gaussians"].entropy < 0.01
+    assert set(FFJORD_TARGETS) <= set(TARGETS)
+
+
+def test_test_set_fixed_and_distinct_from_training() -> None:
+    src = data_source("moons")
+    torch.manual_seed(0)
+    train_x = src.sample_train(5000)
+    assert torch.equal(src.test_set(), data_source("moons").test_set())
+    assert torch.cdist(src.test_set()[:500], train_x).min() > 0
+
+
+def test_npy_loading_and_split(tmp_path) -> None:
+    data = np.random.default_rng(0).normal(size=(50, 3))
+    np.save(tmp_path / "d.npy", data)
+    src = data_source(str(tmp_path / "d.npy"), seed=1)
+    assert src.dim == 3 and len(src.test_set()) == 5
+    rows = {tuple(r) for r in src.train.tolist()} | {tuple(r) for r in src.test_set().tolist()}
+    assert len(rows) == 50  # a partition: nothing lost, nothing shared
+    assert not torch.equal(src.test_set(), data_source(str(tmp_path / "d.npy"), seed=2).test_set())
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((0, 2)), "0 rows"),
+        (np.zeros((1, 2)), "1 rows"),
+        (np.zeros(5), "2-D array"),
+        (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, np.inf]]), "2 rows with NaN or Inf"),
+        (np.array([["a", "b"], ["c", "d"]]), "real numbers"),
+    ],
+)
+def test_bad_arrays_rejected(tmp_path, array: np.ndarray, message: str) -> None:
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(UserError, match=message):
+        load_array(tmp_path / "bad.npy")
+
+
+def test_unknown_target_rejected() -> None:
+    with pytest.raises(UserError, match=r"unknown target 'nope'.*8gaussians"):
+        data_source("nope")
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
+    torch.set_num_threads(1)
+    config = {
+        "kind": "nhf",
+        "flow_steps": 2,
+        "leapfrog_steps": 1,
+        "hidden": 16,
+        "posterior_hidden": 16,
+    }
+    cfg = TrainConfig(steps=150, batch_size=128, lr=5e-3, seed=3)
+    result = train("gmm", tmp_path / "run", config, cfg, tensorboard=False)
+    losses = [h["loss"] for h in result.history]
+    assert np.mean(losses[-3:]) < np.mean(losses[:2]) - 0.3  # -ELBO falls: ELBO rises
+    model = load(tmp_path / "run")
+    assert isinstance(model, NHF) and model.cfg.flow_steps == 2
+    x = data_source("gmm").test_set()[:200]
+    with torch.no_grad():
+        assert -model.elbo(x, 4).mean() < losses[0]
+
+    # a run stopped and resumed lands on exactly the same weights
+    short = TrainConfig(steps=20, batch_size=32, seed=3)
+    train("gmm", tmp_path / "a", config, short, tensorboard=False)
+    train(
+        "gmm",
+        tmp_path / "b",
+        config,
+        TrainConfig(steps=10, batch_size=32, seed=3),
+        tensorboard=False,
+    )
+    train("gmm", tmp_path / "b", config, short, resume=True, tensorboard=False)
+    a, b = load(tmp_path / "a").state_dict(), load(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="already holds a run"):
+        train("gmm", tmp_path / "a", config, short, tensorboard=False)
+
+
+def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).normal(size=(40, 3)) * 10 + 5)
+    config = {
+        "kind": "nhf",
+        "flow_steps": 1,
+        "leapfrog_steps": 1,
+        "hidden": 8,
+        "posterior_hidden": 8,
+    }
+    train(
+        str(tmp_path / "d.npy"),
+        tmp_path / "run",
+        config,
+        TrainConfig(steps=5, batch_size=16),
+        tensorboard=False,
+    )
+    model = load(tmp_path / "run")
+    assert torch.allclose(model.loc, torch.full((3,), 5.0), atol=5)  # standardised user data
+    result = evaluate(tmp_path / "run", n_importance=8)
+    assert result["n_test"] == 4 and math.isfinite(result["nll"]) and result["entropy"] is None
+    assert (tmp_path / "run" / "eval.json").exists()
+    with pytest.raises(UserError, match=r"expects \(N, 3\)"):
+        evaluate(tmp_path / "run", target="8gaussians")
