@@ -38,6 +38,9 @@ class LoopConfig:
     log_every: int = 10
     desc: str = "train"
     tensorboard: bool = True
+    writer: bool = True
+    """False on distributed ranks other than 0: they train but write no checkpoint,
+    TensorBoard log or progress bar."""
 
 
 @dataclass
@@ -64,6 +67,7 @@ def train_loop(
     resume: bool = False,
     on_log: Callable[[int, Any], None] | None = None,
     log_images_every: int = 0,
+    agree: Callable[[bool], bool] | None = None,
 ) -> LoopResult:
     """Run ``step_fn(step)`` for ``step = start … loop.steps - 1`` and checkpoint.
 
@@ -73,7 +77,8 @@ def train_loop(
     scalars to log; a non-finite ``loss`` stops the run with a :class:`UserError`
     after restoring nothing (the last checkpoint on disk is the last good state).
     ``on_log(step, writer)`` may add images to TensorBoard every ``log_images_every``
-    steps.
+    steps. ``agree(stop)`` turns this process's wall-clock verdict into one shared by
+    all distributed ranks (e.g. an all-reduce), so that they stop at the same step.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
@@ -91,12 +96,14 @@ def train_loop(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     writer = None
-    if loop.tensorboard:
+    if loop.tensorboard and loop.writer:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
 
     def checkpoint(step: int, elapsed: float) -> None:
+        if not loop.writer:
+            return
         save_checkpoint(
             ckpt_path,
             {
@@ -109,7 +116,13 @@ def train_loop(
 
     result = LoopResult(step=start, seconds=0.0)
     t0 = time.perf_counter()
-    bar = tqdm(total=loop.steps, initial=start, desc=loop.desc, dynamic_ncols=True)
+    bar = tqdm(
+        total=loop.steps,
+        initial=start,
+        desc=loop.desc,
+        dynamic_ncols=True,
+        disable=not loop.writer,
+    )
     try:
         for step in range(start, loop.steps):
             torch.manual_seed(derive_seed(loop.seed, "step", step))
@@ -136,7 +149,10 @@ def train_loop(
             result.step = done
             if done % loop.checkpoint_every == 0 and done != loop.steps:
                 checkpoint(done, elapsed)
-            if loop.max_minutes is not None and elapsed > 60.0 * loop.max_minutes:
+            out_of_time = loop.max_minutes is not None and elapsed > 60.0 * loop.max_minutes
+            if agree is not None:
+                out_of_time = agree(out_of_time)
+            if out_of_time:
                 result.stopped_by = "time"
                 break
     finally:

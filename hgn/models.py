@@ -97,7 +97,9 @@ class HGNConfig:
     hamiltonian_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
     hamiltonian_kernels: list[int] = field(default_factory=lambda: [3, 2, 2, 2, 2])
     hamiltonian_strides: list[int] = field(default_factory=lambda: [1, 2, 1, 2, 1])
-    decoder_filters: int = 64
+    decoder_filters: list[int] = field(default_factory=lambda: [64])
+    """Widths of the decoder's stem and upsampling blocks, coarse to fine; the last
+    entry repeats for any further blocks (the paper uses 64 throughout)."""
     integrator: str = "leapfrog"
     dt: float = 0.125
     deterministic: bool = False
@@ -117,7 +119,7 @@ class HGNConfig:
     """GECO's λ ← λ·exp(speed · C_ma / target) step size."""
 
     def __post_init__(self) -> None:
-        for key in ("image_size", "frames", "latent_channels", "latent_size", "decoder_filters"):
+        for key in ("image_size", "frames", "latent_channels", "latent_size"):
             _positive(getattr(self, key), key)
         ratio = self.image_size / self.latent_size
         if not 16 <= self.image_size <= 128 or ratio != 2 ** round(math.log2(ratio)):
@@ -146,7 +148,7 @@ class HGNConfig:
                 "model.hamiltonian_kernels and model.hamiltonian_strides need one entry more "
                 "than model.hamiltonian_filters (the last layer outputs the energy)"
             )
-        for key in ("encoder_filters", "fpsi_filters", "hamiltonian_filters"):
+        for key in ("encoder_filters", "fpsi_filters", "hamiltonian_filters", "decoder_filters"):
             if not getattr(self, key) or min(getattr(self, key)) <= 0:
                 raise UserError(f"model.{key} must be a non-empty list of positive integers")
         if self.dt == 0 or not math.isfinite(self.dt):
@@ -297,14 +299,22 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: HGNConfig) -> None:
         super().__init__()
-        f = cfg.decoder_filters
         blocks = round(math.log2(cfg.image_size // cfg.latent_size))
-        self.stem = nn.Sequential(nn.Conv2d(cfg.latent_channels, f, 3, padding=1), _act())
-        self.blocks = nn.Sequential(*(UpBlock(f, f) for _ in range(blocks)))
-        self.to_rgb = nn.Conv2d(f, 3, 3, padding=1)
+        widths = cfg.decoder_filters + cfg.decoder_filters[-1:] * blocks
+        self.stem = nn.Sequential(nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1), _act())
+        self.blocks = nn.Sequential(*(UpBlock(widths[i], widths[i + 1]) for i in range(blocks)))
+        self.to_rgb = nn.Conv2d(widths[blocks], 3, 3, padding=1)
 
     def forward(self, q: Tensor) -> Tensor:
         return torch.sigmoid(self.to_rgb(self.blocks(self.stem(q))))
+
+    @torch.no_grad()
+    def init_output(self, mean_frame: Tensor) -> None:
+        """Start from the data's mean colour: Adam moves a bias by about the learning
+        rate per step, so reaching a light background from sigmoid(0) = 0.5 would take
+        thousands of steps on a plateau where the output ignores q."""
+        colour = mean_frame.flatten(1).mean(1).clamp(0.01, 0.99)
+        self.to_rgb.bias.copy_(torch.logit(colour))
 
 
 class Geco(nn.Module):
@@ -375,6 +385,10 @@ class SequenceModel(nn.Module):
 
     def sample(self, n: int, steps: int, dt: float | None = None) -> Tensor:
         raise UserError(f"{type(self).__name__} cannot sample new trajectories")
+
+    def init_from_data(self, mean_frame: Tensor) -> None:
+        """Data-dependent initialisation before the first step; ``mean_frame`` is the
+        training set's average frame ``(3, H, W)``. Does nothing unless overridden."""
 
     def forward(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         return self.loss(frames)
@@ -447,6 +461,9 @@ class HGN(SequenceModel):
         return images.reshape(*q.shape[:-3], *images.shape[1:])
 
     # --- the SequenceModel interface
+
+    def init_from_data(self, mean_frame: Tensor) -> None:
+        self.decoder.init_output(mean_frame)
 
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Negative ELBO (or its GECO form) per pixel, averaged over the batch.
