@@ -69,8 +69,12 @@ class HNNConfig:
     latent_size: int = 4
     encoder_filters: list[int] = field(default_factory=lambda: HGNConfig().encoder_filters)
     """Conv variant: HGN's encoder widths (HGN's defaults, so the networks match)."""
-    decoder_filters: int = HGNConfig.decoder_filters
+    decoder_filters: list[int] = field(default_factory=lambda: HGNConfig().decoder_filters)
     integrator: str = "rk4"
+    window: int | None = None
+    """Frames of each sequence used per training step: a random run of ``window``
+    consecutive frames (``None``: all). HNN's losses are local in time (a frame triplet
+    suffices), so a window cuts the cost of a step without changing what is learned."""
     ae_weight: float = 1.0
     hnn_weight: float = 1.0
     aux_weight: float = 1.0
@@ -87,6 +91,10 @@ class HNNConfig:
             raise UserError(
                 f"model.integrator must be one of {', '.join(integrators.INTEGRATORS)}, "
                 f"got {self.integrator!r}"
+            )
+        if self.window is not None and not 3 <= self.window <= self.frames:
+            raise UserError(
+                f"model.window must be between 3 and frames={self.frames}, got {self.window}"
             )
         if min(self.ae_weight, self.hnn_weight, self.aux_weight) < 0:
             raise UserError("model.ae_weight, hnn_weight and aux_weight must be ≥ 0")
@@ -213,11 +221,17 @@ class HNN(SequenceModel):
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Autoencoder + HNN + auxiliary loss on a batch of sequences ``(B, T+1, 3, H, W)``.
 
-        Every consecutive frame pair of every sequence contributes, in one batched pass.
+        Every consecutive frame pair of every sequence (or of its random ``window``)
+        contributes, in one batched pass.
         ``mse`` (the shared metric name) is the autoencoder's per-pixel error.
         """
         if frames.shape[1] < 3:
             raise UserError("HNN needs sequences of at least 3 frames (two frame pairs)")
+        window = self.config.window
+        if window is not None and window < frames.shape[1]:
+            start = torch.randint(frames.shape[1] - window + 1, (frames.shape[0],))
+            offsets = start.to(frames.device)[:, None] + torch.arange(window, device=frames.device)
+            frames = frames[torch.arange(frames.shape[0], device=frames.device)[:, None], offsets]
         pairs = torch.cat([frames[:, :-1], frames[:, 1:]], dim=2).flatten(0, 1)
         z_flat = self.encoder(pairs)
         ae = F.mse_loss(self.decoder(z_flat), pairs)

@@ -78,7 +78,7 @@ def test_rollout_conserves_learned_energy_and_reverses() -> None:
 def test_training_lowers_every_loss_term_together(name: str) -> None:
     torch.manual_seed(0)
     small = {"hidden": 64, "hamiltonian_hidden": 32, "encoder_filters": [16, 16, 16]}
-    model = _model(name, dof=1, decoder_filters=16, **small)
+    model = _model(name, dof=1, decoder_filters=[16], **small)
     data = _moving_disc()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     first, _ = model.loss(data)
@@ -105,6 +105,23 @@ def test_loss_terms_have_the_documented_meaning() -> None:
     _, metrics = model.loss(frames)
     assert metrics["hnn"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["aux"] == pytest.approx(0.2**2)
+
+
+def test_window_uses_a_random_run_of_consecutive_frames() -> None:
+    """With window=3 the loss sees one frame triplet per sequence: a sequence whose
+    other frames are garbage gives the same loss as the triplet alone."""
+    model = _model("hnn", dof=1, window=3)
+    frames = _moving_disc(batch=2, frames=6)
+    torch.manual_seed(5)
+    windowed, _ = model.loss(frames)
+    torch.manual_seed(5)
+    start = torch.randint(4, (2,))
+    triplets = torch.stack([frames[i, s : s + 3] for i, s in enumerate(start.tolist())])
+    model.config.window = None
+    whole, _ = model.loss(triplets)
+    torch.testing.assert_close(windowed, whole)
+    with pytest.raises(UserError, match="window"):
+        HNNConfig(window=2)
 
 
 def test_hnn_cannot_sample_and_rejects_bad_input() -> None:

@@ -16,7 +16,7 @@ from hgn.utils import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hgn.cli import data, flow, model
+    from hgn.cli import data, flow, model, reproduce
 
     parser = argparse.ArgumentParser(
         prog="hgn",
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(sub)
     model.register(sub)
     flow.register(sub)
+    reproduce.register(sub)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""`hgn reproduce`: the paper's comparison (Tables 1–2, Figures 6–8) in one command."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from hgn.utils import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``hgn reproduce`` to the top-level parser."""
+    from hgn.reproduce import MODEL_ORDER, PROFILES, SYSTEM_ORDER
+
+    cmd = sub.add_parser(
+        "reproduce",
+        help="train and evaluate HNN and the HGN variants on the four systems; "
+        "write tables, figures and report.html",
+        description="Generate (or reuse) the datasets, train every model on every system, "
+        "evaluate them, and write results.json, table1.md, table2.md, prefix.md, figures "
+        "and a static report.html into --out. Rerunning resumes: finished cells are kept. "
+        "Profiles: " + "; ".join(f"{name}: {p.description}" for name, p in PROFILES.items()),
+    )
+    cmd.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES)}")
+    cmd.add_argument(
+        "--systems",
+        default=None,
+        help=f"comma-separated subset of: {','.join(SYSTEM_ORDER)} (default: all)",
+    )
+    cmd.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated subset of: {','.join(MODEL_ORDER)} (default: all)",
+    )
+    cmd.add_argument("--out", required=True, metavar="DIR", help="results directory")
+    cmd.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="where datasets are generated or reused (default: DIR/data)",
+    )
+    cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    cmd.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default 1 on CPU: this workload is many small "
+        "convolutions, which run fastest single-threaded on a few shared cores)",
+    )
+    cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cmd.set_defaults(func=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from hgn.reproduce import reproduce
+
+    if args.threads is not None and args.threads <= 0:
+        raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    reproduce(
+        args.out,
+        profile=args.profile,
+        systems=args.systems,
+        models=args.models,
+        data_root=args.data_root,
+        device=args.device,
+        threads=args.threads,
+        command=_command(args),
+        progress=not args.no_progress,
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, recorded with the results."""
+    words = ["hgn", "reproduce", "--profile", args.profile]
+    for flag, value in (
+        ("--systems", args.systems),
+        ("--models", args.models),
+        ("--data-root", args.data_root),
+        ("--device", None if args.device == "cpu" else args.device),
+        ("--threads", args.threads),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join([*words, "--out", str(args.out)])
