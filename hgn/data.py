@@ -24,12 +24,16 @@ joined into one dataset by :func:`merge`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -243,11 +247,11 @@ def generate(
         },
     }
     meta = json.loads(json.dumps(meta))  # the form it takes on disk, for comparisons
+    _check_space(Path(out), meta)
     target = _prepare_target(Path(out), meta, overwrite)
     if target is None:
         return Path(out) if shard is None else Path(out) / _shard_name(*shard)
-    _check_space(target.parent, meta)
-    with atomic_path(target) as tmp, one_thread(), _Writer() as writer:
+    with _terminate_cleanly(), atomic_path(target) as tmp, one_thread(), _Writer() as writer:
         tmp.mkdir()
         total = sum(hi - lo for lo, hi in ranges.values())
         with tqdm(total=total, unit="traj", desc=f"{sim.name}", disable=not progress) as bar:
@@ -257,6 +261,24 @@ def generate(
         writer.drain()
         _write_meta(tmp, meta)
     return target
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Treat SIGTERM (what cluster schedulers and ``kill`` send) like Ctrl-C while
+    generating, so the temporary output is removed instead of left on disk."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
@@ -344,8 +366,9 @@ def _describe(meta: dict[str, Any]) -> str:
     )
 
 
-def _check_space(where: Path, meta: dict[str, Any]) -> None:
+def _check_space(out: Path, meta: dict[str, Any]) -> None:
     need = sum(_nbytes(meta, split, name) for split in SPLITS for name in ARRAYS)
+    where = next(p for p in (out, *out.absolute().parents) if p.exists())
     free = shutil.disk_usage(where).free
     if need > free:
         raise UserError(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +201,21 @@ def test_interrupted_generation_leaves_nothing_behind(
     monkeypatch.setattr("hgn.systems.System.render", flaky)
     with pytest.raises(KeyboardInterrupt):
         data.generate(tmp_path / "d", **{**SMALL, "n_train": 200})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_terminated_cli_generation_leaves_nothing_behind(tmp_path: Path) -> None:
+    """What a cluster scheduler does to a job: SIGTERM mid-way."""
+    command = [sys.executable, "-m", "hgn", "data", "generate", "--train", "20000"]
+    command += ["--test", "1", "--no-progress", "--out", str(tmp_path / "d")]
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until it is writing its temporary directory
+    time.sleep(0.3)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
 
