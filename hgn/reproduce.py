@@ -856,14 +856,32 @@ def reproduce(
     convolutions, which on a few (shared) cores run several times faster on one thread
     than on two (measured; see docs/results/reproduce.md).
     """
-    from tqdm.auto import tqdm
 
     chosen = get_profile(profile)
     systems = choose(systems, SYSTEM_ORDER, "system")
     models = choose(models, MODEL_ORDER, "model")
+    out = Path(out)
+    previous_threads = torch.get_num_threads()
     if resolve_device(device).type == "cpu" or threads is not None:
         torch.set_num_threads(threads or 1)
-    out = Path(out)
+    try:
+        return _run(out, chosen, systems, models, data_root, device, command, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    out: Path,
+    chosen: Profile,
+    systems: list[str],
+    models: list[str],
+    data_root: str | Path | None,
+    device: str,
+    command: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     _claim(out, chosen)
     command = command or f"hgn reproduce --profile {chosen.name} --out {out}"
     paths = datasets(chosen, systems, Path(data_root) if data_root else out / "data", progress)
@@ -895,7 +913,7 @@ def _batches(split: Any, n: int, batch: int, device: torch.device, frames: int |
     """Float frames ``(b, T+1, 3, H, W)`` of the first ``n`` sequences, ``batch`` at a time
     (read from the memory-map per batch, so a paper-scale split never sits in memory)."""
     for start in range(0, n, batch):
-        images = np.asarray(split.images[start : min(n, start + batch), :frames])
+        images = np.array(split.images[start : min(n, start + batch), :frames])
         yield torch.from_numpy(images).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
 
 
