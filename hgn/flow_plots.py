@@ -77,18 +77,19 @@ def figure9(
     extent = (-lim, lim, -lim, lim)
     z = (x - model.loc) / model.scale
 
-    density = torch.cat([model.log_prob(c, n_importance).exp() for c in x.split(4096)])
+    density = torch.cat([model.log_prob(c, n_importance).exp() for c in x.split(4096)]).numpy()
     p_lim = 3.0
     _, p_grid = _grid(p_lim, resolution)
-    kinetic = flow_step.kinetic(p_grid)
-    potential = flow_step.potential(z)
+    kinetic = flow_step.kinetic(p_grid).numpy()
+    potential = flow_step.potential(z).numpy()
 
     _, xc = _grid(lim * 0.95, 21)
     zc = (xc - model.loc) / model.scale
     q1, _ = leapfrog(
         flow_step.grad_fn(), zc, torch.zeros_like(zc), flow_step.dt / flow_step.substeps
     )
-    move = (q1 - zc) * model.scale
+    move = ((q1 - zc) * model.scale).numpy()
+    xc, axis = xc.numpy(), axis.numpy()
 
     torch.manual_seed(derive_seed(seed, "figure9"))
     s0 = model.prior.sample((n_paths,))

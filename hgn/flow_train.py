@@ -223,11 +223,8 @@ def throughput(model: DensityModel, x: Tensor, n_importance: int) -> dict[str, f
     return {"samples_per_s": n / t_sample, "log_prob_per_s": n / t_density}
 
 
-def _steps_for(model_config: dict, target: str, cfg: TrainConfig, minutes: float) -> int:
-    """How many training steps fit in ``minutes``, from timing a few steps: every model
-    then runs its full learning-rate schedule within the same wall-clock budget."""
-    data = data_source(target, cfg.seed)
-    model = build({**model_config, "dim": data.dim})
+def seconds_per_step(model: DensityModel, data: DataSource, cfg: TrainConfig, n: int = 5) -> float:
+    """Mean wall time of one training step (after a warm-up step), on a throwaway optimiser."""
     opt = torch.optim.Adam(model.parameters())
 
     def one() -> None:
@@ -237,14 +234,21 @@ def _steps_for(model_config: dict, target: str, cfg: TrainConfig, minutes: float
         opt.step()
 
     one()
-    per_step = sum(_time_per_call(one, 1) for _ in range(5)) / 5
+    return sum(_time_per_call(one, 1) for _ in range(n)) / n
+
+
+def _steps_for(model_config: dict, target: str, cfg: TrainConfig, minutes: float) -> int:
+    """How many training steps fit in ``minutes``, from timing a few steps: every model
+    then runs its full learning-rate schedule within the same wall-clock budget."""
+    data = data_source(target, cfg.seed)
+    per_step = seconds_per_step(build({**model_config, "dim": data.dim}), data, cfg)
     return max(1, int(60.0 * minutes / per_step))
 
 
 def matched_realnvp(transforms: int, n_params: int, dim: int, layers: int = 2) -> dict[str, Any]:
     """The RealNVP config whose hidden width brings its parameter count closest to ``n_params``."""
     best: tuple[int, dict[str, Any]] | None = None
-    for hidden in range(4, 1025, 2):
+    for hidden in range(2, 1025):
         config = asdict(RealNVPConfig(dim, transforms, hidden, layers))
         count = n_parameters(build({"kind": "realnvp", **config}))
         if best is None or abs(count - n_params) < abs(best[0] - n_params):

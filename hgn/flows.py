@@ -114,28 +114,36 @@ class EnergyMLP(nn.Module):
     still get their gradients by ordinary autograd, and it runs about twice as fast on a
     CPU as ``torch.func.grad`` for these small networks (``benchmarks/bench_flows.py``).
     Softplus, not ReLU: the flow's training differentiates through ∇E.
+
+    With ``quadratic`` the energy is ½|x|² + MLP(x): for the kinetic energy this is the
+    physical K = |p|²/2 plus a learned correction, so that from the first step every flow
+    step moves q along p (a freshly initialised MLP has a nearly flat gradient, which
+    leaves the flow close to the identity and learning slow).
     """
 
-    def __init__(self, dim: int, hidden: int, layers: int) -> None:
+    def __init__(self, dim: int, hidden: int, layers: int, quadratic: bool = False) -> None:
         super().__init__()
         sizes = [dim] + [hidden] * layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.out = nn.Linear(hidden, 1, bias=False)  # a constant offset moves nothing
+        self.quadratic = quadratic
 
     def forward(self, x: Tensor) -> Tensor:
+        e = x
         for layer in self.layers:
-            x = F.softplus(layer(x))
-        return self.out(x).squeeze(-1)
+            e = F.softplus(layer(e))
+        e = self.out(e).squeeze(-1)
+        return e + 0.5 * (x * x).sum(-1) if self.quadratic else e
 
     def grad(self, x: Tensor) -> Tensor:
-        pre = []
+        pre, h = [], x
         for layer in self.layers:
-            pre.append(layer(x))
-            x = F.softplus(pre[-1])
+            pre.append(layer(h))
+            h = F.softplus(pre[-1])
         g = self.out.weight[0]
         for layer, a in zip(reversed(self.layers), reversed(pre), strict=True):
             g = (g * torch.sigmoid(a)) @ layer.weight
-        return g
+        return g + x if self.quadratic else g
 
 
 class _SeparableGrad:
@@ -164,10 +172,17 @@ class HamiltonianStep(nn.Module):
     """One flow step: ``substeps`` leapfrog steps of H = K(p) + V(q), total time dt."""
 
     def __init__(
-        self, dim: int, hidden: int, layers: int, dt: float, learn_dt: bool, substeps: int
+        self,
+        dim: int,
+        hidden: int,
+        layers: int,
+        dt: float,
+        learn_dt: bool,
+        substeps: int,
+        quadratic_kinetic: bool = True,
     ) -> None:
         super().__init__()
-        self.kinetic = EnergyMLP(dim, hidden, layers)
+        self.kinetic = EnergyMLP(dim, hidden, layers, quadratic=quadratic_kinetic)
         self.potential = EnergyMLP(dim, hidden, layers)
         self.substeps = substeps
         log_dt = torch.tensor(math.log(dt))
@@ -281,6 +296,7 @@ class NHFConfig:
     layers: int = 2
     dt: float = 0.5
     learn_dt: bool = True
+    quadratic_kinetic: bool = True
     prior: str = "normal"
     sigma: float = 4.0
     beta: float = 4.0
@@ -315,7 +331,7 @@ class NHF(DensityModel):
         self.steps = nn.ModuleList(
             HamiltonianStep(
                 config.dim, config.hidden, config.layers, config.dt, config.learn_dt,
-                config.leapfrog_steps,
+                config.leapfrog_steps, config.quadratic_kinetic,
             )
             for _ in range(config.flow_steps)
         )  # fmt: skip
