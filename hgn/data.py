@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hgn import __version__, viz
-from hgn.systems import get_system, one_thread
+from hgn.systems import System, get_system, one_thread
 from hgn.utils import UserError, atomic_path, numpy_rng, positive_int
 
 FORMAT = 1
@@ -254,7 +254,7 @@ def generate(
     with _terminate_cleanly(), atomic_path(target) as tmp, one_thread(), _Writer() as writer:
         tmp.mkdir()
         total = sum(hi - lo for lo, hi in ranges.values())
-        with tqdm(total=total, unit="traj", desc=f"{sim.name}", disable=not progress) as bar:
+        with tqdm(total=total, unit="traj", desc=sim.name, disable=not progress) as bar:
             for name in SPLITS:
                 bar.set_description(f"{sim.name} {name}")
                 _generate_split(sim, meta, name, ranges[name], tmp / name, writer, bar)
@@ -378,7 +378,7 @@ def _check_space(out: Path, meta: dict[str, Any]) -> None:
 
 
 def _generate_split(
-    sim: Any,
+    sim: System,
     meta: dict[str, Any],
     split: str,
     rows: tuple[int, int],
@@ -531,8 +531,8 @@ def _scan(path: Path) -> tuple[dict[str, Any], list[tuple[Path, dict[str, Any]]]
     first = parts[0][1]
     count = (first.get("shard") or {}).get("count")
     for folder, meta in parts:
-        if _identity(meta, shard=True) != _identity(first, shard=True):
-            raise UserError(f"{folder} belongs to a different dataset than {parts[0][0]}")
+        if count is None or _identity(meta, shard=True) != _identity(first, shard=True):
+            raise UserError(f"{folder} is not a shard of the same dataset as {parts[0][0]}")
     have = {m["shard"]["index"] for _, m in parts}
     missing = sorted(set(range(count)) - have)
     if missing:

@@ -47,8 +47,12 @@ class System:
     name: ClassVar[str]
     bodies: ClassVar[int] = 1
     """Discs drawn per frame."""
+    dim: ClassVar[int] = 1
+    """Coordinates per body: 1 for the 1-D systems, 2 for the planar n-body ones."""
     defaults: ClassVar[dict[str, float]]
     """Constants and their paper values (``r_min``/``r_max`` bound the initial radius r)."""
+    may_be_zero: ClassVar[frozenset[str]] = frozenset({"r_min"})
+    """Constants that may be 0; all others must be positive."""
     default_noise: ClassVar[float]
     canvas: ClassVar[float]
     """Half-width of the square canvas, in units of :meth:`length_scale`."""
@@ -84,15 +88,10 @@ class System:
         if self.noise < 0:
             raise UserError(f"noise must be >= 0, got {self.noise}")
 
-    may_be_zero: ClassVar[frozenset[str]] = frozenset({"r_min"})
-
     @property
     def dof(self) -> int:
         """Length of q (and of p) per state."""
         return self.bodies * self.dim
-
-    dim: ClassVar[int] = 1
-    """Coordinates per body: 1 for the 1-D systems, 2 for the planar n-body ones."""
 
     # --- physics (per system) -------------------------------------------------------
     def hamiltonian(self, q: Tensor, p: Tensor) -> Tensor:
@@ -189,12 +188,12 @@ class System:
             "min_size": self.min_size,
         }
 
+    colour: ClassVar[int] = 0
+    """Palette entry of a one-body system."""
+
     @property
     def colours(self) -> tuple[tuple[float, float, float], ...]:
         return PALETTE[: self.bodies] if self.bodies > 1 else (PALETTE[self.colour],)
-
-    colour: ClassVar[int] = 0
-    """Palette entry of a one-body system."""
 
     @property
     def min_size(self) -> int:
