@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="simulate a system and render its trajectories",
         description="Simulate trajectories, add observation noise and render them as "
         "RGB frames (the paper's datasets with the default settings).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument("--system", default="pendulum", help=f"one of: {', '.join(SYSTEMS)}")
     gen.add_argument("--train", type=int, default=50_000, help="training trajectories")
