@@ -58,7 +58,10 @@ class HNNConfig:
 
     image_size: int = 64
     frames: int = 31
-    """Frames per training sequence; every consecutive pair is an autoencoder input."""
+    """Frames per training window (the trainer cuts random windows of this length);
+    every consecutive pair is an autoencoder input. HNN's losses are local in time (a
+    frame triplet suffices), so short windows cut the cost of a step without changing
+    what is learned."""
     dof: int = 1
     dt: float = 0.125
     conv: bool = False
@@ -71,10 +74,6 @@ class HNNConfig:
     """Conv variant: HGN's encoder widths (HGN's defaults, so the networks match)."""
     decoder_filters: list[int] = field(default_factory=lambda: HGNConfig().decoder_filters)
     integrator: str = "rk4"
-    window: int | None = None
-    """Frames of each sequence used per training step: a random run of ``window``
-    consecutive frames (``None``: all). HNN's losses are local in time (a frame triplet
-    suffices), so a window cuts the cost of a step without changing what is learned."""
     ae_weight: float = 1.0
     hnn_weight: float = 1.0
     aux_weight: float = 1.0
@@ -91,10 +90,6 @@ class HNNConfig:
             raise UserError(
                 f"model.integrator must be one of {', '.join(integrators.INTEGRATORS)}, "
                 f"got {self.integrator!r}"
-            )
-        if self.window is not None and not 3 <= self.window <= self.frames:
-            raise UserError(
-                f"model.window must be between 3 and frames={self.frames}, got {self.window}"
             )
         if min(self.ae_weight, self.hnn_weight, self.aux_weight) < 0:
             raise UserError("model.ae_weight, hnn_weight and aux_weight must be ≥ 0")
@@ -162,6 +157,14 @@ class MLPDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.net(z)).view(-1, 6, self.size, self.size)
 
+    @torch.no_grad()
+    def init_output(self, mean_frame: Tensor) -> None:
+        """Start at the data's mean colour, as HGN's decoder does (same reason: escaping
+        sigmoid(0) = grey through a bias takes many steps)."""
+        colour = mean_frame.flatten(1).mean(1).clamp(0.01, 0.99).repeat(2)  # both frames
+        last = self.net[-1]
+        last.bias.copy_(torch.logit(colour).repeat_interleave(self.size**2))
+
 
 class ConvEncoder(nn.Module):
     """HGN's encoder on a stacked frame pair, then a linear map to ``(N, 2 dof)``.
@@ -194,11 +197,17 @@ class ConvDecoder(nn.Module):
         images = self.hgn(maps)
         return images.view(z.shape[0], 6, *images.shape[-2:])
 
+    @torch.no_grad()
+    def init_output(self, mean_frame: Tensor) -> None:
+        self.hgn.init_output(mean_frame)
+
 
 class HNN(SequenceModel):
     """HNN from pixels: an autoencoder on frame pairs plus a Hamiltonian on its latent."""
 
     Config = HNNConfig
+    context_frames = 2
+    """The state is inferred from the first frame pair, whatever the sequence length."""
 
     def __init__(self, config: HNNConfig) -> None:
         super().__init__()
@@ -212,6 +221,9 @@ class HNN(SequenceModel):
             self.decoder = MLPDecoder(config)
         self.hamiltonian = HamiltonianMLP(config.dof, config.hamiltonian_hidden)
 
+    def init_from_data(self, mean_frame: Tensor) -> None:
+        self.decoder.init_output(mean_frame)
+
     def field(self, z: Tensor) -> Tensor:
         """The symplectic gradient ``(dH/dp, -dH/dq)`` at latents ``z (..., 2 dof)``."""
         q, p = z.split(self.dof, dim=-1)
@@ -221,17 +233,11 @@ class HNN(SequenceModel):
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Autoencoder + HNN + auxiliary loss on a batch of sequences ``(B, T+1, 3, H, W)``.
 
-        Every consecutive frame pair of every sequence (or of its random ``window``)
-        contributes, in one batched pass.
+        Every consecutive frame pair of every sequence contributes, in one batched pass.
         ``mse`` (the shared metric name) is the autoencoder's per-pixel error.
         """
         if frames.shape[1] < 3:
             raise UserError("HNN needs sequences of at least 3 frames (two frame pairs)")
-        window = self.config.window
-        if window is not None and window < frames.shape[1]:
-            start = torch.randint(frames.shape[1] - window + 1, (frames.shape[0],))
-            offsets = start.to(frames.device)[:, None] + torch.arange(window, device=frames.device)
-            frames = frames[torch.arange(frames.shape[0], device=frames.device)[:, None], offsets]
         pairs = torch.cat([frames[:, :-1], frames[:, 1:]], dim=2).flatten(0, 1)
         z_flat = self.encoder(pairs)
         ae = F.mse_loss(self.decoder(z_flat), pairs)

@@ -899,7 +899,7 @@ def _run(
             later = [f"{s}×{m}" for s, m in todo[i + 1 :]]
             left = ", ".join(later[:6]) + (" …" if len(later) > 6 else "")
             say(f"[{i + 1}/{len(todo)}] {system} × {model}; {len(later)} remaining: {left}")
-            run_cell(out, chosen, system, model, paths[system], device, progress)
+            run_cell(out, chosen, system, model, paths[system], device)
             bar.update(1)
     summary = build_outputs(out, chosen, requested, command)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
@@ -908,105 +908,128 @@ def _run(
 
 # ----------------------------------------------------------------------------- a cell
 
-
-def _batches(split: Any, n: int, batch: int, device: torch.device, frames: int | None = None):
-    """Float frames ``(b, T+1, 3, H, W)`` of the first ``n`` sequences, ``batch`` at a time
-    (read from the memory-map per batch, so a paper-scale split never sits in memory)."""
-    for start in range(0, n, batch):
-        images = np.array(split.images[start : min(n, start + batch), :frames])
-        yield torch.from_numpy(images).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
+TRAINED = "trained.json"
+"""Written beside a run's checkpoint when its training budget is spent: a later resume
+of the cell then evaluates the model as it is instead of training it further."""
 
 
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    """``(..., 3, H, W)`` floats in [0, 1] -> ``(..., H, W, 3)`` uint8 for pictures."""
-    return viz.to_uint8(images.movedim(-3, -1).cpu().numpy())
+def _trained(
+    run: Path, model: str, values: Mapping[str, Any], data_path: Path, profile: Profile, device: str
+) -> tuple[Any, dict[str, Any]]:
+    """Train (or resume) one run with the shared trainer, then load it for evaluation."""
+    from hgn import train as hgn_train
+    from hgn.loop import CHECKPOINT
+
+    marker = run / TRAINED
+    if not marker.exists():
+        resume = (run / CHECKPOINT).exists()
+        config = None
+        if not resume:
+            config = hgn_train.RunConfig.from_dict(
+                {
+                    "model": {"name": model, **values},
+                    "train": {
+                        "steps": profile.train_steps,
+                        "batch_size": profile.batch_size,
+                        "lr": profile.lr,
+                        "seed": profile.seed,
+                        "max_minutes": profile.max_minutes,
+                        "image_every": 0,
+                    },
+                }
+            )
+        result = hgn_train.train(data_path, run, config, resume=resume, device=device)
+        _write_json(
+            marker,
+            {"steps": result.step, "seconds": result.seconds, "stopped_by": result.stopped_by},
+        )
+    net, _ = hgn_train.load_model(run, resolve_device(device))
+    return net, json.loads(marker.read_text())
 
 
-def _paper_metrics(net: Any, split: Any, profile: Profile, device: torch.device) -> dict:
-    """Table 1/2 and Figure 6 numbers of one split, from the shared evaluator."""
-    n = min(len(split), profile.eval_sequences)
-    steps = split.meta["steps"]
-    mse, energy = [], []
-    for frames in _batches(split, n, profile.batch_size, device):
-        m, e = _evaluate_batch(net, frames, steps)
-        mse.append(m)
-        energy.append(e)
-    mse_t, energy_t = torch.cat(mse), torch.cat(energy)  # (n, T+1)
-    per_sequence = mse_t.mean(1)
-    energy_var = energy_t.var(1, unbiased=False)
+def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, device: str) -> dict:
+    """Tables 1–2 and Figure 6 numbers of both splits, from ``hgn evaluate`` itself
+    (its full output stays in ``out`` for inspection)."""
+    from hgn import evaluate as hgn_eval
+
+    metrics = hgn_eval.evaluate(
+        run,
+        data_path,
+        out,
+        max_sequences=profile.eval_sequences,
+        batch_size=profile.batch_size,
+        device=device,
+        progress=False,
+    )
     return {
-        "sequences": n,
-        "mse": per_sequence.mean().item(),
-        "mse_std": per_sequence.std(unbiased=False).item(),
-        "energy_var": energy_var.mean().item(),
-        "energy_var_std": energy_var.std(unbiased=False).item(),
-        "mse_per_step": mse_t.mean(0).tolist(),
+        split: {
+            "sequences": s["n"],
+            "mse": s["mse"]["mean"],
+            "mse_std": s["mse"]["std"],
+            "mse_per_step": s["mse"]["per_step_mean"],
+            "energy_var": s["energy"]["var_mean"],
+            "energy_var_std": s["energy"]["var_std"],
+            "mean_image_mse": s["baseline_mse"]["mean"],
+        }
+        for split, s in metrics["splits"].items()
     }
 
 
-def _prefix_metrics(net: Any, split: Any, profile: Profile, device: torch.device) -> dict:
-    """Prefix protocol: see ``context`` frames, predict ``horizon`` more; per-step error
-    over the predicted frames and the valid prediction time (see :data:`VPT_FRACTION`)."""
-    n, c, steps = len(split), profile.context, profile.context + profile.horizon - 1
-    errors = []
-    total, count = None, 0
-    for frames in _batches(split, n, profile.batch_size, device):
-        images = net.predict(frames[:, :c], steps)["images"]
-        errors.append((images[:, c:] - frames[:, c:]).pow(2).mean((2, 3, 4)))
-        batch_sum = frames.sum((0, 1))
-        total = batch_sum if total is None else total + batch_sum
-        count += frames.shape[0] * frames.shape[1]
-    err = torch.cat(errors)  # (n, horizon)
-    mean_frame = total / count
-    baseline = (
-        sum(
-            (frames - mean_frame).pow(2).mean().item() * frames.shape[0]
-            for frames in _batches(split, n, profile.batch_size, device)
-        )
-        / n
-    )
-    threshold = VPT_FRACTION * baseline
-    exceeded = err > threshold
-    vpt = torch.where(
-        exceeded.any(1), exceeded.float().argmax(1), torch.full_like(err[:, 0], err.shape[1])
-    ).float()
-    per_sequence = err.mean(1)
+def _prefix_metrics(
+    net: Any, split: Any, mean: torch.Tensor, profile: Profile, device: Any
+) -> dict:
+    """Prefix protocol with ``hgn evaluate``'s metric functions: the model sees the first
+    ``context`` frames (HNN: its first pair), predicts the rest of the long test
+    sequences; per-step error over the ``horizon`` predicted frames, and the valid
+    prediction time against the mean training frame (see :data:`VPT_FRACTION`)."""
+    from hgn.evaluate import baseline_errors, error_stats, rollout_errors, valid_prediction_time
+
+    n, c = len(split), profile.context
+    mse, _ = rollout_errors(net, split, n, profile.batch_size, device, progress=False)
+    base = baseline_errors(split, mean.cpu(), n)
+    threshold = VPT_FRACTION * float(base.mean())
+    vpt = valid_prediction_time(mse, c, threshold)
+    stats = error_stats(mse[:, c:])
     return {
         "context": c,
         "horizon": profile.horizon,
         "sequences": n,
-        "mse": per_sequence.mean().item(),
-        "mse_std": per_sequence.std(unbiased=False).item(),
-        "mse_per_step": err.mean(0).tolist(),
-        "vpt": vpt.mean().item(),
-        "vpt_std": vpt.std(unbiased=False).item(),
+        "mse": stats["mean"],
+        "mse_std": stats["std"],
+        "mse_per_step": stats["per_step_mean"],
+        "vpt": float(vpt.mean()),
+        "vpt_std": float(vpt.std()),
         "threshold": threshold,
-        "mean_frame_mse": baseline,
+        "mean_frame_mse": float(base[:, c:].mean()),
     }
 
 
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    """``(..., 3, H, W)`` floats in [0, 1] -> ``(..., H, W, 3)`` uint8 for pictures."""
+    return viz.to_uint8(images.movedim(-3, -1).float().cpu().numpy())
+
+
+@torch.no_grad()
 def _rollout_pictures(
-    net: Any, paths: Mapping[str, Path], profile: Profile, device: torch.device
-) -> dict:
+    net: Any, data_path: Path, profile: Profile, device: torch.device
+) -> dict[str, np.ndarray]:
     """Arrays for Figures 7–8 and the animation: one train and up to four test sequences,
     rolled out forward, backward, at double and at half speed; prior samples if any."""
     from hgn import data
+    from hgn.train import to_frames
 
     dt = net.config.dt
     arrays: dict[str, np.ndarray] = {}
-    for split_name in ("train", "test"):
-        split = data.load(paths["main"], split_name)
+    for name in ("train", "test"):
+        split = data.load(data_path, name)
         steps = split.meta["steps"]
-        frames = next(_batches(split, min(4, len(split)), 4, device))
-        arrays[f"{split_name}_truth"] = _uint8(frames[0])
+        frames = to_frames(np.asarray(split.images[:4]), device)
+        arrays[f"{name}_truth"] = _uint8(frames[0])
         for kind, step in (("forward", dt), ("backward", -dt), ("fast", 2 * dt), ("slow", dt / 2)):
-            arrays[f"{split_name}_{kind}"] = _uint8(
-                net.predict(frames[:1], steps, step)["images"][0]
-            )
-        if split_name == "test":
-            pred = _uint8(net.predict(frames, steps)["images"])
-            truth = _uint8(frames)
-            arrays["animation"] = np.stack([truth, pred], axis=1)  # (n, 2, T+1, H, W, 3)
+            arrays[f"{name}_{kind}"] = _uint8(net.predict(frames[:1], steps, step)["images"][0])
+        if name == "test":
+            pred = net.predict(frames, steps)["images"]
+            arrays["animation"] = np.stack([_uint8(frames), _uint8(pred)], axis=1)
     with contextlib.suppress(UserError):  # HNN and the deterministic HGN have no prior
         arrays["samples"] = _uint8(net.sample(3, profile.steps))
     return arrays
@@ -1019,7 +1042,6 @@ def run_cell(
     model: str,
     paths: Mapping[str, Path],
     device: str = "cpu",
-    progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate and draw one ``(system, model)`` cell; write its result last.
 
@@ -1027,37 +1049,25 @@ def run_cell(
     result file is written atomically at the very end, so its existence means 'done'.
     """
     from hgn import data
+    from hgn.train import mean_frame
 
     cell = out / "cells" / system / model
     cell.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     meta = data.info(paths["main"])
-    net, trained = _train(
-        cell / "run",
-        model,
-        model_config(profile, model, meta, False),
-        paths["main"],
-        profile,
-        dev,
-        progress,
-    )
+    values = model_config(profile, model, meta, prefix=False)
+    net, trained = _trained(cell / "run", model, values, paths["main"], profile, device)
     record: dict[str, Any] = {
         "system": system,
         "model": model,
         "profile": profile.name,
+        "config": dataclasses.asdict(net.config),
         "train": {"paper": trained},
-        "paper": {},
+        "paper": _paper_metrics(cell / "run", paths["main"], cell / "evaluate", profile, device),
         "prefix": None,
-        "files": {},
     }
-    with torch.no_grad():
-        net.eval()
-        for split in ("train", "test"):
-            record["paper"][split] = _paper_metrics(
-                net, data.load(paths["main"], split), profile, dev
-            )
-        arrays = _rollout_pictures(net, paths, profile, dev)
-    animation = arrays.pop("animation")
+    arrays = _rollout_pictures(net, paths["main"], profile, dev)
+    animation = arrays.pop("animation")  # (n, 2, T+1, H, W, 3): truth | prediction
     frames = np.stack([viz.grid(animation[:, :, t]) for t in range(animation.shape[2])])
     viz.save_animation(cell / "test.gif", viz.upscale(frames, max(1, 64 // profile.size)), fps=8)
     with atomic_path(cell / "rollouts.npz") as tmp, open(tmp, "wb") as fh:
@@ -1070,78 +1080,24 @@ def run_cell(
         if model in HNN_MODELS:  # reads only the first frame pair: no retraining needed
             prefix_net = net
         else:
-            prefix_net, record["train"]["prefix"] = _train(
-                cell / "run-prefix",
-                model,
-                model_config(profile, model, meta, True),
-                paths["main"],
-                profile,
-                dev,
-                progress,
+            values = model_config(profile, model, meta, prefix=True)
+            prefix_net, record["train"]["prefix"] = _trained(
+                cell / "run-prefix", model, values, paths["main"], profile, device
             )
-        with torch.no_grad():
-            prefix_net.eval()
-            record["prefix"] = _prefix_metrics(
-                prefix_net, data.load(paths["long"], "test"), profile, dev
-            )
-    _check_finite(record, f"{system} × {model}")
+        mean = mean_frame(data.load(paths["main"], "train"))
+        long = data.load(paths["long"], "test")
+        record["prefix"] = _prefix_metrics(prefix_net, long, mean, profile, dev)
+    _require_finite(record, f"{system} × {model}")
     _write_json(cell / "result.json", record)
     return record
 
 
-def _check_finite(record: Any, where: str) -> None:
+def _require_finite(value: Any, where: str) -> None:
     """Refuse to record NaN/Inf metrics as a finished cell (JSON could not hold them)."""
-    values = (
-        [record]
-        if not isinstance(record, dict | list)
-        else (record.values() if isinstance(record, dict) else record)
-    )
-    for value in values:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"cell {where} produced a non-finite metric; it was not recorded")
-        if isinstance(value, dict | list):
-            _check_finite(value, where)
-
-
-# TEMPORARY adapters until hgn.train / hgn.evaluate land (to be replaced by their API)
-def _train(run_dir, model, config, data_path, profile, device, progress):
-    from hgn.data import SequenceDataset
-    from hgn.loop import LoopConfig, train_loop
-    from hgn.models import get_model
-
-    net = get_model(model)(config).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=profile.lr)
-    images = SequenceDataset(data_path, "train").split.images
-
-    def step_fn(step):
-        idx = torch.randint(len(images), (profile.batch_size,)).sort().values.numpy()
-        frames = (
-            torch.from_numpy(np.asarray(images[idx])).to(device).permute(0, 1, 4, 2, 3).float()
-            / 255
-        )
-        loss, metrics = net.loss(frames)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return metrics
-
-    result = train_loop(
-        run_dir,
-        {"model": net, "optimizer": opt},
-        step_fn,
-        LoopConfig(
-            steps=profile.train_steps,
-            seed=profile.seed,
-            max_minutes=profile.max_minutes,
-            desc=model,
-            tensorboard=False,
-        ),
-        {"model": model, "config": config},
-        resume=True,
-    )
-    return net, {"steps": result.step, "seconds": result.seconds, "stopped_by": result.stopped_by}
-
-
-def _evaluate_batch(net, frames, steps):
-    out = net.predict(frames, steps)
-    return (out["images"] - frames).pow(2).mean((2, 3, 4)), out["energy"]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            _require_finite(item, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"cell {where} produced a non-finite metric; it was not recorded")

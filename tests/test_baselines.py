@@ -107,21 +107,15 @@ def test_loss_terms_have_the_documented_meaning() -> None:
     assert metrics["aux"] == pytest.approx(0.2**2)
 
 
-def test_window_uses_a_random_run_of_consecutive_frames() -> None:
-    """With window=3 the loss sees one frame triplet per sequence: a sequence whose
-    other frames are garbage gives the same loss as the triplet alone."""
-    model = _model("hnn", dof=1, window=3)
-    frames = _moving_disc(batch=2, frames=6)
-    torch.manual_seed(5)
-    windowed, _ = model.loss(frames)
-    torch.manual_seed(5)
-    start = torch.randint(4, (2,))
-    triplets = torch.stack([frames[i, s : s + 3] for i, s in enumerate(start.tolist())])
-    model.config.window = None
-    whole, _ = model.loss(triplets)
-    torch.testing.assert_close(windowed, whole)
-    with pytest.raises(UserError, match="window"):
-        HNNConfig(window=2)
+@pytest.mark.parametrize("name", ["hnn", "hnn-conv"])
+def test_init_from_data_starts_at_the_mean_colour(name: str) -> None:
+    model = _model(name)
+    mean = torch.tensor([0.2, 0.5, 0.9])[:, None, None].expand(3, SIZE, SIZE)
+    model.init_from_data(mean)
+    assert model.context_frames == 2
+    out = model.predict(torch.rand(2, 3, 3, SIZE, SIZE), steps=2)["images"]
+    colour = out.mean((0, 1, 3, 4))
+    torch.testing.assert_close(colour, torch.tensor([0.2, 0.5, 0.9]), atol=0.1, rtol=0)
 
 
 def test_hnn_cannot_sample_and_rejects_bad_input() -> None:

@@ -155,7 +155,7 @@ def test_partial_report_is_labelled(tmp_path: Path) -> None:
 
 
 class _Oracle(torch.nn.Module):
-    """A stand-in model that predicts from a fixed answer: the truth or the mean frame."""
+    """A stand-in model whose prediction is a fixed answer: the truth or the mean frame."""
 
     def __init__(self, answer: torch.Tensor) -> None:
         super().__init__()
@@ -165,7 +165,7 @@ class _Oracle(torch.nn.Module):
     def predict(self, frames: torch.Tensor, steps: int, dt: float | None = None) -> dict:
         batch = self.answer[self.seen : self.seen + frames.shape[0], : steps + 1]
         self.seen += frames.shape[0]
-        return {"images": batch}
+        return {"images": batch, "energy": torch.zeros(batch.shape[:2])}
 
 
 def test_valid_prediction_time_of_perfect_and_collapsed_models(tmp_path: Path) -> None:
@@ -183,12 +183,17 @@ def test_valid_prediction_time_of_perfect_and_collapsed_models(tmp_path: Path) -
     )
     split = data.load(path, "test")
     truth = torch.from_numpy(np.array(split.images)).permute(0, 1, 4, 2, 3).float() / 255
-    perfect = rep._prefix_metrics(_Oracle(truth), split, profile, torch.device("cpu"))
+    mean = truth.mean((0, 1))
+    cpu = torch.device("cpu")
+    perfect = rep._prefix_metrics(_Oracle(truth), split, mean, profile, cpu)
     assert perfect["mse"] == 0 and perfect["vpt"] == profile.horizon
-    mean_frame = truth.mean((0, 1), keepdim=True).expand_as(truth)
-    collapsed = rep._prefix_metrics(_Oracle(mean_frame), split, profile, torch.device("cpu"))
+    assert len(perfect["mse_per_step"]) == profile.horizon
+    collapsed = rep._prefix_metrics(_Oracle(mean.expand_as(truth)), split, mean, profile, cpu)
     assert collapsed["vpt"] == 0
-    assert collapsed["mse"] == pytest.approx(collapsed["mean_frame_mse"], rel=0.3)
+    assert collapsed["mse"] == pytest.approx(collapsed["mean_frame_mse"])
+    assert collapsed["threshold"] == pytest.approx(
+        rep.VPT_FRACTION * float((truth - mean).square().mean()), rel=1e-5
+    )
 
 
 def test_choose_validates_and_orders() -> None:
