@@ -142,6 +142,18 @@ def test_interrupted_cell_resumes_and_is_recorded_only_when_done(
     assert record["train"]["paper"]["steps"] == rep.PROFILES["smoke"].train_steps
 
 
+def test_parallel_jobs_fill_cells_and_keep_logs(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    summary = rep.reproduce(
+        out, "smoke", systems="pendulum", models="hnn,hgn-determ", jobs=2, progress=False
+    )
+    assert summary["finished_cells"] == 2
+    for model in ("hnn", "hgn-determ"):
+        assert "train" in (out / "cells" / "pendulum" / model / "log.txt").read_text()
+    with pytest.raises(UserError, match="--jobs must be a positive integer"):
+        rep.reproduce(out, "smoke", jobs=0)
+
+
 def test_partial_report_is_labelled(tmp_path: Path) -> None:
     out = tmp_path / "r"
     rep.reproduce(out, "smoke", systems="mass-spring", models="hnn", progress=False)

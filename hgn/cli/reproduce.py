@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from hgn.utils import UserError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hgn reproduce`` to the top-level parser."""
@@ -47,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for torch (default 1 on CPU: this workload is many small "
         "convolutions, which run fastest single-threaded on a few shared cores)",
     )
+    cmd.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells trained at once, each in its own process (use the number of cores: "
+        "2 on a 2-core machine); their output goes to cells/SYSTEM/MODEL/log.txt",
+    )
     cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cmd.set_defaults(func=_reproduce)
 
@@ -54,8 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _reproduce(args: argparse.Namespace) -> None:
     from hgn.reproduce import reproduce
 
-    if args.threads is not None and args.threads <= 0:
-        raise UserError(f"--threads must be a positive integer, got {args.threads}")
     reproduce(
         args.out,
         profile=args.profile,
@@ -64,6 +67,7 @@ def _reproduce(args: argparse.Namespace) -> None:
         data_root=args.data_root,
         device=args.device,
         threads=args.threads,
+        jobs=args.jobs,
         command=_command(args),
         progress=not args.no_progress,
     )
@@ -78,6 +82,7 @@ def _command(args: argparse.Namespace) -> str:
         ("--data-root", args.data_root),
         ("--device", None if args.device == "cpu" else args.device),
         ("--threads", args.threads),
+        ("--jobs", None if args.jobs == 1 else args.jobs),
     ):
         if value is not None:
             words += [flag, str(value)]
