@@ -54,7 +54,7 @@ MODEL_LABELS = {
     "hnn-conv": "HNN Conv",
     "hgn": "HGN",
     "hgn-euler": "HGN Euler",
-    "hgn-no-fpsi": "HGN no f<sub>ψ</sub>",
+    "hgn-no-fpsi": "HGN no f_ψ",
     "hgn-determ": "HGN deterministic",
 }
 SYSTEM_ORDER = ("mass-spring", "pendulum", "two-body", "three-body")
@@ -90,11 +90,11 @@ layout; the paper says HNN was an order of magnitude worse on all four systems."
 
 VPT_FRACTION = 0.5
 """Valid prediction time: the number of predicted steps before the per-frame MSE first
-exceeds ``VPT_FRACTION`` × the MSE of predicting the mean test frame, i.e. before the
-prediction is no longer clearly better than the 'average image' that a collapsed model
-(the paper's failure mode of HNN) produces. A fixed absolute threshold would mean
-different things for the four systems, whose discs cover different fractions of the
-frame."""
+exceeds ``VPT_FRACTION`` × the MSE of always predicting the mean training frame, i.e.
+before the prediction is no longer clearly better than the 'average image' a collapsed
+model (the paper's failure mode of HNN) produces; ``hgn evaluate``'s default. A fixed
+absolute threshold would mean different things for the four systems, whose discs cover
+different fractions of the frame."""
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -134,8 +134,13 @@ class Profile:
     seed: int = 0
 
     def settings(self) -> dict[str, Any]:
-        """The profile as plain JSON values (what must match to resume a directory)."""
+        """The profile as plain JSON values, as recorded in ``DIR/profile.json``."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def identity(self) -> dict[str, Any]:
+        """What must match to add cells to an existing results directory: every
+        setting that changes a number (not the description)."""
+        return {k: v for k, v in self.settings().items() if k != "description"}
 
 
 _TINY_HGN = {
@@ -207,24 +212,25 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         description="the published scale, for GPUs: 64×64 images, 50,000 + 10,000 "
-        "sequences per system, the paper's networks, Adam 1.5e-4, batch 16",
+        "sequences per system, the paper's networks and optimiser (Adam 1.5e-4, batch 16), "
+        "the training length of `hgn train --profile paper`",
         size=64,
         steps=30,
         n_train=50_000,
         n_test=10_000,
-        train_steps=100_000,
+        train_steps=hgn_train.PROFILES["paper"]["train"]["steps"],
         batch_size=16,
         lr=1.5e-4,
         max_minutes=None,
         eval_sequences=10_000,
         context=5,
         horizon=60,
-        prefix_models=MODEL_ORDER,
+        prefix_models=("hnn", "hnn-conv", "hgn"),
     ),
 }
-"""The paper does not state its number of training steps; 100,000 steps of batch 16 are
-32 passes over 50,000 sequences (a public re-implementation needed about 4 GPU-hours
-per run at 32×32)."""
+"""Reproduction profiles. ``small`` and ``paper`` take their networks (and ``paper`` its
+training length, which the paper does not state) from ``hgn train``'s profiles of the
+same names, so one definition serves both commands."""
 
 
 def choose(values: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
@@ -319,14 +325,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table; cell texts are escaped except the few labels we write ourselves."""
-
-    def cell(text: str, tag: str) -> str:
-        safe = text if text in MODEL_LABELS.values() else html.escape(text)
-        return f"<{tag}>{safe}</{tag}>"
-
-    head = "".join(cell(h, "th") for h in header)
-    body = "".join("<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in rows)
+    """The same table as :func:`markdown_table`, in HTML (cell texts escaped)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -363,10 +366,6 @@ _COLOURS = {
 }
 
 
-def _plain_label(model: str) -> str:
-    return MODEL_LABELS[model].replace("<sub>", "_").replace("</sub>", "")
-
-
 def _pyplot() -> Any:
     import matplotlib
 
@@ -398,7 +397,7 @@ def figure_per_step(
                 if record is None:
                     continue
                 curve = np.asarray(record["paper"][split]["mse_per_step"]) * SCALE
-                ax.plot(curve, label=_plain_label(model), color=_COLOURS[model], lw=1.4)
+                ax.plot(curve, label=MODEL_LABELS[model], color=_COLOURS[model], lw=1.4)
             ax.set_yscale("log")
             ax.set_title(f"{system} ({split})", fontsize=10)
             ax.set_xlabel("step")
@@ -431,7 +430,7 @@ def figure_rollouts(
         any_model = rollouts[hgn or hnn]
         rows.append((f"{split}: data", any_model[f"{split}_truth"]))
         if hgn is not None:
-            label = _plain_label(hgn)
+            label = MODEL_LABELS[hgn]
             for kind, name in (
                 ("forward", "forward"),
                 ("backward", "backward (−dt)"),
@@ -441,7 +440,7 @@ def figure_rollouts(
                 rows.append((f"{split}: {label} {name}", rollouts[hgn][f"{split}_{kind}"]))
         if hnn is not None:
             rows.append(
-                (f"{split}: {_plain_label(hnn)} forward", rollouts[hnn][f"{split}_forward"])
+                (f"{split}: {MODEL_LABELS[hnn]} forward", rollouts[hnn][f"{split}_forward"])
             )
     fig, axes = plt.subplots(len(rows), 1, figsize=(frames * 0.9, len(rows) * 1.0), squeeze=False)
     for ax, (label, sequence) in zip(axes[:, 0], rows, strict=True):
@@ -472,7 +471,7 @@ def figure_samples(
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(
-            f"{system}\n({_plain_label(model)})", rotation=0, ha="right", va="center", fontsize=8
+            f"{system}\n({MODEL_LABELS[model]})", rotation=0, ha="right", va="center", fontsize=8
         )
     fig.suptitle("samples from the prior")
     fig.tight_layout()
@@ -499,7 +498,7 @@ def figure_prefix(
                 curve,
                 color=_COLOURS[model],
                 lw=1.4,
-                label=f"{_plain_label(model)} (VPT {prefix['vpt']:.1f})",
+                label=f"{MODEL_LABELS[model]} (VPT {prefix['vpt']:.1f})",
             )
             threshold = prefix["threshold"] * SCALE
         if threshold is not None:
@@ -643,7 +642,7 @@ def write_report(out: Path, summary: Mapping[str, Any], figures: Mapping[str, An
         for model, src in gifs:
             parts.append(
                 f"<figure>{_img(src, f'{system} {model}')}"
-                f"<figcaption>{MODEL_LABELS[model]}</figcaption></figure>"
+                f"<figcaption>{html.escape(MODEL_LABELS[model])}</figcaption></figure>"
             )
         parts.append("</div>")
     parts += [f"<script>{_IMAGE_CHECK}</script>", "</body></html>"]
@@ -774,7 +773,7 @@ def _claim(out: Path, profile: Profile) -> None:
             saved = json.loads(marker.read_text())
         except json.JSONDecodeError:
             raise UserError(f"{marker} is corrupt; use another --out") from None
-        if saved != profile.settings():
+        if {k: v for k, v in saved.items() if k != "description"} != profile.identity():
             what = (
                 f"profile {saved.get('name')!r}"
                 if saved.get("name") != profile.name
