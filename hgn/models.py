@@ -151,10 +151,20 @@ class HGNConfig:
         for key in ("encoder_filters", "fpsi_filters", "hamiltonian_filters", "decoder_filters"):
             if not getattr(self, key) or min(getattr(self, key)) <= 0:
                 raise UserError(f"model.{key} must be a non-empty list of positive integers")
+        if self.upsamplings > len(self.encoder_filters) - 1:
+            raise UserError(
+                f"model.encoder_filters needs at least {self.upsamplings + 1} layers to reach "
+                f"{self.latent_size}×{self.latent_size} from {self.image_size}×{self.image_size}"
+            )
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
         if self.kl_weight < 0 or self.geco_target <= 0 or not 0 <= self.geco_alpha < 1:
             raise UserError("model.kl_weight ≥ 0, geco_target > 0 and 0 ≤ geco_alpha < 1 needed")
+
+    @property
+    def upsamplings(self) -> int:
+        """Factor-2 resolution steps between the latent map and the image."""
+        return round(math.log2(self.image_size // self.latent_size))
 
     @property
     def seen_frames(self) -> int:
@@ -183,12 +193,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: HGNConfig) -> None:
         super().__init__()
-        downsamples = round(math.log2(cfg.image_size // cfg.latent_size))
-        if downsamples > len(cfg.encoder_filters) - 1:
-            raise UserError(
-                f"model.encoder_filters needs at least {downsamples + 1} layers to reach "
-                f"{cfg.latent_size}×{cfg.latent_size} from {cfg.image_size}×{cfg.image_size}"
-            )
+        downsamples = cfg.upsamplings
         layers: list[nn.Module] = []
         width = 3 * cfg.seen_frames
         for i, filters in enumerate(cfg.encoder_filters):
@@ -299,7 +304,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: HGNConfig) -> None:
         super().__init__()
-        blocks = round(math.log2(cfg.image_size // cfg.latent_size))
+        blocks = cfg.upsamplings
         widths = cfg.decoder_filters + cfg.decoder_filters[-1:] * blocks
         self.stem = nn.Sequential(nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1), _act())
         self.blocks = nn.Sequential(*(UpBlock(widths[i], widths[i + 1]) for i in range(blocks)))
@@ -376,6 +381,8 @@ class SequenceModel(nn.Module):
 
     Config: ClassVar[type]
     config: Any
+    context_frames: int | None = None
+    """Leading frames ``predict`` infers the state from (None: all it is given)."""
 
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -408,6 +415,10 @@ class HGN(SequenceModel):
         self.decoder = Decoder(config)
         self.geco = Geco(config) if config.objective == "geco" else None
         self.step_fn = integrators.get(config.integrator)
+
+    @property
+    def context_frames(self) -> int:  # type: ignore[override]
+        return self.config.seen_frames
 
     # --- the pieces of the public API (``hgn.load(RUN)`` returns this object)
 
@@ -450,8 +461,9 @@ class HGN(SequenceModel):
         dt = self.config.dt if dt is None else dt
         with torch.autocast(state.q.device.type, enabled=False):
             grad_fn = integrators.grad_of(self.h_net)
+            dtype = torch.promote_types(state.q.dtype, torch.float32)  # at least float32
             qs, ps = integrators.rollout(
-                grad_fn, state.q.float(), state.p.float(), dt, steps, self.step_fn
+                grad_fn, state.q.to(dtype), state.p.to(dtype), dt, steps, self.step_fn
             )
         return State(qs.transpose(0, 1), ps.transpose(0, 1))
 

@@ -1,7 +1,211 @@
-"""`hgn` commands of the 'model' group (filled in by the module's owner)."""
+"""`hgn train | evaluate | rollout | sample`: thin wrappers over hgn.train / hgn.evaluate."""
+
+from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+import torch
+
+from hgn.utils import UserError, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
+    from hgn.models import MODELS, get_model
+    from hgn.train import DEFAULT_PROFILE, PROFILES
+
+    get_model("hgn")  # registers the baselines too, so --help lists every model
+    p = sub.add_parser(
+        "train",
+        help="train an HGN (or a baseline) on a dataset",
+        description="Train a sequence model. Config layers: --profile, then --config FILE.yaml, "
+        "then --model, then --set section.key=value (repeatable). Checkpoints and the full "
+        "config go to --out; --resume continues a stopped run exactly.",
+    )
+    p.add_argument("--data", help="dataset directory (hgn data generate)")
+    p.add_argument("--out", help="run directory to create (or to resume)")
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        help=f"built-in config to start from (default: {DEFAULT_PROFILE})",
+    )
+    p.add_argument("--config", help="YAML file with 'model:' and 'train:' sections")
+    p.add_argument("--model", choices=list(MODELS), help="model to train (default: hgn)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--steps", type=int, help="total optimisation steps (overrides the config)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (default: torch's choice, at most 2 per rank)",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="per-step MSE, mean-image baseline, energy, valid prediction time",
+        description="Evaluate a run on the train and test splits; writes EVAL/metrics.json, "
+        "EVAL/metrics.md and plots.",
+    )
+    p.add_argument("run", help="run directory (hgn train --out)")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--max-sequences", type=int, default=1000, help="per split (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--vpt-fraction",
+        type=float,
+        default=0.5,
+        help="valid-prediction threshold as a fraction of the mean-image MSE",
+    )
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "rollout",
+        help="animate a rollout next to the ground truth",
+        description="Infer the state of one sequence and roll it out, faster/slower (--speed) "
+        "or backwards (--backward); the ground truth is shown where the data has a frame.",
+    )
+    p.add_argument("run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--index", type=int, default=0, help="sequence index in the split")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--speed", type=float, default=1.0, help="multiplies dt")
+    p.add_argument("--backward", action="store_true", help="negate dt: run back in time")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help=".gif, .mp4 or .png (a strip)")
+    p.set_defaults(func=_rollout)
+
+    p = sub.add_parser(
+        "sample",
+        help="new trajectories from the prior z ~ N(0, I)",
+        description="Sample initial states from the prior and roll them out (paper Fig. 8).",
+    )
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help=".gif, .mp4 or .png")
+    p.set_defaults(func=_sample)
+
+
+def _threads(requested: int) -> None:
+    """Cap torch's CPU threads: small convolutions on a busy machine lose more to
+    thread hand-offs than they gain (see docs/results/hgn.md)."""
+    if requested < 0:
+        raise UserError(f"--threads must be ≥ 0, got {requested}")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(requested or max(1, min(2, (os.cpu_count() or 1) // local)))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from hgn.train import DEFAULT_PROFILE, dump_yaml, resolve, train
+
+    if args.steps is not None:
+        positive_int(args.steps, "--steps")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UserError(f"--max-minutes must be positive, got {args.max_minutes}")
+    if args.print_config:
+        sys.stdout.write(
+            dump_yaml(resolve(args.profile or DEFAULT_PROFILE, args.config, args.model, args.sets))
+        )
+        return
+    if not args.data or not args.out:
+        raise UserError("hgn train needs --data DIR and --out RUN")
+    config = None
+    if args.resume:
+        if args.config or args.model or args.sets or args.profile:
+            raise UserError("--resume continues a run with its saved config; drop the overrides")
+    else:
+        config = resolve(args.profile or DEFAULT_PROFILE, args.config, args.model, args.sets)
+    _threads(args.threads)
+    result = train(
+        args.data,
+        args.out,
+        config,
+        resume=args.resume,
+        device=args.device,
+        steps=args.steps,
+        max_minutes=args.max_minutes,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"trained {result.step} steps in {result.seconds / 60:.1f} min "
+            f"(stopped by {result.stopped_by}); checkpoint: {args.out}/checkpoint.pt"
+        )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from hgn.evaluate import evaluate
+
+    _threads(0)
+    metrics = evaluate(
+        args.run,
+        args.data,
+        args.out,
+        max_sequences=args.max_sequences,
+        batch_size=args.batch_size,
+        device=args.device,
+        vpt_fraction=args.vpt_fraction,
+    )
+    for name, s in metrics["splits"].items():
+        print(
+            f"{name}: MSE ×1e4 {s['mse']['mean_x1e4']:.2f} ± {s['mse']['std_x1e4']:.2f} "
+            f"(mean image {s['baseline_mse']['mean_x1e4']:.2f}, ratio "
+            f"{s['ratio_to_baseline']:.3f}); H variance ×1e4 "
+            f"{s['energy']['var_mean_x1e4']:.3g}"
+        )
+    print(f"wrote {args.out}/metrics.md, metrics.json and plots")
+
+
+def _rollout(args: argparse.Namespace) -> None:
+    from hgn.evaluate import render_rollout
+
+    path = render_rollout(
+        args.run,
+        args.data,
+        args.out,
+        index=args.index,
+        steps=args.steps,
+        speed=args.speed,
+        backward=args.backward,
+        split=args.split,
+        fps=positive_int(args.fps, "--fps"),
+        device=args.device,
+    )
+    print(f"wrote {path}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from hgn.evaluate import render_samples
+
+    path = render_samples(
+        args.run,
+        args.out,
+        n=args.n,
+        steps=args.steps,
+        seed=args.seed,
+        fps=positive_int(args.fps, "--fps"),
+        device=args.device,
+    )
+    print(f"wrote {path}")

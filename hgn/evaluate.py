@@ -1,0 +1,395 @@
+"""Evaluation of a trained run (paper Tables 1–2, Figures 6–8) and rollout/sample pictures.
+
+Protocol (paper Sec. 4): the model infers the state from the frames its config says the
+encoder sees (all of them in the paper; a prefix of k frames in the stricter protocol),
+rolls out T steps, decodes, and every predicted frame 0…T is compared with the
+ground-truth frame: per-pixel MSE per step, averaged over the T+1 frames, then mean and
+standard deviation over sequences. For scale, the same numbers are given for the
+mean-image baseline (always predict the training set's average frame), which is what a
+model that learned no dynamics converges to (the paper's HNN failure mode).
+
+Energy (Table 2): the learned H along each rollout; its variance over the rollout,
+averaged over sequences. Valid prediction time (prefix protocol only): the number of
+predicted frames after the prefix before a sequence's per-frame MSE first exceeds a
+threshold, ``vpt_fraction`` × the mean-image baseline's average MSE on that split
+(default ½: a prediction stops counting once it is half as wrong as ignoring the input).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hgn import data as hgn_data
+from hgn import viz
+from hgn.models import SequenceModel
+from hgn.train import load_model, mean_frame, to_frames
+from hgn.utils import UserError, atomic_path, positive_int, resolve_device
+
+SCALE = 1e4
+"""The paper reports MSE and energy variance multiplied by 1e4."""
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+@torch.no_grad()
+def rollout_errors(
+    model: SequenceModel,
+    split: hgn_data.Split,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence, per-step MSE ``(n, T+1)`` and learned energy ``(n, T+1)``."""
+    steps = split.meta["steps"]
+    mses, energies = [], []
+    for start in tqdm(
+        range(0, n, batch_size), desc=f"evaluate {split.meta['split']}", disable=not progress
+    ):
+        frames = to_frames(np.asarray(split.images[start : min(start + batch_size, n)]), device)
+        out = model.predict(frames, steps)
+        mses.append((out["images"].float() - frames).square().mean((2, 3, 4)).cpu())
+        energies.append(out["energy"].float().cpu())
+    return torch.cat(mses).numpy(), torch.cat(energies).numpy()
+
+
+def baseline_errors(split: hgn_data.Split, mean: torch.Tensor, n: int) -> np.ndarray:
+    """Per-sequence, per-step MSE ``(n, T+1)`` of always predicting ``mean`` (3, H, W)."""
+    out = []
+    for start in range(0, n, 256):
+        frames = to_frames(np.asarray(split.images[start : min(start + 256, n)]), "cpu")
+        out.append((frames - mean).square().mean((2, 3, 4)))
+    return torch.cat(out).numpy()
+
+
+def error_stats(mse: np.ndarray) -> dict[str, Any]:
+    """Per-step curve and the average over steps, mean ± std over sequences."""
+    per_seq = mse.mean(1)
+    return {
+        "per_step_mean": mse.mean(0).tolist(),
+        "per_step_std": mse.std(0).tolist(),
+        "mean": float(per_seq.mean()),
+        "std": float(per_seq.std()),
+        "mean_x1e4": float(per_seq.mean() * SCALE),
+        "std_x1e4": float(per_seq.std() * SCALE),
+    }
+
+
+def energy_stats(energy: np.ndarray) -> dict[str, float]:
+    """H's level and its variance along each rollout (Table 2), over sequences."""
+    var = energy.var(1)
+    level = np.abs(energy.mean(1))
+    return {
+        "mean": float(energy.mean()),
+        "var_mean": float(var.mean()),
+        "var_std": float(var.std()),
+        "var_mean_x1e4": float(var.mean() * SCALE),
+        "relative_std": float((np.sqrt(var) / np.maximum(level, 1e-12)).mean()),
+    }
+
+
+def valid_prediction_time(mse: np.ndarray, context: int, threshold: float) -> np.ndarray:
+    """Predicted frames after the first ``context`` before the MSE first exceeds
+    ``threshold`` (all of them if it never does), per sequence."""
+    predicted = mse[:, context:]
+    bad = predicted > threshold
+    return np.where(bad.any(1), bad.argmax(1), predicted.shape[1]).astype(np.int64)
+
+
+def context_frames(model: SequenceModel, total: int) -> int:
+    """How many leading frames the model infers its state from."""
+    seen = getattr(model, "context_frames", None)
+    return total if seen is None else min(int(seen), total)
+
+
+def evaluate(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    max_sequences: int = 1000,
+    batch_size: int = 32,
+    device: str = "auto",
+    vpt_fraction: float = 0.5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``run`` on both splits of ``data``; write ``out/metrics.{json,md}`` and
+    plots (the directory appears whole, atomically). Returns the metrics."""
+    max_sequences = positive_int(max_sequences, "--max-sequences")
+    batch_size = positive_int(batch_size, "--batch-size")
+    if not vpt_fraction > 0:
+        raise UserError(f"--vpt-fraction must be positive, got {vpt_fraction}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
+    dev = resolve_device(device)
+    model, saved = load_model(run, dev)
+    splits = {name: hgn_data.load(data, name) for name in hgn_data.SPLITS}
+    _check_compatible(model, splits["train"])
+    mean = mean_frame(splits["train"])
+    steps = splits["test"].meta["steps"]
+    context = context_frames(model, steps + 1)
+    metrics: dict[str, Any] = {
+        "run": str(run),
+        "data": str(data),
+        "system": splits["test"].meta["system"],
+        "model": saved["config"]["model"]["name"],
+        "trained_steps": int(saved["step"]),
+        "trained_seconds": float(saved["seconds"]),
+        "protocol": "paper (encoder sees every frame)" if context > steps else "prefix",
+        "context_frames": context,
+        "unroll_steps": steps,
+        "vpt_fraction": vpt_fraction,
+        "splits": {},
+    }
+    curves: dict[str, np.ndarray] = {}
+    energies = np.zeros((0, steps + 1))
+    for name, split in splits.items():
+        n = min(max_sequences, len(split))
+        mse, energy = rollout_errors(model, split, n, batch_size, dev, progress)
+        base = baseline_errors(split, mean, n)
+        threshold = vpt_fraction * float(base.mean())
+        result: dict[str, Any] = {
+            "n": n,
+            "mse": error_stats(mse),
+            "baseline_mse": error_stats(base),
+            "ratio_to_baseline": float(mse.mean() / base.mean()),
+            "energy": energy_stats(energy),
+            "vpt": None,
+        }
+        if context <= steps:
+            vpt = valid_prediction_time(mse, context, threshold)
+            result["vpt"] = {
+                "threshold": threshold,
+                "steps_mean": float(vpt.mean()),
+                "steps_std": float(vpt.std()),
+                "of": steps + 1 - context,
+            }
+        metrics["splits"][name] = result
+        curves[name], curves[f"{name} mean image"] = mse.mean(0), base.mean(0)
+        if name == "test":
+            energies = energy
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "metrics.md").write_text(metrics_markdown(metrics))
+        plot_mse(curves, tmp / "mse_per_step.png")
+        plot_energy(energies, tmp / "energy.png")
+    return metrics
+
+
+def _check_compatible(model: SequenceModel, split: hgn_data.Split) -> None:
+    size, want = split.meta["size"], getattr(model.config, "image_size", split.meta["size"])
+    if size != want:
+        raise UserError(
+            f"{split.path} holds {size}×{size} images but the model was trained on {want}×{want}"
+        )
+
+
+def _pm(stats: dict[str, Any]) -> str:
+    return f"{stats['mean_x1e4']:.2f} ± {stats['std_x1e4']:.2f}"
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """A human-readable summary of :func:`evaluate`'s metrics."""
+    lines = [
+        f"# Evaluation of `{metrics['run']}`",
+        "",
+        f"Model `{metrics['model']}` after {metrics['trained_steps']} steps "
+        f"({metrics['trained_seconds'] / 60:.1f} min) on {metrics['system']} "
+        f"(`{metrics['data']}`). Protocol: {metrics['protocol']}; the state is inferred "
+        f"from {metrics['context_frames']} frame(s) and rolled out "
+        f"{metrics['unroll_steps']} steps.",
+        "",
+        "Per-pixel MSE averaged over the frames 0…T of each rollout, ×1e4, mean ± std "
+        "over sequences; energy variance = variance of the learned H along a rollout, "
+        "×1e4, averaged over sequences.",
+        "",
+        "| split | sequences | MSE ×1e4 | mean-image MSE ×1e4 | ratio | H variance ×1e4 "
+        "| H std / abs(mean H) | valid prediction time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in metrics["splits"].items():
+        vpt = "n/a (paper protocol)"
+        if s["vpt"] is not None:
+            v = s["vpt"]
+            vpt = f"{v['steps_mean']:.1f} ± {v['steps_std']:.1f} of {v['of']} steps"
+        e = s["energy"]
+        lines.append(
+            f"| {name} | {s['n']} | {_pm(s['mse'])} | {_pm(s['baseline_mse'])} "
+            f"| {s['ratio_to_baseline']:.3f} | {e['var_mean_x1e4']:.3g} "
+            f"| {e['relative_std']:.2e} | {vpt} |"
+        )
+    lines += ["", "Per-step MSE ×1e4 (mean over sequences):", ""]
+    names = list(metrics["splits"])
+    lines.append(
+        "| step | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{n} mean image" for n in names)
+        + " |"
+    )
+    lines.append("|---" * (1 + 2 * len(names)) + "|")
+    steps = metrics["unroll_steps"]
+    for t in sorted({*range(0, steps + 1, 5), steps}):
+        model_cols = [metrics["splits"][n]["mse"]["per_step_mean"][t] * SCALE for n in names]
+        base_cols = [
+            metrics["splits"][n]["baseline_mse"]["per_step_mean"][t] * SCALE for n in names
+        ]
+        lines.append(f"| {t} | " + " | ".join(f"{v:.2f}" for v in [*model_cols, *base_cols]) + " |")
+    if any(s["vpt"] for s in metrics["splits"].values()):
+        lines += [
+            "",
+            f"Valid prediction time: predicted frames after the prefix before the per-frame "
+            f"MSE first exceeds {metrics['vpt_fraction']} × the split's mean-image MSE.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_mse(curves: dict[str, np.ndarray], path: Path) -> None:
+    """Figure 6: per-step MSE of the model and of the mean image, log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, curve in curves.items():
+        style = "--" if "mean image" in label else "-"
+        ax.plot(np.arange(len(curve)), curve, style, label=label)
+    ax.set(xlabel="rollout step", ylabel="per-pixel MSE", yscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def plot_energy(energy: np.ndarray, path: Path, count: int = 8) -> None:
+    """The learned H along a few test rollouts (flat lines = conserved energy)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for row in energy[:count]:
+        ax.plot(np.arange(len(row)), row, lw=1)
+    ax.set(xlabel="rollout step", ylabel="learned H", title="learned energy along rollouts")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _hwc(frames: torch.Tensor) -> np.ndarray:
+    """``(..., 3, H, W)`` floats → ``(..., H, W, 3)`` NumPy floats."""
+    return frames.detach().float().cpu().movedim(-3, -1).numpy()
+
+
+def comparison_strip(truth: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+    """Rows: truth and prediction of each sequence, columns: time (uint8 HWC)."""
+    steps = min(truth.shape[1], pred.shape[1])
+    rows = torch.stack([truth[:, :steps], pred[:, :steps]], 1).flatten(0, 1)
+    return viz.grid(_hwc(rows))
+
+
+def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"cannot write {path}: use a file name ending in {', '.join(suffixes)}")
+
+
+def _magnify(size: int) -> int:
+    return max(1, 128 // size)
+
+
+def render_rollout(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    index: int = 0,
+    steps: int = 30,
+    speed: float = 1.0,
+    backward: bool = False,
+    split: str = "test",
+    fps: int = 8,
+    device: str = "auto",
+) -> Path:
+    """Roll sequence ``index`` out ``steps`` steps at ``speed`` × dt (negated when
+    ``backward``) next to the ground truth where a data frame exists at that time
+    (paper Fig. 7). Writes a GIF/MP4 (truth | prediction) or a PNG strip."""
+    out = Path(out)
+    _check_output(out, (".gif", ".mp4", ".png"))
+    steps = positive_int(steps, "--steps")
+    if not (math.isfinite(speed) and speed > 0):
+        raise UserError(f"--speed must be a positive number, got {speed}")
+    dev = resolve_device(device)
+    model, _ = load_model(run, dev)
+    seqs = hgn_data.load(data, split)
+    _check_compatible(model, seqs)
+    if not 0 <= index < len(seqs):
+        raise UserError(f"--index {index} is out of range: the {split} split has {len(seqs)}")
+    truth = to_frames(np.asarray(seqs.images[index : index + 1]), dev)
+    dt = model.config.dt * speed * (-1.0 if backward else 1.0)
+    with torch.no_grad():
+        pred = model.predict(truth, steps, dt)["images"][0]
+    # the data frame at the model's time k·dt, where one exists
+    frame_of = np.arange(steps + 1) * dt / seqs.meta["dt"]
+    blank = torch.full_like(pred[0], 0.5)
+    gt = []
+    for position in frame_of:
+        i = round(position)
+        exists = abs(position - i) < 1e-6 and 0 <= i < truth.shape[1]
+        gt.append(truth[0, i] if exists else blank)
+    pair = _hwc(torch.stack([torch.stack(gt), pred], 1))  # (steps+1, 2, H, W, 3)
+    pair = viz.upscale(pair, _magnify(pair.shape[-2]))
+    if out.suffix.lower() == ".png":
+        return viz.save_image(out, viz.grid(pair.transpose(1, 0, 2, 3, 4)))
+    frames = np.stack([viz.grid(p[None]) for p in pair])
+    return viz.save_animation(out, frames, fps=fps)
+
+
+def render_samples(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    n: int = 8,
+    steps: int = 30,
+    seed: int = 0,
+    fps: int = 8,
+    device: str = "auto",
+) -> Path:
+    """New trajectories from the prior (paper Fig. 8): a GIF/MP4 of ``n`` side by side,
+    or a PNG with one row per sample. ``seed`` fixes the draws."""
+    out = Path(out)
+    _check_output(out, (".gif", ".mp4", ".png"))
+    n, steps = positive_int(n, "--n"), positive_int(steps, "--steps")
+    dev = resolve_device(device)
+    model, _ = load_model(run, dev)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        images = _hwc(model.sample(n, steps))  # (n, steps+1, H, W, 3)
+    images = viz.upscale(images, _magnify(images.shape[-2]))
+    if out.suffix.lower() == ".png":
+        return viz.save_image(out, viz.grid(images))
+    frames = np.stack([viz.grid(images[:, t][None]) for t in range(images.shape[1])])
+    return viz.save_animation(out, frames, fps=fps)
