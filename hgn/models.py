@@ -108,6 +108,10 @@ class HGNConfig:
     """Ablation 'HGN no f_ψ': the sampled z is the initial state itself."""
     separable: bool = False
     """H = K(p) + V(q) with two networks: leapfrog is then exactly reversible."""
+    quadratic: bool = False
+    """Add ½a|q|² + ½b|p|² (learned a, b > 0, starting at 1) to the network's H, so
+    rollouts start as oscillations rather than the near-uniform drift of a freshly
+    initialised (nearly linear) network; the network learns the rest."""
     objective: str = "elbo"
     """'elbo': Σ squared error + kl_weight·KL; 'geco': KL + λ·(MSE − geco_target)."""
     kl_weight: float = 1.0
@@ -277,11 +281,18 @@ class HamiltonianNet(nn.Module):
             self.potential = EnergyNet(cfg, c)
         else:
             self.joint = EnergyNet(cfg, 2 * c)
+        # log-stiffness of q and log-inverse-mass of p of the optional quadratic part
+        self.log_ab = nn.Parameter(torch.zeros(2)) if cfg.quadratic else None
 
     def forward(self, q: Tensor, p: Tensor) -> Tensor:
         if self.separable:
-            return self.kinetic(p) + self.potential(q)
-        return self.joint(torch.cat([q, p], dim=1))
+            energy = self.kinetic(p) + self.potential(q)
+        else:
+            energy = self.joint(torch.cat([q, p], dim=1))
+        if self.log_ab is not None:
+            a, b = self.log_ab.exp()
+            energy = energy + 0.5 * (a * q.square() + b * p.square()).flatten(1).sum(1)
+        return energy
 
 
 class UpBlock(nn.Module):

@@ -34,7 +34,7 @@ import yaml
 from hgn import data as hgn_data
 from hgn.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
 from hgn.models import SequenceModel, config_from_dict, get_model
-from hgn.utils import UserError, atomic_path, load_checkpoint, resolve_device
+from hgn.utils import UserError, atomic_path, derive_seed, load_checkpoint, resolve_device
 
 SECTIONS = ("model", "train")
 IN_MEMORY_BYTES = 4 << 30
@@ -435,6 +435,7 @@ def train(
     tc = config.train
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
 
+    torch.manual_seed(derive_seed(tc.seed, "init"))  # the initial weights follow the seed
     model = get_model(config.name)(config.model).to(dev)
     if not resume:
         model.init_from_data(mean_frame(split).to(dev))

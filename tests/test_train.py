@@ -1,0 +1,271 @@
+"""End to end: `hgn train | evaluate | rollout | sample` on a tiny 16×16 dataset, plus
+the bad inputs each command must refuse with one clear line and nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+import hgn
+from hgn import data as hgn_data
+from hgn.cli import main
+from hgn.loop import CHECKPOINT
+from hgn.models import HGN
+from hgn.train import Batches, resolve
+from hgn.utils import UserError, load_checkpoint
+
+torch.set_num_threads(1)
+
+TINY = [
+    "model.image_size=16",
+    "model.frames=7",
+    "model.latent_channels=4",
+    "model.encoder_filters=[8, 8, 8]",
+    "model.fpsi_filters=[8]",
+    "model.hamiltonian_filters=[8, 8, 8, 8]",
+    "model.decoder_filters=[8]",
+    "train.batch_size=4",
+    "train.checkpoint_every=2",
+    "train.image_every=2",
+    "train.lr=1e-3",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    return [arg for item in (*TINY, *extra) for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "ms16"
+    hgn_data.generate(out, "mass-spring", n_train=8, n_test=4, steps=6, size=16, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--steps", "3", *sets()]) == 0
+    return out
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run a command that must fail; return its one-line message."""
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if "hgn: error: " in line]
+    assert len(errors) == 1 and lines[-1].startswith("hgn: error: "), lines
+    assert "Traceback" not in lines
+    return errors[0]
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def test_train_writes_checkpoint_config_and_tensorboard(run: Path) -> None:
+    saved = load_checkpoint(run / CHECKPOINT)
+    assert saved["step"] == 3
+    assert saved["config"]["model"]["name"] == "hgn"
+    assert saved["config"]["model"]["image_size"] == 16
+    assert saved["config"]["train"]["batch_size"] == 4
+    assert "geco" not in saved["state"]["model"] and "optimizer" in saved["state"]
+    assert (run / "config.yaml").read_text().startswith("model:")
+    assert any((run / "tensorboard").iterdir())
+
+
+def test_resume_continues_to_more_steps(run: Path, dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / CHECKPOINT).write_bytes((run / CHECKPOINT).read_bytes())
+    assert (
+        main(["train", "--data", str(dataset), "--out", str(copy), "--resume", "--steps", "5"]) == 0
+    )
+    assert load_checkpoint(copy / CHECKPOINT)["step"] == 5
+
+
+def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
+    base = ["train", "--data", str(dataset), *sets("model.name=hgn-determ")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
+    resume = ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "--resume"]
+    assert main([*resume, "--steps", "4"]) == 0
+    a = load_checkpoint(tmp_path / "a" / CHECKPOINT)["state"]["model"]
+    b = load_checkpoint(tmp_path / "b" / CHECKPOINT)["state"]["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_yaml_config_and_model_flag(dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  integrator: euler\ntrain:\n  seed: 3\n")
+    cfg = resolve("small", config, "hgn-no-fpsi", ["lr=0.01", "model.dt=0.1"])
+    assert cfg.name == "hgn-no-fpsi" and not cfg.model.use_fpsi
+    assert cfg.model.integrator == "euler" and cfg.model.dt == 0.1
+    assert cfg.train.seed == 3 and cfg.train.lr == 0.01
+    assert resolve("paper").model.image_size == 64 and resolve("paper").train.lr == 1.5e-4
+
+
+def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--print-config", "--profile", "paper"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "paper.yaml").write_text(text)
+    assert resolve("small", tmp_path / "paper.yaml").to_dict() == resolve("paper").to_dict()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real = HGN.loss
+    calls = {"n": 0}
+
+    def poisoned(self, frames):
+        loss, metrics = real(self, frames)
+        calls["n"] += 1
+        return (loss * float("nan"), metrics) if calls["n"] == 3 else (loss, metrics)
+
+    monkeypatch.setattr(HGN, "loss", poisoned)
+    out = tmp_path / "nan"
+    argv = ["train", "--data", str(dataset), "--out", str(out), "--steps", "6"]
+    message = error_of([*argv, *sets("train.checkpoint_every=2")], capsys)
+    assert "loss became nan at step 2" in message
+    saved = load_checkpoint(out / CHECKPOINT)
+    assert saved["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state"]["model"].values())
+
+
+def test_batches_cut_windows_and_follow_the_curriculum(dataset: Path) -> None:
+    split = hgn_data.load(dataset, "train")
+    batches = Batches(split, 7, 3, torch.device("cpu"), shortest=3, curriculum=4)
+    assert [batches.window(s) for s in range(6)] == [3, 4, 5, 6, 7, 7]
+    torch.manual_seed(0)
+    x = batches(1)
+    assert x.shape == (3, 4, 3, 16, 16) and x.dtype == torch.float32 and x.max() <= 1
+    torch.manual_seed(0)
+    torch.testing.assert_close(batches(1), x)  # the step's seed fixes the batch
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", str(dataset), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("train", "test"):
+        s = metrics["splits"][split]
+        assert len(s["mse"]["per_step_mean"]) == 7 and s["mse"]["mean"] > 0
+        assert s["mse"]["mean_x1e4"] == pytest.approx(s["mse"]["mean"] * 1e4)
+        assert s["baseline_mse"]["mean"] > 0 and s["energy"]["var_mean"] >= 0
+        assert s["vpt"] is None  # the encoder saw every frame
+    assert "| test |" in (out / "metrics.md").read_text()
+    assert iio.imread(out / "mse_per_step.png").ndim == 3
+    assert (out / "energy.png").is_file()
+
+
+def test_prefix_protocol_reports_valid_prediction_time(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "prefix"
+    argv = ["train", "--data", str(dataset), "--out", str(run), "--steps", "2"]
+    assert main([*argv, *sets("model.input_frames=3", "train.curriculum=2")]) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", str(dataset), "--out", str(out)]) == 0
+    vpt = json.loads((out / "metrics.json").read_text())["splits"]["test"]["vpt"]
+    assert vpt["of"] == 4 and 0 <= vpt["steps_mean"] <= 4
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_rollout_renders_truth_and_prediction(
+    run: Path, dataset: Path, tmp_path: Path, suffix: str
+) -> None:
+    out = tmp_path / f"roll{suffix}"
+    argv = ["rollout", str(run), "--data", str(dataset), "--index", "1", "--steps", "6"]
+    # (an animation shows the truth at every step; GIF writers drop repeated frames)
+    options = ["--speed", "2", "--backward"] if suffix == ".png" else []
+    assert main([*argv, *options, "--out", str(out)]) == 0
+    image = iio.imread(out)
+    if suffix == ".gif":
+        assert image.shape[0] == 7  # steps + 1 frames, truth | prediction side by side
+        assert image.shape[2] > 2 * image.shape[1] - 8
+    else:
+        assert image.shape[1] > 6 * image.shape[0] / 2  # 2 rows × 7 columns
+
+
+def test_sample_writes_pictures(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "samples.png"
+    assert main(["sample", str(run), "--n", "3", "--steps", "4", "--out", str(out)]) == 0
+    assert iio.imread(out).shape == (3 * 129 + 1, 5 * 129 + 1, 3)  # n rows, steps+1 columns
+    gif = tmp_path / "samples.gif"
+    assert main(["sample", str(run), "--n", "3", "--steps", "4", "--out", str(gif)]) == 0
+    assert iio.imread(gif).shape[-3:] == (129 + 1, 3 * 129 + 1, 3)
+
+
+def test_load_api(run: Path, dataset: Path) -> None:
+    model = hgn.load(run)
+    frames = hgn_data.SequenceDataset(dataset, "test")[0][None]
+    state = model.encode(frames)
+    states = model.rollout(state, 4, dt=0.1)
+    assert model.decode(states.q).shape == (1, 5, 3, 16, 16)
+    assert model.hamiltonian(states).shape == (1, 5)
+    assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_fail_with_one_line(
+    run: Path, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data, new = str(dataset), str(tmp_path / "new")
+    train = ["train", "--data", data, "--out", new]
+    assert "expects 32×32" in error_of([*train, "--steps", "1"], capsys)
+    assert "model.nope" in error_of([*train, "--set", "model.nope=1"], capsys)
+    assert "train.lr must be float" in error_of([*train, "--set", "train.lr=fast"], capsys)
+    assert "does not parse" in error_of([*train, "--set", "lr"], capsys)
+    assert "does not parse" in error_of([*train, "--set", "model.encoder_filters=[8,"], capsys)
+    assert "--steps must be a positive" in error_of([*train, "--steps", "0"], capsys)
+    assert "nothing to resume" in error_of([*train, "--resume"], capsys)
+    assert not Path(new).exists()
+    again = ["train", "--data", data, "--out", str(run), "--steps", "9", *sets()]
+    before = (run / CHECKPOINT).read_bytes()
+    assert "already holds a run" in error_of(again, capsys)
+    assert (run / CHECKPOINT).read_bytes() == before
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    evaluate = ["evaluate", str(empty), "--data", data, "--out", str(tmp_path / "e")]
+    assert "no checkpoint" in error_of(evaluate, capsys)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / CHECKPOINT).write_bytes(before[: len(before) // 2])
+    assert "corrupt or truncated" in error_of(
+        ["sample", str(broken), "--out", new + ".gif"], capsys
+    )
+    missing = str(tmp_path / "no" / "dir" / "r.gif")
+    assert "does not exist" in error_of(
+        ["rollout", str(run), "--data", data, "--out", missing], capsys
+    )
+    assert "--steps must be a positive" in error_of(
+        ["sample", str(run), "--steps", "0", "--out", new + ".gif"], capsys
+    )
+    assert "out of range" in error_of(
+        ["rollout", str(run), "--data", data, "--index", "99", "--out", new + ".gif"], capsys
+    )
+    assert not list(tmp_path.glob("new*"))
+
+
+def test_resolve_rejects_unknown_profile_and_section(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown profile"):
+        resolve("huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimiser:\n  lr: 1\n")
+    with pytest.raises(UserError, match="unknown config section 'optimiser'"):
+        resolve("small", bad)
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        resolve("small", bad)
