@@ -160,6 +160,7 @@ def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: P
         assert len(s["mse"]["per_step_mean"]) == 7 and s["mse"]["mean"] > 0
         assert s["mse"]["mean_x1e4"] == pytest.approx(s["mse"]["mean"] * 1e4)
         assert s["baseline_mse"]["mean"] > 0 and s["energy"]["var_mean"] >= 0
+        assert 0 < s["noise_floor_mse"] < s["baseline_mse"]["mean"]
         assert s["vpt"] is None  # the encoder saw every frame
     assert "| test |" in (out / "metrics.md").read_text()
     assert iio.imread(out / "mse_per_step.png").ndim == 3
