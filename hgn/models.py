@@ -269,6 +269,9 @@ class EnergyNet(nn.Module):
         return self.net(x).flatten(1).sum(1)
 
 
+QUADRATIC_RATE = 10.0
+
+
 class HamiltonianNet(nn.Module):
     """H_γ(q, p) → (B,). General H(q, p) by default; K(p) + V(q) when ``separable``."""
 
@@ -281,7 +284,9 @@ class HamiltonianNet(nn.Module):
             self.potential = EnergyNet(cfg, c)
         else:
             self.joint = EnergyNet(cfg, 2 * c)
-        # log-stiffness of q and log-inverse-mass of p of the optional quadratic part
+        # log-stiffness of q and log-inverse-mass of p of the optional quadratic part,
+        # in units of 1/QUADRATIC_RATE: Adam moves a parameter by about the learning
+        # rate per step, and these must travel O(1) to set the oscillation frequency
         self.log_ab = nn.Parameter(torch.zeros(2)) if cfg.quadratic else None
 
     def forward(self, q: Tensor, p: Tensor) -> Tensor:
@@ -290,7 +295,7 @@ class HamiltonianNet(nn.Module):
         else:
             energy = self.joint(torch.cat([q, p], dim=1))
         if self.log_ab is not None:
-            a, b = self.log_ab.exp()
+            a, b = (QUADRATIC_RATE * self.log_ab).exp()
             energy = energy + 0.5 * (a * q.square() + b * p.square()).flatten(1).sum(1)
         return energy
 

@@ -4,6 +4,9 @@ the bad inputs each command must refuse with one clear line and nothing overwrit
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -270,3 +273,21 @@ def test_resolve_rejects_unknown_profile_and_section(tmp_path: Path) -> None:
     bad.write_text("model: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         resolve("small", bad)
+
+
+def test_ddp_on_two_cpu_ranks_matches_one_process(dataset: Path, tmp_path: Path) -> None:
+    """gloo, 2 ranks × batch 2 == 1 process × batch 4 for the deterministic model."""
+    common = ["-m", "hgn", "train", "--data", str(dataset), "--steps", "2", "--model"]
+    common += ["hgn-determ", *sets("train.image_every=0")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    torchrun += ["--master-port", str(29500 + os.getpid() % 1000)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = [*torchrun, *common, "--set", "train.batch_size=2", "--out", str(tmp_path / "ddp")]
+    subprocess.run(ddp, check=True, env=env, capture_output=True, timeout=300)
+    one = [sys.executable, *common, "--set", "train.batch_size=4", "--out", str(tmp_path / "one")]
+    subprocess.run(one, check=True, env=env, capture_output=True, timeout=300)
+    a = load_checkpoint(tmp_path / "ddp" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "one" / CHECKPOINT)
+    assert a["step"] == b["step"] == 2
+    for key, value in a["state"]["model"].items():
+        torch.testing.assert_close(value, b["state"]["model"][key], rtol=0, atol=1e-6)
