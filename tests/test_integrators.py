@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,7 +12,15 @@ from hgn import integrators
 from hgn.integrators import INTEGRATORS, ORDER, grad_of, rollout
 from hgn.utils import UserError
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64() -> Iterator[None]:
+    """Round-off-level assertions need float64; restore the default for other modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
 
 K, M = 2.0, 0.5  # the paper's mass-spring constants
 OMEGA = math.sqrt(K / M)
@@ -92,7 +101,8 @@ def _step_jacobian(method: str, q: torch.Tensor, p: torch.Tensor, dt: float) -> 
 
 
 OMEGA_2D = torch.tensor(
-    [[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]]
+    [[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]],
+    dtype=torch.float64,
 )
 
 
