@@ -195,8 +195,8 @@ PROFILES: dict[str, Profile] = {
         n_train=1000,
         n_test=200,
         train_steps=3000,
-        batch_size=16,
-        lr=2e-3,
+        batch_size=hgn_train.PROFILES["small"]["train"]["batch_size"],
+        lr=hgn_train.PROFILES["small"]["train"]["lr"],
         max_minutes=8.0,
         eval_sequences=200,
         context=5,
@@ -228,9 +228,9 @@ PROFILES: dict[str, Profile] = {
         prefix_models=("hnn", "hnn-conv", "hgn"),
     ),
 }
-"""Reproduction profiles. ``small`` and ``paper`` take their networks (and ``paper`` its
-training length, which the paper does not state) from ``hgn train``'s profiles of the
-same names, so one definition serves both commands."""
+"""Reproduction profiles. ``small`` takes its networks, batch size and learning rate,
+and ``paper`` its training length (which the paper does not state), from ``hgn train``'s
+profiles of the same names, so one definition serves both commands."""
 
 
 def choose(values: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
@@ -293,6 +293,14 @@ def table_rows(
             for i, split in enumerate(("train", "test")):
                 stats = None if record is None else record["paper"][split]
                 row.append(_cell_text(stats, key, None if published is None else published[i]))
+        rows.append(row)
+    if key == "mse":  # what a model that ignores its input scores (HNN's collapse)
+        row = ["Mean image (reference)"]
+        for system in systems:
+            record = next(iter(cells.get(system, {}).values()), None)
+            for split in ("train", "test"):
+                mean = None if record is None else record["paper"][split]["mean_image_mse"]
+                row.append("—" if mean is None else _fmt(mean * SCALE))
         rows.append(row)
     return header, rows
 
