@@ -115,6 +115,12 @@ class HGNConfig:
     objective: str = "elbo"
     """'elbo': Σ squared error + kl_weight·KL; 'geco': KL + λ·(MSE − geco_target)."""
     kl_weight: float = 1.0
+    warmup: int = 0
+    """Training steps over which the trained rollout grows from 1 step to all
+    ``frames - 1`` and the KL weight from 0 to ``kl_weight``. Early on, a random
+    Hamiltonian scrambles long rollouts and the images cannot depend on q yet; short
+    rollouts without a KL penalty let the encoder and decoder learn positions first
+    (and cost less), instead of settling on the mean image (posterior collapse)."""
     geco_target: float = 5e-4
     """GECO's bound on the per-pixel reconstruction MSE."""
     geco_alpha: float = 0.99
@@ -162,6 +168,8 @@ class HGNConfig:
             )
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
+        if self.warmup < 0:
+            raise UserError(f"model.warmup must be ≥ 0, got {self.warmup}")
         if self.kl_weight < 0 or self.geco_target <= 0 or not 0 <= self.geco_alpha < 1:
             raise UserError("model.kl_weight ≥ 0, geco_target > 0 and 0 ≤ geco_alpha < 1 needed")
 
@@ -431,6 +439,8 @@ class HGN(SequenceModel):
         self.decoder = Decoder(config)
         self.geco = Geco(config) if config.objective == "geco" else None
         self.step_fn = integrators.get(config.integrator)
+        # training steps taken, for the warm-up; a buffer, so checkpoints resume it
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
     @property
     def context_frames(self) -> int:  # type: ignore[override]
@@ -501,7 +511,13 @@ class HGN(SequenceModel):
         likelihood). We prefer it to Bernoulli/BCE because frames are soft discs on a
         grey background, not binary, and the reported metric is pixel MSE.
         """
-        steps = frames.shape[1] - 1
+        warm = 1.0
+        if self.training:
+            self.trained_steps += 1
+            if self.config.warmup:
+                warm = min(1.0, float(self.trained_steps) / self.config.warmup)
+        steps = max(1, round(warm * (frames.shape[1] - 1)))
+        target = frames[:, : steps + 1]
         mean, logvar = self.posterior(frames)
         if self.config.deterministic:
             z, kl = mean, torch.zeros((), device=frames.device)
@@ -510,13 +526,13 @@ class HGN(SequenceModel):
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
         states = self.rollout(self.initial_state(z), steps)
         recon = self.decode(states.q)
-        mse = F.mse_loss(recon.float(), frames.float())
-        pixels = frames[0].numel()
+        mse = F.mse_loss(recon.float(), target.float())
+        pixels = target[0].numel()
         if self.geco is not None:
-            loss = self.geco(mse) + kl / pixels
+            loss = self.geco(mse) + warm * kl / pixels
         else:
-            loss = mse + self.config.kl_weight * kl / pixels
-        metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
+            loss = mse + warm * self.config.kl_weight * kl / pixels
+        metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "horizon": steps}
         if self.geco is not None:
             metrics["geco_lambda"] = self.geco.lam.item()
         return loss, metrics

@@ -60,16 +60,12 @@ class TrainConfig:
     """'auto' (bf16 autocast on CUDA, none on CPU), 'bf16' or 'off'."""
     compile: bool = False
     """Wrap the model in torch.compile (opt-in: compilation takes minutes)."""
-    curriculum: int = 0
-    """Grow the training window linearly from the frames the encoder sees (+1) to
-    ``model.frames`` over this many steps (0 = full windows from the start). Only
-    models that infer their state from a prefix can take shorter windows."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, key) <= 0:
                 raise UserError(f"train.{key} must be positive, got {getattr(self, key)}")
-        for key in ("grad_clip", "image_every", "seed", "curriculum"):
+        for key in ("grad_clip", "image_every", "seed"):
             if getattr(self, key) < 0:
                 raise UserError(f"train.{key} must be ≥ 0, got {getattr(self, key)}")
         if not self.lr > 0:
@@ -257,40 +253,26 @@ def check_data(split: hgn_data.Split, model_config: Any) -> None:
 
 
 class Batches:
-    """Random training windows, drawn from the global torch RNG.
+    """Random training windows of ``frames`` frames, drawn from the global torch RNG.
 
     The loop reseeds torch before every step, so a step's batch depends only on
     (seed, step): resumed and uninterrupted runs see the same data. Every DDP rank
     draws the same global batch and keeps its own slice of it. Windows start anywhere
-    in a sequence (the dynamics do not depend on the starting time); their length
-    grows from ``shortest`` to ``frames`` over ``curriculum`` steps.
+    in a sequence; the dynamics do not depend on the starting time.
     """
 
     def __init__(
-        self,
-        split: hgn_data.Split,
-        frames: int,
-        batch_size: int,
-        device: torch.device,
-        shortest: int | None = None,
-        curriculum: int = 0,
+        self, split: hgn_data.Split, frames: int, batch_size: int, device: torch.device
     ) -> None:
         self.frames, self.batch_size, self.device = frames, batch_size, device
-        self.shortest, self.curriculum = min(shortest or frames, frames), curriculum
         self.rank, self.world = _rank(), _world()
         images = split.images
         self.length = images.shape[1]
         self.in_memory = int(np.prod(images.shape)) <= IN_MEMORY_BYTES
         self.images = torch.from_numpy(np.array(images)) if self.in_memory else images
 
-    def window(self, step: int) -> int:
-        """Frames per training window at ``step``."""
-        if self.curriculum == 0 or step >= self.curriculum:
-            return self.frames
-        return round(self.shortest + (self.frames - self.shortest) * step / self.curriculum)
-
-    def __call__(self, step: int) -> torch.Tensor:
-        frames = self.window(step)
+    def __call__(self) -> torch.Tensor:
+        frames = self.frames
         total = self.batch_size * self.world
         rows = torch.randint(len(self.images), (total,))
         starts = torch.randint(self.length - frames + 1, (total,))
@@ -446,8 +428,7 @@ def train(
     if tc.compile:
         forward = torch.compile(forward)
     frames = getattr(config.model, "frames", split.meta["steps"] + 1)
-    context = model.context_frames or frames
-    batches = Batches(split, frames, tc.batch_size, dev, max(2, context + 1), tc.curriculum)
+    batches = Batches(split, frames, tc.batch_size, dev)
     writer = _rank() == 0
     if writer:
         out.mkdir(exist_ok=True)
@@ -458,7 +439,7 @@ def train(
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
-        x = batches(step)
+        x = batches()
         with _autocast(tc.amp, dev):
             loss, metrics = forward(x)
         shared = _all_mean(torch.tensor([loss.item()]))

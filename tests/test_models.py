@@ -224,3 +224,14 @@ def test_rollout_keeps_float32_under_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         states = model.rollout(State(torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)), 3)
     assert states.q.dtype == torch.float32
+
+
+def test_warmup_grows_the_horizon_and_the_kl_weight() -> None:
+    model = tiny(warmup=4, kl_weight=1.0)
+    model.train()
+    horizons = [model.loss(frames(length=5))[1]["horizon"] for _ in range(5)]
+    assert horizons == [1, 2, 3, 4, 4]
+    assert int(model.trained_steps) == 5 and "trained_steps" in model.state_dict()
+    model.eval()
+    assert model.loss(frames(length=5))[1]["horizon"] == 4
+    assert int(model.trained_steps) == 5

@@ -140,15 +140,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in saved["state"]["model"].values())
 
 
-def test_batches_cut_windows_and_follow_the_curriculum(dataset: Path) -> None:
-    split = hgn_data.load(dataset, "train")
-    batches = Batches(split, 7, 3, torch.device("cpu"), shortest=3, curriculum=4)
-    assert [batches.window(s) for s in range(6)] == [3, 4, 5, 6, 7, 7]
+def test_batches_are_fixed_by_the_step_seed(dataset: Path) -> None:
+    batches = Batches(hgn_data.load(dataset, "train"), 4, 3, torch.device("cpu"))
     torch.manual_seed(0)
-    x = batches(1)
+    x = batches()
     assert x.shape == (3, 4, 3, 16, 16) and x.dtype == torch.float32 and x.max() <= 1
     torch.manual_seed(0)
-    torch.testing.assert_close(batches(1), x)  # the step's seed fixes the batch
+    torch.testing.assert_close(batches(), x)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -173,7 +171,7 @@ def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: P
 def test_prefix_protocol_reports_valid_prediction_time(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "prefix"
     argv = ["train", "--data", str(dataset), "--out", str(run), "--steps", "2"]
-    assert main([*argv, *sets("model.input_frames=3", "train.curriculum=2")]) == 0
+    assert main([*argv, *sets("model.input_frames=3", "model.warmup=2")]) == 0
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--data", str(dataset), "--out", str(out)]) == 0
     vpt = json.loads((out / "metrics.json").read_text())["splits"]["test"]["vpt"]
