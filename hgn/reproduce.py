@@ -708,8 +708,8 @@ def build_outputs(
         "command": command,
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "version": __version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        "machine": f"{platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s) per process",
         "systems": systems,
         "requested_cells": len(requested),
         "finished_cells": sum(1 for s, m in requested if m in cells.get(s, {})),
