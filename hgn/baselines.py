@@ -51,7 +51,7 @@ class HNNConfig:
     ``dof`` is the number of position coordinates of the true system (1 for the
     mass-spring and the pendulum, 4 for two bodies in the plane, 6 for three), so the
     latent is ``2 * dof`` numbers: the defining (and limiting) assumption of HNN. The
-    trainer fills it (and ``image_size``, ``frames``, ``dt``) from the dataset's metadata.
+    trainer fills it and ``dt`` from the dataset's metadata unless they are set.
     MLP widths follow HNN's pixel experiment (200 hidden units); the conv variant takes
     HGN's encoder and decoder at HGN's default widths and latent map size.
     """
