@@ -87,7 +87,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # Fits two CPU cores in minutes (docs/results/hgn.md): the paper's 16×4×4 phase
         # space and all 31 frames per sequence, but narrow networks whose most expensive
         # layers (the decoder's full-resolution convs) are the thinnest, a 3-layer
-        # Hamiltonian net, batch 8 and a 13× larger learning rate for more, cheaper
+        # Hamiltonian net, batch 8 and a 7× larger learning rate for more, cheaper
         # steps, a warm-up (short rollouts, no KL first) so the encoder and decoder
         # learn positions before the dynamics, a weak KL (a sharp likelihood), and a
         # quadratic part in H so rollouts oscillate from the start.
@@ -105,7 +105,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "kl_weight": 0.01,
             "warmup": 1200,
         },
-        "train": {"batch_size": 8, "lr": 2e-3, "steps": 100_000, "max_minutes": 5.0},
+        "train": {"batch_size": 8, "lr": 1e-3, "steps": 100_000, "max_minutes": 5.0},
     },
 }
 DEFAULT_PROFILE = "small"
