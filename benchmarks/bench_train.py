@@ -1,8 +1,9 @@
 """Training-step throughput and peak memory of the `paper` and `small` HGN profiles.
 
-Each profile runs in a fresh subprocess (so peak memory is its own): a full step
-(forward, backward through the rollout, Adam) on random frames of the profile's shape,
-a warm-up step, then ``--steps`` timed steps. Prints a Markdown table.
+Each profile runs in a fresh subprocess (so peak memory is its own): a full training
+step (forward, backward through the whole 30-step rollout, Adam; the model's warm-up
+is switched off so the steady-state cost is timed) on random frames of the profile's
+shape, one untimed step, then ``--steps`` timed steps. Prints a Markdown table.
 
     .venv/bin/python benchmarks/bench_train.py [--profiles paper small] [--steps 3]
         [--threads 1] [--device cpu]
@@ -11,6 +12,7 @@ a warm-up step, then ``--steps`` timed steps. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -28,7 +30,9 @@ def measure(profile: str, steps: int, threads: int, device: str) -> dict[str, fl
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = resolve(profile)
-    model = get_model(config.name)(config.model).to(device)
+    # time the full 30-step rollout, not the short ones of the warm-up phase
+    model_config = dataclasses.replace(config.model, warmup=0)
+    model = get_model(config.name)(model_config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     size, frames, batch = config.model.image_size, config.model.frames, config.train.batch_size
     x = torch.rand(batch, frames, 3, size, size, device=device)
