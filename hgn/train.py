@@ -410,8 +410,6 @@ def train(
         if ckpt.exists():
             raise UserError(f"{out} already holds a run; pass --resume or choose another --out")
         config = config or resolve()
-    if not out.parent.is_dir():
-        raise UserError(f"cannot create {out}: directory {out.parent} does not exist")
     overrides = {"steps": steps, "max_minutes": max_minutes}
     budgets = {k: v for k, v in overrides.items() if v is not None}
     if budgets:
