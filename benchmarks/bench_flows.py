@@ -90,7 +90,7 @@ def main() -> None:
         steps = 1.0 / seconds_per_step(model, data, cfg)
         ks = (1, 128) if config["kind"] == "nhf" else (None,)
         for k in ks:
-            speed = throughput(model, x if k != 128 else x[: args.n // 8], k)
+            speed = throughput(model, x if k != 128 else x[: args.n // 16], k, args.n)
             label = f"{name}" + (f" K={k}" if k else "")
             print(
                 f"{label:<16}{n_parameters(model):>8}{steps:>15.1f}"

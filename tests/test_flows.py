@@ -23,7 +23,7 @@ from hgn.flows import (
     save,
 )
 from hgn.targets import FFJORD_TARGETS, TARGETS, data_source, load_array
-from hgn.utils import UserError
+from hgn.utils import UserError, derive_seed
 
 
 def small_nhf(dim: int = 2, **kw) -> NHF:
@@ -255,33 +255,29 @@ def test_unknown_target_rejected() -> None:
 
 def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
     torch.set_num_threads(1)
-    config = {
-        "kind": "nhf",
-        "flow_steps": 2,
-        "leapfrog_steps": 1,
-        "hidden": 16,
-        "posterior_hidden": 16,
-    }
-    cfg = TrainConfig(steps=150, batch_size=128, lr=5e-3, seed=3)
+    config = {"kind": "nhf", "flow_steps": 2, "hidden": 16, "posterior_hidden": 16}
+    cfg = TrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3)
+    x = data_source("gmm").test_set()[:500]
+
+    def test_elbo(model: torch.nn.Module) -> float:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model.elbo(x, 8).mean().item()
+
+    torch.manual_seed(derive_seed(3, "init"))  # the weights train() starts from
+    before = test_elbo(build({**config, "dim": 2}))
     result = train("gmm", tmp_path / "run", config, cfg, tensorboard=False)
-    losses = [h["loss"] for h in result.history]
-    assert np.mean(losses[-3:]) < np.mean(losses[:2]) - 0.3  # -ELBO falls: ELBO rises
     model = load(tmp_path / "run")
     assert isinstance(model, NHF) and model.cfg.flow_steps == 2
-    x = data_source("gmm").test_set()[:200]
-    with torch.no_grad():
-        assert -model.elbo(x, 4).mean() < losses[0]
+    assert test_elbo(model) > before + 0.5  # the ELBO went up, on held-out points
+    losses = [h["loss"] for h in result.history]
+    assert np.mean(losses[-2:]) < losses[0]  # the training objective (-ELBO) went down
 
-    # a run stopped and resumed lands on exactly the same weights
+    # a run stopped by its time budget and resumed lands on exactly the same weights
     short = TrainConfig(steps=20, batch_size=32, seed=3)
     train("gmm", tmp_path / "a", config, short, tensorboard=False)
-    train(
-        "gmm",
-        tmp_path / "b",
-        config,
-        TrainConfig(steps=10, batch_size=32, seed=3),
-        tensorboard=False,
-    )
+    stopped = TrainConfig(steps=20, batch_size=32, seed=3, max_minutes=1e-6)
+    assert train("gmm", tmp_path / "b", config, stopped, tensorboard=False).step < 20
     train("gmm", tmp_path / "b", config, short, resume=True, tensorboard=False)
     a, b = load(tmp_path / "a").state_dict(), load(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
