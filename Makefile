@@ -18,7 +18,7 @@ demo: setup
 	$(BIN)/python -m hgn.demo
 
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 	$(BIN)/ruff check hgn tests benchmarks
 
 # The report test renders report.html in headless Chromium (Debian's package).
