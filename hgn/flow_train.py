@@ -38,7 +38,7 @@ class TrainConfig:
 
     steps: int = 6000
     batch_size: int = 512
-    lr: float = 2e-3
+    lr: float = 1e-2
     warmup: float = 0.02
     n_samples: int = 1
     clip: float = 10.0
@@ -62,11 +62,13 @@ class TrainConfig:
 
 
 def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
-    """Fix the model's data standardisation from training data (user arrays only by default:
-    the synthetic targets are already at the prior's scale)."""
+    """Fix the model's data standardisation from training data. A volume-preserving flow
+    cannot rescale, so data at the prior's scale is much easier: on checkerboard it took
+    the test NLL of three seeds from 3.71-3.82 to 3.708-3.710 nats (docs/results/flows.md)."""
     if standardise:
         ref = data.reference(100_000)
-        model.set_standardisation(ref.mean(0), ref.std(0) if len(ref) > 1 else torch.ones(data.dim))
+        scale = ref.std(0) if len(ref) > 1 else torch.ones(data.dim)
+        model.set_standardisation(ref.mean(0), torch.where(scale > 0, scale, 1.0))
 
 
 def train(
@@ -76,7 +78,7 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
-    standardise: bool | None = None,
+    standardise: bool = True,
     desc: str = "flow",
     tensorboard: bool = True,
 ) -> LoopResult:
@@ -95,8 +97,6 @@ def train(
     model_config = {**model_config, "dim": data.dim}
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build(model_config)
-    if standardise is None:
-        standardise = target.endswith(".npy")
     _prepare(model, data, standardise)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     params = list(model.parameters())

@@ -191,8 +191,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
-        "--standardise", action=argparse.BooleanOptionalAction, default=None,
-        help="standardise the data (default: only for .npy files)",
+        "--standardise", action=argparse.BooleanOptionalAction, default=True,
+        help="standardise the data to zero mean, unit variance (default: yes)",
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     _model_args(p)
