@@ -36,7 +36,7 @@ class TrainConfig:
     to zero at ``steps``: a function of the step alone, so resumed runs match.
     """
 
-    steps: int = 6000
+    steps: int = 9000
     batch_size: int = 512
     lr: float = 1e-2
     warmup: float = 0.02

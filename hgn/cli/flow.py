@@ -62,13 +62,13 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _train_args(p: argparse.ArgumentParser, steps: int | None) -> None:
+def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     from hgn.flow_train import TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("training")
-    if steps is not None:
-        g.add_argument("--steps", type=int, default=steps, help="training steps (%(default)s)")
+    if with_steps:  # compare sets each model's steps from its time budget
+        g.add_argument("--steps", type=int, default=d.steps, help="training steps (%(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (%(default)s)")
     g.add_argument(
@@ -196,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     _model_args(p)
-    _train_args(p, steps=6000)
+    _train_args(p, with_steps=True)
     p.set_defaults(func=cmd_train)
 
     p = fsub.add_parser("evaluate", help="test NLL (nats) with its standard error")
@@ -233,5 +233,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-importance", type=int, default=128, help="K of NHF's bound (%(default)s)")
     p.add_argument("--n-test", type=int, default=2000, help="test points (%(default)s)")
     _model_args(p, leapfrog=False)
-    _train_args(p, steps=None)
+    _train_args(p, with_steps=False)
     p.set_defaults(func=cmd_compare)
