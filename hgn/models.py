@@ -201,6 +201,11 @@ INIT_LOGVAR = -4.0
 drowns the encoder's still small means, the decoder learns to ignore z, and training
 sits on the mean image for hundreds of steps; the KL term widens the posterior later."""
 
+MAX_LOGVAR = 2.0
+"""Soft upper bound of the posterior log-variance. A posterior wider than the N(0, I)
+prior is never useful, and an unbounded head can jump to log-variances of 70+ after one
+large Adam step, so exp() overflows and the run dies with NaN (seen on two-body)."""
+
 
 class Encoder(nn.Module):
     """Stacked frames ``(B, 3k, S, S)`` → mean and log-variance of z ``(B, 2C, L, L)``.
@@ -224,8 +229,8 @@ class Encoder(nn.Module):
             self.head.bias[2 * cfg.latent_channels :] = INIT_LOGVAR
 
     def forward(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
-        mean, logvar = self.head(self.body(stacked)).chunk(2, dim=1)
-        return mean, logvar
+        mean, raw = self.head(self.body(stacked)).chunk(2, dim=1)
+        return mean, MAX_LOGVAR - F.softplus(MAX_LOGVAR - raw)  # ≈ raw well below the bound
 
 
 class InitialState(nn.Module):

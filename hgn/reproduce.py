@@ -189,7 +189,7 @@ PROFILES: dict[str, Profile] = {
         name="small",
         description="a CPU-sized comparison (2 cores, a few hours): 32×32 images, the "
         "paper's 30-step sequences, 1,000 training sequences per system, the narrower "
-        "networks of `hgn train --profile small`, 10 minutes of training per model",
+        "networks and 5-minute training budget of `hgn train --profile small`",
         size=32,
         steps=30,
         n_train=1000,
@@ -197,7 +197,7 @@ PROFILES: dict[str, Profile] = {
         train_steps=3000,
         batch_size=hgn_train.PROFILES["small"]["train"]["batch_size"],
         lr=hgn_train.PROFILES["small"]["train"]["lr"],
-        max_minutes=10.0,
+        max_minutes=hgn_train.PROFILES["small"]["train"]["max_minutes"],
         eval_sequences=200,
         context=5,
         horizon=60,
@@ -228,9 +228,9 @@ PROFILES: dict[str, Profile] = {
         prefix_models=("hnn", "hnn-conv", "hgn"),
     ),
 }
-"""Reproduction profiles. ``small`` takes its networks, batch size and learning rate,
-and ``paper`` its training length (which the paper does not state), from ``hgn train``'s
-profiles of the same names, so one definition serves both commands."""
+"""Reproduction profiles. ``small`` takes its networks, batch size, learning rate and
+time budget, and ``paper`` its training length (which the paper does not state), from
+``hgn train``'s profiles of the same names, so one definition serves both commands."""
 
 
 def choose(values: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:

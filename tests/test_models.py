@@ -9,7 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from hgn import integrators
-from hgn.models import HGN, MODELS, HGNConfig, State, config_from_dict, get_model
+from hgn.models import (
+    HGN,
+    MAX_LOGVAR,
+    MODELS,
+    HGNConfig,
+    State,
+    config_from_dict,
+    get_model,
+)
 from hgn.utils import UserError
 
 torch.set_num_threads(1)
@@ -235,3 +243,19 @@ def test_warmup_grows_the_horizon_and_the_kl_weight() -> None:
     model.eval()
     assert model.loss(frames(length=5))[1]["horizon"] == 4
     assert int(model.trained_steps) == 5
+
+
+def test_posterior_log_variance_is_bounded_so_the_kl_stays_finite() -> None:
+    # a huge log-variance from one bad optimiser step used to overflow exp() into NaN
+    model = tiny()
+    with torch.no_grad():
+        bias = model.encoder.head.bias
+        bias[bias.numel() // 2 :] = 200.0  # the log-variance half of the head
+    mean, logvar = model.posterior(frames())
+    assert logvar.max() <= MAX_LOGVAR
+    loss, metrics = model.loss(frames())
+    assert torch.isfinite(loss) and metrics["kl"] < 1e6
+    # far below the bound the head's output passes through almost unchanged
+    model = tiny()
+    _, logvar = model.posterior(frames())
+    assert -4.5 < logvar.mean() < -3.5
