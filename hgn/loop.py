@@ -82,7 +82,7 @@ def train_loop(
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    start = 0
+    start, before = 0, 0.0  # steps and seconds already spent by earlier processes
     if ckpt_path.exists():
         if not resume:
             raise UserError(
@@ -92,7 +92,7 @@ def train_loop(
         saved = load_checkpoint(ckpt_path)
         for name, obj in objects.items():
             obj.load_state_dict(saved["state"][name])
-        start = int(saved["step"])
+        start, before = int(saved["step"]), float(saved.get("seconds", 0.0))
     run_dir.mkdir(parents=True, exist_ok=True)
 
     writer = None
@@ -134,11 +134,12 @@ def train_loop(
                     f"{ckpt_path if ckpt_path.exists() else '(none yet)'}: lower the learning "
                     "rate or tighten gradient clipping, then --resume"
                 )
-            elapsed = time.perf_counter() - t0
+            now = time.perf_counter() - t0
+            elapsed = before + now  # the budget covers the whole run, across resumes
             done = step + 1
             bar.update(1)
             if done % loop.log_every == 0 or done == loop.steps:
-                metrics["steps_per_s"] = (done - start) / max(elapsed, 1e-9)
+                metrics["steps_per_s"] = (done - start) / max(now, 1e-9)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
                 result.history.append({"step": done, **metrics})
                 if writer is not None:
@@ -159,6 +160,6 @@ def train_loop(
         bar.close()
         if writer is not None:
             writer.close()
-    result.seconds = time.perf_counter() - t0
+    result.seconds = before + time.perf_counter() - t0
     checkpoint(result.step, result.seconds)
     return result

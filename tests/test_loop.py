@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hgn.loop import CHECKPOINT, LoopConfig, train_loop
-from hgn.utils import UserError, load_checkpoint
+from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 
 def _problem() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -83,3 +83,21 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(UserError, match="corrupt or truncated"):
         _run(tmp_path / "run", 8, resume=True)
+
+
+def test_time_budget_counts_the_time_before_a_resume(tmp_path: Path) -> None:
+    _run(tmp_path / "run", 4)
+    path = tmp_path / "run" / CHECKPOINT
+    saved = load_checkpoint(path)
+    save_checkpoint(path, {**saved, "seconds": 3600.0})  # an hour spent before the kill
+    model, opt = _problem()
+    result = train_loop(
+        tmp_path / "run",
+        {"model": model, "optimizer": opt},
+        _step_fn(model, opt),
+        LoopConfig(steps=100, seed=3, max_minutes=30, tensorboard=False),
+        {"lr": 0.05},
+        resume=True,
+    )
+    assert result.stopped_by == "time" and result.step == 5  # one step, then over budget
+    assert result.seconds >= 3600 and load_checkpoint(path)["seconds"] >= 3600

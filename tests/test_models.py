@@ -251,7 +251,7 @@ def test_posterior_log_variance_is_bounded_so_the_kl_stays_finite() -> None:
     with torch.no_grad():
         bias = model.encoder.head.bias
         bias[bias.numel() // 2 :] = 200.0  # the log-variance half of the head
-    mean, logvar = model.posterior(frames())
+    _, logvar = model.posterior(frames())
     assert logvar.max() <= MAX_LOGVAR
     loss, metrics = model.loss(frames())
     assert torch.isfinite(loss) and metrics["kl"] < 1e6
