@@ -19,7 +19,7 @@ from hgn.train import resolve, train
 from hgn.utils import UserError
 
 MINUTES = 3.0
-"""Training budget: the `small` profile on two CPU cores (docs/results/hgn.md)."""
+"""Training budget: the `small` profile on two CPU cores (docs/RESULTS.md, HGN section)."""
 
 
 def run(root: Path) -> None:

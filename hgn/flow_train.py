@@ -64,7 +64,7 @@ class TrainConfig:
 def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
     """Fix the model's data standardisation from training data. A volume-preserving flow
     cannot rescale, so data at the prior's scale is much easier: on checkerboard it took
-    the test NLL of three seeds from 3.71-3.82 to 3.708-3.710 nats (docs/results/flows.md)."""
+    the test NLL of seeds 1-2 from 3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, NHF)."""
     if standardise:
         ref = data.reference(100_000)
         scale = ref.std(0) if len(ref) > 1 else torch.ones(data.dim)

@@ -905,7 +905,7 @@ def reproduce(
     are reused, so several output directories of one profile can share them.
     ``threads``: torch's CPU threads, 1 by default on CPU: the models are many small
     convolutions, which on a few (shared) cores run several times faster on one thread
-    than on two (measured; see docs/results/reproduce.md).
+    than on two (measured; see docs/RESULTS.md).
     ``jobs``: cells run at once, each in its own process with ``threads`` threads and its
     output in ``cells/SYSTEM/MODEL/log.txt`` (``jobs=2`` uses both cores of a 2-core
     machine for nearly twice the throughput of one single-threaded process).

@@ -84,7 +84,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 16, "lr": 1.5e-4, "steps": 500_000},
     },
     "small": {
-        # Fits two CPU cores in minutes (docs/results/hgn.md): the paper's 16×4×4 phase
+        # Fits two CPU cores in minutes (docs/RESULTS.md, HGN section): the paper's 16×4×4 phase
         # space and all 31 frames per sequence, but narrow networks whose most expensive
         # layers (the decoder's full-resolution convs) are the thinnest, a 3-layer
         # Hamiltonian net, batch 8 and a 7× larger learning rate for more, cheaper
