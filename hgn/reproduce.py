@@ -187,7 +187,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "small": Profile(
         name="small",
-        description="a CPU-sized comparison (2 cores, a few hours): 32×32 images, the "
+        description="a CPU-sized comparison (2 cores, 1–2 hours with --jobs 2): 32×32 images, the "
         "paper's 30-step sequences, 1,000 training sequences per system, the narrower "
         "networks and 5-minute training budget of `hgn train --profile small`",
         size=32,
