@@ -32,7 +32,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from hgn import data
-from hgn.systems import BACKGROUND, get_system, one_thread
+from hgn.physics.systems import BACKGROUND, get_system, one_thread
 
 N, STEPS, DT, SIZE, SEED = 2000, 30, 0.125, 64, 0
 REPEATS = 3

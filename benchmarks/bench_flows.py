@@ -4,7 +4,7 @@ Prints, from one process (same machine state for every row):
 
 1. the cost of the Hamiltonian gradient inside one flow step (forward + backward of
    T leapfrog steps): the closed-form EnergyMLP gradient used by hgn.flows against
-   ``hgn.integrators.grad_of`` (torch.func) on the same networks;
+   ``hgn.physics.integrators.grad_of`` (torch.func) on the same networks;
 2. per model (NHF with the ``hgn flow train`` defaults, RealNVP with 2 and 3 coupling
    layers of matched size): parameters, training steps/s, samples/s and log_prob/s
    (NHF's log_prob is the importance-weighted bound: K = 1 is the ELBO, K = 128 what
@@ -22,16 +22,16 @@ from dataclasses import asdict
 
 import torch
 
-from hgn.flow_train import (
+from hgn.flows import NHF, NHFConfig, build, n_parameters
+from hgn.flows.targets import data_source
+from hgn.flows.train import (
     TrainConfig,
     _time_per_call,
     matched_realnvp,
     seconds_per_step,
     throughput,
 )
-from hgn.flows import NHF, NHFConfig, build, n_parameters
-from hgn.integrators import grad_of, leapfrog
-from hgn.targets import data_source
+from hgn.physics.integrators import grad_of, leapfrog
 
 
 def gradient_cost(config: NHFConfig, batch: int) -> tuple[float, float]:

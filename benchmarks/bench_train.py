@@ -25,7 +25,7 @@ import torch
 def measure(profile: str, steps: int, threads: int, device: str) -> dict[str, float]:
     """Time ``steps`` training steps of ``profile`` in this process."""
     from hgn.models import get_model
-    from hgn.train import resolve
+    from hgn.training.config import resolve
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

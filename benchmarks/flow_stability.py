@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from hgn.flow_train import TrainConfig, train
 from hgn.flows import NHFConfig, build, load
-from hgn.targets import FFJORD_TARGETS, data_source
+from hgn.flows.targets import FFJORD_TARGETS, data_source
+from hgn.flows.train import TrainConfig, train
 from hgn.utils import UserError, derive_seed
 
 

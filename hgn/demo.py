@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from hgn import data as hgn_data
-from hgn.evaluate import evaluate, render_rollout, render_samples
-from hgn.loop import CHECKPOINT
-from hgn.train import resolve, train
+from hgn.evaluation.evaluate import evaluate, render_rollout, render_samples
+from hgn.training.config import resolve
+from hgn.training.loop import CHECKPOINT
+from hgn.training.train import train
 from hgn.utils import UserError
 
 MINUTES = 3.0

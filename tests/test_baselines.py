@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hgn import models
-from hgn.baselines import HNN, HNNConfig
 from hgn.models import get_model
+from hgn.models.hnn import HNN, HNNConfig
+from hgn.physics import integrators
 from hgn.utils import UserError
 
 SIZE = 16
@@ -44,8 +45,8 @@ def test_registered_and_latent_has_true_dimension(name: str) -> None:
 
 def test_conv_variant_reuses_hgn_networks() -> None:
     model = _model("hnn-conv")
-    assert isinstance(model.encoder.hgn, models.Encoder)
-    assert isinstance(model.decoder.hgn, models.Decoder)
+    assert isinstance(model.encoder.hgn, models.hgn.Encoder)
+    assert isinstance(model.decoder.hgn, models.hgn.Decoder)
 
 
 def test_field_is_the_symplectic_gradient_of_h() -> None:
@@ -66,8 +67,8 @@ def test_rollout_conserves_learned_energy_and_reverses() -> None:
         energy = fwd["energy"]
         assert (energy - energy[:, :1]).abs().max() < 1e-4 * (1 + energy.abs().max())
         # integrate back from the end state with -dt: we must land on the start state
-        grad_fn = models.integrators.grad_of(model.hamiltonian)
-        qs, ps = models.integrators.rollout(
+        grad_fn = integrators.grad_of(model.hamiltonian)
+        qs, ps = integrators.rollout(
             grad_fn, fwd["q"][:, -1], fwd["p"][:, -1], -0.05, 20, method="rk4"
         )
     torch.testing.assert_close(qs[-1], fwd["q"][:, 0], atol=1e-4, rtol=0)

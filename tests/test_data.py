@@ -16,7 +16,7 @@ import torch
 
 from hgn import data
 from hgn.cli import main
-from hgn.systems import get_system
+from hgn.physics.systems import get_system
 from hgn.utils import UserError
 
 SMALL = {"n_train": 20, "n_test": 6, "steps": 4, "size": 16, "block": 8, "progress": False}
@@ -198,7 +198,7 @@ def test_interrupted_generation_leaves_nothing_behind(
             raise KeyboardInterrupt
         return render(self, q, size)
 
-    monkeypatch.setattr("hgn.systems.System.render", flaky)
+    monkeypatch.setattr("hgn.physics.systems.System.render", flaky)
     with pytest.raises(KeyboardInterrupt):
         data.generate(tmp_path / "d", **{**SMALL, "n_train": 200})
     assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from hgn.flow_train import TrainConfig, evaluate, matched_realnvp, train
 from hgn.flows import (
     NHF,
     EnergyMLP,
@@ -22,7 +21,8 @@ from hgn.flows import (
     n_parameters,
     save,
 )
-from hgn.targets import FFJORD_TARGETS, TARGETS, data_source, load_array
+from hgn.flows.targets import FFJORD_TARGETS, TARGETS, data_source, load_array
+from hgn.flows.train import TrainConfig, evaluate, matched_realnvp, train
 from hgn.utils import UserError, derive_seed
 
 

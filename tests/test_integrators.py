@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from hgn import integrators
-from hgn.integrators import INTEGRATORS, ORDER, grad_of, rollout
+from hgn.physics import integrators
+from hgn.physics.integrators import INTEGRATORS, ORDER, grad_of, rollout
 from hgn.utils import UserError
 
 

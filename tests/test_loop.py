@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgn.loop import CHECKPOINT, LoopConfig, train_loop
+from hgn.training.loop import CHECKPOINT, LoopConfig, train_loop
 from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 

@@ -8,16 +8,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hgn import integrators
-from hgn.models import (
-    HGN,
-    MAX_LOGVAR,
-    MODELS,
-    HGNConfig,
-    State,
-    config_from_dict,
-    get_model,
-)
+from hgn.checks import config_from_dict
+from hgn.models import HGN, MODELS, HGNConfig, State, get_model
+from hgn.models.hgn import MAX_LOGVAR
+from hgn.physics import integrators
 from hgn.utils import UserError
 
 torch.set_num_threads(1)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from hgn import reproduce as rep
 from hgn.cli import main
+from hgn.experiments import reproduce as rep
 from hgn.utils import UserError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

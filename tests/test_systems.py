@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from hgn.systems import BACKGROUND, SYSTEMS, get_system
+from hgn.physics.systems import BACKGROUND, SYSTEMS, get_system
 from hgn.utils import UserError
 
 NAMES = list(SYSTEMS)

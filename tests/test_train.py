@@ -16,9 +16,10 @@ import torch
 import hgn
 from hgn import data as hgn_data
 from hgn.cli import main
-from hgn.loop import CHECKPOINT
 from hgn.models import HGN
-from hgn.train import Batches, resolve
+from hgn.training.config import resolve
+from hgn.training.loop import CHECKPOINT
+from hgn.training.train import Batches
 from hgn.utils import UserError, load_checkpoint
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from hgn import data
-from hgn.systems import SYSTEMS
+from hgn.physics.systems import SYSTEMS
 from hgn.utils import UserError
 
 

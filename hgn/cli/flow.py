@@ -1,5 +1,5 @@
 """`hgn flow ...`: train, evaluate, sample and plot Neural Hamiltonian Flows; compare them
-with RealNVP. Parsing and validation only; the work is in :mod:`hgn.flow_train`."""
+with RealNVP. Parsing and validation only; the work is in :mod:`hgn.flows.train`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
-from hgn.targets import TARGETS
+from hgn.flows.targets import TARGETS
 
 DEFAULT_THREADS = 1
 
 
 def _model_args(p: argparse.ArgumentParser, leapfrog: bool = True) -> None:
-    from hgn.flows import PRIORS, NHFConfig
+    from hgn.flows.nhf import PRIORS, NHFConfig
 
     d = NHFConfig(dim=1)
     g = p.add_argument_group("NHF architecture")
@@ -63,7 +63,7 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
-    from hgn.flow_train import TrainConfig
+    from hgn.flows.train import TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("training")
@@ -83,7 +83,7 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
 
 
 def _train_config(args: argparse.Namespace, **override: Any) -> Any:
-    from hgn.flow_train import TrainConfig
+    from hgn.flows.train import TrainConfig
 
     return TrainConfig(
         **{
@@ -109,7 +109,7 @@ def _target_help() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from hgn.flow_train import train
+    from hgn.flows.train import train
 
     _threads(args)
     result = train(
@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from hgn.flow_train import EVAL_FILE, evaluate
+    from hgn.flows.train import EVAL_FILE, evaluate
 
     _threads(args)
     r = evaluate(args.run, args.target, args.n_importance, args.n_test)
@@ -139,17 +139,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hgn.flow_train import sample
+    from hgn.flows.train import sample
 
     _threads(args)
     print(f"written {sample(args.run, args.n, args.out, args.seed)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from hgn.flow_plots import figure9
-    from hgn.flow_train import is_nhf, run_config
-    from hgn.flows import load
-    from hgn.targets import data_source
+    from hgn.flows.nhf import load
+    from hgn.flows.plots import figure9
+    from hgn.flows.targets import data_source
+    from hgn.flows.train import is_nhf, run_config
 
     _threads(args)
     config = run_config(args.run)
@@ -163,7 +163,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from hgn.flow_train import compare, compare_markdown
+    from hgn.flows.train import compare, compare_markdown
 
     _threads(args)
     out = Path(args.out or f"compare-{Path(args.target).stem}")

@@ -1,4 +1,4 @@
-"""`hgn train | evaluate | rollout | sample`: thin wrappers over hgn.train / hgn.evaluate."""
+"""`hgn train | evaluate | rollout | sample`: thin wrappers over training and evaluation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hgn.utils import UserError, positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
     from hgn.models import MODELS, get_model
-    from hgn.train import DEFAULT_PROFILE, PROFILES
+    from hgn.training.config import DEFAULT_PROFILE, PROFILES
 
     get_model("hgn")  # registers the baselines too, so --help lists every model
     p = sub.add_parser(
@@ -118,7 +118,8 @@ def _threads(requested: int = 1) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from hgn.train import DEFAULT_PROFILE, dump_yaml, resolve, train
+    from hgn.training.config import DEFAULT_PROFILE, dump_yaml, resolve
+    from hgn.training.train import train
 
     if args.steps is not None:
         positive_int(args.steps, "--steps")
@@ -155,7 +156,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from hgn.evaluate import evaluate
+    from hgn.evaluation.evaluate import evaluate
 
     _threads()
     metrics = evaluate(
@@ -178,7 +179,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _rollout(args: argparse.Namespace) -> None:
-    from hgn.evaluate import render_rollout
+    from hgn.evaluation.evaluate import render_rollout
 
     _threads()
     path = render_rollout(
@@ -197,7 +198,7 @@ def _rollout(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from hgn.evaluate import render_samples
+    from hgn.evaluation.evaluate import render_samples
 
     _threads()
     path = render_samples(

@@ -8,7 +8,7 @@ import shlex
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hgn reproduce`` to the top-level parser."""
-    from hgn.reproduce import MODEL_ORDER, PROFILES, SYSTEM_ORDER
+    from hgn.experiments.reproduce import MODEL_ORDER, PROFILES, SYSTEM_ORDER
 
     cmd = sub.add_parser(
         "reproduce",
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from hgn.reproduce import reproduce
+    from hgn.experiments.reproduce import reproduce
 
     reproduce(
         args.out,

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.utils import broadcast_all
 
-from hgn.integrators import leapfrog
+from hgn.physics.integrators import leapfrog
 from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 Shape = int | tuple[int, ...] | torch.Size
@@ -196,7 +196,7 @@ class HamiltonianStep(nn.Module):
         return self.log_dt.exp()
 
     def grad_fn(self) -> _SeparableGrad:
-        """(q, p) -> (∇V(q), ∇K(p)) for :mod:`hgn.integrators` (fresh memo per use)."""
+        """(q, p) -> (∇V(q), ∇K(p)) for :mod:`hgn.physics.integrators` (fresh memo per use)."""
         return _SeparableGrad(self.kinetic, self.potential)
 
     def forward(self, q: Tensor, p: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:

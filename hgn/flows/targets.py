@@ -7,7 +7,7 @@ function) it is given too, which yields the target's entropy: the best test NLL 
 can reach. A sampler and its density are checked against each other in the tests.
 
 Sampling uses the global torch RNG unless a ``torch.Generator`` is passed: training draws
-fresh samples every step inside :func:`hgn.loop.train_loop`, which reseeds the global RNG
+fresh samples every step inside :func:`hgn.training.loop.train_loop`, which reseeds the global RNG
 before each step, so resumed runs see the same batches. Test sets use their own seeded
 generator and are therefore fixed and distinct from anything drawn in training.
 """

@@ -1,7 +1,7 @@
 """Training, evaluation, sampling, figures and the RealNVP comparison for flow models.
 
-Everything here is a thin layer over :mod:`hgn.flows` (the models), :mod:`hgn.targets`
-(the data) and :func:`hgn.loop.train_loop` (budgets, checkpoints, resume, NaN guard):
+Everything here is a thin layer over :mod:`hgn.flows` (the models), :mod:`hgn.flows.targets`
+(the data) and :func:`hgn.training.loop.train_loop` (budgets, checkpoints, resume, NaN guard):
 the ``hgn flow`` commands call these functions and nothing else.
 """
 
@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hgn.flows import NHF, DensityModel, NHFConfig, RealNVPConfig, build, load, n_parameters
-from hgn.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
-from hgn.targets import DataSource, check_points, data_source
+from hgn.flows.nhf import NHF, DensityModel, NHFConfig, RealNVPConfig, build, load, n_parameters
+from hgn.flows.targets import DataSource, check_points, data_source
+from hgn.training.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
 from hgn.utils import UserError, atomic_path, derive_seed, load_checkpoint, positive_int
 
 EVAL_FILE = "eval.json"
@@ -196,7 +196,7 @@ def sample(run: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
             np.save(fh, x)
         return out
-    from hgn import flow_plots
+    from hgn.flows import plots as flow_plots
 
     return flow_plots.scatter(x, out, title=f"{n} samples of {Path(run).name}")
 
@@ -316,7 +316,7 @@ def compare(
         tmp.write_text(json.dumps(table, indent=2))
     with atomic_path(out / "compare.md") as tmp:
         tmp.write_text(compare_markdown(table))
-    from hgn import flow_plots
+    from hgn.flows import plots as flow_plots
 
     flow_plots.figure10(table, out / "figure10.png")
     return table

@@ -32,10 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from hgn import data as hgn_data
-from hgn import viz
+from hgn import plots as viz
+from hgn.data import mean_frame, to_frames
 from hgn.models import SequenceModel
-from hgn.systems import get_system
-from hgn.train import load_model, mean_frame, to_frames
+from hgn.physics.systems import get_system
+from hgn.plots import hwc, plot_energy, plot_mse
+from hgn.training.config import load_model
 from hgn.utils import UserError, atomic_path, numpy_rng, positive_int, resolve_device
 
 SCALE = 1e4
@@ -288,59 +290,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- plots
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_mse(curves: dict[str, np.ndarray], path: Path) -> None:
-    """Figure 6: per-step MSE of the model and of the mean image, log scale."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label, curve in curves.items():
-        style = "--" if "mean image" in label else "-"
-        ax.plot(np.arange(len(curve)), curve, style, label=label)
-    ax.set(xlabel="rollout step", ylabel="per-pixel MSE", yscale="log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-
-
-def plot_energy(energy: np.ndarray, path: Path, count: int = 8) -> None:
-    """The learned H along a few test rollouts (flat lines = conserved energy)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for row in energy[:count]:
-        ax.plot(np.arange(len(row)), row, lw=1)
-    ax.set(xlabel="rollout step", ylabel="learned H", title="learned energy along rollouts")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- pictures
-
-
-def _hwc(frames: torch.Tensor) -> np.ndarray:
-    """``(..., 3, H, W)`` floats → ``(..., H, W, 3)`` NumPy floats."""
-    return frames.detach().float().cpu().movedim(-3, -1).numpy()
-
-
-def comparison_strip(truth: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
-    """Rows: truth and prediction of each sequence, columns: time (uint8 HWC)."""
-    steps = min(truth.shape[1], pred.shape[1])
-    rows = torch.stack([truth[:, :steps], pred[:, :steps]], 1).flatten(0, 1)
-    return viz.grid(_hwc(rows))
 
 
 def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
@@ -393,7 +343,7 @@ def render_rollout(
         i = round(position)
         exists = abs(position - i) < 1e-6 and 0 <= i < truth.shape[1]
         gt.append(truth[0, i] if exists else blank)
-    pair = _hwc(torch.stack([torch.stack(gt), pred], 1))  # (steps+1, 2, H, W, 3)
+    pair = hwc(torch.stack([torch.stack(gt), pred], 1))  # (steps+1, 2, H, W, 3)
     pair = viz.upscale(pair, _magnify(pair.shape[-2]))
     if out.suffix.lower() == ".png":
         return viz.save_image(out, viz.grid(pair.transpose(1, 0, 2, 3, 4)))
@@ -420,7 +370,7 @@ def render_samples(
     model, _ = load_model(run, dev)
     torch.manual_seed(seed)
     with torch.no_grad():
-        images = _hwc(model.sample(n, steps))  # (n, steps+1, H, W, 3)
+        images = hwc(model.sample(n, steps))  # (n, steps+1, H, W, 3)
     images = viz.upscale(images, _magnify(images.shape[-2]))
     if out.suffix.lower() == ".png":
         return viz.save_image(out, viz.grid(images))

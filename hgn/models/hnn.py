@@ -15,7 +15,7 @@ derivatives. From pixels, following the paper's description (SPEC.md §4):
 
 Rollouts start from the latent of the first frame pair and integrate the learned field
 with RK4 by default: a learned MLP Hamiltonian is not separable, so leapfrog would be only
-an approximation of a symplectic method (see :mod:`hgn.integrators`), while RK4 is a
+an approximation of a symplectic method (see :mod:`hgn.physics.integrators`), while RK4 is a
 fourth-order accurate reference, and HNN's own code integrates with an RK scheme. The
 integrator is a config option for those who want leapfrog.
 
@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hgn import integrators
-from hgn.models import MODELS, Decoder, Encoder, HGNConfig, ModelSpec, SequenceModel
+from hgn.models.base import SequenceModel
+from hgn.models.hgn import Decoder, Encoder, HGNConfig
+from hgn.physics import integrators
 from hgn.utils import UserError
 
 
@@ -274,9 +275,3 @@ class HNN(SequenceModel):
             "q": qs,
             "p": ps,
         }
-
-
-MODELS["hnn"] = ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)")
-MODELS["hnn-conv"] = ModelSpec(
-    HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
-)

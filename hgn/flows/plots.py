@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hgn.flows import NHF
-from hgn.integrators import leapfrog
+from hgn.flows.nhf import NHF
+from hgn.physics.integrators import leapfrog
 from hgn.utils import UserError, atomic_path, derive_seed
 
 

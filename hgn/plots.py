@@ -1,11 +1,14 @@
-"""Pictures and animations: frame grids, GIF/MP4 writing, all written atomically."""
+"""Pictures, plots and animations in one place: frame grids, comparison strips, GIF/MP4
+writing (atomic), and the matplotlib figures of the HGN side (Agg backend, PNG)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
+import torch
 
 from hgn.utils import UserError, atomic_path
 
@@ -73,3 +76,56 @@ def save_animation(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
             frames = np.pad(frames, ((0, 0), (0, -h % 16), (0, -w % 16), (0, 0)), mode="edge")
             iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264")
     return path
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_mse(curves: dict[str, np.ndarray], path: Path) -> None:
+    """Figure 6: per-step MSE of the model and of the mean image, log scale."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, curve in curves.items():
+        style = "--" if "mean image" in label else "-"
+        ax.plot(np.arange(len(curve)), curve, style, label=label)
+    ax.set(xlabel="rollout step", ylabel="per-pixel MSE", yscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def plot_energy(energy: np.ndarray, path: Path, count: int = 8) -> None:
+    """The learned H along a few test rollouts (flat lines = conserved energy)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for row in energy[:count]:
+        ax.plot(np.arange(len(row)), row, lw=1)
+    ax.set(xlabel="rollout step", ylabel="learned H", title="learned energy along rollouts")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def hwc(frames: torch.Tensor) -> np.ndarray:
+    """``(..., 3, H, W)`` floats → ``(..., H, W, 3)`` NumPy floats."""
+    return frames.detach().float().cpu().movedim(-3, -1).numpy()
+
+
+def comparison_strip(truth: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+    """Rows: truth and prediction of each sequence, columns: time (uint8 HWC)."""
+    steps = min(truth.shape[1], pred.shape[1])
+    rows = torch.stack([truth[:, :steps], pred[:, :steps]], 1).flatten(0, 1)
+    return grid(hwc(rows))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hgn.integrators import rollout
+from hgn.physics.integrators import rollout
 from hgn.utils import UserError
 
 BACKGROUND = (0.88, 0.88, 0.88)
@@ -99,7 +99,7 @@ class System:
         raise NotImplementedError
 
     def grad(self, q: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        """``(dH/dq, dH/dp)``; a ``grad_fn`` for :mod:`hgn.integrators`."""
+        """``(dH/dq, dH/dp)``; a ``grad_fn`` for :mod:`hgn.physics.integrators`."""
         raise NotImplementedError
 
     def sample_initial(self, n: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:

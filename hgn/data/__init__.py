@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hgn import __version__, viz
-from hgn.systems import System, get_system, one_thread
+from hgn import __version__
+from hgn import plots as viz
+from hgn.physics.systems import System, get_system, one_thread
 from hgn.utils import UserError, atomic_path, numpy_rng, positive_int
 
 FORMAT = 1
@@ -637,3 +638,19 @@ def show(
     )
     gif = viz.save_animation(prefix.with_name(prefix.name + ".gif"), movie, fps=fps)
     return png, gif
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def to_frames(images: torch.Tensor | np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """uint8 ``(..., T, H, W, 3)`` → float ``(..., T, 3, H, W)`` in [0, 1] on ``device``
+    (converted after the copy, which moves a quarter of the bytes)."""
+    images = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images
+    return images.to(device, non_blocking=True).movedim(-1, -3).float().div_(255.0)
+
+
+def mean_frame(split: hgn_data.Split, limit: int = 1000) -> torch.Tensor:
+    """The average frame ``(3, H, W)`` of (the first ``limit`` sequences of) a split."""
+    images = np.asarray(split.images[: min(limit, len(split))], dtype=np.float64)
+    return torch.from_numpy(images.mean((0, 1)) / 255.0).float().permute(2, 0, 1)

@@ -1,83 +1,31 @@
-"""The Hamiltonian Generative Network (paper Sec. 3.2) and the registry of sequence models.
+"""The Hamiltonian Generative Network (paper Sec. 3.2), its networks and ablations.
 
 Reading order: :class:`HGNConfig` (every knob, with the paper's defaults), the four
 networks (:class:`Encoder`, :class:`InitialState` = f_ψ, :class:`HamiltonianNet`,
 :class:`Decoder`), then :class:`HGN`, which ties them together with the shared
-integrators, and finally :data:`MODELS`, the registry the trainer and evaluator use.
+integrators (the registry of models is :mod:`hgn.models`).
 
 Shapes: a batch of sequences is ``(B, T+1, 3, H, W)`` floats in [0, 1]; the latent state
 is ``q, p`` of ``(B, C, L, L)`` each (paper: C = 16, L = 4); a rollout stacks time on
 axis 1, ``(B, steps+1, C, L, L)``.
 
-Every trainable sequence model (HGN and its ablations here, HNN in ``hgn.baselines``)
+Every trainable sequence model (HGN and its ablations here, HNN in ``hgn.models.hnn``)
 subclasses :class:`SequenceModel` and offers ``loss``, ``predict`` and ``sample``, so the
 trainer, the evaluator and the CLI never need to know which model they hold.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
 import math
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hgn import integrators
+from hgn.models.base import SequenceModel, State
+from hgn.physics import integrators
 from hgn.utils import UserError
-
-# ----------------------------------------------------------------------------- configs
-
-
-def config_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types.
-
-    Configs come from YAML files and ``--set key=value``; a typo must fail loudly with
-    the key's name (``where.key``) instead of silently training something else.
-    """
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(
-            f"unknown config key {where}.{unknown[0]}; valid keys: {', '.join(sorted(known))}"
-        )
-    return cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in values.items()})
-
-
-def _check_type(value: Any, hint: Any, key: str) -> Any:
-    """Return ``value`` coerced to ``hint`` (int → float, tuple → list) or raise UserError."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            if option is not type(None):
-                try:
-                    return _check_type(value, option, key)
-                except UserError:
-                    continue
-    elif origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, list | tuple):
-            return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, hint):
-        return value
-    name = getattr(hint, "__name__", str(hint))
-    raise UserError(f"config key {key} must be {name}, got {value!r}")
 
 
 @dataclass
@@ -394,50 +342,6 @@ class Geco(nn.Module):
 # ----------------------------------------------------------------------------- models
 
 
-class State(NamedTuple):
-    """A latent phase-space state; a rollout stacks time on axis 1."""
-
-    q: Tensor
-    p: Tensor
-
-
-class SequenceModel(nn.Module):
-    """What the trainer, evaluator and CLI rely on; HGN and the baselines implement it.
-
-    * ``loss(frames) -> (loss, metrics)``: frames ``(B, T+1, 3, H, W)`` in [0, 1];
-      metrics are floats and include ``"loss"`` and ``"mse"`` (per-pixel).
-    * ``predict(frames, steps, dt=None) -> dict`` with ``"images"``
-      ``(B, steps+1, 3, H, W)`` and ``"energy"`` ``(B, steps+1)``: infer the state from
-      the frames the config says the encoder sees, roll out, decode; negative dt runs
-      backwards in time.
-    * ``sample(n, steps, dt=None) -> images`` ``(n, steps+1, 3, H, W)`` from the prior.
-
-    ``forward`` is ``loss`` so that DistributedDataParallel, which only hooks
-    ``forward``, synchronises gradients.
-    """
-
-    Config: ClassVar[type]
-    config: Any
-    context_frames: int | None = None
-    """Leading frames ``predict`` infers the state from (None: all it is given)."""
-
-    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError
-
-    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def sample(self, n: int, steps: int, dt: float | None = None) -> Tensor:
-        raise UserError(f"{type(self).__name__} cannot sample new trajectories")
-
-    def init_from_data(self, mean_frame: Tensor) -> None:
-        """Data-dependent initialisation before the first step; ``mean_frame`` is the
-        training set's average frame ``(3, H, W)``. Does nothing unless overridden."""
-
-    def forward(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return self.loss(frames)
-
-
 class HGN(SequenceModel):
     """Encoder → z → f_ψ → s₀ → integrate H_γ → decode q_t, trained as a temporal VAE."""
 
@@ -568,46 +472,3 @@ class HGN(SequenceModel):
         device = next(self.parameters()).device
         z = torch.randn(n, c, size, size, device=device)
         return self.decode(self.rollout(self.initial_state(z), steps, dt).q)
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model: its class and a preset over the class's config defaults."""
-
-    cls: type[SequenceModel]
-    preset: Mapping[str, Any] = field(default_factory=dict)
-    help: str = ""
-
-    def config(self, values: Mapping[str, Any] | None = None, where: str = "model") -> Any:
-        """The validated config: class defaults, then the preset, then ``values``."""
-        return config_from_dict(self.cls.Config, {**self.preset, **(values or {})}, where)
-
-    def __call__(self, config: Any) -> SequenceModel:
-        if isinstance(config, Mapping):
-            config = self.config(config)
-        return self.cls(config)
-
-
-MODELS: dict[str, ModelSpec] = {
-    "hgn": ModelSpec(HGN, {}, "HGN with leapfrog (the paper's full model)"),
-    "hgn-euler": ModelSpec(HGN, {"integrator": "euler"}, "ablation: Euler integrator"),
-    "hgn-determ": ModelSpec(HGN, {"deterministic": True}, "ablation: z = μ, no KL"),
-    "hgn-no-fpsi": ModelSpec(HGN, {"use_fpsi": False}, "ablation: s₀ = z, no f_ψ"),
-}
-"""Models by CLI name. ``hgn.baselines`` adds its own entries when imported."""
-
-_PLUGINS = ("hgn.baselines",)
-
-
-def get_model(name: str) -> ModelSpec:
-    """Look up a model by name, importing the modules that register more models."""
-    for module in _PLUGINS:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None

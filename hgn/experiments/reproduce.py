@@ -42,8 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgn import __version__, viz
-from hgn import train as hgn_train
+from hgn import __version__
+from hgn import plots as viz
+from hgn.training import config as hgn_config
+from hgn.training import train as hgn_train
 from hgn.utils import UserError, atomic_path, positive_int, resolve_device
 
 MODEL_ORDER = ("hnn", "hnn-conv", "hgn", "hgn-euler", "hgn-no-fpsi", "hgn-determ")
@@ -160,7 +162,7 @@ _TINY_HNN = {
 
 _SMALL_NETS = {
     key: value
-    for key, value in hgn_train.PROFILES["small"]["model"].items()
+    for key, value in hgn_config.PROFILES["small"]["model"].items()
     if key not in ("name", "image_size", "frames")
 }
 """The network widths of ``hgn train --profile small`` (one definition of 'small')."""
@@ -195,9 +197,9 @@ PROFILES: dict[str, Profile] = {
         n_train=1000,
         n_test=200,
         train_steps=3000,
-        batch_size=hgn_train.PROFILES["small"]["train"]["batch_size"],
-        lr=hgn_train.PROFILES["small"]["train"]["lr"],
-        max_minutes=hgn_train.PROFILES["small"]["train"]["max_minutes"],
+        batch_size=hgn_config.PROFILES["small"]["train"]["batch_size"],
+        lr=hgn_config.PROFILES["small"]["train"]["lr"],
+        max_minutes=hgn_config.PROFILES["small"]["train"]["max_minutes"],
         eval_sequences=200,
         context=5,
         horizon=60,
@@ -218,7 +220,7 @@ PROFILES: dict[str, Profile] = {
         steps=30,
         n_train=50_000,
         n_test=10_000,
-        train_steps=hgn_train.PROFILES["paper"]["train"]["steps"],
+        train_steps=hgn_config.PROFILES["paper"]["train"]["steps"],
         batch_size=16,
         lr=1.5e-4,
         max_minutes=None,
@@ -398,15 +400,6 @@ _COLOURS = {
 }
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save_figure(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -419,7 +412,7 @@ def figure_per_step(
 
     A log scale shows HGN and HNN, an order of magnitude apart, on one plot.
     """
-    plt = _pyplot()
+    plt = viz.pyplot()
     fig, axes = plt.subplots(2, len(systems), figsize=(3.6 * len(systems), 5.6), squeeze=False)
     for col, system in enumerate(systems):
         for row, split in enumerate(("train", "test")):
@@ -454,7 +447,7 @@ def figure_rollouts(
 ) -> None:
     """Figure 7: a train and a test sequence, HGN's forward, backward, 2× and ½× speed
     rollouts (from the first HGN variant available), and HNN's forward rollout."""
-    plt = _pyplot()
+    plt = viz.pyplot()
     hgn = next((m for m in MODEL_ORDER if m not in HNN_MODELS and m in rollouts), None)
     hnn = next((m for m in HNN_MODELS if m in rollouts), None)
     rows: list[tuple[str, np.ndarray]] = []
@@ -492,7 +485,7 @@ def figure_samples(
     samples: Mapping[str, tuple[str, np.ndarray]], path: Path, frames: int = 10
 ) -> None:
     """Figure 8: trajectories sampled from the prior, z ~ N(0, I), per system."""
-    plt = _pyplot()
+    plt = viz.pyplot()
     fig, axes = plt.subplots(
         len(samples), 1, figsize=(frames * 0.9, 1.6 * len(samples)), squeeze=False
     )
@@ -515,7 +508,7 @@ def figure_prefix(
     cells: Mapping[str, Mapping[str, Any]], systems: Sequence[str], path: Path
 ) -> None:
     """Prefix protocol: per-step MSE of the predicted frames, with each model's VPT."""
-    plt = _pyplot()
+    plt = viz.pyplot()
     fig, axes = plt.subplots(1, len(systems), figsize=(3.6 * len(systems), 3.2), squeeze=False)
     for ax, system in zip(axes[0], systems, strict=True):
         threshold = None
@@ -1064,15 +1057,14 @@ def _trained(
     run: Path, model: str, values: Mapping[str, Any], data_path: Path, profile: Profile, device: str
 ) -> tuple[Any, dict[str, Any]]:
     """Train (or resume) one run with the shared trainer, then load it for evaluation."""
-    from hgn import train as hgn_train
-    from hgn.loop import CHECKPOINT
+    from hgn.training.loop import CHECKPOINT
 
     marker = run / TRAINED
     if not marker.exists():
         resume = (run / CHECKPOINT).exists()
         config = None
         if not resume:
-            config = hgn_train.RunConfig.from_dict(
+            config = hgn_config.RunConfig.from_dict(
                 {
                     "model": {"name": model, **values},
                     "train": {
@@ -1090,14 +1082,14 @@ def _trained(
             marker,
             {"steps": result.step, "seconds": result.seconds, "stopped_by": result.stopped_by},
         )
-    net, _ = hgn_train.load_model(run, resolve_device(device))
+    net, _ = hgn_config.load_model(run, resolve_device(device))
     return net, json.loads(marker.read_text())
 
 
 def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, device: str) -> dict:
     """Tables 1–2 and Figure 6 numbers of both splits, from ``hgn evaluate`` itself
     (its full output stays in ``out`` for inspection)."""
-    from hgn import evaluate as hgn_eval
+    from hgn.evaluation import evaluate as hgn_eval
 
     metrics = hgn_eval.evaluate(
         run,
@@ -1130,7 +1122,12 @@ def _prefix_metrics(
     ``context`` frames (HNN: its first pair), predicts the rest of the long test
     sequences; per-step error over the ``horizon`` predicted frames, and the valid
     prediction time against the mean training frame (see :data:`VPT_FRACTION`)."""
-    from hgn.evaluate import baseline_errors, error_stats, rollout_errors, valid_prediction_time
+    from hgn.evaluation.evaluate import (
+        baseline_errors,
+        error_stats,
+        rollout_errors,
+        valid_prediction_time,
+    )
 
     n, c = len(split), profile.context
     mse, _ = rollout_errors(net, split, n, profile.batch_size, device, progress=False)
@@ -1164,7 +1161,7 @@ def _rollout_pictures(
     """Arrays for Figures 7–8 and the animation: one train and up to four test sequences,
     rolled out forward, backward, at double and at half speed; prior samples if any."""
     from hgn import data
-    from hgn.train import to_frames
+    from hgn.data import to_frames
 
     dt = net.config.dt
     arrays: dict[str, np.ndarray] = {}
@@ -1197,7 +1194,7 @@ def run_cell(
     result file is written atomically at the very end, so its existence means 'done'.
     """
     from hgn import data
-    from hgn.train import mean_frame
+    from hgn.data import mean_frame
 
     cell = out / "cells" / system / model
     cell.mkdir(parents=True, exist_ok=True)

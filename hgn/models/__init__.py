@@ -1,0 +1,42 @@
+"""The sequence models hgn trains, by CLI name: HGN and its ablations (paper Sec. 3.2, 4)
+and the HNN baselines (Greydanus et al., 2019). One registry, filled here, in one place."""
+
+from __future__ import annotations
+
+from hgn.models.base import ModelSpec, SequenceModel, State
+from hgn.models.hgn import HGN, HGNConfig
+from hgn.models.hnn import HNN, HNNConfig
+from hgn.utils import UserError
+
+MODELS: dict[str, ModelSpec] = {
+    "hgn": ModelSpec(HGN, {}, "HGN with leapfrog (the paper's full model)"),
+    "hgn-euler": ModelSpec(HGN, {"integrator": "euler"}, "ablation: Euler integrator"),
+    "hgn-determ": ModelSpec(HGN, {"deterministic": True}, "ablation: z = μ, no KL"),
+    "hgn-no-fpsi": ModelSpec(HGN, {"use_fpsi": False}, "ablation: s₀ = z, no f_ψ"),
+    "hnn": ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)"),
+    "hnn-conv": ModelSpec(
+        HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
+    ),
+}
+"""Models by CLI name: a class and a preset over its config's defaults."""
+
+
+def get_model(name: str) -> ModelSpec:
+    """Look up a model by its CLI name."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+
+
+__all__ = [
+    "HGN",
+    "HNN",
+    "MODELS",
+    "HGNConfig",
+    "HNNConfig",
+    "ModelSpec",
+    "SequenceModel",
+    "State",
+    "get_model",
+]
