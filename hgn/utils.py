@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -100,3 +101,47 @@ def positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) <= 0:
         raise UserError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
+
+
+OUTPUT_MARKER = ".hgn-output.json"
+"""A file every hgn command drops into the output directory it creates; it names what
+wrote the directory, so a later command knows which directories it may write into."""
+
+
+def claim_output_dir(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:
+    """Make ``path`` a directory that a command of ``kind`` may write into, or refuse.
+
+    hgn never deletes or replaces anything it did not write. A missing directory is
+    created (with its parents) and marked as ``kind``'s; an empty one is marked; a
+    directory already marked by ``kind`` is accepted (the command then replaces only its
+    own files, atomically). Anything else, a user's folder, a training run given to
+    ``evaluate``, is refused with one line naming ``option``.
+    """
+    path = Path(path)
+    marker = path / OUTPUT_MARKER
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a directory; choose another {option}")
+    if path.is_dir() and any(path.iterdir()):
+        owner = _marker_kind(marker)
+        if owner != kind:
+            what = (
+                f"holds the output of `hgn {owner}`" if owner else "holds files hgn did not write"
+            )
+            raise UserError(
+                f"{option} {path} {what}; choose a new or empty directory for `hgn {kind}` "
+                "(hgn never replaces files it did not write)"
+            )
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps({"written_by": f"hgn {kind}"}) + "\n")
+    return path
+
+
+def _marker_kind(marker: Path) -> str | None:
+    """The command kind recorded in an output marker, or None if absent or unreadable."""
+    try:
+        written_by = json.loads(marker.read_text())["written_by"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return written_by.removeprefix("hgn ") if isinstance(written_by, str) else None
