@@ -175,3 +175,98 @@ def test_rollout_keeps_shapes_and_substeps_refine() -> None:
 def test_unknown_integrator_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"unknown integrator 'verlet'.*leapfrog"):
         integrators.get("verlet")
+
+
+# --- non-separable H: explicit leapfrog degrades, implicit midpoint holds ---------------
+
+
+def coupled_grad(q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-separable: H = ½ p² (1 + q²) + ½ q² (a position-dependent mass)."""
+    return q * p**2 + q, p * (1 + q**2)
+
+
+def _coupled_error(method: str, steps: int, t_end: float = 1.0) -> float:
+    q0, p0 = torch.tensor([0.8, -0.5]), torch.tensor([0.6, 1.1])
+    ref = rollout(coupled_grad, q0, p0, t_end / 4096, 4096, method="rk4")
+    qs, ps = rollout(coupled_grad, q0, p0, t_end / steps, steps, method=method)
+    return float(torch.maximum((qs[-1] - ref[0][-1]).abs(), (ps[-1] - ref[1][-1]).abs()).max())
+
+
+def _round_trip(method: str, dt: float, steps: int) -> float:
+    q0, p0 = torch.tensor([0.8, -0.5]), torch.tensor([0.6, 1.1])
+    qs, ps = rollout(coupled_grad, q0, p0, dt, steps, method=method)
+    qb, pb = rollout(coupled_grad, qs[-1], ps[-1], -dt, steps, method=method)
+    return float(torch.maximum((qb[-1] - q0).abs(), (pb[-1] - p0).abs()).max())
+
+
+def test_explicit_leapfrog_is_first_order_and_irreversible_for_non_separable_h() -> None:
+    order = math.log2(_coupled_error("leapfrog", 32) / _coupled_error("leapfrog", 64))
+    assert order == pytest.approx(1.0, abs=0.25), order
+    # the round trip misses by O(dt) per unit time, nowhere near round-off, and halves
+    # with the step: the map with -dt is not the inverse of the map with dt
+    coarse, fine = _round_trip("leapfrog", 0.1, 20), _round_trip("leapfrog", 0.05, 40)
+    assert coarse > 1e-3 and math.log2(coarse / fine) == pytest.approx(1.0, abs=0.3)
+
+
+def test_implicit_midpoint_is_second_order_and_reversible_for_non_separable_h() -> None:
+    order = math.log2(
+        _coupled_error("implicit_midpoint", 32) / _coupled_error("implicit_midpoint", 64)
+    )
+    assert order == pytest.approx(2.0, abs=0.25), order
+    assert _round_trip("implicit_midpoint", 0.1, 200) < 1e-10
+
+
+def test_implicit_midpoint_is_symplectic_for_non_separable_h() -> None:
+    def flow(state: torch.Tensor) -> torch.Tensor:
+        qs, ps = rollout(coupled_grad, state[:2], state[2:], 0.1, 10, method="implicit_midpoint")
+        return torch.cat([qs[-1], ps[-1]])
+
+    jac = torch.autograd.functional.jacobian(flow, torch.tensor([0.8, -0.5, 0.6, 1.1]))
+    assert torch.allclose(jac.T @ OMEGA_2D @ jac, OMEGA_2D, atol=1e-10)
+
+    def leap(state: torch.Tensor) -> torch.Tensor:
+        qs, ps = rollout(coupled_grad, state[:2], state[2:], 0.1, 10, method="leapfrog")
+        return torch.cat([qs[-1], ps[-1]])
+
+    jac = torch.autograd.functional.jacobian(leap, torch.tensor([0.8, -0.5, 0.6, 1.1]))
+    assert not torch.allclose(jac.T @ OMEGA_2D @ jac, OMEGA_2D, atol=1e-4)
+
+
+# --- the first-same-as-last separable leapfrog ---------------------------------------------
+
+
+def test_leapfrog_separable_equals_leapfrog_with_one_grad_v_per_step() -> None:
+    q0, p0 = torch.randn(5, 3), torch.randn(5, 3)
+    calls = {"v": 0, "k": 0}
+
+    def grad_v(q: torch.Tensor) -> torch.Tensor:
+        calls["v"] += 1
+        return 3.0 * torch.sin(q)
+
+    def grad_k(p: torch.Tensor) -> torch.Tensor:
+        calls["k"] += 1
+        return 2.0 * p
+
+    qs, ps = integrators.leapfrog_separable(grad_k, grad_v, q0, p0, 0.1, 7, substeps=3)
+    ref_q, ref_p = rollout(pendulum_grad, q0, p0, 0.1, 7, method="leapfrog", substeps=3)
+    assert qs.shape == ps.shape == (8, 5, 3)
+    assert torch.allclose(qs, ref_q, atol=1e-14) and torch.allclose(ps, ref_p, atol=1e-14)
+    assert calls == {"v": 7 * 3 + 1, "k": 7 * 3}
+    q_end, p_end = integrators.leapfrog_separable(
+        grad_k, grad_v, q0, p0, 0.1, 7, substeps=3, all_states=False
+    )
+    assert torch.equal(q_end, qs[-1]) and torch.equal(p_end, ps[-1])
+
+
+def test_leapfrog_separable_reverses_and_trains_parameters_and_step() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Softplus(), torch.nn.Linear(8, 1))
+    grad_v = integrators.grad_of_energy(lambda q: net(q).squeeze(-1))
+    grad_k = integrators.grad_of_energy(lambda p: 0.5 * p.square().sum(-1))
+    q0, p0 = torch.randn(4, 2), torch.randn(4, 2)
+    log_dt = torch.tensor(-2.0, requires_grad=True)
+    qs, ps = integrators.leapfrog_separable(grad_k, grad_v, q0, p0, log_dt.exp(), 50)
+    qb, pb = integrators.leapfrog_separable(grad_k, grad_v, qs[-1], ps[-1], -log_dt.exp(), 50)
+    assert torch.allclose(qb[-1], q0, atol=1e-11) and torch.allclose(pb[-1], p0, atol=1e-11)
+    qs[-1].square().sum().backward()
+    assert log_dt.grad is not None and float(log_dt.grad.abs()) > 0
+    assert all(float(w.grad.abs().sum()) > 0 for w in net.parameters() if w.dim() > 1)
