@@ -7,6 +7,7 @@ must fail loudly with the key's name instead of silently training something else
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -57,3 +58,41 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return value
     name = getattr(hint, "__name__", str(hint))
     raise UserError(f"config key {key} must be {name}, got {value!r}")
+
+
+def check_range(
+    value: float | int | None,
+    key: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    finite: bool = True,
+) -> None:
+    """Refuse a number outside its range with one line naming ``key``.
+
+    Type checks alone let ``.nan``, ``.inf`` and negative rates through, and a NaN
+    weight then fails thousands of steps later with misleading advice; every numeric
+    config key states its range here instead. ``gt``/``ge``/``lt``/``le`` are the
+    strict and inclusive bounds; ``finite`` (default) also refuses NaN and ±inf. A
+    ``None`` value (an optional key left unset) passes.
+    """
+    if value is None:
+        return
+    bounds = [
+        (gt, lambda v, b: v > b, f"> {gt}"),
+        (ge, lambda v, b: v >= b, f"≥ {ge}"),
+        (lt, lambda v, b: v < b, f"< {lt}"),
+        (le, lambda v, b: v <= b, f"≤ {le}"),
+    ]
+    wanted = [text for bound, _, text in bounds if bound is not None]
+    ok = not (finite and not math.isfinite(value)) and not math.isnan(value)
+    ok = ok and all(test(value, bound) for bound, test, _ in bounds if bound is not None)
+    if not ok:
+        what = "a finite number" if finite else "a number"
+        if isinstance(value, int) and not isinstance(value, bool):
+            what = "an integer"
+        if wanted:
+            what += " " + " and ".join(wanted)
+        raise UserError(f"{key} must be {what}, got {value!r}")

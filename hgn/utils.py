@@ -108,6 +108,28 @@ OUTPUT_MARKER = ".hgn-output.json"
 wrote the directory, so a later command knows which directories it may write into."""
 
 
+def check_output_dir(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:
+    """Refuse ``path`` now if :func:`claim_output_dir` would; create and write nothing.
+
+    Commands call this before their long work, so that a bad ``--out`` fails at once,
+    and claim the directory only when they have something to write.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a directory; choose another {option}")
+    if path.is_dir() and any(path.iterdir()):
+        owner = _marker_kind(path / OUTPUT_MARKER)
+        if owner != kind:
+            what = (
+                f"holds the output of `hgn {owner}`" if owner else "holds files hgn did not write"
+            )
+            raise UserError(
+                f"{option} {path} {what}; choose a new or empty directory for `hgn {kind}` "
+                "(hgn never replaces files it did not write)"
+            )
+    return path
+
+
 def claim_output_dir(path: str | os.PathLike, kind: str, option: str = "--out") -> Path:
     """Make ``path`` a directory that a command of ``kind`` may write into, or refuse.
 
@@ -117,24 +139,42 @@ def claim_output_dir(path: str | os.PathLike, kind: str, option: str = "--out") 
     own files, atomically). Anything else, a user's folder, a training run given to
     ``evaluate``, is refused with one line naming ``option``.
     """
-    path = Path(path)
+    path = check_output_dir(path, kind, option)
     marker = path / OUTPUT_MARKER
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path} is a file, not a directory; choose another {option}")
-    if path.is_dir() and any(path.iterdir()):
-        owner = _marker_kind(marker)
-        if owner != kind:
-            what = (
-                f"holds the output of `hgn {owner}`" if owner else "holds files hgn did not write"
-            )
-            raise UserError(
-                f"{option} {path} {what}; choose a new or empty directory for `hgn {kind}` "
-                "(hgn never replaces files it did not write)"
-            )
+    if _marker_kind(marker) == kind:
         return path
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(marker) as tmp:
+    mark_output_dir(path, kind)
+    return path
+
+
+def mark_output_dir(path: str | os.PathLike, kind: str) -> None:
+    """Record in ``path`` that ``kind`` wrote it. Only for directories known to be that
+    command's own, e.g. a training run written before hgn left markers."""
+    with atomic_path(Path(path) / OUTPUT_MARKER) as tmp:
         tmp.write_text(json.dumps({"written_by": f"hgn {kind}"}) + "\n")
+
+
+def check_output_file(
+    path: str | os.PathLike, overwrite: bool = False, option: str = "--out"
+) -> Path:
+    """Refuse to write the single file ``path`` over anything that exists, unless the
+    user said ``--overwrite``; never over a directory.
+
+    A picture or an animation carries no record of who wrote it, so hgn cannot tell its
+    own earlier output from a user's file of the same name: replacing one needs the
+    user's explicit word. The parent directory must exist (a typo there is not created).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise UserError(
+            f"{option} {path} already exists; pass --overwrite to replace it or choose "
+            "another name (hgn never replaces files without being told)"
+        )
     return path
 
 
