@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from hgn.checks import config_from_dict
-from hgn.models import HGN, MODELS, HGNConfig, State, get_model
+from hgn.models import HGN, MODELS, HGNConfig, HNNConfig, State, get_model
 from hgn.models.hgn import MAX_LOGVAR
 from hgn.physics import integrators
 from hgn.utils import UserError
@@ -205,6 +205,28 @@ def test_config_validation_names_the_key() -> None:
         HGNConfig(encoder_filters=[8, 8])  # too few layers to reach 4×4 from 64×64
     cfg = config_from_dict(HGNConfig, {"dt": 1, "input_frames": None}, "model")
     assert cfg.dt == 1.0 and isinstance(cfg.dt, float)
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "message"),
+    [
+        (HGNConfig, {"kl_weight": float("nan")}, r"model\.kl_weight must be a finite number ≥ 0"),
+        (HGNConfig, {"kl_weight": float("inf")}, r"model\.kl_weight must be a finite"),
+        (HGNConfig, {"geco_speed": -1.0}, r"model\.geco_speed must be a finite number > 0"),
+        (HGNConfig, {"geco_target": float("nan")}, r"model\.geco_target"),
+        (HGNConfig, {"geco_alpha": 1.0}, r"model\.geco_alpha must be .* < 1"),
+        (HGNConfig, {"warmup": -1}, r"model\.warmup must be an integer ≥ 0"),
+        (HGNConfig, {"dt": float("nan")}, r"model\.dt must be a finite non-zero"),
+        (HNNConfig, {"aux_weight": float("nan")}, r"model\.aux_weight must be a finite"),
+        (HNNConfig, {"latent_size": 0}, r"model\.latent_size must be an integer > 0"),
+        (HNNConfig, {"decoder_filters": [0]}, r"model\.decoder_filters must be a non-empty"),
+    ],
+)
+def test_every_numeric_model_key_is_range_checked(cls: type, values: dict, message: str) -> None:
+    """NaN, infinite and wrong-signed values fail at once with the key's name (a NaN
+    KL weight used to pass and fail at step 1 with advice about the learning rate)."""
+    with pytest.raises(UserError, match=message):
+        config_from_dict(cls, values, "model")
 
 
 def test_encoder_needs_enough_frames() -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hgn.checks import check_range
 from hgn.models.base import SequenceModel, State
 from hgn.physics import integrators
 from hgn.utils import UserError
@@ -78,7 +79,7 @@ class HGNConfig:
 
     def __post_init__(self) -> None:
         for key in ("image_size", "frames", "latent_channels", "latent_size"):
-            _positive(getattr(self, key), key)
+            check_range(getattr(self, key), f"model.{key}", gt=0)
         ratio = self.image_size / self.latent_size
         if not 16 <= self.image_size <= 128 or ratio != 2 ** round(math.log2(ratio)):
             raise UserError(
@@ -116,10 +117,11 @@ class HGNConfig:
             )
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
-        if self.warmup < 0:
-            raise UserError(f"model.warmup must be ≥ 0, got {self.warmup}")
-        if self.kl_weight < 0 or self.geco_target <= 0 or not 0 <= self.geco_alpha < 1:
-            raise UserError("model.kl_weight ≥ 0, geco_target > 0 and 0 ≤ geco_alpha < 1 needed")
+        check_range(self.warmup, "model.warmup", ge=0)
+        check_range(self.kl_weight, "model.kl_weight", ge=0)
+        check_range(self.geco_target, "model.geco_target", gt=0)
+        check_range(self.geco_alpha, "model.geco_alpha", ge=0, lt=1)
+        check_range(self.geco_speed, "model.geco_speed", gt=0)
 
     @property
     def upsamplings(self) -> int:
@@ -130,11 +132,6 @@ class HGNConfig:
     def seen_frames(self) -> int:
         """Number of leading frames the encoder reads."""
         return self.input_frames or self.frames
-
-
-def _positive(value: int, key: str) -> None:
-    if value <= 0:
-        raise UserError(f"model.{key} must be positive, got {value}")
 
 
 # ----------------------------------------------------------------------------- networks

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hgn.checks import check_range
 from hgn.models.base import SequenceModel
 from hgn.models.hgn import Decoder, Encoder, HGNConfig
 from hgn.physics import integrators
@@ -80,9 +81,18 @@ class HNNConfig:
     aux_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for key in ("image_size", "dof", "hidden", "hamiltonian_hidden"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
+        for key in (
+            "image_size",
+            "dof",
+            "hidden",
+            "hamiltonian_hidden",
+            "latent_channels",
+            "latent_size",
+        ):
+            check_range(getattr(self, key), f"model.{key}", gt=0)
+        for key in ("encoder_filters", "decoder_filters"):
+            if not getattr(self, key) or min(getattr(self, key)) <= 0:
+                raise UserError(f"model.{key} must be a non-empty list of positive integers")
         if self.frames < 3:
             raise UserError(f"model.frames must be at least 3 (two frame pairs), got {self.frames}")
         if self.dt == 0 or not math.isfinite(self.dt):
@@ -92,8 +102,8 @@ class HNNConfig:
                 f"model.integrator must be one of {', '.join(integrators.INTEGRATORS)}, "
                 f"got {self.integrator!r}"
             )
-        if min(self.ae_weight, self.hnn_weight, self.aux_weight) < 0:
-            raise UserError("model.ae_weight, hnn_weight and aux_weight must be ≥ 0")
+        for key in ("ae_weight", "hnn_weight", "aux_weight"):
+            check_range(getattr(self, key), f"model.{key}", ge=0)
 
     def hgn_config(self) -> HGNConfig:
         """The HGN config whose encoder reads one frame pair and whose decoder draws one

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from hgn.checks import config_from_dict
+from hgn.checks import check_range, config_from_dict
 from hgn.models import SequenceModel, get_model
 from hgn.training.loop import CHECKPOINT
 from hgn.utils import UserError, load_checkpoint
@@ -54,15 +54,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"train.{key} must be positive, got {getattr(self, key)}")
+            check_range(getattr(self, key), f"train.{key}", gt=0)
         for key in ("grad_clip", "image_every", "seed"):
-            if getattr(self, key) < 0:
-                raise UserError(f"train.{key} must be ≥ 0, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise UserError(f"train.lr must be positive, got {self.lr}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise UserError(f"train.max_minutes must be positive, got {self.max_minutes}")
+            check_range(getattr(self, key), f"train.{key}", ge=0)
+        check_range(self.lr, "train.lr", gt=0)
+        check_range(self.max_minutes, "train.max_minutes", gt=0)
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"train.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
 
