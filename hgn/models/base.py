@@ -4,6 +4,7 @@ trainer, the evaluator and the CLI rely on, the latent :class:`State`, and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -39,7 +40,12 @@ class SequenceModel(nn.Module):
     Config: ClassVar[type]
     config: Any
     context_frames: int | None = None
-    """Leading frames ``predict`` infers the state from (None: all it is given)."""
+    """Leading frames ``encode``/``predict`` infer the state from (None: all given)."""
+    state_offset: int = 0
+    """Index, within the ``context_frames`` the encoder reads, of the frame whose state
+    ``encode`` returns (0: the first, as in the paper's HGN; HGN++ infers the state at
+    the last frame it reads). Protocols that call ``encode`` and ``rollout`` align the
+    rollout's first state with frame ``state_offset``; ``predict`` does it for them."""
 
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -58,6 +64,43 @@ class SequenceModel(nn.Module):
         return self.loss(frames)
 
 
+def check_dt(dt: float) -> float:
+    """``dt`` as a float, or a :class:`UserError` for zero, NaN or infinity."""
+    dt = float(dt)
+    if dt == 0 or not math.isfinite(dt):
+        raise UserError(f"the time step must be a finite non-zero number, got {dt}")
+    return dt
+
+
+def substeps_for(dt: float, trained_dt: float) -> int:
+    """Integration sub-steps per output step ``dt``: ceil(|dt| / |trained dt|).
+
+    A learned H is fitted at the trained step and absorbs the integrator's error there
+    (the modified Hamiltonian of leapfrog at that step), so a rollout at 2× speed
+    integrates two trained-size steps per output state rather than one step twice as
+    long; slower rollouts take one shorter step. (The small tolerance keeps a ratio of
+    2.0000000001 from rounding up to 3.)
+    """
+    ratio = abs(check_dt(dt)) / abs(trained_dt)
+    return max(1, math.ceil(ratio - 1e-9))
+
+
+LEGACY_KEYS: dict[str, str] = {"input_frames": "context_frames"}
+"""Model config keys renamed since older checkpoints and YAML files were written
+(old → new). :meth:`ModelSpec.config` maps them, the one place every config passes."""
+
+
+def upgrade_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with :data:`LEGACY_KEYS` renamed (a clash of old and new is an error)."""
+    out = dict(values)
+    for old, new in LEGACY_KEYS.items():
+        if old in out:
+            if new in out and out[new] != out[old]:
+                raise UserError(f"model.{old} is the old name of model.{new}; give only one")
+            out[new] = out.pop(old)
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered model: its class and a preset over the class's config defaults."""
@@ -67,8 +110,10 @@ class ModelSpec:
     help: str = ""
 
     def config(self, values: Mapping[str, Any] | None = None, where: str = "model") -> Any:
-        """The validated config: class defaults, then the preset, then ``values``."""
-        return config_from_dict(self.cls.Config, {**self.preset, **(values or {})}, where)
+        """The validated config: class defaults, then the preset, then ``values``
+        (old key names from :data:`LEGACY_KEYS` accepted)."""
+        merged = {**self.preset, **upgrade_keys(values or {})}
+        return config_from_dict(self.cls.Config, merged, where)
 
     def __call__(self, config: Any) -> SequenceModel:
         if isinstance(config, Mapping):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hgn.checks import check_range
-from hgn.models.base import SequenceModel, State
+from hgn.models.base import SequenceModel, State, check_dt, substeps_for
 from hgn.physics import integrators
 from hgn.utils import UserError
 
@@ -36,9 +36,10 @@ class HGNConfig:
     image_size: int = 64
     frames: int = 31
     """Frames per training sequence (T+1); a rollout of ``frames - 1`` steps is trained."""
-    input_frames: int | None = None
-    """How many leading frames the encoder sees: ``None`` = all (the paper's protocol);
-    k = infer the state from a k-frame prefix and predict the rest."""
+    context_frames: int | None = None
+    """How many leading frames the encoder reads: ``None`` = all (the paper's protocol);
+    k = infer the state from a k-frame prefix and predict the rest. (Older configs call
+    it ``input_frames``; :data:`hgn.models.base.LEGACY_KEYS` maps the old name.)"""
     latent_channels: int = 16
     latent_size: int = 4
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64, 64, 64, 64, 48])
@@ -86,10 +87,10 @@ class HGNConfig:
                 f"model.image_size must be latent_size·2^k between 16 and 128, "
                 f"got {self.image_size} (latent_size {self.latent_size})"
             )
-        if self.input_frames is not None and not 1 <= self.input_frames <= self.frames:
+        if self.context_frames is not None and not 1 <= self.context_frames <= self.frames:
             raise UserError(
-                f"model.input_frames must be between 1 and frames={self.frames}, "
-                f"got {self.input_frames}"
+                f"model.context_frames must be between 1 and frames={self.frames}, "
+                f"got {self.context_frames}"
             )
         if self.frames < 2:
             raise UserError(f"model.frames must be at least 2, got {self.frames}")
@@ -128,11 +129,6 @@ class HGNConfig:
         """Factor-2 resolution steps between the latent map and the image."""
         return round(math.log2(self.image_size // self.latent_size))
 
-    @property
-    def seen_frames(self) -> int:
-        """Number of leading frames the encoder reads."""
-        return self.input_frames or self.frames
-
 
 # ----------------------------------------------------------------------------- networks
 
@@ -163,7 +159,7 @@ class Encoder(nn.Module):
         super().__init__()
         downsamples = cfg.upsamplings
         layers: list[nn.Module] = []
-        width = 3 * cfg.seen_frames
+        width = 3 * (cfg.context_frames or cfg.frames)
         for i, filters in enumerate(cfg.encoder_filters):
             stride = 2 if 1 <= i <= downsamples else 1
             layers += [nn.Conv2d(width, filters, 3, stride, padding=1), _act()]
@@ -356,15 +352,19 @@ class HGN(SequenceModel):
         # training steps taken, for the warm-up; a buffer, so checkpoints resume it
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
+    state_offset = 0
+    """The encoded state describes the first frame of the window (paper Sec. 3.2)."""
+
     @property
     def context_frames(self) -> int:  # type: ignore[override]
-        return self.config.seen_frames
+        """Frames the encoder reads: ``config.context_frames``, or all ``frames``."""
+        return self.config.context_frames or self.config.frames
 
     # --- the pieces of the public API (``hgn.load(RUN)`` returns this object)
 
     def posterior(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q_φ(z | first ``seen_frames`` frames)."""
-        k = self.config.seen_frames
+        """Mean and log-variance of q_φ(z | first ``context_frames`` frames)."""
+        k = self.context_frames
         if frames.shape[1] < k:
             raise UserError(f"the encoder needs {k} frames, got a sequence of {frames.shape[1]}")
         stacked = frames[:, :k].flatten(1, 2)  # (B, 3k, H, W): frames on the channel axis
@@ -392,18 +392,21 @@ class HGN(SequenceModel):
         return energy.reshape(lead)
 
     def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
-        """Integrate ``steps`` steps (dt defaults to the config's; < 0 runs backwards).
+        """One state per ``dt`` for ``steps`` steps (dt defaults to the trained one; < 0
+        runs backwards), never integrating with a step longer than the trained dt
+        (:func:`hgn.models.base.substeps_for`: 2× speed takes two trained steps each).
 
         Runs in float32 even under bf16 autocast: the integrator accumulates small
         increments, which bf16's 8-bit mantissa would swamp. Gradients of H come from
         ``torch.func`` (``integrators.grad_of``), so this compiles and trains end to end.
         """
-        dt = self.config.dt if dt is None else dt
+        dt = self.config.dt if dt is None else check_dt(dt)
+        substeps = substeps_for(dt, self.config.dt)
         with torch.autocast(state.q.device.type, enabled=False):
             grad_fn = integrators.grad_of(self.h_net)
             dtype = torch.promote_types(state.q.dtype, torch.float32)  # at least float32
             qs, ps = integrators.rollout(
-                grad_fn, state.q.to(dtype), state.p.to(dtype), dt, steps, self.step_fn
+                grad_fn, state.q.to(dtype), state.p.to(dtype), dt, steps, self.step_fn, substeps
             )
         return State(qs.transpose(0, 1), ps.transpose(0, 1))
 
