@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgn.training.loop import CHECKPOINT, LoopConfig, train_loop
+from hgn.training.loop import CHECKPOINT, LoopConfig, _Progress, train_loop
 from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 
@@ -99,5 +99,68 @@ def test_time_budget_counts_the_time_before_a_resume(tmp_path: Path) -> None:
         {"lr": 0.05},
         resume=True,
     )
-    assert result.stopped_by == "time" and result.step == 5  # one step, then over budget
+    # the saved budget is spent: no step is taken (it used to take one, then stop)
+    assert result.stopped_by == "time" and result.step == 4
     assert result.seconds >= 3600 and load_checkpoint(path)["seconds"] >= 3600
+
+
+def _resume_with_budget(run_dir: Path, steps: int, minutes: float, from_now: bool):
+    model, opt = _problem()
+    loop = LoopConfig(steps=steps, seed=3, max_minutes=minutes, tensorboard=False)
+    loop.budget_from_now = from_now
+    return train_loop(
+        run_dir, {"model": model, "optimizer": opt}, _step_fn(model, opt), loop, {}, resume=True
+    )
+
+
+def test_a_budget_given_now_counts_from_this_invocation(tmp_path: Path) -> None:
+    """`--resume --max-minutes 30` after an hour of training trains (the budget used to
+    cover the whole run, so such a resume stopped after one step)."""
+    _run(tmp_path / "run", 4)
+    path = tmp_path / "run" / CHECKPOINT
+    save_checkpoint(path, {**load_checkpoint(path), "seconds": 3600.0})
+    result = _resume_with_budget(tmp_path / "run", 8, 30, from_now=True)
+    assert result.stopped_by == "steps" and result.step == 8 and result.start == 4
+    saved = load_checkpoint(path)
+    assert saved["budget_start"] == 3600.0  # the new budget began an hour into the run
+    # a later resume without a budget of its own gets what is left of that one
+    result = _resume_with_budget(tmp_path / "run", 12, 30, from_now=False)
+    assert result.stopped_by == "steps" and result.step == 12
+    save_checkpoint(path, {**load_checkpoint(path), "seconds": 3600.0 + 31 * 60})
+    result = _resume_with_budget(tmp_path / "run", 16, 30, from_now=False)
+    assert result.stopped_by == "time" and result.step == 12
+
+
+def test_checkpoints_never_hold_non_finite_weights(tmp_path: Path) -> None:
+    """A weight that turns NaN without a NaN loss (e.g. an optimiser step on a NaN
+    gradient) must not reach the checkpoint that the error message calls the last
+    good one."""
+    model, opt = _problem()
+    step = _step_fn(model, opt)
+
+    def poisoning(i: int) -> dict[str, float]:
+        metrics = step(i)  # the loss of this step is still finite
+        if i == 7:  # right before the checkpoint at step 8
+            with torch.no_grad():
+                model.weight[0, 0] = float("nan")
+        return metrics
+
+    loop = LoopConfig(steps=12, seed=3, checkpoint_every=4, tensorboard=False)
+    with pytest.raises(UserError, match=r"model\.weight became non-finite by step 8; not saved"):
+        train_loop(tmp_path / "run", {"model": model, "optimizer": opt}, poisoning, loop, {})
+    saved = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert saved["step"] == 4
+    assert all(torch.isfinite(v).all() for v in saved["state"]["model"].values())
+
+
+@pytest.mark.parametrize(("steps", "by_time", "total"), [(100_000, True, 300), (20, False, 20)])
+def test_progress_bar_counts_the_budget_that_ends_the_run(
+    steps: int, by_time: bool, total: int
+) -> None:
+    """At 10 steps/s, 100,000 steps outlast a 5-minute budget: the bar counts its seconds
+    (an ETA of hours would be wrong); 20 steps end first: the bar counts steps."""
+    progress = _Progress(LoopConfig(steps=steps), 0, 300.0, 0.0, enabled=True)
+    progress.update(10, 1.0, 1.0)
+    assert progress.by_time is by_time and progress.bar.total == total
+    assert progress.bar.n == (1.0 if by_time else 10)
+    progress.close()

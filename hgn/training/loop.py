@@ -1,9 +1,15 @@
 """The one training loop behind every model hgn trains (HGN, HNN, NHF, RealNVP).
 
 It owns what every run needs and nobody should write twice: a step budget and a
-wall-clock budget, a progress bar, TensorBoard scalars, atomic checkpoints (periodic and
-final) that hold the full config, exact resumption, and a NaN/Inf guard that stops the run
-and keeps the last good checkpoint.
+wall-clock budget, a progress bar (against whichever budget ends the run), TensorBoard
+scalars, atomic checkpoints (periodic and final) that hold the full config, exact
+resumption, and a NaN/Inf guard that stops the run and keeps the last good checkpoint:
+a non-finite loss stops it, and a checkpoint is never written with non-finite weights.
+
+Time budgets: a budget given for this invocation (``budget_from_now``, e.g.
+``--max-minutes`` on the command line) counts from its start; otherwise the saved
+budget applies as what is left of it, counted from when it was set (the checkpoint
+records that moment as ``budget_start``, in seconds of the run).
 
 Exact resumption works because no random state is carried from step to step: before step
 ``k`` the loop reseeds torch from ``(seed, k)``, so step ``k`` draws the same batch and
@@ -41,6 +47,11 @@ class LoopConfig:
     writer: bool = True
     """False on distributed ranks other than 0: they train but write no checkpoint,
     TensorBoard log or progress bar."""
+    progress: bool = True
+    """Show a progress bar (``--no-progress`` turns it off, e.g. in logs)."""
+    budget_from_now: bool = False
+    """``max_minutes`` was given for this invocation and counts from its start; False:
+    it is the run's saved budget, of which only what is left applies on a resume."""
 
 
 @dataclass
@@ -51,10 +62,89 @@ class LoopResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str = "steps"
+    start: int = 0
+    """The step this invocation started from (``step - start`` steps were taken)."""
 
 
 def _stateful(objects: Mapping[str, Any]) -> dict[str, Any]:
     return {name: obj.state_dict() for name, obj in objects.items()}
+
+
+def non_finite_entry(state: Any, name: str = "") -> str | None:
+    """The name of the first floating tensor in ``state`` (nested dicts and lists) that
+    holds a NaN or an infinity, or None: a checkpoint must never keep such weights."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return name if bad else None
+    items: Any = ()
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    for key, value in items:
+        found = non_finite_entry(value, f"{name}.{key}" if name else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+_TIME_FORMAT = "{l_bar}{bar}| {n:.0f}/{total:.0f} s budget [{elapsed}<{remaining}{postfix}]"
+
+
+class _Progress:
+    """A progress bar against whichever budget ends the run.
+
+    With a time budget that will run out before the step budget (a 5-minute run of a
+    100,000-step config), a bar in steps would show an ETA of hours; the bar then counts
+    the budget's seconds instead, with the step count in its postfix. Which budget ends
+    first is re-estimated from this invocation's step rate after every step (with a 5%
+    margin, so that the bar does not flip back and forth near a tie).
+    """
+
+    def __init__(
+        self, loop: LoopConfig, start: int, budget: float | None, used: float, enabled: bool
+    ) -> None:
+        self.steps, self.start, self.budget = loop.steps, start, budget
+        self.by_time = budget is not None
+        self.bar = tqdm(
+            total=budget if self.by_time else loop.steps,
+            initial=min(used, budget) if self.by_time else start,
+            desc=loop.desc,
+            dynamic_ncols=True,
+            disable=not enabled,
+            bar_format=_TIME_FORMAT if self.by_time else None,
+        )
+
+    def update(self, done: int, used: float, now: float) -> None:
+        """After step ``done``: ``used`` seconds of the time budget, ``now`` seconds of
+        this invocation."""
+        if self.bar.disable:
+            return
+        if self.budget is not None and done > self.start:
+            left_steps = (self.steps - done) * now / (done - self.start)
+            left_time = self.budget - used
+            if self.by_time and left_steps < 0.95 * left_time:
+                self._switch(False, done)
+            elif not self.by_time and left_steps > 1.05 * left_time:
+                self._switch(True, min(used, self.budget))
+        position = min(used, self.budget) if self.by_time else done
+        self.bar.update(position - self.bar.n)
+
+    def _switch(self, by_time: bool, position: float) -> None:
+        self.by_time = by_time
+        self.bar.bar_format = _TIME_FORMAT if by_time else None
+        self.bar.initial = position  # the rate counts from here
+        self.bar.reset(total=self.budget if by_time else self.steps)
+        self.bar.n = self.bar.last_print_n = position
+
+    def postfix(self, done: int, metrics: Mapping[str, float]) -> None:
+        shown = {k: f"{v:.4g}" for k, v in metrics.items()}
+        if self.by_time:
+            shown = {"step": f"{done}/{self.steps}", **shown}
+        self.bar.set_postfix(shown)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def train_loop(
@@ -68,6 +158,7 @@ def train_loop(
     on_log: Callable[[int, Any], None] | None = None,
     log_images_every: int = 0,
     agree: Callable[[bool], bool] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> LoopResult:
     """Run ``step_fn(step)`` for ``step = start … loop.steps - 1`` and checkpoint.
 
@@ -79,10 +170,14 @@ def train_loop(
     ``on_log(step, writer)`` may add images to TensorBoard every ``log_images_every``
     steps. ``agree(stop)`` turns this process's wall-clock verdict into one shared by
     all distributed ranks (e.g. an all-reduce), so that they stop at the same step.
+    ``extra`` adds plain entries to every checkpoint (e.g. what the run was trained on).
+    A checkpoint whose state holds a non-finite tensor is never written: the run stops
+    with a :class:`UserError` and the last good checkpoint stays on disk.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     start, before = 0, 0.0  # steps and seconds already spent by earlier processes
+    budget_start = 0.0  # the run's seconds when the current time budget began
     if ckpt_path.exists():
         if not resume:
             raise UserError(
@@ -93,6 +188,9 @@ def train_loop(
         for name, obj in objects.items():
             obj.load_state_dict(saved["state"][name])
         start, before = int(saved["step"]), float(saved.get("seconds", 0.0))
+        budget_start = float(saved.get("budget_start", 0.0))
+    if loop.budget_from_now:
+        budget_start = before
     run_dir.mkdir(parents=True, exist_ok=True)
 
     writer = None
@@ -104,27 +202,40 @@ def train_loop(
     def checkpoint(step: int, elapsed: float) -> None:
         if not loop.writer:
             return
+        state = _stateful(objects)
+        bad = non_finite_entry(state)
+        if bad is not None:
+            raise UserError(
+                f"{bad} became non-finite by step {step}; not saved. The last good "
+                f"checkpoint is {ckpt_path if ckpt_path.exists() else '(none yet)'}: lower "
+                "the learning rate or tighten gradient clipping, then --resume"
+            )
         save_checkpoint(
             ckpt_path,
             {
+                **(extra or {}),
                 "step": step,
                 "seconds": elapsed,
+                "budget_start": budget_start,
                 "config": dict(config),
-                "state": _stateful(objects),
+                "state": state,
             },
         )
 
-    result = LoopResult(step=start, seconds=0.0)
+    budget = None if loop.max_minutes is None else 60.0 * loop.max_minutes
+    result = LoopResult(step=start, seconds=0.0, start=start)
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=loop.steps,
-        initial=start,
-        desc=loop.desc,
-        dynamic_ncols=True,
-        disable=not loop.writer,
-    )
+    bar = _Progress(loop, start, budget, before - budget_start, loop.writer and loop.progress)
     try:
         for step in range(start, loop.steps):
+            # checked before every step, so a resume whose budget is spent takes none
+            used = before + time.perf_counter() - t0 - budget_start
+            out_of_time = budget is not None and used > budget
+            if agree is not None:
+                out_of_time = agree(out_of_time)
+            if out_of_time:
+                result.stopped_by = "time"
+                break
             torch.manual_seed(derive_seed(loop.seed, "step", step))
             metrics = dict(step_fn(step))
             loss = metrics.get("loss", 0.0)
@@ -135,12 +246,12 @@ def train_loop(
                     "rate or tighten gradient clipping, then --resume"
                 )
             now = time.perf_counter() - t0
-            elapsed = before + now  # the budget covers the whole run, across resumes
+            elapsed = before + now
             done = step + 1
-            bar.update(1)
+            bar.update(done, elapsed - budget_start, now)
             if done % loop.log_every == 0 or done == loop.steps:
                 metrics["steps_per_s"] = (done - start) / max(now, 1e-9)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
+                bar.postfix(done, metrics)
                 result.history.append({"step": done, **metrics})
                 if writer is not None:
                     for key, value in metrics.items():
@@ -150,12 +261,6 @@ def train_loop(
             result.step = done
             if done % loop.checkpoint_every == 0 and done != loop.steps:
                 checkpoint(done, elapsed)
-            out_of_time = loop.max_minutes is not None and elapsed > 60.0 * loop.max_minutes
-            if agree is not None:
-                out_of_time = agree(out_of_time)
-            if out_of_time:
-                result.stopped_by = "time"
-                break
     finally:
         bar.close()
         if writer is not None:
