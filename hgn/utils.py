@@ -50,6 +50,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Write ``payload`` as JSON atomically. NaN and infinity are refused rather than
+    written as tokens that strict JSON readers reject."""
+    return write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed derived from ``parts``: independent streams for (seed, split, step...)."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
