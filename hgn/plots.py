@@ -3,6 +3,7 @@ writing (atomic), and the matplotlib figures of the HGN side (Agg backend, PNG).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,12 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from hgn.utils import UserError, atomic_path
+from hgn.utils import UserError, atomic_path, check_output_file
 
 ANIMATION_SUFFIXES = (".gif", ".mp4")
+MP4_ENCODERS = ("imageio_ffmpeg", "av")
+"""imageio writes MP4 through either of these optional packages (``hgn[video]`` installs
+the first); GIF and PNG need neither."""
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -42,15 +46,34 @@ def upscale(images: np.ndarray, factor: int) -> np.ndarray:
     return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 
-def _check_parent(path: Path) -> None:
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
+def check_format(path: Path, suffixes: tuple[str, ...]) -> None:
+    """Refuse a file name whose format hgn cannot write: it must end in one of
+    ``suffixes``, and an MP4 needs one of the optional encoders (:data:`MP4_ENCODERS`)."""
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise UserError(f"cannot write {path}: use a file name ending in {', '.join(suffixes)}")
+    if suffix == ".mp4" and not any(importlib.util.find_spec(m) for m in MP4_ENCODERS):
+        raise UserError(
+            f"cannot write {path}: MP4 needs the optional package imageio-ffmpeg "
+            "(pip install 'hgn[video]'), or write a .gif"
+        )
+
+
+def check_output(
+    path: str | Path, suffixes: tuple[str, ...], overwrite: bool = False, option: str = "--out"
+) -> Path:
+    """The one check of a picture or animation a command is asked to write, made before
+    any work so that a typo costs no rollout: the directory exists, the name is not a
+    directory, an existing file is replaced only with ``overwrite``
+    (:func:`hgn.utils.check_output_file`), and the format is one hgn can write."""
+    path = check_output_file(path, overwrite, option)
+    check_format(path, suffixes)
+    return path
 
 
 def save_image(path: str | Path, image: np.ndarray) -> Path:
     """Write one ``(H, W, 3)`` image as PNG, atomically."""
     path = Path(path)
-    _check_parent(path)
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, to_uint8(image), extension=".png")
     return path
@@ -63,10 +86,8 @@ def save_animation(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
     multiple of 16 rather than resampled.
     """
     path = Path(path)
-    _check_parent(path)
+    check_format(path, ANIMATION_SUFFIXES)
     suffix = path.suffix.lower()
-    if suffix not in ANIMATION_SUFFIXES:
-        raise UserError(f"cannot write animation {path}: use a .gif or .mp4 file name")
     frames = to_uint8(frames)
     with atomic_path(path) as tmp:
         if suffix == ".gif":
@@ -91,6 +112,16 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG (atomically, trimmed to its content) and close
+    it: a figure left open keeps its memory for the life of the process."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
+
+
 def plot_mse(curves: dict[str, np.ndarray], path: Path) -> None:
     """Figure 6: per-step MSE of the model and of the mean image, log scale."""
     plt = pyplot()
@@ -102,8 +133,7 @@ def plot_mse(curves: dict[str, np.ndarray], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_energy(energy: np.ndarray, path: Path, count: int = 8) -> None:
@@ -115,8 +145,7 @@ def plot_energy(energy: np.ndarray, path: Path, count: int = 8) -> None:
     ax.set(xlabel="rollout step", ylabel="learned H", title="learned energy along rollouts")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def hwc(frames: torch.Tensor) -> np.ndarray:

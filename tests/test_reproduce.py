@@ -17,7 +17,8 @@ import torch
 
 from hgn.cli import main
 from hgn.experiments import reproduce as rep
-from hgn.utils import UserError
+from hgn.experiments.reproduce import cells
+from hgn.utils import OUTPUT_MARKER, UserError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -84,7 +85,7 @@ def test_rerun_skips_finished_cells(smoke: Path, monkeypatch: pytest.MonkeyPatch
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(rep, "run_cell", no_training)
+    monkeypatch.setattr(cells, "run_cell", no_training)
     summary = rep.reproduce(smoke, "smoke", progress=False)
     assert summary["finished_cells"] == 24
     assert {p: p.stat().st_mtime_ns for p in smoke.glob("cells/*/*/result.json")} == before
@@ -99,6 +100,33 @@ def test_directory_of_another_profile_is_refused(
     assert code == 2 and err.count("\n") == 0
     assert "holds results of profile 'smoke'" in err
     assert {p: p.read_bytes() for p in smoke.glob("cells/*/*/result.json")} == before
+
+
+def test_a_users_directory_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files hgn did not write" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "my notes"
+    (tmp_path / "file").write_text("x")
+    assert main(["reproduce", "--out", str(tmp_path / "file"), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_results_directory_from_before_the_marker_is_adopted(tmp_path: Path) -> None:
+    """A results directory an older hgn wrote (profile.json, no marker) still resumes."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "profile.json").write_text(json.dumps(rep.PROFILES["smoke"].settings()))
+    rep.reproduce(out, "smoke", systems="pendulum", models="hgn-determ", progress=False)
+    assert (out / "cells" / "pendulum" / "hgn-determ" / "result.json").is_file()
+    assert json.loads((out / OUTPUT_MARKER).read_text())["written_by"] == "hgn reproduce"
 
 
 @pytest.mark.parametrize(
@@ -124,18 +152,18 @@ def test_interrupted_cell_resumes_and_is_recorded_only_when_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "r"
-    real = rep._paper_metrics
+    real = cells._paper_metrics
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rep, "_paper_metrics", crash)
+    monkeypatch.setattr(cells, "_paper_metrics", crash)
     with pytest.raises(KeyboardInterrupt):
         rep.reproduce(out, "smoke", systems="pendulum", models="hnn", progress=False)
     cell = out / "cells" / "pendulum" / "hnn"
     assert (cell / "run" / "checkpoint.pt").is_file()
     assert not (cell / "result.json").exists()
-    monkeypatch.setattr(rep, "_paper_metrics", real)
+    monkeypatch.setattr(cells, "_paper_metrics", real)
     summary = rep.reproduce(out, "smoke", systems="pendulum", models="hnn", progress=False)
     assert summary["finished_cells"] == 1
     record = json.loads((cell / "result.json").read_text())
@@ -197,10 +225,10 @@ def test_valid_prediction_time_of_perfect_and_collapsed_models(tmp_path: Path) -
     truth = torch.from_numpy(np.array(split.images)).permute(0, 1, 4, 2, 3).float() / 255
     mean = truth.mean((0, 1))
     cpu = torch.device("cpu")
-    perfect = rep._prefix_metrics(_Oracle(truth), split, mean, profile, cpu)
+    perfect = cells._prefix_metrics(_Oracle(truth), split, mean, profile, cpu)
     assert perfect["mse"] == 0 and perfect["vpt"] == profile.horizon
     assert len(perfect["mse_per_step"]) == profile.horizon
-    collapsed = rep._prefix_metrics(_Oracle(mean.expand_as(truth)), split, mean, profile, cpu)
+    collapsed = cells._prefix_metrics(_Oracle(mean.expand_as(truth)), split, mean, profile, cpu)
     assert collapsed["vpt"] == 0
     assert collapsed["mse"] == pytest.approx(collapsed["mean_frame_mse"])
     assert collapsed["threshold"] == pytest.approx(
