@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.utils import broadcast_all
 
+from hgn.nn import mlp
 from hgn.physics.integrators import leapfrog
 from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
@@ -207,13 +208,6 @@ class HamiltonianStep(nn.Module):
         return q, p
 
 
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-        nn.Linear(hidden, d_out),
-    )  # fmt: skip
-
-
 class GaussianPosterior(nn.Module):
     """f_ψ(p | q): a diagonal Gaussian whose mean and log-std are an MLP of q.
 
@@ -223,7 +217,7 @@ class GaussianPosterior(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = _mlp(dim, hidden, 2 * dim)
+        self.net = mlp([dim, hidden, hidden, 2 * dim], nn.SiLU)
 
     def forward(self, q: Tensor) -> Independent:
         mean, raw = self.net(q).chunk(2, -1)

@@ -31,7 +31,6 @@ evaluation, rollouts and the reproduction harness treat them exactly like HGN:
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from hgn.checks import check_range
 from hgn.models.base import SequenceModel
 from hgn.models.hgn import Decoder, Encoder, HGNConfig
+from hgn.nn import mlp
 from hgn.physics import integrators
 from hgn.utils import UserError
 
@@ -127,23 +127,10 @@ class HamiltonianMLP(nn.Module):
 
     def __init__(self, dof: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(2 * dof, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, 1),
-        )
+        self.net = mlp([2 * dof, hidden, hidden, 1], nn.Tanh)
 
     def forward(self, q: Tensor, p: Tensor) -> Tensor:
         return self.net(torch.cat([q, p], dim=-1)).squeeze(-1)
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 class MLPEncoder(nn.Module):
@@ -151,7 +138,9 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, cfg: HNNConfig) -> None:
         super().__init__()
-        self.net = _mlp([6 * cfg.image_size**2, cfg.hidden, cfg.hidden, cfg.hidden, 2 * cfg.dof])
+        self.net = mlp(
+            [6 * cfg.image_size**2, cfg.hidden, cfg.hidden, cfg.hidden, 2 * cfg.dof], nn.ReLU
+        )
 
     def forward(self, pairs: Tensor) -> Tensor:
         return self.net(pairs.flatten(1))
@@ -163,7 +152,9 @@ class MLPDecoder(nn.Module):
     def __init__(self, cfg: HNNConfig) -> None:
         super().__init__()
         self.size = cfg.image_size
-        self.net = _mlp([2 * cfg.dof, cfg.hidden, cfg.hidden, cfg.hidden, 6 * cfg.image_size**2])
+        self.net = mlp(
+            [2 * cfg.dof, cfg.hidden, cfg.hidden, cfg.hidden, 6 * cfg.image_size**2], nn.ReLU
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.net(z)).view(-1, 6, self.size, self.size)

@@ -51,7 +51,7 @@ def model_config(profile: Profile, model: str, meta: Mapping[str, Any], prefix: 
     else:
         values.update(profile.hgn)
         if prefix:
-            values["input_frames"] = profile.context
+            values["context_frames"] = profile.context
     return values
 
 
