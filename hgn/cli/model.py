@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from hgn.checks import check_range
 from hgn.utils import UserError, positive_int
 
 
@@ -43,7 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--steps", type=int, help="total optimisation steps (overrides the config)")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="wall-clock budget counted from the start of this command; without it, "
+        "--resume gets what is left of the run's saved budget",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--threads",
@@ -54,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
+    _no_progress(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -71,9 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--vpt-fraction",
         type=float,
         default=0.5,
-        help="valid-prediction threshold as a fraction of the mean-image MSE",
+        help="valid-prediction threshold: noise floor + this fraction of (mean-image MSE "
+        "- noise floor), in (0, 1]",
     )
     p.add_argument("--device", default="auto")
+    _no_progress(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -92,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help=".gif, .mp4 or .png (a strip)")
+    _overwrite(p)
     p.set_defaults(func=_rollout)
 
     p = sub.add_parser(
@@ -106,7 +116,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help=".gif, .mp4 or .png")
+    _overwrite(p)
     p.set_defaults(func=_sample)
+
+
+def _no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (for logs and scripts)",
+    )
+
+
+def _overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (refused otherwise: hgn cannot tell its own "
+        "earlier picture from a file of yours)",
+    )
 
 
 def _threads(requested: int = 1) -> None:
@@ -123,8 +152,7 @@ def _train(args: argparse.Namespace) -> None:
 
     if args.steps is not None:
         positive_int(args.steps, "--steps")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise UserError(f"--max-minutes must be positive, got {args.max_minutes}")
+    check_range(args.max_minutes, "--max-minutes", gt=0)
     if args.print_config:
         sys.stdout.write(
             dump_yaml(resolve(args.profile or DEFAULT_PROFILE, args.config, args.model, args.sets))
@@ -147,12 +175,18 @@ def _train(args: argparse.Namespace) -> None:
         device=args.device,
         steps=args.steps,
         max_minutes=args.max_minutes,
+        progress=args.progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"trained {result.step} steps in {result.seconds / 60:.1f} min "
             f"(stopped by {result.stopped_by}); checkpoint: {args.out}/checkpoint.pt"
         )
+        if result.stopped_by == "time" and result.step == result.start:
+            print(
+                "the run's saved time budget was already spent; pass --max-minutes M to "
+                "train M more minutes"
+            )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -167,6 +201,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
         vpt_fraction=args.vpt_fraction,
+        progress=args.progress,
+        warn=lambda message: print(f"hgn: warning: {message}", file=sys.stderr),
     )
     for name, s in metrics["splits"].items():
         print(
@@ -193,6 +229,7 @@ def _rollout(args: argparse.Namespace) -> None:
         split=args.split,
         fps=positive_int(args.fps, "--fps"),
         device=args.device,
+        overwrite=args.overwrite,
     )
     print(f"wrote {path}")
 
@@ -209,5 +246,6 @@ def _sample(args: argparse.Namespace) -> None:
         seed=args.seed,
         fps=positive_int(args.fps, "--fps"),
         device=args.device,
+        overwrite=args.overwrite,
     )
     print(f"wrote {path}")

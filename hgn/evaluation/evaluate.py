@@ -2,9 +2,12 @@
 
 Protocol (paper Sec. 4): the model infers the state from the frames its config says the
 encoder sees (all of them in the paper; a prefix of k frames in the stricter protocol),
-rolls out T steps, decodes, and every predicted frame 0…T is compared with the
-ground-truth frame: per-pixel MSE per step, averaged over the T+1 frames, then mean and
-standard deviation over sequences. For scale, the same numbers are given for the
+rolls out T steps, decodes, and every frame 0…T is compared with the ground-truth frame:
+per-pixel MSE per step, then averaged over the scored frames and given as mean and
+standard deviation over sequences. The scored frames (:func:`first_scored_frame`) are
+the predicted ones: all T+1 in the paper's protocol, only those after the prefix in the
+prefix protocol (the frames the encoder saw are reconstructions, not predictions; ``hgn
+reproduce`` uses the same definition). For scale, the same numbers are given for the
 mean-image baseline (always predict the training set's average frame), which is what a
 model that learned no dynamics converges to (the paper's HNN failure mode).
 
@@ -15,8 +18,15 @@ reported next to the baseline (at the paper's noise levels it is a large part of
 Energy (Table 2): the learned H along each rollout; its variance over the rollout,
 averaged over sequences. Valid prediction time (prefix protocol only): the number of
 predicted frames after the prefix before a sequence's per-frame MSE first exceeds a
-threshold, ``vpt_fraction`` × the mean-image baseline's average MSE on that split
-(default ½: a prediction stops counting once it is half as wrong as ignoring the input).
+threshold placed ``vpt_fraction`` of the way from the noise floor to the mean-image
+baseline's MSE on that split (:func:`vpt_threshold`; default ½: a prediction stops
+counting once it has lost half of what separates a perfect model from ignoring the
+input). A threshold of ½ × the mean-image MSE alone lies below the noise floor on
+three-body, where even a perfect model would score 0.
+
+A run records the data it was trained on; evaluating it on data of another system,
+size, time step or noise still computes the numbers, but says so on the terminal and on
+the first line of metrics.md.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +44,23 @@ from tqdm.auto import tqdm
 
 from hgn import data as hgn_data
 from hgn import plots as viz
+from hgn.checks import check_range
 from hgn.data import mean_frame, to_frames
 from hgn.models import SequenceModel
 from hgn.physics.systems import get_system
 from hgn.plots import hwc, plot_energy, plot_mse
 from hgn.training.config import load_model
-from hgn.utils import UserError, atomic_path, numpy_rng, positive_int, resolve_device
+from hgn.training.train import data_mismatch
+from hgn.utils import (
+    UserError,
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+    claim_output_dir,
+    numpy_rng,
+    positive_int,
+    resolve_device,
+)
 
 SCALE = 1e4
 """The paper reports MSE and energy variance multiplied by 1e4."""
@@ -99,9 +121,10 @@ def noise_floor(split: hgn_data.Split, n: int, draws: int = 32, seed: int = 0) -
     return float((expected / draws - frames).square().mean())
 
 
-def error_stats(mse: np.ndarray) -> dict[str, Any]:
-    """Per-step curve and the average over steps, mean ± std over sequences."""
-    per_seq = mse.mean(1)
+def error_stats(mse: np.ndarray, first: int = 0) -> dict[str, Any]:
+    """Per-step curve (every frame given) and the average over the frames ``first``…T,
+    mean ± std over sequences; ``first`` is :func:`first_scored_frame`."""
+    per_seq = mse[:, first:].mean(1)
     return {
         "per_step_mean": mse.mean(0).tolist(),
         "per_step_std": mse.std(0).tolist(),
@@ -123,6 +146,25 @@ def energy_stats(energy: np.ndarray) -> dict[str, float]:
         "var_mean_x1e4": float(var.mean() * SCALE),
         "relative_std": float((np.sqrt(var) / np.maximum(level, 1e-12)).mean()),
     }
+
+
+def first_scored_frame(context: int, steps: int) -> int:
+    """The first frame the averaged errors count: ``context`` in the prefix protocol
+    (the encoder saw frames 0…context-1; only the rest are predictions), 0 in the paper's
+    protocol (the encoder sees all T+1 frames and the paper scores all of them)."""
+    return context if context <= steps else 0
+
+
+def vpt_threshold(baseline_mse: float, floor: float | None, fraction: float = 0.5) -> float:
+    """The valid-prediction threshold: ``floor + fraction × (baseline_mse − floor)``.
+
+    ``baseline_mse`` is the mean-image MSE over the scored frames and ``floor`` the
+    noise floor (:func:`noise_floor`), None where it is not known (then 0: the old
+    ``fraction × baseline``). Without the floor, the threshold on noisy data can lie
+    below what a perfect model achieves.
+    """
+    floor = 0.0 if floor is None else floor
+    return floor + fraction * (baseline_mse - floor)
 
 
 def valid_prediction_time(mse: np.ndarray, context: int, threshold: float) -> np.ndarray:
@@ -149,23 +191,31 @@ def evaluate(
     device: str = "auto",
     vpt_fraction: float = 0.5,
     progress: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``run`` on both splits of ``data``; write ``out/metrics.{json,md}`` and
-    plots (the directory appears whole, atomically). Returns the metrics."""
+    plots, each file atomically, into ``out``: a new or empty directory, or one an
+    earlier ``hgn evaluate`` wrote (never a run or a user's folder). ``warn`` receives
+    a one-line message at once when the data is not what the run was trained on.
+    Returns the metrics."""
     max_sequences = positive_int(max_sequences, "--max-sequences")
     batch_size = positive_int(batch_size, "--batch-size")
-    if not vpt_fraction > 0:
-        raise UserError(f"--vpt-fraction must be positive, got {vpt_fraction}")
+    check_range(vpt_fraction, "--vpt-fraction", gt=0, le=1)
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
+    check_output_dir(out, "evaluate")
     dev = resolve_device(device)
     model, saved = load_model(run, dev)
     splits = {name: hgn_data.load(data, name) for name in hgn_data.SPLITS}
     _check_compatible(model, splits["train"])
+    mismatch = data_mismatch(saved.get("trained_on"), splits["test"].meta)
+    if mismatch and warn is not None:
+        warn(mismatch)
     mean = mean_frame(splits["train"])
     steps = splits["test"].meta["steps"]
     context = context_frames(model, steps + 1)
+    first = first_scored_frame(context, steps)
     metrics: dict[str, Any] = {
         "run": str(run),
         "data": str(data),
@@ -175,8 +225,11 @@ def evaluate(
         "trained_seconds": float(saved["seconds"]),
         "protocol": "paper (encoder sees every frame)" if context > steps else "prefix",
         "context_frames": context,
+        "first_scored_frame": first,
         "unroll_steps": steps,
         "vpt_fraction": vpt_fraction,
+        "trained_on": saved.get("trained_on"),
+        "data_mismatch": mismatch,
         "splits": {},
     }
     curves: dict[str, np.ndarray] = {}
@@ -186,18 +239,19 @@ def evaluate(
         mse, energy = rollout_errors(model, split, n, batch_size, dev, progress)
         base = baseline_errors(split, mean, n)
         floor = noise_floor(split, min(n, 200))
-        threshold = vpt_fraction * float(base.mean())
+        base_mean = float(base[:, first:].mean())
         result: dict[str, Any] = {
             "n": n,
-            "mse": error_stats(mse),
-            "baseline_mse": error_stats(base),
-            "ratio_to_baseline": float(mse.mean() / base.mean()),
+            "mse": error_stats(mse, first),
+            "baseline_mse": error_stats(base, first),
+            "ratio_to_baseline": float(mse[:, first:].mean()) / base_mean,
             "noise_floor_mse": floor,
-            "noise_floor_ratio": floor / float(base.mean()),
+            "noise_floor_ratio": floor / base_mean,
             "energy": energy_stats(energy),
             "vpt": None,
         }
         if context <= steps:
+            threshold = vpt_threshold(base_mean, floor, vpt_fraction)
             vpt = valid_prediction_time(mse, context, threshold)
             result["vpt"] = {
                 "threshold": threshold,
@@ -209,12 +263,15 @@ def evaluate(
         curves[name], curves[f"{name} mean image"] = mse.mean(0), base.mean(0)
         if name == "test":
             energies = energy
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (tmp / "metrics.md").write_text(metrics_markdown(metrics))
-        plot_mse(curves, tmp / "mse_per_step.png")
-        plot_energy(energies, tmp / "energy.png")
+    claim_output_dir(out, "evaluate")
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_path(out / "metrics.md") as tmp:
+        tmp.write_text(metrics_markdown(metrics))
+    with atomic_path(out / "mse_per_step.png") as tmp:
+        plot_mse(curves, tmp)
+    with atomic_path(out / "energy.png") as tmp:
+        plot_energy(energies, tmp)
     return metrics
 
 
@@ -232,7 +289,10 @@ def _pm(stats: dict[str, Any]) -> str:
 
 def metrics_markdown(metrics: dict[str, Any]) -> str:
     """A human-readable summary of :func:`evaluate`'s metrics."""
-    lines = [
+    first, steps = metrics.get("first_scored_frame", 0), metrics["unroll_steps"]
+    mismatch = metrics.get("data_mismatch")
+    lines = [f"**Warning: {mismatch}.**", ""] if mismatch else []
+    lines += [
         f"# Evaluation of `{metrics['run']}`",
         "",
         f"Model `{metrics['model']}` after {metrics['trained_steps']} steps "
@@ -241,12 +301,12 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         f"from {metrics['context_frames']} frame(s) and rolled out "
         f"{metrics['unroll_steps']} steps.",
         "",
-        "Per-pixel MSE averaged over the frames 0…T of each rollout, ×1e4, mean ± std "
-        "over sequences; ratio = model MSE / mean-image MSE; noise floor = MSE of the best "
-        "possible prediction given the true clean states (the data's per-frame "
-        "observation noise is unpredictable), as a ratio to the mean-image MSE; energy "
-        "variance = variance of the learned H along a rollout, ×1e4, averaged over "
-        "sequences.",
+        f"Per-pixel MSE averaged over the predicted frames {first}…{steps} of each rollout, "
+        "×1e4, mean ± std over sequences; ratio = model MSE / mean-image MSE; noise "
+        "floor = MSE of the best possible prediction given the true clean states (the "
+        "data's per-frame observation noise is unpredictable), as a ratio to the "
+        "mean-image MSE; energy variance = variance of the learned H along a rollout, "
+        "×1e4, averaged over sequences.",
         "",
         "| split | sequences | MSE ×1e4 | mean-image MSE ×1e4 | ratio | noise floor ratio "
         "| H variance ×1e4 | H std / abs(mean H) | valid prediction time |",
@@ -274,7 +334,6 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         + " |"
     )
     lines.append("|---" * (1 + 2 * len(names)) + "|")
-    steps = metrics["unroll_steps"]
     for t in sorted({*range(0, steps + 1, 5), steps}):
         model_cols = [metrics["splits"][n]["mse"]["per_step_mean"][t] * SCALE for n in names]
         base_cols = [
@@ -284,8 +343,9 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     if any(s["vpt"] for s in metrics["splits"].values()):
         lines += [
             "",
-            f"Valid prediction time: predicted frames after the prefix before the per-frame "
-            f"MSE first exceeds {metrics['vpt_fraction']} × the split's mean-image MSE.",
+            "Valid prediction time: predicted frames after the prefix before the per-frame "
+            f"MSE first exceeds noise floor + {metrics['vpt_fraction']} × (the split's "
+            "mean-image MSE − noise floor), both over the predicted frames.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -293,11 +353,10 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- pictures
 
 
-def _check_output(path: Path, suffixes: tuple[str, ...]) -> None:
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
+def _check_output(path: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
     if path.suffix.lower() not in suffixes:
         raise UserError(f"cannot write {path}: use a file name ending in {', '.join(suffixes)}")
+    check_output_file(path, overwrite)
 
 
 def _magnify(size: int) -> int:
@@ -316,12 +375,14 @@ def render_rollout(
     split: str = "test",
     fps: int = 8,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Roll sequence ``index`` out ``steps`` steps at ``speed`` × dt (negated when
     ``backward``) next to the ground truth where a data frame exists at that time
-    (paper Fig. 7). Writes a GIF/MP4 (truth | prediction) or a PNG strip."""
+    (paper Fig. 7). Writes a GIF/MP4 (truth | prediction) or a PNG strip; an existing
+    ``out`` is replaced only with ``overwrite``."""
     out = Path(out)
-    _check_output(out, (".gif", ".mp4", ".png"))
+    _check_output(out, (".gif", ".mp4", ".png"), overwrite)
     steps = positive_int(steps, "--steps")
     if not (math.isfinite(speed) and speed > 0):
         raise UserError(f"--speed must be a positive number, got {speed}")
@@ -360,11 +421,13 @@ def render_samples(
     seed: int = 0,
     fps: int = 8,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """New trajectories from the prior (paper Fig. 8): a GIF/MP4 of ``n`` side by side,
-    or a PNG with one row per sample. ``seed`` fixes the draws."""
+    or a PNG with one row per sample. ``seed`` fixes the draws; an existing ``out`` is
+    replaced only with ``overwrite``."""
     out = Path(out)
-    _check_output(out, (".gif", ".mp4", ".png"))
+    _check_output(out, (".gif", ".mp4", ".png"), overwrite)
     n, steps = positive_int(n, "--n"), positive_int(steps, "--steps")
     dev = resolve_device(device)
     model, _ = load_model(run, dev)

@@ -4,7 +4,15 @@
 Distributed training: under ``torchrun`` (``WORLD_SIZE`` > 1) every rank builds the
 same model, wraps it in DistributedDataParallel (gloo on CPU, NCCL on GPU), draws the
 same global batch indices from the loop's per-step seed and keeps its own slice of them;
-only rank 0 writes checkpoints, logs and the progress bar.
+only rank 0 writes checkpoints, logs and the progress bar. The few collectives of our own
+(the loss, the stop-on-time verdict) use tensors on the training device, which NCCL
+requires; gloo on CPU runs exactly the same code.
+
+Output: ``--out`` is claimed as a ``train`` directory (:func:`hgn.utils.claim_output_dir`):
+a fresh run goes into a new or empty directory, never into a user's folder; a run written
+before hgn marked its directories (a checkpoint but no marker) is recognised on
+``--resume`` and marked then. Every checkpoint records what the run was trained on
+(:func:`trained_on`), so that ``hgn evaluate`` can tell another system's data.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,17 @@ from hgn.training.config import (
     resolve,
 )
 from hgn.training.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
-from hgn.utils import UserError, atomic_path, derive_seed, load_checkpoint, resolve_device
+from hgn.utils import (
+    OUTPUT_MARKER,
+    UserError,
+    atomic_path,
+    check_output_dir,
+    claim_output_dir,
+    derive_seed,
+    load_checkpoint,
+    mark_output_dir,
+    resolve_device,
+)
 
 IN_MEMORY_BYTES = 4 << 30
 """Training splits up to this size are read into RAM once; larger ones stay memory-mapped."""
@@ -93,6 +112,52 @@ class Batches:
         return to_frames(window, self.device)
 
 
+TRAINED_ON_KEYS = ("system", "constants", "noise", "dt", "size")
+"""What identifies a dataset's physics and pictures; ``hgn evaluate`` compares these."""
+
+
+def trained_on(split: hgn_data.Split, path: str | os.PathLike) -> dict[str, Any]:
+    """What a run records about its training data: the :data:`TRAINED_ON_KEYS`, the
+    sequence length, the data's seed and where it was (absolute path)."""
+    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, "steps", "seed")}
+    return {**record, "path": str(Path(path).resolve())}
+
+
+def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | None:
+    """One sentence saying how ``meta`` differs from the data a run was trained on
+    (``record``, see :func:`trained_on`), or None when it does not (or is not known)."""
+    if not record:
+        return None
+    diffs = [
+        f"{key} {meta.get(key)!r} (trained on {record.get(key)!r})"
+        for key in TRAINED_ON_KEYS
+        if record.get(key) != meta.get(key)
+    ]
+    if not diffs:
+        return None
+    return "this data differs from the run's training data: " + ", ".join(diffs)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    """Refuse an unusable ``--out`` before anything is written (see the module doc)."""
+    ckpt = out / CHECKPOINT
+    if resume:
+        if not ckpt.exists():
+            raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
+        if not (out / OUTPUT_MARKER).exists():
+            return  # a run written before hgn marked its directories: train's own
+    elif ckpt.exists():
+        raise UserError(f"{out} already holds a run; pass --resume or choose another --out")
+    check_output_dir(out, "train")
+
+
+def _claim_out(out: Path, resume: bool) -> None:
+    """Mark ``out`` as train's (checked by :func:`_check_out`): a pre-marker run on resume."""
+    if resume and not (out / OUTPUT_MARKER).exists():
+        mark_output_dir(out, "train")
+    claim_output_dir(out, "train")
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
@@ -120,6 +185,8 @@ def _setup_distributed(device: str) -> torch.device:
 
 
 def _all_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the ranks, computed where ``values`` live (NCCL
+    accepts only CUDA tensors; pass them on the training device)."""
     if torch.distributed.is_initialized():
         values = values.clone()
         torch.distributed.all_reduce(values)
@@ -127,11 +194,16 @@ def _all_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _agree(stop: bool) -> bool:
-    """Stop when any rank is out of time (one all-reduce of a flag)."""
-    flag = torch.tensor([float(stop)])
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+def _agree_on(device: torch.device) -> Callable[[bool], bool]:
+    """The loop's ``agree``: stop when any rank is out of time, by one all-reduce of a
+    flag on ``device``, the training device (a CPU tensor fails under NCCL)."""
+
+    def agree(stop: bool) -> bool:
+        flag = torch.tensor([float(stop)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return agree
 
 
 # ----------------------------------------------------------------------------- running
@@ -154,24 +226,30 @@ def train(
     device: str = "auto",
     steps: int | None = None,
     max_minutes: float | None = None,
+    progress: bool = True,
 ) -> LoopResult:
     """Train ``config`` on the dataset at ``data`` into the run directory ``out``.
 
     ``resume`` continues the run saved in ``out`` with its own config (``config`` must
-    be None); ``steps`` and ``max_minutes`` override the budgets either way. Every
-    check on the inputs happens before anything is written.
+    be None); ``steps`` overrides the step budget either way. ``max_minutes`` is a
+    wall-clock budget for this call, counted from its start; without it, a resumed run
+    gets what is left of its saved budget. Every check on the inputs happens before
+    anything is written.
     """
     out = Path(out)
     ckpt = out / CHECKPOINT
+    if resume and config is not None:
+        raise UserError("--resume continues a run with its saved config; drop the overrides")
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes (others may see its claim)
+        _check_out(out, resume)
+    elif resume and not ckpt.exists():
+        raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
+    record = None
     if resume:
-        if config is not None:
-            raise UserError("--resume continues a run with its saved config; drop the overrides")
-        if not ckpt.exists():
-            raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
-        config = RunConfig.from_dict(load_checkpoint(ckpt)["config"])
+        saved = load_checkpoint(ckpt)
+        config = RunConfig.from_dict(saved["config"])
+        record = saved.get("trained_on")
     else:
-        if ckpt.exists():
-            raise UserError(f"{out} already holds a run; pass --resume or choose another --out")
         config = config or resolve()
     overrides = {"steps": steps, "max_minutes": max_minutes}
     budgets = {k: v for k, v in overrides.items() if v is not None}
@@ -183,6 +261,9 @@ def train(
     if not resume:
         config = follow_data(config, split.meta)
     check_data(split, config.model)
+    mismatch = data_mismatch(record, split.meta)
+    if mismatch:
+        raise UserError(f"--resume continues a run on the data it was trained on; {mismatch}")
     dev = _setup_distributed(device)
     tc = config.train
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
@@ -201,27 +282,36 @@ def train(
     batches = Batches(split, frames, tc.batch_size, dev)
     writer = _rank() == 0
     if writer:
-        out.mkdir(exist_ok=True)
+        _claim_out(out, resume)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(dump_yaml(config))
 
     clock = {"last": time.perf_counter()}
+    skips = {"n": 0}  # steps skipped for a non-finite gradient, in this invocation
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
         x = batches()
         with _autocast(tc.amp, dev):
             loss, metrics = forward(x)
-        shared = _all_mean(torch.tensor([loss.item()]))
+        shared = _all_mean(loss.detach().float().reshape(1))
         metrics["loss"] = float(shared[0])
         if not math.isfinite(metrics["loss"]):
             return metrics  # the loop stops the run; the weights stay the last good ones
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if tc.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            metrics["grad_norm"] = float(norm)
-        optimizer.step()
+        # the norm is always measured (an infinite bound clips nothing: its factor is 1)
+        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        metrics["grad_norm"] = norm
+        # a non-finite gradient (the same on every rank: DDP averaged it) would write
+        # NaN into the weights and the next checkpoint: skip the step instead
+        skipped = not math.isfinite(norm)
+        if not skipped:
+            optimizer.step()
+        skips["n"] += skipped
+        if skips["n"]:
+            metrics["skipped_steps"] = float(skips["n"])
         now = time.perf_counter()
         metrics["seq_per_s"] = tc.batch_size * _world() / max(now - clock["last"], 1e-9)
         clock["last"] = now
@@ -245,6 +335,8 @@ def train(
         log_every=tc.log_every,
         desc=f"train {config.name}",
         writer=writer,
+        progress=progress,
+        budget_from_now=max_minutes is not None,
     )
     try:
         return train_loop(
@@ -256,7 +348,8 @@ def train(
             resume=resume,
             on_log=log_images,
             log_images_every=tc.image_every,
-            agree=_agree if torch.distributed.is_initialized() else None,
+            agree=_agree_on(dev) if torch.distributed.is_initialized() else None,
+            extra={"trained_on": trained_on(split, data)},
         )
     finally:
         if torch.distributed.is_initialized():
