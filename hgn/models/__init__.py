@@ -1,10 +1,12 @@
-"""The sequence models hgn trains, by CLI name: HGN and its ablations (paper Sec. 3.2, 4)
-and the HNN baselines (Greydanus et al., 2019). One registry, filled here, in one place."""
+"""The sequence models hgn trains, by CLI name: HGN and its ablations (paper Sec. 3.2, 4),
+HGN++ (the improved HGN of the latent-dynamics benchmark, SPEC.md §3b) and the HNN
+baselines (Greydanus et al., 2019). One registry, filled here, in one place."""
 
 from __future__ import annotations
 
 from hgn.models.base import ModelSpec, SequenceModel, State
 from hgn.models.hgn import HGN, HGNConfig
+from hgn.models.hgnpp import HGNPP, HGNPPConfig
 from hgn.models.hnn import HNN, HNNConfig
 from hgn.utils import UserError
 
@@ -13,6 +15,9 @@ MODELS: dict[str, ModelSpec] = {
     "hgn-euler": ModelSpec(HGN, {"integrator": "euler"}, "ablation: Euler integrator"),
     "hgn-determ": ModelSpec(HGN, {"deterministic": True}, "ablation: z = μ, no KL"),
     "hgn-no-fpsi": ModelSpec(HGN, {"use_fpsi": False}, "ablation: s₀ = z, no f_ψ"),
+    "hgn++": ModelSpec(
+        HGNPP, {}, "HGN++: flat phase space, separable MLP energies, trained forwards and backwards"
+    ),
     "hnn": ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)"),
     "hnn-conv": ModelSpec(
         HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
@@ -31,9 +36,11 @@ def get_model(name: str) -> ModelSpec:
 
 __all__ = [
     "HGN",
+    "HGNPP",
     "HNN",
     "MODELS",
     "HGNConfig",
+    "HGNPPConfig",
     "HNNConfig",
     "ModelSpec",
     "SequenceModel",

@@ -1,0 +1,379 @@
+"""HGN++: the improved HGN of the latent-dynamics benchmark (SPEC.md §3b).
+
+Botev et al. (2021, "Which priors matter?") and Higgins et al. (2021, "SyMetric") kept
+HGN's idea and changed what made it fail to extrapolate in time. What they changed, and
+what this module does:
+
+* a flat phase space ``q, p ∈ Rⁿ`` (n = 16) instead of 16×4×4 maps: the dynamics of a few
+  bodies need few numbers, and an MLP energy on a vector is cheap to differentiate;
+* a separable ``H = K(p) + V(q)`` with smooth (Softplus) MLP energies, integrated by the
+  first-same-as-last leapfrog (:func:`hgn.physics.integrators.leapfrog_separable`), which
+  is symplectic and exactly reversible, so running backwards (dt → −dt) is the same map
+  inverted, not a different approximation;
+* an encoder that reads k = 5 frames stacked on the channel axis and infers the state at
+  the **last** frame it reads (``state_offset = k − 1``): every frame before it is
+  evidence about the velocity at that instant;
+* long training targets: a window of ``frames`` frames (65 by default: 5 read, 60
+  predicted; clamped to what the data holds) and **forward–backward** training: for half
+  of each batch the state is inferred from the window's first k frames and rolled out
+  with +dt over the frames after them, for the other half from its last k frames and
+  rolled out with −dt over the frames before them. A model trained only forwards never
+  learns that its backward map must match the data (measured: issue 10);
+* a Gaussian likelihood with fixed scale (the summed squared error, per pixel) plus a
+  β-weighted KL, both divided by pixels × time steps.
+
+Two economies make it trainable on a CPU: decoding dominates the cost of a step (the
+rollout is a few small MLP gradients per step), so each training step decodes only a
+random subset of ``decode_frames`` of the rolled-out states per sequence, an unbiased
+estimate of the full reconstruction error that still back-propagates through the whole
+rollout; and the rollout horizon grows over a ``warmup`` from a few steps to all of
+them, so early training, when H is still random, does not pay for long rollouts.
+
+The decoder is HGN's (:class:`hgn.models.hgn.Decoder`, progressive-GAN up-sampling
+blocks) behind a linear map from ``q`` to its small input map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hgn.flows.nhf import EnergyMLP
+from hgn.models.base import SequenceModel, State, check_dt, substeps_for
+from hgn.models.hgn import INIT_LOGVAR, MAX_LOGVAR, Decoder, HGNConfig
+from hgn.physics import integrators
+from hgn.utils import UserError
+
+
+@dataclass
+class HGNPPConfig:
+    """Everything that defines an HGN++. Defaults follow DeepMind's published
+    configuration where it is known (flat 16 + 16 phase space, 250-unit 5-layer
+    energies (Softplus here, swish there), 5 context frames, 60 target steps); the
+    ``small`` profile (``hgn.training.config``) shrinks the networks for a CPU."""
+
+    image_size: int = 32
+    frames: int = 65
+    """Frames per training window: ``context_frames`` read, then ``frames −
+    context_frames`` target steps. Follows the data (clamped to its sequence length)
+    unless set explicitly."""
+    context_frames: int = 5
+    """Frames stacked on the channel axis for the encoder; the state it infers is that
+    of the last of them (``state_offset = context_frames − 1``)."""
+    state_dim: int = 16
+    """n: q and p each have n numbers."""
+    encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
+    """3×3 convolutions, the first at full resolution, then stride 2 down to
+    ``latent_size``; flattened and mapped linearly to the posterior of z."""
+    fpsi_hidden: int = 256
+    """Width of f_ψ, the two-layer MLP from z (2n numbers) to the state (q, p)."""
+    energy_hidden: int = 250
+    energy_layers: int = 5
+    """K and V are Softplus MLPs (NHF's :class:`hgn.flows.nhf.EnergyMLP`, whose input
+    gradient is written in closed form: half the cost of ``torch.func`` per leapfrog
+    step, and a rollout is 2·steps of them) of this width and depth."""
+    kinetic_quadratic: bool = True
+    """K(p) = ½|p|² + MLP(p): the physical kinetic energy in suitable coordinates plus a
+    correction, so q moves along p from the first step (a fresh MLP is nearly flat)."""
+    potential_quadratic: bool = False
+    """V(q) = ½|q|² + MLP(q): rollouts then oscillate from the first step."""
+    latent_channels: int = 32
+    """Channels of the map the decoder starts from (``q`` is mapped linearly to it)."""
+    latent_size: int = 4
+    decoder_filters: list[int] = field(default_factory=lambda: [64])
+    """HGN's decoder widths: stem and up-sampling blocks, coarse to fine (the last repeats)."""
+    dt: float = 0.125
+    """The trained time step (follows the data); rollouts never integrate a longer one."""
+    kl_weight: float = 0.1
+    """β: weight of the KL term (both terms are per pixel and time step)."""
+    forward_backward: bool = True
+    """Train half of each batch backwards in time (see the module docs)."""
+    decode_frames: int | None = None
+    """Rolled-out states decoded per sequence per training step (None: all)."""
+    warmup: int = 0
+    """Training steps over which the rollout horizon grows linearly from
+    ``min_horizon`` to all target steps, and the KL weight from 0 to ``kl_weight``."""
+    min_horizon: int = 4
+
+    def __post_init__(self) -> None:
+        for key in (
+            "image_size", "context_frames", "state_dim", "fpsi_hidden", "energy_hidden",
+            "energy_layers", "latent_channels", "latent_size", "min_horizon",
+        ):  # fmt: skip
+            if getattr(self, key) <= 0:
+                raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.frames < self.context_frames + 1:
+            raise UserError(
+                f"model.frames ({self.frames}) must exceed model.context_frames "
+                f"({self.context_frames}): a window needs at least one target step"
+            )
+        ratio = self.image_size / self.latent_size
+        if not 8 <= self.image_size <= 128 or ratio != 2 ** round(math.log2(ratio)):
+            raise UserError(
+                f"model.image_size must be latent_size·2^k between 8 and 128, "
+                f"got {self.image_size} (latent_size {self.latent_size})"
+            )
+        if self.upsamplings > len(self.encoder_filters) - 1:
+            raise UserError(
+                f"model.encoder_filters needs at least {self.upsamplings + 1} layers to reach "
+                f"{self.latent_size}×{self.latent_size} from {self.image_size}×{self.image_size}"
+            )
+        for key in ("encoder_filters", "decoder_filters"):
+            if not getattr(self, key) or min(getattr(self, key)) <= 0:
+                raise UserError(f"model.{key} must be a non-empty list of positive integers")
+        if self.dt == 0 or not math.isfinite(self.dt):
+            raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
+        if not (self.kl_weight >= 0 and self.warmup >= 0):
+            raise UserError("model.kl_weight and model.warmup must be ≥ 0")
+        if self.decode_frames is not None and self.decode_frames <= 0:
+            raise UserError(f"model.decode_frames must be positive, got {self.decode_frames}")
+
+    @property
+    def upsamplings(self) -> int:
+        """Factor-2 resolution steps between the decoder's first map and the image."""
+        return round(math.log2(self.image_size // self.latent_size))
+
+    @property
+    def target_steps(self) -> int:
+        """Rollout steps trained per window."""
+        return self.frames - self.context_frames
+
+    def decoder_config(self) -> HGNConfig:
+        """The HGN config whose :class:`Decoder` draws this model's frames."""
+        return HGNConfig(
+            image_size=self.image_size,
+            latent_channels=self.latent_channels,
+            latent_size=self.latent_size,
+            encoder_filters=[1] * (self.upsamplings + 1),  # unused: only the decoder is built
+            decoder_filters=self.decoder_filters,
+        )
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class FrameEncoder(nn.Module):
+    """``k`` frames stacked on channels ``(B, 3k, S, S)`` → mean, log-variance of z (B, 2n).
+
+    A full-resolution 3×3 convolution, then stride-2 ones down to ``latent_size``, then a
+    linear map of the flattened features: a flat state has no spatial layout to keep.
+    """
+
+    def __init__(self, cfg: HGNPPConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 3 * cfg.context_frames
+        for i, filters in enumerate(cfg.encoder_filters):
+            stride = 2 if 1 <= i <= cfg.upsamplings else 1
+            layers += [nn.Conv2d(width, filters, 3, stride, padding=1), nn.LeakyReLU(0.2)]
+            width = filters
+        self.body = nn.Sequential(*layers)
+        z_dim = 2 * cfg.state_dim
+        self.head = nn.Linear(width * cfg.latent_size**2, 2 * z_dim)
+        with torch.no_grad():  # nearly deterministic at first, as HGN's (INIT_LOGVAR)
+            self.head.bias[z_dim:] = INIT_LOGVAR
+
+    def forward(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = self.head(self.body(stacked).flatten(1)).chunk(2, dim=1)
+        return mean, MAX_LOGVAR - F.softplus(MAX_LOGVAR - raw)
+
+
+class InitialState(nn.Module):
+    """f_ψ: z (2n) → (q, p), a two-layer SiLU MLP."""
+
+    def __init__(self, cfg: HGNPPConfig) -> None:
+        super().__init__()
+        n, hidden = cfg.state_dim, cfg.fpsi_hidden
+        self.net = nn.Sequential(
+            nn.Linear(2 * n, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, 2 * n),
+        )  # fmt: skip
+
+    def forward(self, z: Tensor) -> State:
+        q, p = self.net(z).chunk(2, dim=-1)
+        return State(q, p)
+
+
+class ImageDecoder(nn.Module):
+    """q ``(N, n)`` → image ``(N, 3, S, S)``: a linear map to a small feature map, then
+    HGN's up-sampling decoder (reused, not copied)."""
+
+    def __init__(self, cfg: HGNPPConfig) -> None:
+        super().__init__()
+        self.shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        self.linear = nn.Linear(cfg.state_dim, math.prod(self.shape))
+        self.hgn = Decoder(cfg.decoder_config())
+
+    def forward(self, q: Tensor) -> Tensor:
+        return self.hgn(F.leaky_relu(self.linear(q), 0.2).view(-1, *self.shape))
+
+    def init_output(self, mean_frame: Tensor) -> None:
+        self.hgn.init_output(mean_frame)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class HGNPP(SequenceModel):
+    """HGN++: k frames → z → f_ψ → (q, p) at the last frame read → separable leapfrog
+    both ways in time → decode q; trained forwards and backwards as a temporal VAE."""
+
+    Config = HGNPPConfig
+
+    def __init__(self, config: HGNPPConfig) -> None:
+        super().__init__()
+        self.config = config
+        n = config.state_dim
+        self.encoder = FrameEncoder(config)
+        self.fpsi = InitialState(config)
+        hidden, layers = config.energy_hidden, config.energy_layers
+        self.kinetic = EnergyMLP(n, hidden, layers, quadratic=config.kinetic_quadratic)
+        self.potential = EnergyMLP(n, hidden, layers, quadratic=config.potential_quadratic)
+        self.decoder = ImageDecoder(config)
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def context_frames(self) -> int:  # type: ignore[override]
+        """Frames the encoder reads (the first ones of what it is given)."""
+        return self.config.context_frames
+
+    @property
+    def state_offset(self) -> int:  # type: ignore[override]
+        """The encoded state is that of the last frame read."""
+        return self.config.context_frames - 1
+
+    # --- the pieces of the public API
+
+    def posterior(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q_φ(z | the first ``context_frames`` frames)."""
+        k = self.context_frames
+        if frames.shape[1] < k:
+            raise UserError(f"the encoder needs {k} frames, got a sequence of {frames.shape[1]}")
+        return self.encoder(frames[:, :k].flatten(1, 2))
+
+    def initial_state(self, z: Tensor) -> State:
+        """f_ψ: z → (q, p)."""
+        return self.fpsi(z)
+
+    def encode(self, frames: Tensor, sample: bool = False) -> State:
+        """The state at frame ``state_offset``: posterior mean, or a posterior sample."""
+        mean, logvar = self.posterior(frames)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        return self.initial_state(z)
+
+    def hamiltonian(self, state: State) -> Tensor:
+        """K(p) + V(q) of states with any leading axes ``(..., n)`` → ``(...)``."""
+        return self.kinetic(state.p) + self.potential(state.q)
+
+    def _integrate(
+        self, q: Tensor, p: Tensor, dt: float | Tensor, steps: int, substeps: int = 1
+    ) -> State:
+        """Leapfrog ``steps`` steps of ``dt`` (a float, or a per-sample ``(B, 1)`` tensor),
+        in float32 even under autocast (bf16 would swamp the small increments)."""
+        with torch.autocast(q.device.type, enabled=False):
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            qs, ps = integrators.leapfrog_separable(
+                self.kinetic.grad, self.potential.grad, q.to(dtype), p.to(dtype), dt, steps,
+                substeps=substeps,
+            )  # fmt: skip
+        return State(qs.transpose(0, 1), ps.transpose(0, 1))
+
+    def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
+        """One state per ``dt`` for ``steps`` steps, ``(B, steps+1, n)`` each; dt defaults
+        to the trained one, < 0 runs backwards, and no integration step is longer than
+        the trained dt (:func:`hgn.models.base.substeps_for`)."""
+        dt = self.config.dt if dt is None else check_dt(dt)
+        return self._integrate(state.q, state.p, dt, steps, substeps_for(dt, self.config.dt))
+
+    def decode(self, q: Tensor) -> Tensor:
+        """Images of positions with any leading axes ``(..., n)`` → ``(..., 3, S, S)``."""
+        images = self.decoder(q.reshape(-1, q.shape[-1]))
+        return images.reshape(*q.shape[:-1], *images.shape[1:])
+
+    # --- the SequenceModel interface
+
+    def init_from_data(self, mean_frame: Tensor) -> None:
+        self.decoder.init_output(mean_frame)
+
+    def _schedule(self) -> tuple[int, float]:
+        """(rollout horizon, KL warm-up factor) at the current training step."""
+        steps = self.config.target_steps
+        if not (self.training and self.config.warmup):
+            return steps, 1.0
+        warm = min(1.0, float(self.trained_steps) / self.config.warmup)
+        lo = min(self.config.min_horizon, steps)
+        return round(lo + warm * (steps - lo)), warm
+
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Negative ELBO per pixel and time step on windows ``(B, W, 3, H, W)``.
+
+        Forward half: read frames ``0…k−1``, roll +dt from frame ``k−1`` over the frames
+        after it. Backward half (``forward_backward``): read frames ``W−k…W−1``, roll −dt
+        from frame ``W−1`` over the frames before it. One batched rollout serves both (a
+        per-sample signed dt). Windows longer than ``config.frames`` are cut to it.
+        """
+        cfg = self.config
+        if self.training:
+            self.trained_steps += 1
+        window = min(frames.shape[1], cfg.frames)
+        k = cfg.context_frames
+        if window < k + 1:
+            raise UserError(f"HGN++ trains on windows of at least {k + 1} frames, got {window}")
+        frames = frames[:, :window]
+        batch, device = frames.shape[0], frames.device
+        horizon, warm = self._schedule()
+        horizon = min(horizon, window - k)
+        backward = torch.zeros(batch, dtype=torch.bool, device=device)
+        if cfg.forward_backward and self.training:
+            backward[batch // 2 :] = True
+        # context start and the state's frame: 0 and k-1 forwards, W-k and W-1 backwards
+        start = torch.where(backward, window - k, 0)
+        rows = torch.arange(batch, device=device)[:, None]
+        context = frames[rows, start[:, None] + torch.arange(k, device=device)]
+        mean, logvar = self.posterior(context)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1).mean()
+        s0 = self.initial_state(z)
+        sign = torch.where(backward, -1.0, 1.0)[:, None]
+        states = self._integrate(s0.q, s0.p, sign * cfg.dt, horizon)  # (B, horizon+1, n)
+        offsets = torch.arange(horizon + 1, device=device)
+        times = torch.where(backward[:, None], window - 1 - offsets, k - 1 + offsets)
+        picked = offsets.expand(batch, -1)
+        if cfg.decode_frames is not None and cfg.decode_frames < horizon + 1:
+            order = torch.rand(batch, horizon + 1, device=device).argsort(1)
+            picked = order[:, : cfg.decode_frames]
+        q = states.q[rows, picked]
+        target = frames[rows, times[rows, picked]]
+        recon = self.decode(q)
+        mse = F.mse_loss(recon.float(), target.float())
+        pixels = frames[0, 0].numel() * (horizon + 1)
+        loss = mse + warm * cfg.kl_weight * kl / pixels
+        metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "horizon": horizon}
+        return loss, metrics
+
+    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
+        """Images at the times of frames ``0, dt, 2dt, …`` of ``frames``, like every
+        model's ``predict``: the state inferred at frame ``state_offset`` is first taken
+        back to frame 0 with the trained step (exactly reversible), then rolled out."""
+        dt = self.config.dt if dt is None else check_dt(dt)
+        state = self.encode(frames)
+        if self.state_offset:
+            back = self.rollout(state, self.state_offset, -self.config.dt)
+            state = State(back.q[:, -1], back.p[:, -1])
+        states = self.rollout(state, steps, dt)
+        return {
+            "images": self.decode(states.q),
+            "energy": self.hamiltonian(states),
+            "q": states.q,
+            "p": states.p,
+        }
+
+    def sample(self, n: int, steps: int, dt: float | None = None) -> Tensor:
+        """New trajectories: z ~ N(0, I) → f_ψ → roll out → decode."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, 2 * self.config.state_dim, device=device)
+        return self.decode(self.rollout(self.initial_state(z), steps, dt).q)
