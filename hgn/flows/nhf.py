@@ -208,6 +208,18 @@ class HamiltonianStep(nn.Module):
         return q, p
 
 
+LOG_PROB_EVALUATIONS = 1 << 16
+"""Flow evaluations (points × importance samples) per chunk of a log-density
+computation: enough to keep the CPU busy, few enough to bound memory."""
+
+
+def log_prob_chunks(x: Tensor, n_importance: int) -> tuple[Tensor, ...]:
+    """Points ``(..., d)`` as rows ``(N, d)`` in chunks of about
+    :data:`LOG_PROB_EVALUATIONS` flow evaluations, the one chunking every log-density
+    computation (evaluation, plots, the model itself) uses."""
+    return x.reshape(-1, x.shape[-1]).split(max(1, LOG_PROB_EVALUATIONS // n_importance))
+
+
 class GaussianPosterior(nn.Module):
     """f_ψ(p | q): a diagonal Gaussian whose mean and log-std are an MLP of q.
 
@@ -379,13 +391,12 @@ class NHF(DensityModel):
         """Per-point ELBO (B,), averaged over ``n_samples`` momentum draws."""
         return self.log_weights(x, n_samples).mean(0)
 
-    def log_prob(self, x: Tensor, n_importance: int = 128, chunk: int = 1 << 16) -> Tensor:
+    def log_prob(self, x: Tensor, n_importance: int = 128) -> Tensor:
         """Per-point importance-weighted bound with K = ``n_importance`` (≤ log p(x)),
-        computed in chunks of about ``chunk`` flow evaluations to bound memory."""
-        rows = max(1, chunk // n_importance)
+        computed in chunks (:func:`log_prob_chunks`) to bound memory."""
         out = [
             torch.logsumexp(self.log_weights(xb, n_importance), 0) - math.log(n_importance)
-            for xb in x.reshape(-1, self.dim).split(rows)
+            for xb in log_prob_chunks(x, n_importance)
         ]
         return torch.cat(out).reshape(x.shape[:-1])
 

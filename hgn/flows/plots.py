@@ -8,27 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor
 
-from hgn.flows.nhf import NHF
+from hgn.flows.nhf import NHF, log_prob_chunks
 from hgn.physics.integrators import leapfrog
-from hgn.utils import UserError, atomic_path, derive_seed
+from hgn.plots import pyplot, save_figure
+from hgn.utils import UserError, derive_seed
 
-
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+plt = pyplot()
 
 
 def scatter(x: np.ndarray, path: str | Path, title: str = "") -> Path:
@@ -41,7 +30,7 @@ def scatter(x: np.ndarray, path: str | Path, title: str = "") -> Path:
         ax.hist2d(x[:, 0], x[:, 1], bins=120, range=[[-lim, lim], [-lim, lim]], cmap="magma")
         ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid(lim: float, n: int) -> tuple[Tensor, Tensor]:
@@ -77,7 +66,8 @@ def figure9(
     extent = (-lim, lim, -lim, lim)
     z = (x - model.loc) / model.scale
 
-    density = torch.cat([model.log_prob(c, n_importance).exp() for c in x.split(4096)]).numpy()
+    chunks = log_prob_chunks(x, n_importance)
+    density = torch.cat([model.log_prob(c, n_importance).exp() for c in chunks]).numpy()
     p_lim = 3.0
     _, p_grid = _grid(p_lim, resolution)
     kinetic = flow_step.kinetic(p_grid).numpy()
@@ -132,7 +122,7 @@ def figure9(
         ax.set_ylim(-lim, lim)
     for ax in axes:
         ax.set_aspect("equal")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figure10(table: dict[str, Any], path: str | Path) -> Path:
@@ -165,4 +155,4 @@ def figure10(table: dict[str, Any], path: str | Path) -> Path:
     ax_curve.set_ylabel("training loss (NHF: -ELBO, RealNVP: NLL)")
     ax_curve.set_title("training")
     ax_curve.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

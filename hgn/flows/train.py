@@ -20,7 +20,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hgn.flows.nhf import NHF, DensityModel, NHFConfig, RealNVPConfig, build, load, n_parameters
+from hgn.flows.nhf import (
+    NHF,
+    DensityModel,
+    NHFConfig,
+    RealNVPConfig,
+    build,
+    load,
+    log_prob_chunks,
+    n_parameters,
+)
 from hgn.flows.targets import DataSource, check_points, data_source
 from hgn.training.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
 from hgn.utils import UserError, atomic_path, derive_seed, load_checkpoint, positive_int
@@ -141,8 +150,7 @@ def run_config(run: str | Path) -> dict[str, Any]:
 @torch.no_grad()
 def log_prob(model: DensityModel, x: Tensor, n_importance: int, desc: str = "log_prob") -> Tensor:
     """Batched log-densities with a progress bar (the IWAE bound for NHF, exact for RealNVP)."""
-    rows = max(1, (1 << 16) // n_importance)
-    chunks = x.split(rows)
+    chunks = log_prob_chunks(x, n_importance)
     bar = tqdm(chunks, desc=desc, leave=False, disable=len(chunks) < 4, dynamic_ncols=True)
     return torch.cat([model.log_prob(c, n_importance) for c in bar])
 
