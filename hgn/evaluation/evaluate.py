@@ -48,14 +48,13 @@ from hgn.checks import check_range
 from hgn.data import mean_frame, to_frames
 from hgn.models import SequenceModel
 from hgn.physics.systems import get_system
-from hgn.plots import hwc, plot_energy, plot_mse
+from hgn.plots import check_output, hwc, plot_energy, plot_mse
 from hgn.training.config import load_model
 from hgn.training.train import data_mismatch
 from hgn.utils import (
     UserError,
     atomic_path,
     check_output_dir,
-    check_output_file,
     claim_output_dir,
     numpy_rng,
     positive_int,
@@ -353,12 +352,6 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- pictures
 
 
-def _check_output(path: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
-    if path.suffix.lower() not in suffixes:
-        raise UserError(f"cannot write {path}: use a file name ending in {', '.join(suffixes)}")
-    check_output_file(path, overwrite)
-
-
 def _magnify(size: int) -> int:
     return max(1, 128 // size)
 
@@ -382,7 +375,7 @@ def render_rollout(
     (paper Fig. 7). Writes a GIF/MP4 (truth | prediction) or a PNG strip; an existing
     ``out`` is replaced only with ``overwrite``."""
     out = Path(out)
-    _check_output(out, (".gif", ".mp4", ".png"), overwrite)
+    check_output(out, (".gif", ".mp4", ".png"), overwrite)
     steps = positive_int(steps, "--steps")
     if not (math.isfinite(speed) and speed > 0):
         raise UserError(f"--speed must be a positive number, got {speed}")
@@ -427,7 +420,7 @@ def render_samples(
     or a PNG with one row per sample. ``seed`` fixes the draws; an existing ``out`` is
     replaced only with ``overwrite``."""
     out = Path(out)
-    _check_output(out, (".gif", ".mp4", ".png"), overwrite)
+    check_output(out, (".gif", ".mp4", ".png"), overwrite)
     n, steps = positive_int(n, "--n"), positive_int(steps, "--steps")
     dev = resolve_device(device)
     model, _ = load_model(run, dev)
