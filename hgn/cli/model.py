@@ -81,6 +81,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="valid-prediction threshold: noise floor + this fraction of (mean-image MSE "
         "- noise floor), in (0, 1]",
     )
+    p.add_argument(
+        "--protocol",
+        choices=["tables", "extrapolate"],
+        default="tables",
+        help="tables: the paper's Tables 1-2 on both splits (metrics.*); extrapolate: on a "
+        "long test set, infer the state at --start and roll forward, backward, at 2x and "
+        "1/2 speed against the simulator (extrapolate.*; docs/SCIENCE.md)",
+    )
+    p.add_argument(
+        "--start",
+        type=int,
+        help="extrapolate: first frame of the window the model reads (default 30)",
+    )
     p.add_argument("--device", default="auto")
     _no_progress(p)
     p.set_defaults(func=_evaluate)
@@ -193,6 +206,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from hgn.evaluation.evaluate import evaluate
 
     _threads()
+    if args.protocol == "extrapolate":
+        _extrapolate(args)
+        return
+    if args.start is not None:
+        raise UserError("--start belongs to --protocol extrapolate")
     metrics = evaluate(
         args.run,
         args.data,
@@ -212,6 +230,29 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{s['energy']['var_mean_x1e4']:.3g}"
         )
     print(f"wrote {args.out}/metrics.md, metrics.json and plots")
+
+
+def _extrapolate(args: argparse.Namespace) -> None:
+    from hgn.evaluation.extrapolate import DEFAULT_START, FILES, extrapolate
+
+    results = extrapolate(
+        args.run,
+        args.data,
+        args.out,
+        start=DEFAULT_START if args.start is None else args.start,
+        max_sequences=args.max_sequences,
+        batch_size=args.batch_size,
+        device=args.device,
+        vpt_fraction=args.vpt_fraction,
+        progress=args.progress,
+        warn=lambda message: print(f"hgn: warning: {message}", file=sys.stderr),
+    )
+    for name, r in results["rollouts"].items():
+        print(
+            f"{name:>8}: {r['steps']} steps, ratio to mean image {r['ratio']:.3f}, valid "
+            f"prediction time {r['vpt_mean']:.1f} of {r['steps']}"
+        )
+    print(f"wrote {', '.join(FILES.values())} in {args.out}")
 
 
 def _rollout(args: argparse.Namespace) -> None:

@@ -1,0 +1,808 @@
+"""The extrapolation protocol (SPEC.md §3c): do the learned dynamics hold far past the
+training window, backward in time, faster and slower?
+
+On a long test set (e.g. 90 steps), per sequence, in batches: the model reads its
+``context_frames`` frames from frame ``start`` on, and the state it infers describes
+frame ``s0 = start + model.state_offset``. From that one state it rolls out
+
+* **forward** to the last frame (dt),
+* **backward** to frame 0 (dt → −dt),
+* at **2×** speed to the last frame (dt → 2dt; the model sub-steps at its trained dt),
+* at **½** speed (dt → dt/2) for as many steps as forward, i.e. half the time,
+
+and each predicted frame is compared with the simulator's frame at the same physical
+time. Times between stored frames (½×) are simulated afresh from the stored clean state
+at ``s0`` with the dataset's own system and rendered the way the data was (with the
+data's observation noise, drawn from a seed derived from the dataset's); stored frames
+are used wherever they exist. A quick check that rendering a stored state reproduces its
+stored frame guards this; without it (or without a known system) only the steps that land
+on stored frames are compared.
+
+Numbers per rollout: the per-step MSE curve; its ratio to the mean-image MSE on the same
+frames (1 = no better than always drawing the average frame); the valid prediction time,
+the predicted steps before a frame's MSE first exceeds ``floor + f·(mean − floor)``,
+with ``mean`` that frame's own mean-image MSE, ``f = ½`` and ``floor`` the data's noise
+floor (:func:`hgn.evaluation.evaluate.noise_floor`; 0 on clean data, where the rule is
+"half the mean-image error"); and, for the built-in systems, the RMS error of the body
+positions read back from the predicted frames (:mod:`hgn.evaluation.physics`) against
+the true states, in world units. Besides: the spread of the learned H along a
+1,000-step rollout (a conserved H stays flat) and whether the model's integrator can run
+backwards at all (measured round trip; an irreversible model still gets its numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hgn import data as hgn_data
+from hgn import plots as viz
+from hgn.checks import check_range
+from hgn.data import mean_frame, to_frames
+from hgn.evaluation import physics
+from hgn.evaluation.evaluate import SCALE, _check_compatible, noise_floor, vpt_threshold
+from hgn.models import SequenceModel, State
+from hgn.physics.systems import SYSTEMS, System, get_system
+from hgn.training.config import load_model
+from hgn.training.train import data_mismatch
+from hgn.utils import (
+    UserError,
+    atomic_path,
+    check_output_dir,
+    claim_output_dir,
+    numpy_rng,
+    positive_int,
+    resolve_device,
+)
+
+DEFAULT_START = 30
+DRIFT_STEPS = 1000
+DRIFT_SEQUENCES = 16
+ROUND_TRIP_STEPS = 30
+REVERSIBLE_TOLERANCE = 1e-4
+"""Relative round-trip error (forward then backward) below which an integrator counts
+as reversible: float32 round-off over tens of steps stays near 1e-6, while Euler or an
+explicit leapfrog on a non-separable H miss by a fraction of the step."""
+
+FILES = {
+    "json": "extrapolate.json",
+    "md": "extrapolate.md",
+    "strip": "extrapolate-rollouts.png",
+    "gif": "extrapolate-rollouts.gif",
+    "errors": "extrapolate-errors.png",
+    "energy": "extrapolate-energy.png",
+}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One rollout of the protocol: its name, its speed (dt multiplier; negative runs
+    backwards) and how many steps it takes from the state at frame ``s0``."""
+
+    name: str
+    label: str
+    speed: float
+
+    def steps(self, s0: int, last: int) -> int:
+        if self.speed < 0:
+            return s0
+        if self.speed > 1:
+            return (last - s0) // round(self.speed)
+        return last - s0
+
+    def frame_of(self, s0: int, steps: int) -> np.ndarray:
+        """Physical time of each rollout state, in (possibly fractional) frames."""
+        return s0 + self.speed * np.arange(steps + 1)
+
+
+ROLLOUTS = (
+    Rollout("forward", "forward (dt)", 1.0),
+    Rollout("backward", "backward (−dt)", -1.0),
+    Rollout("2x", "2× speed (2dt)", 2.0),
+    Rollout("half", "½ speed (dt/2)", 0.5),
+)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def check_start(start: Any) -> int:
+    """``--start`` as an int, or a one-line error for a negative or fractional one."""
+    if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+        raise UserError(f"--start must be a non-negative integer (a frame index), got {start!r}")
+    return int(start)
+
+
+def plan(frames: int, start: int, context: int, offset: int) -> dict[str, int]:
+    """Check that the protocol fits a test set of ``frames`` frames and return the state
+    frame ``s0`` and the steps of each rollout; a one-line :class:`UserError` otherwise."""
+    last = frames - 1
+    start = check_start(start)
+    if start > last:
+        raise UserError(
+            f"--start {start} is past the last frame ({last}) of the test set; "
+            f"use a smaller --start or a longer test set (hgn data generate --steps 90)"
+        )
+    if start + context - 1 > last:
+        raise UserError(
+            f"the model reads {context} frames, so a window from --start {start} runs past "
+            f"the last frame ({last}); use --start ≤ {max(0, last - context + 1)} or a "
+            "longer test set (hgn data generate --steps 90)"
+        )
+    s0 = start + offset
+    if last - s0 < 2:
+        raise UserError(
+            f"the test set is too short for the protocol: the inferred state is at frame "
+            f"{s0} and the last frame is {last}; forward and 2× rollouts need at least 2 "
+            "frames after it (generate a longer test set, e.g. --steps 90)"
+        )
+    if s0 < 1:
+        raise UserError(
+            "--start 0 leaves no earlier frame to roll backward to; use --start ≥ 1 "
+            f"(the default is {DEFAULT_START} on a 90-step test set)"
+        )
+    return {"s0": s0, **{r.name: r.steps(s0, last) for r in ROLLOUTS}}
+
+
+# ----------------------------------------------------------------------------- truth
+
+
+class Truth:
+    """The simulator's frames (and clean states) of a test split at any multiple of its
+    frame step, for a batch of sequences."""
+
+    def __init__(self, split: hgn_data.Split) -> None:
+        self.meta = split.meta
+        self.system: System | None = None
+        self.render_error: int | None = None
+        self.simulation_error: float | None = None
+        if self.meta.get("system") in SYSTEMS:
+            self.system = get_system(
+                self.meta["system"], noise=self.meta["noise"], **self.meta["constants"]
+            )
+            self._check(split)
+
+    def _check(self, split: hgn_data.Split) -> None:
+        """Render a few stored (noisy) states and re-simulate a few clean ones: both must
+        reproduce what is stored, or in-between times are not trusted."""
+        assert self.system is not None
+        k, t = min(len(split), 4), min(3, self.meta["steps"] + 1)
+        drawn = self.system.render(np.array(split.q_noisy[:k, :t]), self.meta["size"])
+        stored = np.array(split.images[:k, :t])
+        self.render_error = int(np.abs(drawn.astype(np.int16) - stored).max())
+        q0 = torch.from_numpy(np.array(split.q[:k, 0]))
+        p0 = torch.from_numpy(np.array(split.p[:k, 0]))
+        qs, _ = self.system.simulate(q0, p0, self.meta["dt"], t - 1)
+        self.simulation_error = float(np.abs(qs.numpy() - np.array(split.q[:k, :t])).max())
+
+    @property
+    def resimulates(self) -> bool:
+        """Whether times between stored frames can be simulated (else they are skipped)."""
+        return (
+            self.system is not None
+            and self.render_error is not None
+            and self.render_error <= 1
+            and self.simulation_error is not None
+            and self.simulation_error < 1e-3
+        )
+
+    def frames(
+        self,
+        images: np.ndarray,
+        q: np.ndarray,
+        p: np.ndarray,
+        s0: int,
+        speed: float,
+        steps: int,
+        key: int | str,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Frames ``(n, steps+1, H, W, 3)`` uint8, clean states ``(n, steps+1, dof)`` (None
+        without a system) and which steps are available ``(steps+1,)``, for a batch whose
+        whole sequences are ``images (n, T+1, H, W, 3)`` and states ``q, p (n, T+1, dof)``.
+        States at ``s0 + k·speed`` frames (``k = 0…steps``); ``key`` (e.g. the rollout
+        and the batch's first row) seeds the observation noise of simulated frames."""
+        last = images.shape[1] - 1
+        when = s0 + speed * np.arange(steps + 1)
+        index = np.clip(np.round(when).astype(np.int64), 0, last)
+        stored = (np.abs(when - index) < 1e-9) & (when >= 0) & (when <= last)
+        out = images[:, index].copy()
+        states = q[:, index].astype(np.float64) if self.system is not None else None
+        available = stored.copy()
+        if not stored.all() and self.resimulates:
+            assert self.system is not None and states is not None
+            qs, _ = self.system.simulate(
+                torch.from_numpy(q[:, s0]),
+                torch.from_numpy(p[:, s0]),
+                self.meta["dt"] * speed,
+                steps,
+            )
+            missing = ~stored
+            clean = qs.numpy()[:, missing]
+            rng = numpy_rng(self.meta["seed"], "extrapolate-truth", key)
+            noisy = clean + self.meta["noise"] * rng.standard_normal(clean.shape)
+            out[:, missing] = self.system.render(noisy, self.meta["size"])
+            states[:, missing] = clean
+            available[:] = True
+        if states is not None:
+            states[:, ~available] = np.nan
+        return out, states, available
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score(
+    mse: np.ndarray,
+    baseline: np.ndarray,
+    available: np.ndarray,
+    floor: float = 0.0,
+    fraction: float = 0.5,
+) -> dict[str, Any]:
+    """Numbers of one rollout from per-sequence, per-step MSEs ``(n, steps+1)`` of the
+    model and of the mean image; step 0 (the inferred state itself) is not a prediction
+    and is left out of the ratio and the valid prediction time. Steps that are not
+    ``available`` (no truth) are skipped. The valid-prediction threshold is per frame:
+    :func:`~hgn.evaluation.evaluate.vpt_threshold` of that frame's own mean-image MSE,
+    i.e. ``fraction`` × it on clean data (floor 0) and a level between the noise floor
+    and the mean image on noisy data, where no model can beat the floor."""
+    steps = mse.shape[1] - 1
+    use = available.copy()
+    use[0] = False
+    model_mean, base_mean = float(mse[:, use].mean()), float(baseline[:, use].mean())
+    limit = vpt_threshold(baseline, floor, fraction)
+    bad = (mse > limit) & use
+    bad = bad[:, 1:]
+    vpt = np.where(bad.any(1), bad.argmax(1), steps)
+    curve = np.where(available, mse.mean(0), np.nan)
+    threshold_curve = vpt_threshold(baseline, floor, fraction).mean(0)
+    base_curve = np.where(available, baseline.mean(0), np.nan)
+    return {
+        "steps": steps,
+        "mse_x1e4": model_mean * SCALE,
+        "mean_image_mse_x1e4": base_mean * SCALE,
+        "ratio": model_mean / max(base_mean, 1e-30),
+        "vpt_mean": float(vpt.mean()),
+        "vpt_std": float(vpt.std()),
+        "vpt_median": float(np.median(vpt)),
+        "vpt_full_fraction": float((vpt == steps).mean()),
+        "per_step_mse": _listed(curve),
+        "per_step_mean_image_mse": _listed(base_curve),
+        "per_step_threshold": _listed(np.where(available, threshold_curve, np.nan)),
+    }
+
+
+def _listed(values: np.ndarray) -> list[float | None]:
+    """NaN-free JSON list (None where a value is missing)."""
+    return [None if not math.isfinite(v) else float(v) for v in np.asarray(values, float)]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _has_state_api(model: SequenceModel) -> bool:
+    return all(callable(getattr(model, name, None)) for name in ("encode", "rollout", "decode"))
+
+
+class _Rollouts:
+    """Rollouts of one batch from one inferred state: through ``encode``/``rollout``/
+    ``decode``/``hamiltonian`` where the model has them (the state is inferred once for
+    all four rollouts), else through ``predict`` (HNN)."""
+
+    def __init__(self, model: SequenceModel, window: Tensor) -> None:
+        self.model, self.window = model, window
+        self.state = model.encode(window) if _has_state_api(model) else None
+
+    def __call__(self, steps: int, dt: float, images: bool = True) -> tuple[Tensor | None, Tensor]:
+        if self.state is not None:
+            states = self.model.rollout(self.state, steps, dt)
+            energy = self.model.hamiltonian(states)
+            return (self.model.decode(states.q) if images else None), energy
+        out = self.model.predict(self.window, steps, dt)
+        return out["images"], out["energy"]
+
+    def round_trip(self, steps: int, dt: float) -> float | None:
+        """Relative error of rolling ``steps`` forward then back (None without states)."""
+        if self.state is None:
+            return None
+        ahead = self.model.rollout(self.state, steps, dt)
+        end = State(ahead.q[:, -1], ahead.p[:, -1])
+        back = self.model.rollout(end, steps, -dt)
+        q, p = self.state
+        miss = (back.q[:, -1] - q).square().sum() + (back.p[:, -1] - p).square().sum()
+        size = q.square().sum() + p.square().sum()
+        return float((miss / size.clamp(min=1e-30)).sqrt())
+
+
+def declared_reversible(model: SequenceModel) -> bool:
+    """What the integrator's name says: symmetric schemes are reversible, leapfrog and
+    its compositions only for a separable H (SPEC.md §3)."""
+    config = model.config
+    name = getattr(config, "integrator", "leapfrog")
+    if name in ("implicit_midpoint", "leapfrog_separable"):
+        return True
+    return name in ("leapfrog", "yoshida4") and bool(getattr(config, "separable", False))
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+@torch.no_grad()
+def run_protocol(
+    model: SequenceModel,
+    split: hgn_data.Split,
+    mean: Tensor,
+    *,
+    start: int = DEFAULT_START,
+    max_sequences: int = 1000,
+    batch_size: int = 32,
+    vpt_fraction: float = 0.5,
+    drift_steps: int = DRIFT_STEPS,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the protocol on ``split`` with mean image ``mean (3, H, W)``. Returns the
+    results (JSON-ready) and the arrays the pictures need (first sequence's frames)."""
+    device = mean.device
+    meta = split.meta
+    context = int(getattr(model, "context_frames", None) or meta["steps"] + 1)
+    offset = int(getattr(model, "state_offset", 0))
+    p = plan(meta["steps"] + 1, start, context, offset)
+    s0 = p["s0"]
+    n = min(positive_int(max_sequences, "--max-sequences"), len(split))
+    batch_size = positive_int(batch_size, "--batch-size")
+    truth = Truth(split)
+    floor = 0.0
+    if meta.get("noise", 0) > 0 and truth.system is not None:
+        floor = noise_floor(split, min(n, 50))
+    dt = float(model.config.dt)
+    mse = {r.name: [] for r in ROLLOUTS}
+    base = {r.name: [] for r in ROLLOUTS}
+    pos_err = {r.name: [] for r in ROLLOUTS}
+    pos_floor = {r.name: [] for r in ROLLOUTS}
+    pos_base = {r.name: [] for r in ROLLOUTS}
+    mean_pos = None
+    if truth.system is not None:  # where the mean image puts the bodies: the no-skill level
+        mean_pos = physics.recover(viz.hwc(mean.cpu()), truth.system).bodies()
+    avail: dict[str, np.ndarray] = {}
+    pictures: dict[str, Any] = {"s0": s0}
+    for lo in tqdm(range(0, n, batch_size), desc="extrapolate", disable=not progress):
+        hi = min(lo + batch_size, n)
+        images = np.array(split.images[lo:hi])
+        q, pm = np.array(split.q[lo:hi]), np.array(split.p[lo:hi])
+        window = to_frames(images[:, start : start + context], device)
+        roll = _Rollouts(model, window)
+        if lo == 0:
+            pictures["truth"] = images[0]
+        for r in ROLLOUTS:
+            steps = p[r.name]
+            pred, _ = roll(steps, dt * r.speed)
+            assert pred is not None
+            key = f"{r.name}/{lo}"
+            frames, states, avail[r.name] = truth.frames(images, q, pm, s0, r.speed, steps, key)
+            target = to_frames(frames, device)
+            mse[r.name].append((pred.float() - target).square().mean((2, 3, 4)).cpu().numpy())
+            base[r.name].append((target - mean).square().mean((2, 3, 4)).cpu().numpy())
+            if lo == 0:
+                pictures[r.name] = viz.hwc(pred[0])
+            if states is not None and truth.system is not None:
+                true_pos = physics.true_positions(truth.system, states)
+                found = physics.recover(viz.hwc(pred), truth.system).bodies()
+                seen = physics.recover(frames, truth.system).bodies()
+                pos_err[r.name].append(physics.position_rms(found, true_pos))
+                pos_floor[r.name].append(physics.position_rms(seen, true_pos))
+                pos_base[r.name].append(physics.position_rms(mean_pos, true_pos))
+    rollouts: dict[str, Any] = {}
+    for r in ROLLOUTS:
+        m, b = np.concatenate(mse[r.name]), np.concatenate(base[r.name])
+        result = score(m, b, avail[r.name], floor, vpt_fraction)
+        result.update(
+            label=r.label,
+            speed=r.speed,
+            dt=dt * r.speed,
+            frames=[float(s0), float(r.frame_of(s0, p[r.name])[-1])],
+            compared_steps=int(avail[r.name][1:].sum()),
+        )
+        if pos_err[r.name]:
+            use = avail[r.name].copy()
+            use[0] = False
+            err = np.concatenate(pos_err[r.name])
+            for key, parts in (
+                ("position_rms", pos_err),
+                ("position_rms_truth_frames", pos_floor),
+                ("position_rms_mean_image", pos_base),
+            ):
+                values = np.concatenate(parts[r.name])[:, use]
+                result[key] = float(np.sqrt(np.square(values).mean()))
+            result["per_step_position_rms"] = _listed(
+                np.where(avail[r.name], np.sqrt(np.square(err).mean(0)), np.nan)
+            )
+        rollouts[r.name] = result
+    # the long rollout and the round trip on the first few sequences only
+    few = min(n, DRIFT_SEQUENCES)
+    images = np.array(split.images[:few, start : start + context])
+    roll = _Rollouts(model, to_frames(images, device))
+    energy = roll(drift_steps, dt, images=False)[1].float().cpu().numpy()
+    spread = physics.relative_spread(energy)
+    start_level = np.maximum(np.abs(energy[:, :1]), 1e-12)
+    trip_steps = min(ROUND_TRIP_STEPS, p["backward"])
+    measured = roll.round_trip(trip_steps, dt)
+    reversible = (
+        measured < REVERSIBLE_TOLERANCE if measured is not None else declared_reversible(model)
+    )
+    system = truth.system
+    results: dict[str, Any] = {
+        "protocol": "extrapolate",
+        "system": meta.get("system"),
+        "frames": meta["steps"] + 1,
+        "noise": meta.get("noise"),
+        "sequences": n,
+        "start": start,
+        "context_frames": context,
+        "state_offset": offset,
+        "state_frame": s0,
+        "dt": dt,
+        "vpt_fraction": vpt_fraction,
+        "noise_floor_mse_x1e4": floor * SCALE,
+        "threshold": (
+            f"{vpt_fraction:g} × each frame's mean-image MSE"
+            if floor == 0
+            else f"noise floor + {vpt_fraction:g} × (each frame's mean-image MSE − floor)"
+        ),
+        "truth": {
+            "between_frames": "re-simulated and rendered with the dataset's system"
+            if truth.resimulates
+            else "not available: only steps that land on stored frames are compared",
+            "render_check_max_abs_uint8": truth.render_error,
+            "simulation_check_max_abs": truth.simulation_error,
+            "noise_seed": f"numpy_rng({meta.get('seed')}, 'extrapolate-truth', 'NAME/ROW')",
+        },
+        "reversible": {
+            "reversible": bool(reversible),
+            "round_trip_relative_error": measured,
+            "round_trip_steps": trip_steps if measured is not None else None,
+            "integrator": getattr(model.config, "integrator", None),
+            "how": "measured round trip" if measured is not None else "from the integrator",
+        },
+        "energy_drift": {
+            "steps": drift_steps,
+            "sequences": len(energy),
+            "relative_spread_mean": float(spread.mean()),
+            "relative_spread_median": float(np.median(spread)),
+            "relative_spread_max": float(spread.max()),
+            "max_relative_deviation": float(
+                (np.abs(energy - energy[:, :1]) / start_level).max(1).mean()
+            ),
+        },
+        "position_units": None
+        if system is None
+        else {
+            "world_units_per_pixel": 1.0 / physics.Canvas.of(system, meta["size"]).scale,
+            "canvas_half_width": physics.Canvas.of(system, meta["size"]).extent,
+        },
+        "rollouts": rollouts,
+    }
+    pictures["energy"] = energy
+    return results, pictures
+
+
+def extrapolate(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    start: int = DEFAULT_START,
+    max_sequences: int = 1000,
+    batch_size: int = 32,
+    device: str = "auto",
+    vpt_fraction: float = 0.5,
+    drift_steps: int = DRIFT_STEPS,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``hgn evaluate RUN --data LONGTEST --protocol extrapolate``: run the protocol on
+    the test split and write ``extrapolate.{json,md}`` and pictures into ``out`` (each
+    file atomically; ``out`` must be new, empty or an earlier ``hgn evaluate`` output).
+    ``warn`` hears at once when the data is not what the run was trained on (the length
+    may differ: that is the point)."""
+    start = check_start(start)
+    check_range(vpt_fraction, "--vpt-fraction", gt=0, le=1)
+    drift_steps = positive_int(drift_steps, "drift steps")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
+    check_output_dir(out, "evaluate")
+    dev = resolve_device(device)
+    model, saved = load_model(run, dev)
+    split = hgn_data.load(data, "test")
+    _check_compatible(model, split)
+    mismatch = data_mismatch(saved.get("trained_on"), split.meta)
+    if mismatch and warn is not None:
+        warn(mismatch)
+    train = hgn_data.load(data, "train")
+    source = train if len(train) else split
+    mean = mean_frame(source).to(dev)
+    results, pictures = run_protocol(
+        model,
+        split,
+        mean,
+        start=start,
+        max_sequences=max_sequences,
+        batch_size=batch_size,
+        vpt_fraction=vpt_fraction,
+        drift_steps=drift_steps,
+        progress=progress,
+    )
+    results = {
+        "run": str(run),
+        "data": str(data),
+        "model": saved["config"]["model"]["name"],
+        "trained_steps": int(saved["step"]),
+        "trained_seconds": float(saved["seconds"]),
+        "mean_image": f"average frame of the {source.meta['split']} split of {data} "
+        f"({min(len(source), 1000)} sequences)",
+        "data_mismatch": mismatch,
+        **results,
+    }
+    write(results, pictures, claim_output_dir(out, "evaluate"))
+    return results
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def write(results: dict[str, Any], pictures: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write the JSON, the Markdown table and the pictures into ``out``, atomically."""
+    paths = {key: out / name for key, name in FILES.items()}
+    with atomic_path(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(markdown(results))
+    strip, movie = rollout_pictures(pictures, results)
+    _labelled_strip(strip, results, paths["strip"])
+    viz.save_animation(paths["gif"], movie, fps=8)
+    plot_errors(results, paths["errors"])
+    plot_drift(pictures["energy"], results, paths["energy"])
+    return paths
+
+
+def _vpt(r: dict[str, Any]) -> str:
+    return (
+        f"{r['vpt_mean']:.1f} ± {r['vpt_std']:.1f} of {r['steps']} "
+        f"(all {r['steps']}: {100 * r['vpt_full_fraction']:.0f} %)"
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The protocol's table and what it rests on, for people."""
+    rev = results["reversible"]
+    unit = results.get("position_units")
+    lines = [
+        f"# Extrapolation of `{results.get('run', 'model')}`",
+        "",
+        f"Model `{results.get('model', '?')}` after {results.get('trained_steps', '?')} steps "
+        f"on {results['system']}; test data `{results.get('data', '?')}`: "
+        f"{results['sequences']} sequences of {results['frames']} frames, observation "
+        f"noise {results['noise']}. The model reads {results['context_frames']} frame(s) "
+        f"from frame {results['start']}; its state describes frame {results['state_frame']}, "
+        "and every rollout starts there. Each predicted frame is compared with the "
+        "simulator's frame at the same physical time.",
+        "",
+        f"Ratio = model MSE / mean-image MSE on the same frames (mean image: "
+        f"{results.get('mean_image', 'the training frames')}); 1.0 is no better than "
+        "drawing the average frame. Valid prediction time = predicted steps before a "
+        f"frame's MSE first exceeds {results['threshold']}"
+        + (
+            f" (noise floor {results['noise_floor_mse_x1e4']:.2f} ×1e4)."
+            if results["noise_floor_mse_x1e4"]
+            else "."
+        ),
+        "",
+        "| rollout | dt | steps | frames covered | MSE ×1e4 | mean image ×1e4 | ratio "
+        "| valid prediction time (steps) | RMS position error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["rollouts"].items():
+        label = r["label"]
+        if name == "backward" and not rev["reversible"]:
+            label += " — integrator not reversible"
+        pos = "n/a"
+        if "position_rms" in r and unit:
+            px = r["position_rms"] / unit["world_units_per_pixel"]
+            no_skill = r["position_rms_mean_image"]
+            pos = f"{r['position_rms']:.3f} ({px:.2f} px; mean image {no_skill:.3f})"
+        a, b = r["frames"]
+        lines.append(
+            f"| {label} | {r['dt']:+.4g} | {r['steps']} | {a:g} → {b:g} "
+            f"| {r['mse_x1e4']:.2f} | {r['mean_image_mse_x1e4']:.2f} | {r['ratio']:.3f} "
+            f"| {_vpt(r)} | {pos} |"
+        )
+    drift = results["energy_drift"]
+    trip = rev["round_trip_relative_error"]
+    lines += [
+        "",
+        f"Learned H along a {drift['steps']}-step forward rollout ({drift['sequences']} "
+        f"sequences): relative spread (std / abs(mean)) {drift['relative_spread_mean']:.2e} "
+        f"mean, {drift['relative_spread_median']:.2e} median, "
+        f"{drift['relative_spread_max']:.2e} max; largest deviation from the start "
+        f"{drift['max_relative_deviation']:.2e} of its level.",
+        "",
+        "Reversibility: "
+        + (
+            f"{rev['round_trip_steps']} steps forward then back return to the start within "
+            f"{trip:.1e} (relative)"
+            if trip is not None
+            else f"not measured (no state API); integrator `{rev['integrator']}`"
+        )
+        + (
+            " — reversible."
+            if rev["reversible"]
+            else " — **not reversible**: the backward "
+            "row shows what an irreversible integrator does when run with −dt."
+        ),
+        "",
+        f"Truth between stored frames: {results['truth']['between_frames']} (render check: "
+        f"max difference {results['truth']['render_check_max_abs_uint8']}/255; simulation "
+        f"check: {results['truth']['simulation_check_max_abs']}).",
+    ]
+    if unit:
+        lines += [
+            "",
+            "RMS position error: body positions read back from the predicted frames "
+            "(colour-unmixed centroids, hgn.evaluation.physics) against the true states, in "
+            f"world units (canvas ±{unit['canvas_half_width']:.3g}); 'mean image' is the "
+            "error of the positions read from the average frame (no skill). The same "
+            "recovery on the truth frames is off by "
+            + ", ".join(
+                f"{r['position_rms_truth_frames']:.3f} ({n})"
+                for n, r in results["rollouts"].items()
+                if "position_rms_truth_frames" in r
+            )
+            + " (the recovery's own error, with the data's noise).",
+        ]
+    lines += [
+        "",
+        f"Pictures: `{FILES['strip']}` (rows: truth, forward, backward, 2×, ½×; columns: "
+        f"frames), `{FILES['gif']}` (truth | forward | backward | 2× | ½×, one frame per "
+        "stored frame; 2× holds each state for two frames; blank where a rollout does not "
+        f"reach), `{FILES['errors']}`, "
+        f"`{FILES['energy']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _columns(s0: int, last: int, count: int = 16) -> np.ndarray:
+    """Frames shown in the strip: an even stride through ``s0``, so that every rollout
+    (2× lands on every other frame, ½× on every half frame) has a state there."""
+    stride = 2 * max(1, math.ceil(last / (2 * (count - 1))))
+    return np.arange(s0 - (s0 // stride) * stride, last + 1, stride)
+
+
+def _state_at(
+    pictures: dict[str, Any], results: dict[str, Any], name: str, frame: float, hold: bool
+) -> np.ndarray | None:
+    """Rollout ``name``'s predicted frame at physical time ``frame``, if it has one
+    there; with ``hold``, its latest state before ``frame`` (2× has a state only every
+    other frame, and an animation should not flicker)."""
+    r = results["rollouts"][name]
+    k = (frame - results["state_frame"]) / r["speed"]
+    if hold:
+        k = math.floor(k + 1e-9)
+    if k < -1e-9 or k > r["steps"] + 1e-9 or abs(k - round(k)) > 1e-9:
+        return None
+    return pictures[name][round(k)]
+
+
+def rollout_pictures(
+    pictures: dict[str, Any], results: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The strip ``(5, columns, H, W, 3)`` and the animation frames ``(T+1, H', W', 3)``
+    of the first test sequence; white where a rollout does not reach."""
+    truth = pictures["truth"].astype(np.float32) / 255.0  # (T+1, H, W, 3)
+    blank = np.ones_like(truth[0])
+    last = truth.shape[0] - 1
+    factor = max(1, 96 // truth.shape[1])
+
+    def row_at(frame: int, hold: bool) -> np.ndarray:
+        cells = [truth[frame]]
+        for r in ROLLOUTS:
+            img = _state_at(pictures, results, r.name, frame, hold)
+            cells.append(blank if img is None else img)
+        return np.stack(cells)
+
+    columns = _columns(results["state_frame"], last)
+    strip = np.stack([row_at(int(c), hold=False) for c in columns], 1)
+    movie = np.stack(
+        [viz.grid(viz.upscale(row_at(t, hold=True)[None], factor)) for t in range(last + 1)]
+    )
+    return viz.upscale(strip, factor), movie
+
+
+def _labelled_strip(strip: np.ndarray, results: dict[str, Any], path: Path) -> None:
+    """The strip with row names and frame numbers (matplotlib), PNG, atomically."""
+    plt = viz.pyplot()
+    image = viz.grid(strip)
+    rows, cols = strip.shape[:2]
+    cell_h, cell_w = strip.shape[2] + 1, strip.shape[3] + 1
+    size = (1.0 + image.shape[1] / 100, 0.6 + image.shape[0] / 100)
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    ax.imshow(image)
+    names = ["truth", *(r.label for r in ROLLOUTS)]
+    ax.set_yticks([1 + cell_h * (i + 0.5) for i in range(rows)], names, fontsize=8)
+    columns = _columns(results["state_frame"], results["frames"] - 1)
+    ticks = [1 + cell_w * (j + 0.5) for j in range(cols)]
+    ax.set_xticks(ticks, [str(c) for c in columns], fontsize=7)
+    ax.set_xlabel(f"frame (state inferred at frame {results['state_frame']})", fontsize=8)
+    ax.set_title(f"{results['system']}: truth and rollouts of test sequence 0", fontsize=9)
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(length=0)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_errors(results: dict[str, Any], path: Path) -> None:
+    """Per-frame MSE (and RMS position error) of every rollout against physical time."""
+    plt = viz.pyplot()
+    has_pos = any("per_step_position_rms" in r for r in results["rollouts"].values())
+    fig, axes = plt.subplots(1, 2 if has_pos else 1, figsize=(11 if has_pos else 6, 4), dpi=110)
+    axes = np.atleast_1d(axes)
+    s0 = results["state_frame"]
+    for i, (name, r) in enumerate(results["rollouts"].items()):
+        when = s0 + r["speed"] * np.arange(r["steps"] + 1)
+        colour = f"C{i}"
+        curve = np.array([np.nan if v is None else v for v in r["per_step_mse"]])
+        axes[0].plot(when, curve, "-", color=colour, label=r["label"], lw=1.4)
+        if name in ("forward", "backward"):
+            base = np.array([np.nan if v is None else v for v in r["per_step_mean_image_mse"]])
+            thr = np.array([np.nan if v is None else v for v in r["per_step_threshold"]])
+            first = i == 0
+            axes[0].plot(when, base, "--", color="0.4", lw=1, label="mean image" if first else None)
+            axes[0].plot(
+                when, thr, ":", color="0.4", lw=1, label="VPT threshold" if first else None
+            )
+        if has_pos and "per_step_position_rms" in r:
+            pos = np.array([np.nan if v is None else v for v in r["per_step_position_rms"]])
+            axes[1].plot(when, pos, "-", color=colour, label=r["label"], lw=1.4)
+    axes[0].set(xlabel="frame (physical time)", ylabel="per-pixel MSE", yscale="log")
+    axes[0].set_title("image error along each rollout", fontsize=9)
+    if has_pos:
+        axes[1].set(xlabel="frame (physical time)", ylabel="RMS position error (world units)")
+        axes[1].set_title("body positions read back from the frames", fontsize=9)
+    for ax in axes:
+        ax.axvline(s0, color="k", lw=0.8, alpha=0.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_drift(energy: np.ndarray, results: dict[str, Any], path: Path, count: int = 8) -> None:
+    """The learned H along the long forward rollouts, relative to its start."""
+    plt = viz.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    level = np.maximum(np.abs(energy[:, :1]), 1e-12)
+    for row in ((energy - energy[:, :1]) / level)[:count]:
+        ax.plot(np.arange(len(row)), row, lw=1)
+    ax.set(
+        xlabel="rollout step",
+        ylabel="(H − H₀) / |H₀|",
+        title=f"learned H over {results['energy_drift']['steps']} steps",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

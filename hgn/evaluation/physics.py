@@ -1,0 +1,285 @@
+"""Physics read back from pixels: where each body is in a frame, and whether a sequence
+of frames obeys the system's own conservation of energy.
+
+Pixel MSE says how different two pictures are, not how wrong the physics is: a disc
+drawn one radius off and a faint grey smear can score alike. For the built-in systems
+the pictures are simple enough to invert. Every body is a disc of its own palette colour
+painted over a constant background (:mod:`hgn.physics.systems`), so a pixel is
+``background + Σ_b α_b (colour_b − background)`` with coverages ``α_b`` in [0, 1]. With
+three palette colours and three channels the colours' directions form an invertible 3×3
+matrix, and one matrix product per pixel *unmixes* the frame into one coverage map per
+colour. A body's position is its coverage-weighted centroid, mapped from pixels to world
+units with the canvas geometry the renderer used; its coverage mass (in disc areas) and
+spatial spread (in disc radii) say whether a compact disc of the right size is there.
+
+Everything is batched over any leading axes (sequences, time): no loop over frames or
+pixels, only over chunks that bound memory.
+
+With positions known, a sequence's physics can be checked with the *system's true*
+Hamiltonian: momenta from central finite differences (every built-in system has
+``K = |p|² / (2M)`` with a constant mass ``M``, read off the system's own ``dH/dp``), and
+the spread of ``H(q, p)`` along the sequence measures how far the pictured motion is
+from a conserved-energy trajectory. The same pipeline run on the ground-truth frames
+gives the reference number, so the finite-difference and recovery errors cancel out of
+the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hgn import data as hgn_data
+from hgn.models import SequenceModel
+from hgn.physics.systems import BACKGROUND, PALETTE, SYSTEMS, System, get_system
+from hgn.plots import hwc
+from hgn.utils import UserError
+
+CHUNK_PIXELS = 1 << 21
+"""Frames are unmixed in chunks of about this many pixels (bounds peak memory)."""
+
+MIN_COVERAGE = 0.15
+"""Coverage below this counts as background. A model's decoded background is never
+exactly the background colour, and over a whole frame those small deviations would
+outweigh a disc of a dozen pixels and drag every centroid towards the canvas centre;
+rendered frames lose only the faint anti-aliased rim, which is symmetric about the
+centre (sub-pixel effect, measured in tests/test_physics_recovery.py)."""
+
+MASS_RANGE = (0.5, 1.6)
+"""A body is *found* when its coverage mass is within this range of one disc's area…"""
+
+MAX_SPREAD = 1.5
+"""…and its RMS distance from its centroid is at most this many times a uniform disc's
+(r/√2, plus half a pixel): a faint smear, a blur or one colour split into two discs
+fails one of the two tests."""
+
+
+def _quantised(colour: tuple[float, float, float]) -> np.ndarray:
+    """A colour as the renderer stores it (uint8: value·255 + 0.5, truncated), in [0, 1]."""
+    return np.floor(np.asarray(colour) * 255.0 + 0.5) / 255.0
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The renderer's geometry for one system at one image size."""
+
+    size: int
+    extent: float
+    """Half-width of the square canvas in world units."""
+    radius: float
+    """Disc radius in world units."""
+    bodies: tuple[int, ...]
+    """Palette index of each of the system's bodies, in body order."""
+
+    @classmethod
+    def of(cls, system: System, size: int) -> Canvas:
+        index = {tuple(c): i for i, c in enumerate(PALETTE)}
+        return cls(
+            size=int(size),
+            extent=system.canvas * system.length_scale(),
+            radius=system.disc * system.length_scale(),
+            bodies=tuple(index[tuple(c)] for c in system.colours),
+        )
+
+    @property
+    def scale(self) -> float:
+        """Pixels per world unit."""
+        return self.size / (2.0 * self.extent)
+
+    @property
+    def radius_px(self) -> float:
+        return self.radius * self.scale
+
+    @property
+    def disc_area_px(self) -> float:
+        return math.pi * self.radius_px**2
+
+
+@dataclass
+class Recovered:
+    """What :func:`recover` finds in frames ``(..., H, W, 3)``, per palette colour ``K``."""
+
+    positions: np.ndarray
+    """``(..., K, 2)`` centroids in world units (the canvas centre where a colour is absent)."""
+    mass: np.ndarray
+    """``(..., K)`` coverage mass in units of one disc's area (1 for a whole disc)."""
+    spread: np.ndarray
+    """``(..., K)`` RMS distance from the centroid, in units of a uniform disc's (r/√2)."""
+    found: np.ndarray
+    """``(..., K)`` bool: a compact disc of about the right size is there."""
+    canvas: Canvas
+
+    def bodies(self) -> np.ndarray:
+        """``(..., bodies, 2)``: positions of the system's own bodies, in body order."""
+        return self.positions[..., list(self.canvas.bodies), :]
+
+    def right_count(self) -> np.ndarray:
+        """``(...)`` bool: every one of the system's bodies is found and no other colour."""
+        own = np.zeros(len(PALETTE), bool)
+        own[list(self.canvas.bodies)] = True
+        return (self.found == own).all(-1)
+
+
+def _as_float_hwc(frames: np.ndarray | Tensor) -> Tensor:
+    """uint8 or [0, 1] float frames, channels last, as a float32 tensor in [0, 1]."""
+    x = frames if isinstance(frames, Tensor) else torch.from_numpy(np.asarray(frames))
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255.0
+    return x.to(torch.float32)
+
+
+def recover(frames: np.ndarray | Tensor, system: System) -> Recovered:
+    """Unmix frames ``(..., H, W, 3)`` (channels last, uint8 or floats in [0, 1]) into
+    per-colour coverage and return each palette colour's centroid, mass and spread."""
+    x = _as_float_hwc(frames)
+    if x.ndim < 3 or x.shape[-1] != 3 or x.shape[-2] != x.shape[-3]:
+        raise ValueError(f"expected square frames (..., H, W, 3), got {tuple(x.shape)}")
+    canvas = Canvas.of(system, x.shape[-2])
+    background = torch.from_numpy(_quantised(BACKGROUND)).float()
+    directions = torch.from_numpy(
+        np.stack([_quantised(c) for c in PALETTE]) - _quantised(BACKGROUND)
+    ).float()
+    unmix = torch.linalg.inv(directions)  # (3 channels, K colours)
+    size = canvas.size
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / canvas.scale
+    xs = centres - canvas.extent  # world x of each column
+    ys = canvas.extent - centres  # world y of each row
+    lead = x.shape[:-3]
+    flat = x.reshape(-1, size, size, 3)
+    chunk = max(1, CHUNK_PIXELS // (size * size))
+    outs: list[tuple[Tensor, ...]] = []
+    for lo in range(0, len(flat), chunk):
+        alpha = (flat[lo : lo + chunk] - background) @ unmix  # (n, H, W, K)
+        w = torch.where(alpha >= MIN_COVERAGE, alpha.clamp(max=1.0), torch.zeros(()))
+        mass = w.sum((1, 2))  # (n, K)
+        safe = mass.clamp(min=1e-6)
+        cx = torch.einsum("nhwk,w->nk", w, xs) / safe
+        cy = torch.einsum("nhwk,h->nk", w, ys) / safe
+        dx2 = torch.einsum("nhwk,w->nk", w, xs.square()) / safe - cx.square()
+        dy2 = torch.einsum("nhwk,h->nk", w, ys.square()) / safe - cy.square()
+        absent = mass < 1e-3
+        cx, cy = cx.masked_fill(absent, 0.0), cy.masked_fill(absent, 0.0)
+        rms = (dx2 + dy2).clamp(min=0.0).sqrt() * canvas.scale  # pixels
+        outs.append((torch.stack([cx, cy], -1), mass, rms))
+    pos, mass, rms = (torch.cat(parts) for parts in zip(*outs, strict=True))
+    mass = mass / canvas.disc_area_px
+    spread = rms / (canvas.radius_px / math.sqrt(2.0))
+    limit = MAX_SPREAD + 0.5 / (canvas.radius_px / math.sqrt(2.0))
+    found = (mass >= MASS_RANGE[0]) & (mass <= MASS_RANGE[1]) & (spread <= limit)
+    k = len(PALETTE)
+    return Recovered(
+        positions=pos.reshape(*lead, k, 2).numpy().astype(np.float64),
+        mass=mass.reshape(*lead, k).numpy().astype(np.float64),
+        spread=spread.reshape(*lead, k).numpy().astype(np.float64),
+        found=found.reshape(*lead, k).numpy(),
+        canvas=canvas,
+    )
+
+
+def true_positions(system: System, q: np.ndarray | Tensor) -> np.ndarray:
+    """World positions ``(..., bodies, 2)`` of the discs for states ``q (..., dof)``."""
+    q = torch.as_tensor(np.asarray(q), dtype=torch.float64)
+    return system.positions(q).numpy()
+
+
+def position_rms(recovered: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """RMS over bodies of the distance between ``(..., bodies, 2)`` position sets."""
+    return np.sqrt(np.square(recovered - truth).sum(-1).mean(-1))
+
+
+def positions_to_q(system: System, positions: np.ndarray) -> np.ndarray:
+    """Generalised coordinates ``(..., dof)`` of body positions ``(..., bodies, 2)``,
+    the inverse of ``system.positions``: the pendulum's angle (unwrapped along the
+    time axis ``-2`` of the result), the spring's x, the n-body coordinates as they are."""
+    if system.name == "pendulum":
+        angle = np.arctan2(positions[..., 0, 0], -positions[..., 0, 1])
+        return np.unwrap(angle, axis=-1)[..., None]
+    if system.dim == 1:
+        return positions[..., 0, :1]
+    return positions.reshape(*positions.shape[:-2], -1)
+
+
+def energy_along(system: System, q: np.ndarray, dt: float) -> np.ndarray:
+    """The system's true H at the interior frames of trajectories ``q (..., T+1, dof)``,
+    with momenta from central differences: ``(..., T-1)``.
+
+    Every built-in system has ``K = |p|²/(2M)`` with a constant mass ``M``; ``dH/dp``
+    at ``p = 1`` is ``1/M``, so the momentum is ``M · dq/dt`` whatever the system.
+    """
+    if q.shape[-2] < 3:
+        raise ValueError("energy along a sequence needs at least 3 frames")
+    qt = torch.from_numpy(np.ascontiguousarray(q, np.float64))
+    velocity = (qt[..., 2:, :] - qt[..., :-2, :]) / (2.0 * dt)
+    mid = qt[..., 1:-1, :]
+    _, inverse_mass = system.grad(mid, torch.ones_like(mid))
+    return system.hamiltonian(mid, velocity / inverse_mass).numpy()
+
+
+def relative_spread(energy: np.ndarray) -> np.ndarray:
+    """std / |mean| of each row of ``(..., T)`` energies: 0 for a conserved energy."""
+    return energy.std(-1) / np.maximum(np.abs(energy.mean(-1)), 1e-12)
+
+
+def sequence_physics(frames: np.ndarray | Tensor, system: System, dt: float) -> dict[str, Any]:
+    """Score sequences of frames ``(N, T+1, H, W, 3)`` against the system's physics:
+    per-sequence relative spread of the true energy of the recovered motion, and per
+    frame whether exactly the system's bodies are found."""
+    rec = recover(frames, system)
+    q = positions_to_q(system, rec.bodies())
+    spread = relative_spread(energy_along(system, q, dt))
+    right = rec.right_count()
+    return {
+        "sequences": int(spread.shape[0]),
+        "frames": int(right.size),
+        "energy_spread_median": float(np.median(spread)),
+        "energy_spread_mean": float(spread.mean()),
+        "energy_spread_p90": float(np.quantile(spread, 0.9)),
+        "right_body_count_fraction": float(right.mean()),
+    }
+
+
+def samples_physics(
+    samples: np.ndarray | Tensor, truth: np.ndarray | Tensor, system: System, dt: float
+) -> dict[str, Any]:
+    """:func:`sequence_physics` of sampled sequences next to ground-truth ones (same
+    pipeline, so recovery and finite-difference errors affect both alike), with the
+    ratio of their median energy spreads (1 = as physical as the data)."""
+    sampled = sequence_physics(samples, system, dt)
+    reference = sequence_physics(truth, system, dt)
+    ratio = sampled["energy_spread_median"] / max(reference["energy_spread_median"], 1e-12)
+    return {"samples": sampled, "ground_truth": reference, "energy_spread_ratio": ratio}
+
+
+SAMPLE_COUNT = 64
+"""Prior samples scored by ``hgn evaluate`` (and ground-truth sequences beside them)."""
+
+
+@torch.no_grad()
+def score_samples(
+    model: SequenceModel, split: hgn_data.Split, n: int = SAMPLE_COUNT, seed: int = 0
+) -> dict[str, Any]:
+    """Draw ``n`` sequences from the model's prior (``seed`` fixes the draws, without
+    touching the global generator), as long as ``split``'s, and score them with
+    :func:`samples_physics` next to the split's first ``n`` sequences. A model without a
+    prior, or data of an unknown system, gives ``{"skipped": reason}``."""
+    meta = split.meta
+    if meta.get("system") not in SYSTEMS:
+        return {"skipped": f"unknown system {meta.get('system')!r}"}
+    system = get_system(meta["system"], noise=meta["noise"], **meta["constants"])
+    device = next(model.parameters()).device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            samples = model.sample(n, meta["steps"])
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    truth = np.asarray(split.images[: min(n, len(split))])
+    result = samples_physics(hwc(samples), truth, system, meta["dt"])
+    result.update(seed=seed, steps=meta["steps"])
+    return result
