@@ -19,6 +19,7 @@ the same noise whether or not the run was interrupted before it.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -147,6 +148,22 @@ class _Progress:
         self.bar.close()
 
 
+def tensorboard_writer(path: Path, start: int) -> Any:
+    """A TensorBoard writer into ``path``, or None with a one-line note when the optional
+    ``tensorboard`` package (a heavy install: ``hgn[tensorboard]``) is missing: logs are
+    a convenience (the progress bar shows the same losses), not part of the result."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write(
+            "hgn: note: no TensorBoard logs: the optional package tensorboard is not "
+            "installed (pip install 'hgn[tensorboard]')",
+            file=sys.stderr,
+        )
+        return None
+    return SummaryWriter(str(path), purge_step=start)
+
+
 def train_loop(
     run_dir: str | Path,
     objects: Mapping[str, Any],
@@ -195,9 +212,7 @@ def train_loop(
 
     writer = None
     if loop.tensorboard and loop.writer:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
+        writer = tensorboard_writer(run_dir / "tensorboard", start)
 
     def checkpoint(step: int, elapsed: float) -> None:
         if not loop.writer:
@@ -224,8 +239,8 @@ def train_loop(
 
     budget = None if loop.max_minutes is None else 60.0 * loop.max_minutes
     result = LoopResult(step=start, seconds=0.0, start=start)
-    t0 = time.perf_counter()
     bar = _Progress(loop, start, budget, before - budget_start, loop.writer and loop.progress)
+    t0 = time.perf_counter()
     try:
         for step in range(start, loop.steps):
             # checked before every step, so a resume whose budget is spent takes none
