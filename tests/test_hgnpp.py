@@ -1,0 +1,236 @@
+"""HGN++ and what every Hamiltonian model shares: the public API, rollouts that sub-step
+at the trained dt, exact reversibility, forward–backward training, configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import Tensor
+
+from hgn.models import HGNPP, MODELS, State, get_model
+from hgn.models.base import substeps_for
+from hgn.training.config import RunConfig, follow_data, resolve
+from hgn.utils import UserError
+
+torch.set_num_threads(1)
+
+TINY = {
+    "image_size": 16,
+    "frames": 9,
+    "context_frames": 3,
+    "state_dim": 4,
+    "encoder_filters": [4, 4, 4],
+    "fpsi_hidden": 8,
+    "energy_hidden": 8,
+    "energy_layers": 2,
+    "latent_channels": 4,
+    "decoder_filters": [4],
+}
+TINY_HGN = {
+    "image_size": 16,
+    "frames": 5,
+    "latent_channels": 2,
+    "encoder_filters": [4, 4, 4],
+    "fpsi_filters": [4],
+    "hamiltonian_filters": [4, 4],
+    "hamiltonian_kernels": [3, 2, 2],
+    "hamiltonian_strides": [1, 2, 2],
+    "decoder_filters": [4],
+    "separable": True,
+}
+
+
+def tiny(**overrides: object) -> HGNPP:
+    torch.manual_seed(0)
+    return MODELS["hgn++"]({**TINY, **overrides})
+
+
+def frames(batch: int = 4, length: int = 9, size: int = 16) -> Tensor:
+    return torch.rand(batch, length, 3, size, size)
+
+
+def test_public_api_shapes_and_state_offset() -> None:
+    model = tiny().eval()
+    x = frames()
+    assert model.context_frames == 3 and model.state_offset == 2
+    state = model.encode(x)
+    assert state.q.shape == state.p.shape == (4, 4)
+    states = model.rollout(state, 6, dt=-0.1)
+    assert states.q.shape == (4, 7, 4)
+    assert model.hamiltonian(states).shape == (4, 7)
+    assert model.decode(states.q).shape == (4, 7, 3, 16, 16)
+    out = model.predict(x, 5)
+    assert out["images"].shape == (4, 6, 3, 16, 16) and out["energy"].shape == (4, 6)
+    assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
+    assert model.config.dt == 0.125
+
+
+def test_encoder_reads_only_the_context_frames() -> None:
+    model = tiny().eval()
+    x = frames()
+    y = x.clone()
+    y[:, 3:] = 0.0
+    torch.testing.assert_close(model.encode(y).q, model.encode(x).q)
+    with pytest.raises(UserError, match="needs 3 frames"):
+        model.encode(x[:, :2])
+
+
+def test_predict_is_aligned_with_frame_zero() -> None:
+    """predict's image t is at frame t's time: the state inferred at frame 2 comes back
+    as image 2 (taken back to frame 0 and forward again by a reversible leapfrog)."""
+    model = tiny().double().eval()
+    x = frames().double()
+    out = model.predict(x, 4)
+    state = model.encode(x)
+    torch.testing.assert_close(out["q"][:, model.state_offset], state.q, atol=1e-10, rtol=0)
+
+
+def test_rollout_is_exactly_reversible() -> None:
+    model = tiny().double()
+    s = State(torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64))
+    fwd = model.rollout(s, 40, 0.125)
+    back = model.rollout(State(fwd.q[:, -1], fwd.p[:, -1]), 40, -0.125)
+    assert float((fwd.q[:, -1] - s.q).abs().max().detach()) > 1e-2  # it moved
+    torch.testing.assert_close(back.q[:, -1], s.q, atol=1e-10, rtol=0)
+    torch.testing.assert_close(back.p[:, -1], s.p, atol=1e-10, rtol=0)
+    # and the backward trajectory retraces the forward one
+    torch.testing.assert_close(back.q.flip(1), fwd.q, atol=1e-10, rtol=0)
+
+
+def test_substeps_never_exceed_the_trained_step() -> None:
+    assert substeps_for(0.25, 0.125) == 2
+    assert substeps_for(-0.25, 0.125) == 2
+    assert substeps_for(0.0625, 0.125) == 1
+    assert substeps_for(0.3, 0.125) == 3
+    assert substeps_for(0.125 * 3, 0.125) == 3  # no round-up from floating-point noise
+    with pytest.raises(UserError, match="finite non-zero"):
+        substeps_for(0.0, 0.125)
+    with pytest.raises(UserError, match="finite non-zero"):
+        substeps_for(float("nan"), 0.125)
+
+
+@pytest.mark.parametrize("name", ["hgn++", "hgn"])
+def test_faster_rollout_takes_trained_steps(name: str) -> None:
+    """2× speed = every other state of the trained-step rollout, for both models (the
+    sub-stepping lives in hgn.models.base); ½× is one shorter step, not a sub-step."""
+    torch.manual_seed(0)
+    model = get_model(name)(TINY if name == "hgn++" else TINY_HGN).double()
+    dt = model.config.dt
+    shape = (2, 4) if name == "hgn++" else (2, 2, 4, 4)
+    s = State(torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64))
+    fast, fine = model.rollout(s, 5, 2 * dt), model.rollout(s, 10, dt)
+    torch.testing.assert_close(fast.q, fine.q[:, ::2], atol=1e-12, rtol=0)
+    torch.testing.assert_close(fast.p, fine.p[:, ::2], atol=1e-12, rtol=0)
+    slow = model.rollout(s, 2, dt / 2)
+    assert float((slow.q[:, 2] - fine.q[:, 1]).abs().max().detach()) > 0  # a finer step
+    torch.testing.assert_close(slow.q[:, 2], fine.q[:, 1], atol=0.05, rtol=0)
+
+
+def test_forward_backward_training_reads_the_last_frames_for_half_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny(frames=9).train()
+    x = frames(batch=4, length=9)
+    seen: list[Tensor] = []
+    original = model.posterior
+    monkeypatch.setattr(model, "posterior", lambda f: seen.append(f) or original(f))
+    model.loss(x)
+    torch.testing.assert_close(seen[0][:2], x[:2, :3])  # forward half: first 3 frames
+    torch.testing.assert_close(seen[0][2:], x[2:, 6:9])  # backward half: last 3 frames
+    model.eval()
+    model.loss(x)
+    torch.testing.assert_close(seen[1], x[:, :3])  # evaluation: forward only
+
+
+def test_backward_half_is_scored_against_earlier_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward half's decoded states are compared with the frames before its
+    context: a model whose decoder returns the true frame at each rolled-out time has
+    zero reconstruction error only if the times run backwards for that half."""
+    model = tiny(frames=9, kl_weight=0.0).train()
+    x = frames(batch=4, length=9)
+    # encode the frame index into q[0] (forward: start at 2, backward: start at 8) and
+    # make q[0] move by exactly ±1 per step; decode the frame of that index
+    monkeypatch.setattr(
+        model,
+        "posterior",
+        lambda f: (torch.zeros(f.shape[0], 8), torch.full((f.shape[0], 8), -60.0)),
+    )
+    monkeypatch.setattr(
+        model,
+        "initial_state",
+        lambda z: State(
+            torch.tensor([[2.0], [2.0], [8.0], [8.0]]).expand(4, 4).clone(), torch.ones(4, 4)
+        ),
+    )
+    monkeypatch.setattr(model.kinetic, "grad", lambda p: torch.full_like(p, 8.0))  # 8·dt = 1
+    monkeypatch.setattr(model.potential, "grad", lambda q: torch.zeros_like(q))
+
+    def decode(q: Tensor) -> Tensor:  # the true frame of the index held in q[..., 0]
+        rows = torch.arange(4)[:, None].expand(q.shape[:2])
+        return x[rows, q[..., 0].round().long()]
+
+    monkeypatch.setattr(model, "decode", decode)
+    _, metrics = model.loss(x)
+    assert metrics["mse"] < 1e-10
+
+
+def test_a_few_steps_fit_a_batch() -> None:
+    model = tiny(decode_frames=3)
+    model.init_from_data(torch.full((3, 16, 16), 0.5))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(1)  # sequences of one colour each: learnable from the context
+    x = torch.rand(4, 1, 3, 1, 1).expand(4, 9, 3, 16, 16)
+    first = None
+    for _ in range(60):
+        loss, metrics = model.loss(x)
+        first = first or metrics["mse"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["mse"] < 0.7 * first
+    assert all(p.grad is not None for p in model.kinetic.parameters())
+    assert all(p.grad is not None for p in model.potential.parameters())
+
+
+def test_warmup_grows_the_horizon() -> None:
+    model = tiny(frames=20, warmup=10, min_horizon=2).train()
+    x = frames(batch=2, length=20)
+    horizons = [model.loss(x)[1]["horizon"] for _ in range(12)]
+    assert horizons[0] <= 4 and horizons[-1] == 17
+    assert horizons == sorted(horizons)
+    assert model.eval().loss(x)[1]["horizon"] == 17
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(UserError, match=r"model\.frames"):
+        tiny(frames=3)
+    with pytest.raises(UserError, match=r"model\.decode_frames"):
+        tiny(decode_frames=0)
+    with pytest.raises(UserError, match=r"model\.nope"):
+        tiny(nope=1)
+
+
+def test_old_input_frames_key_still_reads() -> None:
+    config = get_model("hgn").config({"frames": 5, "input_frames": 3})
+    assert config.context_frames == 3
+    with pytest.raises(UserError, match="old name"):
+        get_model("hgn").config({"input_frames": 3, "context_frames": 2})
+    old = resolve("small").to_dict()
+    old["model"]["input_frames"] = old["model"].pop("context_frames")
+    assert RunConfig.from_dict(old).model.context_frames is None
+
+
+def test_profiles_are_separable_and_frames_follow_the_data() -> None:
+    for profile in ("small", "paper"):
+        assert resolve(profile, model="hgn").model.separable
+    config = resolve("small", model="hgn++")
+    assert config.model.frames == 65
+    short = follow_data(config, {"steps": 30, "dt": 0.1})
+    assert short.model.frames == 31 and short.model.dt == 0.1
+    explicit = resolve("small", model="hgn++", sets=["model.frames=40"])
+    assert follow_data(explicit, {"steps": 30, "dt": 0.1}).model.frames == 40
+    # HGN's keys of the profile do not leak into HGN++'s own section
+    assert config.model.encoder_filters == resolve("small", model="hgn++").model.encoder_filters
+    assert dataclasses.asdict(config.model).keys() == dataclasses.asdict(tiny().config).keys()
