@@ -300,3 +300,11 @@ def test_evaluate_on_another_systems_data_says_so(
     assert metrics["data_mismatch"] and metrics["splits"]["test"]["mse"]["mean"] > 0
     resume = ["train", "--data", str(other), "--out", str(trained), "--resume", "--steps", "3"]
     assert "on the data it was trained on" in error_of(resume, capsys)
+
+
+def test_usage_mistakes_are_one_line_too(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--max-minutes", "soon"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hgn: error: hgn train: argument --max-minutes")

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from hgn import __version__
 from hgn.utils import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line ``hgn: error: ...`` (exit 2) like every
+    other bad input, instead of a usage block followed by the message. Sub-command
+    parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hgn: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hgn.cli import data, flow, model, reproduce
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hgn",
         description="Hamiltonian Generative Networks and Neural Hamiltonian Flows.",
     )
