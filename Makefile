@@ -1,17 +1,25 @@
-# `make demo` and `make test` work on a fresh clone: they build .venv first.
+# `make demo` and `make test` work on a fresh clone: they build .venv first, from the lock
+# file, so that every machine tests with the same versions of everything.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements-lock.txt
+TORCH := torch==2.13.0
+UV := uv==0.13.8
 
-.PHONY: setup browser demo test lint clean
+.PHONY: setup browser demo test lint lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-pinned.txt
+# torch first, so that pip takes the CPU build (found through pip's find-links on this
+# project's machines) instead of resolving a multi-GB CUDA build; then exactly the
+# versions of the lock; then hgn itself, whose dependencies the lock already holds.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -r requirements-pinned.txt -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e '.[dev]'
 	touch $(STAMP)
 
 demo: setup
@@ -31,6 +39,16 @@ browser:
 lint: setup
 	$(BIN)/ruff check hgn tests benchmarks
 	$(BIN)/ruff format --check hgn tests benchmarks
+
+# Regenerate the lock after changing the dependencies in pyproject.toml: every package
+# that `pip install -e '.[dev]'` needs, pinned, for this venv's Python and the CPU build
+# of $(TORCH). uv goes into a folder of its own, so the venv holds the lock and no more.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade --target $(VENV)/tools $(UV)
+	echo '$(TORCH)' | $(VENV)/tools/bin/uv pip compile pyproject.toml --extra dev \
+		--constraint - $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) \
+		--python $(BIN)/python --custom-compile-command 'make lock' --quiet -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) demo-output
