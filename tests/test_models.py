@@ -199,11 +199,11 @@ def test_config_validation_names_the_key() -> None:
         HGNConfig(image_size=48)
     with pytest.raises(UserError, match="integrator"):
         HGNConfig(integrator="magic")
-    with pytest.raises(UserError, match="input_frames"):
-        HGNConfig(frames=5, input_frames=6)
+    with pytest.raises(UserError, match="context_frames"):
+        HGNConfig(frames=5, context_frames=6)
     with pytest.raises(UserError, match="encoder_filters"):
         HGNConfig(encoder_filters=[8, 8])  # too few layers to reach 4×4 from 64×64
-    cfg = config_from_dict(HGNConfig, {"dt": 1, "input_frames": None}, "model")
+    cfg = config_from_dict(HGNConfig, {"dt": 1, "context_frames": None}, "model")
     assert cfg.dt == 1.0 and isinstance(cfg.dt, float)
 
 
