@@ -46,6 +46,7 @@ from hgn import data as hgn_data
 from hgn import plots as viz
 from hgn.checks import check_range
 from hgn.data import mean_frame, to_frames
+from hgn.evaluation.physics import samples_markdown, score_samples
 from hgn.models import SequenceModel
 from hgn.physics.systems import get_system
 from hgn.plots import check_output, hwc, plot_energy, plot_mse
@@ -262,6 +263,7 @@ def evaluate(
         curves[name], curves[f"{name} mean image"] = mse.mean(0), base.mean(0)
         if name == "test":
             energies = energy
+    metrics["samples"] = score_samples(model, splits["test"])
     claim_output_dir(out, "evaluate")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -346,6 +348,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             f"MSE first exceeds noise floor + {metrics['vpt_fraction']} × (the split's "
             "mean-image MSE − noise floor), both over the predicted frames.",
         ]
+    if metrics.get("samples"):
+        lines += ["", samples_markdown(metrics["samples"])]
     return "\n".join(lines) + "\n"
 
 
@@ -371,9 +375,10 @@ def render_rollout(
     overwrite: bool = False,
 ) -> Path:
     """Roll sequence ``index`` out ``steps`` steps at ``speed`` × dt (negated when
-    ``backward``) next to the ground truth where a data frame exists at that time
-    (paper Fig. 7). Writes a GIF/MP4 (truth | prediction) or a PNG strip; an existing
-    ``out`` is replaced only with ``overwrite``."""
+    ``backward``) next to the simulator's frame at the same time (paper Fig. 7; between
+    and before the stored frames re-simulated with the dataset's system). Writes a
+    GIF/MP4 (truth | prediction) or a PNG strip; an existing ``out`` is replaced only
+    with ``overwrite``."""
     out = Path(out)
     check_output(out, (".gif", ".mp4", ".png"), overwrite)
     steps = positive_int(steps, "--steps")
@@ -385,19 +390,11 @@ def render_rollout(
     _check_compatible(model, seqs)
     if not 0 <= index < len(seqs):
         raise UserError(f"--index {index} is out of range: the {split} split has {len(seqs)}")
-    truth = to_frames(np.asarray(seqs.images[index : index + 1]), dev)
-    dt = model.config.dt * speed * (-1.0 if backward else 1.0)
-    with torch.no_grad():
-        pred = model.predict(truth, steps, dt)["images"][0]
-    # the data frame at the model's time k·dt, where one exists
-    frame_of = np.arange(steps + 1) * dt / seqs.meta["dt"]
-    blank = torch.full_like(pred[0], 0.5)
-    gt = []
-    for position in frame_of:
-        i = round(position)
-        exists = abs(position - i) < 1e-6 and 0 <= i < truth.shape[1]
-        gt.append(truth[0, i] if exists else blank)
-    pair = hwc(torch.stack([torch.stack(gt), pred], 1))  # (steps+1, 2, H, W, 3)
+    from hgn.evaluation.extrapolate import rollout_with_truth  # it imports this module
+
+    signed = -speed if backward else speed  # model.rollout sub-steps at the trained dt
+    pred, gt = rollout_with_truth(model, seqs, index, steps, signed, dev)
+    pair = hwc(torch.stack([gt, pred], 1))  # (steps+1, 2, H, W, 3)
     pair = viz.upscale(pair, _magnify(pair.shape[-2]))
     if out.suffix.lower() == ".png":
         return viz.save_image(out, viz.grid(pair.transpose(1, 0, 2, 3, 4)))

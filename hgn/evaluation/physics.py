@@ -127,7 +127,7 @@ class Recovered:
 
 def _as_float_hwc(frames: np.ndarray | Tensor) -> Tensor:
     """uint8 or [0, 1] float frames, channels last, as a float32 tensor in [0, 1]."""
-    x = frames if isinstance(frames, Tensor) else torch.from_numpy(np.asarray(frames))
+    x = frames if isinstance(frames, Tensor) else torch.from_numpy(np.array(frames))
     if x.dtype == torch.uint8:
         return x.to(torch.float32) / 255.0
     return x.to(torch.float32)
@@ -283,3 +283,29 @@ def score_samples(
     result = samples_physics(hwc(samples), truth, system, meta["dt"])
     result.update(seed=seed, steps=meta["steps"])
     return result
+
+
+def samples_markdown(result: dict[str, Any]) -> str:
+    """The paragraph ``hgn evaluate`` writes about :func:`score_samples`."""
+    if "skipped" in result:
+        return f"Samples from the prior: not scored ({result['skipped']})."
+    s, g = result["samples"], result["ground_truth"]
+    return "\n".join(
+        [
+            f"Samples from the prior ({s['sequences']} sequences of {result['steps']} steps, "
+            f"seed {result['seed']}), read back as physics (hgn.evaluation.physics: body "
+            "positions from colours, momenta by finite differences, the system's true H):",
+            "",
+            "| sequences | true-energy spread, median (p90) "
+            "| frames with exactly the right bodies |",
+            "|---|---|---|",
+            f"| sampled | {s['energy_spread_median']:.3f} ({s['energy_spread_p90']:.3f}) "
+            f"| {100 * s['right_body_count_fraction']:.1f} % |",
+            f"| ground truth (test) | {g['energy_spread_median']:.3f} "
+            f"({g['energy_spread_p90']:.3f}) | {100 * g['right_body_count_fraction']:.1f} % |",
+            "",
+            f"Energy spread = std / abs(mean) of H along a sequence; the samples' median is "
+            f"{result['energy_spread_ratio']:.2f}× the ground truth's (1 = as physical as the "
+            "data, read through the same recovery).",
+        ]
+    )
