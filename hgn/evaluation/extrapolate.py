@@ -713,8 +713,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Pictures: `{FILES['strip']}` (rows: truth, forward, backward, 2×, ½×; columns: "
-        f"frames), `{FILES['gif']}` (truth | forward | backward | 2× | ½×, one frame per "
-        "stored frame; 2× holds each state for two frames; blank where a rollout does not "
+        f"frames), `{FILES['gif']}` (columns named, one frame per stored frame; 2× "
+        "holds each state for two frames; blank where a rollout does not "
         f"reach), `{FILES['errors']}`, "
         f"`{FILES['energy']}`.",
     ]
@@ -765,7 +765,24 @@ def rollout_pictures(
     movie = np.stack(
         [viz.grid(viz.upscale(row_at(t, hold=True)[None], factor)) for t in range(last + 1)]
     )
+    names = ["truth", *(r.name for r in ROLLOUTS)]
+    header = _header(names, truth.shape[1] * factor, movie.shape[2])
+    movie = np.concatenate([np.broadcast_to(header, (len(movie), *header.shape)), movie], 1)
     return viz.upscale(strip, factor), movie
+
+
+def _header(names: list[str], cell: int, width: int, height: int = 16) -> np.ndarray:
+    """A white bar ``(height, width, 3)`` uint8 naming the columns of a
+    :func:`hgn.plots.grid` row of ``cell``-pixel cells (drawn once, by matplotlib)."""
+    plt = viz.pyplot()
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    for i, name in enumerate(names):
+        centre = 1 + i * (cell + 1) + cell / 2
+        fig.text(centre / width, 0.45, name, ha="center", va="center", fontsize=7)
+    fig.canvas.draw()
+    bar = np.asarray(fig.canvas.buffer_rgba())[:height, :width, :3].copy()
+    plt.close(fig)
+    return bar
 
 
 def _labelled_strip(strip: np.ndarray, results: dict[str, Any], path: Path) -> None:
