@@ -56,7 +56,13 @@ def model_config(profile: Profile, model: str, meta: Mapping[str, Any], prefix: 
 
 
 def _trained(
-    run: Path, model: str, values: Mapping[str, Any], data_path: Path, profile: Profile, device: str
+    run: Path,
+    model: str,
+    values: Mapping[str, Any],
+    data_path: Path,
+    profile: Profile,
+    device: str,
+    progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (or resume) one run with the shared trainer, then load it for evaluation."""
     from hgn.training.loop import CHECKPOINT
@@ -79,7 +85,9 @@ def _trained(
                     },
                 }
             )
-        result = hgn_train.train(data_path, run, config, resume=resume, device=device)
+        result = hgn_train.train(
+            data_path, run, config, resume=resume, device=device, progress=progress
+        )
         write_json(
             marker,
             {"steps": result.step, "seconds": result.seconds, "stopped_by": result.stopped_by},
@@ -189,6 +197,7 @@ def run_cell(
     model: str,
     paths: Mapping[str, Path],
     device: str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate and draw one ``(system, model)`` cell; write its result last.
 
@@ -203,7 +212,7 @@ def run_cell(
     dev = resolve_device(device)
     meta = data.info(paths["main"])
     values = model_config(profile, model, meta, prefix=False)
-    net, trained = _trained(cell / "run", model, values, paths["main"], profile, device)
+    net, trained = _trained(cell / "run", model, values, paths["main"], profile, device, progress)
     record: dict[str, Any] = {
         "system": system,
         "model": model,
@@ -231,7 +240,7 @@ def run_cell(
         else:
             values = model_config(profile, model, meta, prefix=True)
             prefix_net, record["train"]["prefix"] = _trained(
-                cell / "run-prefix", model, values, paths["main"], profile, device
+                cell / "run-prefix", model, values, paths["main"], profile, device, progress
             )
         mean = mean_frame(data.load(paths["main"], "train"))
         long = data.load(paths["long"], "test")

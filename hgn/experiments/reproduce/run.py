@@ -179,7 +179,7 @@ def _run(
         if jobs == 1:
             for i, (system, model) in enumerate(todo):
                 _announce(say, bar, [(system, model)], todo[i + 1 :])
-                cells.run_cell(out, chosen, system, model, paths[system], device)
+                cells.run_cell(out, chosen, system, model, paths[system], device, progress)
                 bar.update(1)
         else:
             _run_parallel(out, chosen, todo, paths, device, jobs, say, bar)
