@@ -1,54 +1,118 @@
-"""`hgn data generate | show | merge | info`: pixel datasets of the physical systems."""
+"""`hgn data generate | presets | import | show | info`: pixel datasets."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import Any
 
 from hgn import data
-from hgn.physics.systems import SYSTEMS
+from hgn.data.presets import PRESETS, preset
+from hgn.physics.systems import STYLES, SYSTEMS
 from hgn.utils import UserError
+
+GENERATE_DEFAULTS: dict[str, Any] = {
+    "system": "pendulum",
+    "n_train": 50_000,
+    "n_test": 10_000,
+    "steps": 30,
+    "dt": 0.125,
+    "size": 64,
+    "noise": None,
+    "style": "paper",
+}
+"""What `generate` uses for an option given neither on the command line nor by a preset
+(argparse's own defaults are None, so that a preset can tell what the user set)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    group = sub.add_parser("data", help="generate, inspect and merge pixel datasets")
+    group = sub.add_parser("data", help="generate, import and inspect pixel datasets")
     commands = group.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser(
         "generate",
         help="simulate a system and render its trajectories",
         description="Simulate trajectories, add observation noise and render them as "
-        "RGB frames (the paper's datasets with the default settings).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "RGB frames into a compressed zarr store (the paper's pendulum with no options; "
+        "see `hgn data presets` for named settings). Prints the estimated size on disk "
+        "before starting. OUT may be a directory or an fsspec URL (s3://, gs://, "
+        "memory://, file://).",
     )
-    gen.add_argument("--system", default="pendulum", help=f"one of: {', '.join(SYSTEMS)}")
-    gen.add_argument("--train", type=int, default=50_000, help="training trajectories")
-    gen.add_argument("--test", type=int, default=10_000, help="test trajectories")
-    gen.add_argument("--steps", type=int, default=30, help="steps per trajectory (T)")
-    gen.add_argument("--dt", type=float, default=0.125, help="time between frames")
-    gen.add_argument("--size", type=int, default=64, help="image height and width")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--preset", default=None, help="named settings (hgn data presets)")
+    gen.add_argument("--system", default=None, help=f"one of: {', '.join(SYSTEMS)} [pendulum]")
+    gen.add_argument("--train", dest="n_train", type=int, default=None, help="[50000]")
+    gen.add_argument("--test", dest="n_test", type=int, default=None, help="[10000]")
+    gen.add_argument("--steps", type=int, default=None, help="steps per trajectory, T [30]")
+    gen.add_argument("--dt", type=float, default=None, help="time between frames [0.125]")
     gen.add_argument(
-        "--noise", type=float, default=None, help="observation noise std (system's default)"
+        "--size",
+        type=int,
+        default=None,
+        help=f"image height and width, one of {', '.join(map(str, data.SIZES))} [64]",
     )
+    gen.add_argument("--seed", type=int, default=0, help="[0]")
+    gen.add_argument(
+        "--noise", type=float, default=None, help="observation noise std [the system's]"
+    )
+    gen.add_argument("--style", default=None, choices=STYLES, help="pictures [paper]")
     gen.add_argument(
         "--set",
         dest="constants",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a constant of the system, e.g. --set l=2 (repeatable)",
+        help="override a constant, e.g. --set l=2, --set friction=0.05 (not Hamiltonian), "
+        "--set offset=0.3 (random canvas shift); repeatable",
     )
     gen.add_argument(
-        "--shard", default=None, metavar="I/N", help="generate only shard I of N (0-based)"
+        "--vary",
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH",
+        help="draw a constant per trajectory from a range, e.g. --vary l=0.5:1; repeatable",
     )
-    gen.add_argument("--out", default=None, help="output directory (default: data/SYSTEM)")
     gen.add_argument(
-        "--overwrite", action="store_true", help="replace a different dataset at --out"
+        "--random-colours", action="store_true", default=None, help="random body colours"
+    )
+    gen.add_argument(
+        "--shard", default=None, metavar="I/N", help="write only shard I of N (0-based)"
+    )
+    gen.add_argument("--out", default=None, help="output directory or URL [data/SYSTEM]")
+    gen.add_argument(
+        "--overwrite", action="store_true", help="replace a different hgn dataset at --out"
     )
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.set_defaults(func=_generate)
+
+    presets = commands.add_parser("presets", help="list the named dataset settings")
+    presets.set_defaults(func=_presets)
+
+    imp = commands.add_parser(
+        "import",
+        help="make a dataset from your own image sequences",
+        description="Import image sequences: an .npy/.npz array (N, T, H, W, C) or "
+        "(N, T, C, H, W), a folder of sub-folders of frames, a folder of frames, videos "
+        "(one per sequence, or one long video cut with --frames/--stride). Frames are "
+        "centre-cropped to a square and area-resampled; the dataset has no states.",
+    )
+    imp.add_argument("source", metavar="SOURCE")
+    imp.add_argument("--out", required=True, help="output directory or URL")
+    imp.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help=f"one of {', '.join(map(str, data.SIZES))} [the largest within the frames]",
+    )
+    imp.add_argument("--test-fraction", type=float, default=0.1, help="[0.1]")
+    imp.add_argument("--frames", type=int, default=None, help="cut windows of this length")
+    imp.add_argument("--stride", type=int, default=None, help="window step [--frames]")
+    imp.add_argument("--dt", type=float, default=None, help="time between frames [1/fps]")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split [0]")
+    imp.add_argument("--overwrite", action="store_true", help="replace an hgn dataset at --out")
+    imp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    imp.set_defaults(func=_import)
 
     show = commands.add_parser("show", help="write a PNG grid and a GIF of some trajectories")
     show.add_argument("path", metavar="DIR")
@@ -61,12 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PREFIX",
         help="write PREFIX.png and PREFIX.gif (default: DIR/preview-SPLIT)",
     )
+    show.add_argument("--overwrite", action="store_true", help="replace existing PREFIX files")
     show.set_defaults(func=_show)
-
-    merge = commands.add_parser("merge", help="join the shards in DIR into one dataset")
-    merge.add_argument("path", metavar="DIR")
-    merge.add_argument("--out", default=None, help="write here instead of replacing DIR")
-    merge.set_defaults(func=_merge)
 
     info = commands.add_parser("info", help="print a dataset's metadata")
     info.add_argument("path", metavar="DIR")
@@ -74,12 +134,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=_info)
 
 
-def _constants(pairs: list[str]) -> dict[str, float]:
-    constants = {}
+def _pairs(pairs: list[str], option: str, form: str) -> dict[str, str]:
+    found = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise UserError(f"--set expects NAME=VALUE, got {pair!r}")
+            raise UserError(f"{option} expects {form}, got {pair!r}")
+        found[name] = value
+    return found
+
+
+def _constants(pairs: list[str]) -> dict[str, float]:
+    constants = {}
+    for name, value in _pairs(pairs, "--set", "NAME=VALUE").items():
         try:
             constants[name] = float(value)
         except ValueError:
@@ -87,32 +154,91 @@ def _constants(pairs: list[str]) -> dict[str, float]:
     return constants
 
 
+def _ranges(pairs: list[str]) -> dict[str, tuple[float, float]]:
+    ranges = {}
+    for name, value in _pairs(pairs, "--vary", "NAME=LOW:HIGH").items():
+        low, sep, high = value.partition(":")
+        try:
+            ranges[name] = (float(low), float(high))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--vary {name}: expected LOW:HIGH, got {value!r}")
+    return ranges
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _generate(args: argparse.Namespace) -> None:
+    settings = dict(GENERATE_DEFAULTS)
+    constants: dict[str, float] = {}
+    if args.preset:
+        chosen = preset(args.preset)
+        constants = chosen.pop("constants")
+        settings.update(chosen)
+    given = {
+        k: getattr(args, k)
+        for k in ("system", "n_train", "n_test", "steps", "dt", "size", "noise", "style")
+        if getattr(args, k) is not None
+    }
+    settings.update(given)
+    constants.update(_constants(args.constants))
+    if args.vary:
+        settings["vary"] = _ranges(args.vary)
+    if args.random_colours:
+        settings["random_colours"] = True
+    name = args.preset or settings["system"]
     out = data.generate(
-        args.out or f"data/{args.system}",
-        system=args.system,
-        n_train=args.train,
-        n_test=args.test,
-        steps=args.steps,
-        dt=args.dt,
-        size=args.size,
+        args.out or f"data/{name}",
         seed=args.seed,
-        noise=args.noise,
         shard=args.shard,
         progress=not args.no_progress,
         overwrite=args.overwrite,
-        **_constants(args.constants),
+        report=_echo,
+        **settings,
+        **constants,
+    )
+    print(f"dataset at {out}")
+
+
+def _presets(args: argparse.Namespace) -> None:
+    print(f"{'name':28s} {'system':16s} {'size':>4s} {'frames':>6s} {'dt':>6s}  description")
+    for name, p in PRESETS.items():
+        print(
+            f"{name:28s} {p['system']:16s} {p['size']:4d} {p['steps'] + 1:6d} {p['dt']:6g}  "
+            f"{p['description']}"
+        )
+
+
+def _import(args: argparse.Namespace) -> None:
+    out = data.import_sequences(
+        args.source,
+        args.out,
+        size=args.size,
+        test_fraction=args.test_fraction,
+        frames=args.frames,
+        stride=args.stride,
+        dt=args.dt,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        report=_echo,
     )
     print(f"dataset at {out}")
 
 
 def _show(args: argparse.Namespace) -> None:
-    png, gif = data.show(args.path, split=args.split, n=args.n, frames=args.frames, out=args.out)
+    png, gif = data.show(
+        args.path,
+        split=args.split,
+        n=args.n,
+        frames=args.frames,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {png} and {gif}")
-
-
-def _merge(args: argparse.Namespace) -> None:
-    print(f"merged dataset at {data.merge(args.path, args.out)}")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -120,19 +246,35 @@ def _info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(meta, indent=2))
         return
-    constants = ", ".join(f"{k}={v:g}" for k, v in meta["constants"].items())
     splits = ", ".join(f"{name} {s['n']}" for name, s in meta["splits"].items())
-    shard = meta["shard"]
-    lines = [
-        f"system:     {meta['system']} ({constants})",
-        f"noise std:  {meta['noise']:g}",
-        f"trajectories: {splits}"
-        + (f" (shard {shard['index']}/{shard['count']})" if shard else ""),
-        f"frames:     {meta['steps'] + 1} (dt={meta['dt']:g}, {meta['integrator']['method']} "
-        f"with {meta['integrator']['substeps']} sub-steps)",
-        f"images:     {meta['size']}x{meta['size']} RGB uint8",
-        f"state:      q, p of {meta['dof']} dims (clean and noisy)",
-        f"seed:       {meta['seed']}",
-        f"version:    hgn {meta['version']}",
-    ]
+    frames = f"{meta['steps'] + 1} (dt={meta['dt']:g}"
+    if not meta.get("has_states", True):
+        lines = [
+            f"source:     {meta['source']} from {meta.get('imported_from')}",
+            f"trajectories: {splits}",
+            f"frames:     {frames})",
+            f"images:     {meta['size']}x{meta['size']} RGB uint8",
+            "state:      none (imported): state-based metrics are skipped",
+        ]
+    else:
+        constants = ", ".join(f"{k}={v:g}" for k, v in meta["constants"].items())
+        variant = meta.get("variant", {})
+        extras = [
+            f"style {variant['style']}" if variant.get("style", "paper") != "paper" else "",
+            "random colours" if variant.get("random_colours") else "",
+            "varying " + ", ".join(variant["vary"]) if variant.get("vary") else "",
+            "not Hamiltonian (friction)" if not variant.get("hamiltonian", True) else "",
+        ]
+        lines = [
+            f"system:     {meta['system']} ({constants})",
+            f"noise std:  {meta['noise']:g}",
+            f"trajectories: {splits}",
+            f"frames:     {frames}, {meta['integrator']['method']} with "
+            f"{meta['integrator']['substeps']} sub-steps)",
+            f"images:     {meta['size']}x{meta['size']} RGB uint8",
+            f"state:      q, p of {meta['dof']} dims (clean and noisy)",
+        ]
+        if any(extras):
+            lines.append("variant:    " + "; ".join(e for e in extras if e))
+    lines += [f"seed:       {meta['seed']}", f"version:    hgn {meta['version']}"]
     print("\n".join(lines))

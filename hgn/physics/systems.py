@@ -38,6 +38,7 @@ from __future__ import annotations
 import colorsys
 import contextlib
 import copy
+import difflib
 import itertools
 import math
 from collections.abc import Iterator, Mapping
@@ -878,7 +879,7 @@ def get_system(name: str, **overrides: Any) -> System:
     try:
         cls = SYSTEMS[name]
     except KeyError:
-        close = [s for s in SYSTEMS if s.startswith(str(name)[:3])]
+        close = difflib.get_close_matches(str(name), SYSTEMS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(
             f"unknown system {name!r}{hint}; choose one of: {', '.join(SYSTEMS)}"

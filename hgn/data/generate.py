@@ -1,0 +1,325 @@
+"""Generating datasets of the physical systems into a store (see :mod:`hgn.data.store`).
+
+Randomness is drawn per block of ``block`` consecutive trajectories from
+``numpy_rng(seed, system, split, block_index)``: initial states (with any random
+constants, colours and shifts of the variant), then the observation noise. A shard
+(``shard=(i, n)``) generates a contiguous run of whole blocks, so its rows are bit for bit
+those of the unsharded run, and since image chunks never straddle blocks, the n shard
+jobs write disjoint chunks of one store: no merge step.
+
+Writing overlaps computing: the main thread simulates a block and renders one chunk
+of frames at a time into a small ring of reused buffers (fresh multi-megabyte buffers
+cost more in page faults than the drawing does); a thread pool compresses and stores
+them. Memory stays at a few chunks whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hgn import __version__
+from hgn.data import store
+from hgn.data.store import SPLITS, STATES, ArraySpec, Location
+from hgn.physics.systems import System, get_system, one_thread
+from hgn.utils import UserError, numpy_rng, positive_int
+
+BLOCK = 1024
+"""Trajectories per block of randomness (and per unit of sharding)."""
+
+SIZES = (16, 32, 64, 128)
+"""Image sizes the models take: HGN's encoder and decoder need latent_size · 2^k with
+the default 4×4 latent grid and 16 ≤ size ≤ 128 (HGNConfig); larger frames would only
+fill the disk (``--size 4000`` once wrote 5.6 GB for 4 trajectories)."""
+
+ESTIMATE_ROWS = 8
+"""Trajectories rendered and compressed to estimate a dataset's size on disk."""
+
+Report = Callable[[str], None]
+
+
+def check_image_size(size: Any, option: str = "--size") -> int:
+    """One of :data:`SIZES`, or one line saying which sizes the models take."""
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size not in SIZES:
+        raise UserError(
+            f"{option} must be one of {', '.join(map(str, SIZES))} (the image sizes the "
+            f"models take), got {size!r}"
+        )
+    return int(size)
+
+
+def generate(
+    out: str | Path,
+    system: str = "pendulum",
+    n_train: int = 50_000,
+    n_test: int = 10_000,
+    steps: int = 30,
+    dt: float = 0.125,
+    size: int = 64,
+    seed: int = 0,
+    noise: float | None = None,
+    shard: tuple[int, int] | str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    block: int = BLOCK,
+    style: str = "paper",
+    vary: Mapping[str, tuple[float, float]] | None = None,
+    random_colours: bool = False,
+    report: Report | None = None,
+    **constants: float,
+) -> str:
+    """Generate a dataset (or one shard of it) at ``out`` (a path or fsspec URL) and
+    return where it is.
+
+    ``constants`` override the system's (e.g. ``l=2.0``; ``friction``, ``offset`` for
+    those variants); ``vary`` draws constants per trajectory from ranges,
+    ``random_colours`` gives each trajectory random body colours, ``style`` picks the
+    pictures (``"paper"`` or the DeepMind suite's ``"dm"``); ``noise`` overrides the
+    observation noise std (0 allowed). With ``shard=(i, n)`` or ``"i/n"`` (0-based) only
+    the i-th of n contiguous runs of blocks is written; the store is complete when all n
+    are. Re-running with identical settings is a no-op (an unfinished store is
+    finished); an hgn dataset with other settings is replaced only with ``overwrite``;
+    anything else at ``out`` is never touched. ``report`` receives the one-line size
+    estimate printed before any work.
+    """
+    sim = get_system(
+        system, noise=noise, style=style, vary=vary, random_colours=random_colours, **constants
+    )
+    n_train = positive_int(n_train, "--train (number of training trajectories)")
+    n_test = positive_int(n_test, "--test (number of test trajectories)")
+    steps = positive_int(steps, "--steps")
+    block = positive_int(block, "block")
+    size = sim.check_size(check_image_size(size))
+    dt = float(dt)
+    if not math.isfinite(dt) or dt == 0.0:
+        raise UserError(f"--dt must be a non-zero finite number, got {dt}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
+    part = parse_shard(shard) or (0, 1)
+    counts = {"train": n_train, "test": n_test}
+    meta = _meta(sim, counts, steps, dt, size, int(seed), block, part[1])
+    specs = _specs(sim, meta)
+    loc = store.locate(out)
+    created = store.prepare(loc, meta, part, overwrite)
+    if created is None:
+        return loc.url
+    ranges = {name: _shard_rows(counts[name], block, part) for name in SPLITS}
+    _check_space(loc, sim, meta, specs, ranges, report)
+    try:
+        if created:
+            store.create(loc, meta, specs)
+        with store.terminate_cleanly(), one_thread():
+            _write(loc, sim, meta, specs, ranges, progress)
+    except BaseException:
+        if part[1] == 1 and created:
+            store.discard(loc)
+        raise
+    record = {"index": part[0], "count": part[1], "version": __version__, "rows": ranges}
+    store.finish_part(loc, meta, part[0], record)
+    return loc.url
+
+
+def _meta(
+    sim: System,
+    counts: dict[str, int],
+    steps: int,
+    dt: float,
+    size: int,
+    seed: int,
+    block: int,
+    parts: int,
+) -> dict[str, Any]:
+    """Everything needed to regenerate the dataset, in the form it takes on disk."""
+    probe = sim.sample_variant(1, np.random.default_rng(0))
+    return {
+        "format": store.FORMAT,
+        "version": __version__,
+        "source": "generated",
+        "system": sim.name,
+        "constants": sim.constants,
+        "noise": sim.noise,
+        "dt": dt,
+        "steps": steps,
+        "seed": seed,
+        "size": size,
+        "dof": sim.dof,
+        "bodies": sim.bodies,
+        "has_states": True,
+        "n_train": counts["train"],
+        "n_test": counts["test"],
+        "block": block,
+        "integrator": {"method": sim.method, "substeps": sim.substeps(dt)},
+        "render": sim.render_info(),
+        "variant": {
+            "style": sim.style,
+            "vary": {k: list(v) for k, v in sim.vary.items()},
+            "random_colours": sim.random_colours,
+            "friction": sim.constants["friction"],
+            "offset": sim.constants["offset"],
+            "hamiltonian": sim.constants["friction"] == 0,
+            "values": sorted(probe),
+        },
+        "splits": {name: {"n": n} for name, n in counts.items()},
+        "parts": parts,
+        "complete": False,
+    }
+
+
+VALUE_DIMS = {"colours": ("trajectory", "body", "rgb"), "shift": ("trajectory", "xy")}
+
+
+def _specs(sim: System, meta: dict[str, Any]) -> dict[str, ArraySpec]:
+    """The arrays of each split: images, states, per-trajectory values."""
+    frames, size, block = meta["steps"] + 1, meta["size"], meta["block"]
+    rows = store.image_rows(size * size * 3, frames, block)
+    state_rows = block  # one chunk of states per block of randomness
+    probe = sim.sample_variant(1, np.random.default_rng(0))
+    specs = {}
+    for split in SPLITS:
+        n = meta["splits"][split]["n"]
+        specs[f"{split}/images"] = ArraySpec(
+            (n, frames, size, size, 3),
+            np.dtype(np.uint8),
+            rows,
+            ("trajectory", "time", "y", "x", "rgb"),
+            store.IMAGE_CODEC,
+        )
+        for name in STATES:
+            specs[f"{split}/{name}"] = ArraySpec(
+                (n, frames, sim.dof),
+                np.dtype(np.float32),
+                state_rows,
+                ("trajectory", "time", "coordinate"),
+                store.STATE_CODEC,
+            )
+        for name, value in probe.items():
+            specs[f"{split}/{name}"] = ArraySpec(
+                (n, *value.shape[1:]),
+                np.dtype(np.float32 if name == "colours" else np.float64),
+                state_rows,
+                VALUE_DIMS.get(name, ("trajectory",)),
+                store.STATE_CODEC,
+            )
+    return specs
+
+
+def parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    """``"I/N"`` or ``(I, N)`` with 0 <= I < N, or None."""
+    if shard is None:
+        return None
+    try:
+        index, count = (int(x) for x in (shard.split("/") if isinstance(shard, str) else shard))
+    except (ValueError, TypeError):
+        raise UserError(f"--shard must look like I/N (e.g. 0/8), got {shard!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
+    return index, count
+
+
+def _shard_rows(n: int, block: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Rows [start, stop) of a split of n rows that shard (i, count) owns: whole blocks."""
+    index, count = shard
+    blocks = -(-n // block)
+    return (
+        min(n, blocks * index // count * block),
+        min(n, blocks * (index + 1) // count * block),
+    )
+
+
+def _check_space(
+    loc: Location,
+    sim: System,
+    meta: dict[str, Any],
+    specs: dict[str, ArraySpec],
+    ranges: dict[str, tuple[int, int]],
+    report: Report | None,
+) -> None:
+    """Print the estimated size on disk before any work; refuse when it exceeds the
+    free space. The estimate compresses a few rendered trajectories (their own seed
+    stream, so the dataset's randomness is untouched) and scales up."""
+    rows = {split: hi - lo for split, (lo, hi) in ranges.items()}
+    frames, size = meta["steps"] + 1, meta["size"]
+    n = ESTIMATE_ROWS
+    rng = numpy_rng(meta["seed"], "estimate", meta["system"])
+    with one_thread():
+        q, _, values = sim.sample_with_variant(n, rng, meta["dt"], min(meta["steps"], 30))
+        frames_drawn = (sim.bind(values) if values else sim).render(q, size)
+    spec = specs["train/images"]
+    codec = store.numcodec(spec.codec, 1)
+    drawn = frames_drawn.numpy()
+    per_frame = len(codec.encode(np.ascontiguousarray(drawn))) / math.prod(drawn.shape[:2])
+    images = per_frame * frames * sum(rows.values())
+    raw_images = size * size * 3 * frames * sum(rows.values())
+    states = sum(
+        s.nbytes * rows[key.split("/")[0]] / max(1, s.shape[0])
+        for key, s in specs.items()
+        if not key.endswith("/images")
+    )
+    need = images + states  # states compress little: count them raw
+    raw = raw_images + states
+    part = "" if meta["parts"] == 1 else " (this shard)"
+    if report is not None:
+        report(
+            f"{loc.url}: about {store.human(need)} on disk{part} (an estimate from compressing "
+            f"{n} sample trajectories; {store.human(raw)} uncompressed)"
+        )
+    free = loc.free_bytes()
+    if free is not None and need * 1.1 > free:
+        raise UserError(
+            f"this dataset needs about {store.human(need)} but {loc.url} has only "
+            f"{store.human(free)} free; use fewer trajectories, a smaller --size or --shard"
+        )
+
+
+def _write(
+    loc: Location,
+    sim: System,
+    meta: dict[str, Any],
+    specs: dict[str, ArraySpec],
+    ranges: dict[str, tuple[int, int]],
+    progress: bool,
+) -> None:
+    """Simulate, render and store this job's rows of every split."""
+    block, steps, dt, size = meta["block"], meta["steps"], meta["dt"], meta["size"]
+    writer = store.ChunkWriter(loc)
+    total = sum(hi - lo for lo, hi in ranges.values())
+    image_rows = specs["train/images"].rows
+    ring = store.FrameRing(writer.pending_limit + 3, specs["train/images"].chunks)
+    try:
+        with tqdm(total=total, unit="traj", desc=sim.name, disable=not progress) as bar:
+            for split, (lo, hi) in ranges.items():
+                bar.set_description(f"{sim.name} {split}")
+                for index in range(lo // block, -(-hi // block)):
+                    start, stop = index * block, min((index + 1) * block, hi)
+                    rng = numpy_rng(meta["seed"], meta["system"], split, index)
+                    q, p, values = sim.sample_with_variant(stop - start, rng, dt, steps)
+                    noisy = [
+                        (x + sim.noise * torch.from_numpy(rng.standard_normal(tuple(x.shape))))
+                        for x in (q, p)
+                    ]
+                    arrays = dict(zip(STATES, (q, p, *noisy), strict=True))
+                    arrays.update(values)
+                    for name, x in arrays.items():
+                        spec = specs[f"{split}/{name}"]
+                        data = x.numpy().astype(spec.dtype)
+                        writer.put(f"{split}/{name}", spec, start // spec.rows, data)
+                    bound = sim.bind(values) if values else sim
+                    q_drawn = arrays["q_noisy"].float().double()  # what is stored
+                    spec = specs[f"{split}/images"]
+                    for first in range(0, stop - start, image_rows):
+                        last = min(first + image_rows, stop - start)
+                        slot, buffer = ring.take()
+                        view = buffer[: last - first]
+                        bound.subset(slice(first, last)).render(q_drawn[first:last], size, out=view)
+                        chunk = (start + first) // image_rows
+                        ring.busy[slot] = writer.put(f"{split}/images", spec, chunk, view)
+                        bar.update(last - first)
+            writer.drain()
+    finally:
+        writer.close()
