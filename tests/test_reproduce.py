@@ -231,8 +231,11 @@ def test_valid_prediction_time_of_perfect_and_collapsed_models(tmp_path: Path) -
     collapsed = cells._prefix_metrics(_Oracle(mean.expand_as(truth)), split, mean, profile, cpu)
     assert collapsed["vpt"] == 0
     assert collapsed["mse"] == pytest.approx(collapsed["mean_frame_mse"])
+    floor, c = collapsed["noise_floor_mse"], profile.context
+    mean_image = float((truth[:, c:] - mean).square().mean())
+    assert 0 < floor < mean_image
     assert collapsed["threshold"] == pytest.approx(
-        rep.VPT_FRACTION * float((truth - mean).square().mean()), rel=1e-5
+        floor + rep.VPT_FRACTION * (mean_image - floor), rel=1e-5
     )
 
 

@@ -27,11 +27,13 @@ from hgn.utils import UserError, atomic_path, resolve_device, write_json
 
 VPT_FRACTION = 0.5
 """Valid prediction time: the number of predicted steps before the per-frame MSE first
-exceeds ``VPT_FRACTION`` × the MSE of always predicting the mean training frame, i.e.
-before the prediction is no longer clearly better than the 'average image' a collapsed
-model (the paper's failure mode of HNN) produces; ``hgn evaluate``'s default. A fixed
-absolute threshold would mean different things for the four systems, whose discs cover
-different fractions of the frame."""
+exceeds a threshold ``VPT_FRACTION`` of the way from the noise floor to the MSE of
+always predicting the mean training frame (``hgn evaluate``'s definition,
+:func:`hgn.evaluation.evaluate.vpt_threshold`): before the prediction has lost half of
+what separates a perfect model from the 'average image' a collapsed model (the paper's
+failure mode of HNN) produces. A fixed absolute threshold would mean different things
+for the four systems, whose discs cover different fractions of the frame, and one
+without the floor can lie below what a perfect model scores on noisy data."""
 
 TRAINED = "trained.json"
 """Written beside a run's checkpoint when its training budget is spent: a later resume
@@ -131,18 +133,22 @@ def _prefix_metrics(
     """Prefix protocol with ``hgn evaluate``'s metric functions: the model sees the first
     ``context`` frames (HNN: its first pair), predicts the rest of the long test
     sequences; per-step error over the ``horizon`` predicted frames, and the valid
-    prediction time against the mean training frame (see :data:`VPT_FRACTION`)."""
+    prediction time between the noise floor and the mean training frame's error over
+    those frames (see :data:`VPT_FRACTION`)."""
     from hgn.evaluation.evaluate import (
         baseline_errors,
         error_stats,
+        noise_floor,
         rollout_errors,
         valid_prediction_time,
+        vpt_threshold,
     )
 
     n, c = len(split), profile.context
     mse, _ = rollout_errors(net, split, n, profile.batch_size, device, progress=False)
     base = baseline_errors(split, mean.cpu(), n)
-    threshold = VPT_FRACTION * float(base.mean())
+    floor = noise_floor(split, min(n, 200))
+    threshold = vpt_threshold(float(base[:, c:].mean()), floor, VPT_FRACTION)
     vpt = valid_prediction_time(mse, c, threshold)
     stats = error_stats(mse[:, c:])
     return {
@@ -156,6 +162,7 @@ def _prefix_metrics(
         "vpt_std": float(vpt.std()),
         "threshold": threshold,
         "mean_frame_mse": float(base[:, c:].mean()),
+        "noise_floor_mse": floor,
     }
 
 

@@ -94,9 +94,10 @@ def _prefix_section(summary: Mapping[str, Any], figures: Mapping[str, Any]) -> s
         "<h2>Beyond the paper: the prefix protocol</h2>",
         f'<p class="note">Infer the state from the first {profile["context"]} frames, '
         f"predict {profile['horizon']} further frames of longer test trajectories. VPT "
-        f"(valid prediction time): predicted steps before the frame MSE first exceeds "
-        f"{VPT_FRACTION:g} × the MSE of the mean test frame (mean ± sd over sequences); "
-        "MSE: mean over the predicted frames, ×1e4.</p>",
+        f"(valid prediction time): predicted steps before the frame MSE first exceeds the "
+        f"noise floor + {VPT_FRACTION:g} × (the mean-image MSE − the noise floor), both over "
+        "the predicted frames (mean ± sd over sequences); MSE: mean over the predicted "
+        "frames, ×1e4.</p>",
         html_table(header, rows),
     ]
     if "prefix" in figures:
@@ -201,9 +202,10 @@ def build_outputs(
         write_text(
             out / "prefix.md",
             f"# Prefix protocol: infer from {profile.context} frames, predict "
-            f"{profile.horizon}\n\nVPT in predicted steps (threshold: {VPT_FRACTION:g} × the "
-            "MSE of the mean test frame); MSE over the predicted frames ×1e4; mean ± sd "
-            "over sequences.\n\n" + markdown_table(header, rows),
+            f"{profile.horizon}\n\nVPT in predicted steps (threshold: the noise floor + "
+            f"{VPT_FRACTION:g} × (the mean-image MSE − the noise floor), both over the "
+            "predicted frames); MSE over the predicted frames ×1e4; mean ± sd over "
+            "sequences.\n\n" + markdown_table(header, rows),
         )
     figures = draw_figures(out, cells, systems, prefix=bool(rows))
     write_report(out, summary, figures)
