@@ -23,6 +23,7 @@ from hgn.utils import UserError
 torch.set_num_threads(1)
 
 STEPS = 12
+ROWS = slice(0, 4)
 TINY = {
     "image_size": 16,
     "frames": 7,
@@ -120,7 +121,7 @@ def test_truth_between_and_before_frames_is_the_simulators(clean: Path) -> None:
     split, images, q, p = batch(clean)
     truth = ex.Truth(split)
     assert truth.resimulates and truth.render_error == 0 and truth.simulation_error < 1e-5
-    frames, states, available = truth.frames(images, q, p, 3, 0.5, 8, "t")
+    frames, states, available = truth.frames(images, q, p, 3, 0.5, 8, "t", ROWS)
     assert available.all() and frames.shape == (4, 9, 16, 16, 3)
     np.testing.assert_array_equal(frames[:, ::2], images[:, 3:8])  # stored where stored
     system = truth.system
@@ -135,7 +136,7 @@ def test_truth_between_and_before_frames_is_the_simulators(clean: Path) -> None:
     err = physics.position_rms(seen, physics.true_positions(system, states))
     assert err.max() < 0.5 / physics.Canvas.of(system, 16).scale
     # backward past frame 0: simulated too
-    back, _, available = truth.frames(images, q, p, 2, -1.0, 5, "b")
+    back, _, available = truth.frames(images, q, p, 2, -1.0, 5, "b", ROWS)
     assert available.all()
     np.testing.assert_array_equal(back[:, :3], images[:, 2::-1])
 
@@ -144,9 +145,9 @@ def test_noisy_truth_draws_its_noise_from_a_recorded_seed(noisy: Path) -> None:
     split, images, q, p = batch(noisy, 3)
     truth = ex.Truth(split)
     assert truth.resimulates  # the stored noisy states render to the stored frames
-    a, _, _ = truth.frames(images, q, p, 2, 0.5, 6, "k")
-    b, _, _ = truth.frames(images, q, p, 2, 0.5, 6, "k")
-    c, _, _ = truth.frames(images, q, p, 2, 0.5, 6, "other")
+    a, _, _ = truth.frames(images, q, p, 2, 0.5, 6, "k", ROWS)
+    b, _, _ = truth.frames(images, q, p, 2, 0.5, 6, "k", ROWS)
+    c, _, _ = truth.frames(images, q, p, 2, 0.5, 6, "other", ROWS)
     np.testing.assert_array_equal(a, b)
     assert (a[:, 1::2] != c[:, 1::2]).any()
     np.testing.assert_array_equal(a[:, ::2], c[:, ::2])
@@ -156,7 +157,7 @@ def test_without_a_trusted_simulator_only_stored_frames_count(clean: Path) -> No
     split, images, q, p = batch(clean)
     truth = ex.Truth(split)
     truth.render_error = 9  # as if the frames were not this system's rendering
-    _, states, available = truth.frames(images, q, p, 3, 0.5, 8, "t")
+    _, states, available = truth.frames(images, q, p, 3, 0.5, 8, "t", ROWS)
     assert available.tolist() == [True, False] * 4 + [True]
     assert np.isnan(states[:, 1::2]).all()
     mse = np.where(available, 1e-3, np.nan) * np.ones((4, 1))
@@ -174,7 +175,7 @@ def test_perfect_oracle_scores_zero_and_the_full_valid_time(clean: Path) -> None
     mean = mean_frame(hgn_data.load(clean, "train"))
     for r in ex.ROLLOUTS:
         steps = ex.plan(STEPS + 1, 3, 1, 0)[r.name]
-        frames, _, available = truth.frames(images, q, p, 3, r.speed, steps, r.name)
+        frames, _, available = truth.frames(images, q, p, 3, r.speed, steps, r.name, ROWS)
         target = to_frames(frames, "cpu")
         mse = (target - target).square().mean((2, 3, 4)).numpy()
         base = (target - mean).square().mean((2, 3, 4)).numpy()

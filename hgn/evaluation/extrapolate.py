@@ -53,7 +53,7 @@ from hgn.evaluation import physics
 from hgn.evaluation.evaluate import SCALE, _check_compatible, noise_floor, vpt_threshold
 from hgn.models import SequenceModel, State
 from hgn.physics import integrators
-from hgn.physics.systems import SYSTEMS, System, get_system
+from hgn.physics.systems import System
 from hgn.training.config import load_model
 from hgn.training.train import data_mismatch
 from hgn.utils import (
@@ -167,24 +167,34 @@ class Truth:
         self.system: System | None = None
         self.render_error: int | None = None
         self.simulation_error: float | None = None
-        if self.meta.get("system") in SYSTEMS:
-            self.system = get_system(
-                self.meta["system"], noise=self.meta["noise"], **self.meta["constants"]
-            )
+        self.split = split
+        self.system = physics.simulator(split)
+        if self.system is not None:
             self._check(split)
 
     def _check(self, split: hgn_data.Split) -> None:
         """Render a few stored (noisy) states and re-simulate a few clean ones: both must
         reproduce what is stored, or in-between times are not trusted."""
-        assert self.system is not None
         k, t = min(len(split), 4), min(3, self.meta["steps"] + 1)
-        drawn = self.system.render(np.array(split.q_noisy[:k, :t]), self.meta["size"])
-        stored = np.array(split.images[:k, :t])
-        self.render_error = int(np.abs(drawn.astype(np.int16) - stored).max())
+        system = self.bound(slice(0, k))
+        noisy = getattr(split, "q_noisy", None)
+        if noisy is not None:
+            drawn = system.render(np.array(noisy[:k, :t]), self.meta["size"])
+            stored = np.array(split.images[:k, :t])
+            self.render_error = int(np.abs(drawn.astype(np.int16) - stored).max())
         q0 = torch.from_numpy(np.array(split.q[:k, 0]))
         p0 = torch.from_numpy(np.array(split.p[:k, 0]))
-        qs, _ = self.system.simulate(q0, p0, self.meta["dt"], t - 1)
+        qs, _ = system.simulate(q0, p0, self.meta["dt"], t - 1)
         self.simulation_error = float(np.abs(qs.numpy() - np.array(split.q[:k, :t])).max())
+
+    def bound(self, rows: slice) -> System:
+        """The simulator with the per-trajectory values (varied constants, colours,
+        canvas shifts) of sequences ``rows`` bound, if the data has any."""
+        assert self.system is not None
+        values = getattr(self.split, "values", None) or {}
+        if not values:
+            return self.system
+        return self.system.bind({k: torch.as_tensor(np.array(v[rows])) for k, v in values.items()})
 
     @property
     def resimulates(self) -> bool:
@@ -200,28 +210,31 @@ class Truth:
     def frames(
         self,
         images: np.ndarray,
-        q: np.ndarray,
-        p: np.ndarray,
+        q: np.ndarray | None,
+        p: np.ndarray | None,
         s0: int,
         speed: float,
         steps: int,
         key: int | str,
+        rows: slice,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Frames ``(n, steps+1, H, W, 3)`` uint8, clean states ``(n, steps+1, dof)`` (None
-        without a system) and which steps are available ``(steps+1,)``, for a batch whose
+        without states) and which steps are available ``(steps+1,)``, for a batch whose
         whole sequences are ``images (n, T+1, H, W, 3)`` and states ``q, p (n, T+1, dof)``.
         States at ``s0 + k·speed`` frames (``k = 0…steps``); ``key`` (e.g. the rollout
-        and the batch's first row) seeds the observation noise of simulated frames."""
+        and the batch's first row) seeds the observation noise of simulated frames;
+        ``rows`` (the batch's rows of the split) picks their per-trajectory values."""
         last = images.shape[1] - 1
         when = s0 + speed * np.arange(steps + 1)
         index = np.clip(np.round(when).astype(np.int64), 0, last)
         stored = (np.abs(when - index) < 1e-9) & (when >= 0) & (when <= last)
         out = images[:, index].copy()
-        states = q[:, index].astype(np.float64) if self.system is not None else None
+        states = None if q is None else q[:, index].astype(np.float64)
         available = stored.copy()
         if not stored.all() and self.resimulates:
-            assert self.system is not None and states is not None
-            qs, _ = self.system.simulate(
+            assert states is not None and q is not None and p is not None
+            system = self.bound(rows)
+            qs, _ = system.simulate(
                 torch.from_numpy(q[:, s0]),
                 torch.from_numpy(p[:, s0]),
                 self.meta["dt"] * speed,
@@ -231,7 +244,7 @@ class Truth:
             clean = qs.numpy()[:, missing]
             rng = numpy_rng(self.meta["seed"], "extrapolate-truth", key)
             noisy = clean + self.meta["noise"] * rng.standard_normal(clean.shape)
-            out[:, missing] = self.system.render(noisy, self.meta["size"])
+            out[:, missing] = system.render(noisy, self.meta["size"])
             states[:, missing] = clean
             available[:] = True
         if states is not None:
@@ -354,11 +367,15 @@ def rollout_with_truth(
     frames and before the first one as well."""
     context = int(getattr(model, "context_frames", None) or split.meta["steps"] + 1)
     images = np.array(split.images[index : index + 1])
-    q, p = np.array(split.q[index : index + 1]), np.array(split.p[index : index + 1])
+    q = None if split.q is None else np.array(split.q[index : index + 1])
+    p = None if split.p is None else np.array(split.p[index : index + 1])
     roll = _Rollouts(model, to_frames(images[:, :context], device))
     pred, _ = roll(steps, float(model.config.dt) * speed)
     s0 = int(getattr(model, "state_offset", 0))
-    frames, _, available = Truth(split).frames(images, q, p, s0, speed, steps, f"rollout/{index}")
+    rows = slice(index, index + 1)
+    frames, _, available = Truth(split).frames(
+        images, q, p, s0, speed, steps, f"rollout/{index}", rows
+    )
     truth = to_frames(frames[0], device)
     truth[torch.from_numpy(~available).to(device)] = 0.5
     assert pred is not None
@@ -401,15 +418,17 @@ def run_protocol(
     pos_err = {r.name: [] for r in ROLLOUTS}
     pos_floor = {r.name: [] for r in ROLLOUTS}
     pos_base = {r.name: [] for r in ROLLOUTS}
+    reader = physics.readable(split)  # None: no physical units for this data
     mean_pos = None
-    if truth.system is not None:  # where the mean image puts the bodies: the no-skill level
-        mean_pos = physics.recover(viz.hwc(mean.cpu()), truth.system).bodies()
+    if reader is not None:  # where the mean image puts the bodies: the no-skill level
+        mean_pos = physics.recover(viz.hwc(mean.cpu()), reader).bodies()
     avail: dict[str, np.ndarray] = {}
     pictures: dict[str, Any] = {"s0": s0}
     for lo in tqdm(range(0, n, batch_size), desc="extrapolate", disable=not progress):
         hi = min(lo + batch_size, n)
         images = np.array(split.images[lo:hi])
-        q, pm = np.array(split.q[lo:hi]), np.array(split.p[lo:hi])
+        q = None if split.q is None else np.array(split.q[lo:hi])
+        pm = None if split.p is None else np.array(split.p[lo:hi])
         window = to_frames(images[:, start : start + context], device)
         roll = _Rollouts(model, window)
         if lo == 0:
@@ -419,16 +438,18 @@ def run_protocol(
             pred, _ = roll(steps, dt * r.speed)
             assert pred is not None
             key = f"{r.name}/{lo}"
-            frames, states, avail[r.name] = truth.frames(images, q, pm, s0, r.speed, steps, key)
+            frames, states, avail[r.name] = truth.frames(
+                images, q, pm, s0, r.speed, steps, key, slice(lo, hi)
+            )
             target = to_frames(frames, device)
             mse[r.name].append((pred.float() - target).square().mean((2, 3, 4)).cpu().numpy())
             base[r.name].append((target - mean).square().mean((2, 3, 4)).cpu().numpy())
             if lo == 0:
                 pictures[r.name] = viz.hwc(pred[0])
-            if states is not None and truth.system is not None:
-                true_pos = physics.true_positions(truth.system, states)
-                found = physics.recover(viz.hwc(pred), truth.system).bodies()
-                seen = physics.recover(frames, truth.system).bodies()
+            if states is not None and reader is not None:
+                true_pos = physics.true_positions(reader, states)
+                found = physics.recover(viz.hwc(pred), reader).bodies()
+                seen = physics.recover(frames, reader).bodies()
                 pos_err[r.name].append(physics.position_rms(found, true_pos))
                 pos_floor[r.name].append(physics.position_rms(seen, true_pos))
                 pos_base[r.name].append(physics.position_rms(mean_pos, true_pos))
@@ -471,7 +492,7 @@ def run_protocol(
     # a slow (e.g. untrained) H barely moves the state, so Euler's round trip can look
     # exact: an integrator that is irreversible by construction stays so
     reversible = declared is not False and (measured is None or measured < REVERSIBLE_TOLERANCE)
-    system = truth.system
+    system = reader
     results: dict[str, Any] = {
         "protocol": "extrapolate",
         "system": meta.get("system"),

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from hgn import data as hgn_data
 from hgn.models import SequenceModel
-from hgn.physics.systems import BACKGROUND, PALETTE, SYSTEMS, System, get_system
+from hgn.physics.systems import PALETTE, System
 from hgn.plots import hwc
 from hgn.utils import UserError
 
@@ -59,50 +59,81 @@ MAX_SPREAD = 1.5
 fails one of the two tests."""
 
 
-def _quantised(colour: tuple[float, float, float]) -> np.ndarray:
-    """A colour as the renderer stores it (uint8: value·255 + 0.5, truncated), in [0, 1]."""
-    return np.floor(np.asarray(colour) * 255.0 + 0.5) / 255.0
+def _quantised(colour: Any) -> np.ndarray:
+    """Colours as the renderer stores them (uint8: value·255 + 0.5, truncated), in [0, 1]."""
+    return np.floor(np.asarray(colour, np.float64) * 255.0 + 0.5) / 255.0
+
+
+def simulator(split: hgn_data.Split) -> System | None:
+    """The dataset's own simulator (:func:`hgn.data.system_of`), or None where there is
+    none to trust: imported data, or no clean states stored."""
+    if getattr(split, "q", None) is None or getattr(split, "p", None) is None:
+        return None
+    try:
+        return hgn_data.system_of(split.meta)
+    except (UserError, KeyError, TypeError):
+        return None
+
+
+def readable(split: hgn_data.Split) -> System | None:
+    """The simulator if body positions can be read back with one fixed geometry and
+    palette for every sequence, else None (random colours, per-trajectory canvas shifts
+    or constants: their pictures differ from sequence to sequence)."""
+    system = simulator(split)
+    if system is None or getattr(split, "values", None) or system.random_colours:
+        return None
+    if system.vary or system.constants.get("offset", 0) > 0:
+        return None
+    return system
 
 
 @dataclass(frozen=True)
 class Canvas:
-    """The renderer's geometry for one system at one image size."""
+    """The renderer's geometry and colours for one system at one image size.
+
+    The unmixing basis is the paper palette (all three colours, so that a disc of a
+    colour the system does not have is seen too) or, in the suite's style, the system's
+    own hues; ``own`` says which basis colour each body wears.
+    """
 
     size: int
     extent: float
     """Half-width of the square canvas in world units."""
-    radius: float
-    """Disc radius in world units."""
-    bodies: tuple[int, ...]
-    """Palette index of each of the system's bodies, in body order."""
+    background: tuple[float, float, float]
+    basis: tuple[tuple[float, float, float], ...]
+    radii: tuple[float, ...]
+    """Disc radius in world units of each basis colour."""
+    own: tuple[int, ...]
+    """Basis index of each of the system's bodies, in body order."""
 
     @classmethod
     def of(cls, system: System, size: int) -> Canvas:
-        index = {tuple(c): i for i, c in enumerate(PALETTE)}
-        return cls(
-            size=int(size),
-            extent=system.canvas * system.length_scale(),
-            radius=system.disc * system.length_scale(),
-            bodies=tuple(index[tuple(c)] for c in system.colours),
-        )
+        colours = tuple(tuple(float(v) for v in c) for c in system.colours)
+        basis = tuple(PALETTE) if system.style == "paper" else colours
+        own = tuple(basis.index(c) for c in colours)
+        per_body = system.radii(torch.zeros(1, dtype=torch.float64))
+        if isinstance(per_body, Tensor):
+            body_radii = [float(r) for r in per_body.reshape(-1)]
+        else:
+            body_radii = [float(per_body)] * system.bodies
+        typical = float(np.mean(body_radii))
+        radii = [typical] * len(basis)
+        for body, k in enumerate(own):
+            radii[k] = body_radii[body]
+        return cls(int(size), system.extent(), system.background, basis, tuple(radii), own)
 
     @property
     def scale(self) -> float:
         """Pixels per world unit."""
         return self.size / (2.0 * self.extent)
 
-    @property
-    def radius_px(self) -> float:
-        return self.radius * self.scale
-
-    @property
-    def disc_area_px(self) -> float:
-        return math.pi * self.radius_px**2
+    def radii_px(self) -> np.ndarray:
+        return np.asarray(self.radii) * self.scale
 
 
 @dataclass
 class Recovered:
-    """What :func:`recover` finds in frames ``(..., H, W, 3)``, per palette colour ``K``."""
+    """What :func:`recover` finds in frames ``(..., H, W, 3)``, per basis colour ``K``."""
 
     positions: np.ndarray
     """``(..., K, 2)`` centroids in world units (the canvas centre where a colour is absent)."""
@@ -116,12 +147,12 @@ class Recovered:
 
     def bodies(self) -> np.ndarray:
         """``(..., bodies, 2)``: positions of the system's own bodies, in body order."""
-        return self.positions[..., list(self.canvas.bodies), :]
+        return self.positions[..., list(self.canvas.own), :]
 
     def right_count(self) -> np.ndarray:
         """``(...)`` bool: every one of the system's bodies is found and no other colour."""
-        own = np.zeros(len(PALETTE), bool)
-        own[list(self.canvas.bodies)] = True
+        own = np.zeros(len(self.canvas.basis), bool)
+        own[list(self.canvas.own)] = True
         return (self.found == own).all(-1)
 
 
@@ -135,16 +166,14 @@ def _as_float_hwc(frames: np.ndarray | Tensor) -> Tensor:
 
 def recover(frames: np.ndarray | Tensor, system: System) -> Recovered:
     """Unmix frames ``(..., H, W, 3)`` (channels last, uint8 or floats in [0, 1]) into
-    per-colour coverage and return each palette colour's centroid, mass and spread."""
+    per-colour coverage and return each basis colour's centroid, mass and spread."""
     x = _as_float_hwc(frames)
     if x.ndim < 3 or x.shape[-1] != 3 or x.shape[-2] != x.shape[-3]:
         raise ValueError(f"expected square frames (..., H, W, 3), got {tuple(x.shape)}")
     canvas = Canvas.of(system, x.shape[-2])
-    background = torch.from_numpy(_quantised(BACKGROUND)).float()
-    directions = torch.from_numpy(
-        np.stack([_quantised(c) for c in PALETTE]) - _quantised(BACKGROUND)
-    ).float()
-    unmix = torch.linalg.inv(directions)  # (3 channels, K colours)
+    background = torch.from_numpy(_quantised(canvas.background)).float()
+    directions = torch.from_numpy(_quantised(canvas.basis) - _quantised(canvas.background))
+    unmix = torch.linalg.pinv(directions.float())  # (3 channels, K colours)
     size = canvas.size
     centres = (torch.arange(size, dtype=torch.float32) + 0.5) / canvas.scale
     xs = centres - canvas.extent  # world x of each column
@@ -166,17 +195,19 @@ def recover(frames: np.ndarray | Tensor, system: System) -> Recovered:
         cx, cy = cx.masked_fill(absent, 0.0), cy.masked_fill(absent, 0.0)
         rms = (dx2 + dy2).clamp(min=0.0).sqrt() * canvas.scale  # pixels
         outs.append((torch.stack([cx, cy], -1), mass, rms))
-    pos, mass, rms = (torch.cat(parts) for parts in zip(*outs, strict=True))
-    mass = mass / canvas.disc_area_px
-    spread = rms / (canvas.radius_px / math.sqrt(2.0))
-    limit = MAX_SPREAD + 0.5 / (canvas.radius_px / math.sqrt(2.0))
+    pos, mass, rms = (torch.cat(parts).double().numpy() for parts in zip(*outs, strict=True))
+    r_px = canvas.radii_px()
+    disc_rms = r_px / math.sqrt(2.0)
+    mass = mass / (math.pi * r_px**2)
+    spread = rms / disc_rms
+    limit = MAX_SPREAD + 0.5 / disc_rms
     found = (mass >= MASS_RANGE[0]) & (mass <= MASS_RANGE[1]) & (spread <= limit)
-    k = len(PALETTE)
+    k = len(canvas.basis)
     return Recovered(
-        positions=pos.reshape(*lead, k, 2).numpy().astype(np.float64),
-        mass=mass.reshape(*lead, k).numpy().astype(np.float64),
-        spread=spread.reshape(*lead, k).numpy().astype(np.float64),
-        found=found.reshape(*lead, k).numpy(),
+        positions=pos.reshape(*lead, k, 2),
+        mass=mass.reshape(*lead, k),
+        spread=spread.reshape(*lead, k),
+        found=found.reshape(*lead, k),
         canvas=canvas,
     )
 
@@ -192,13 +223,22 @@ def position_rms(recovered: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.sqrt(np.square(recovered - truth).sum(-1).mean(-1))
 
 
+def _angle(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Angle from the downward vertical of a rod ``(dx, dy)``, unwrapped along the time
+    axis (the last of ``dx``) so finite differences do not jump by 2π."""
+    return np.unwrap(np.arctan2(dx, -dy), axis=-1)
+
+
 def positions_to_q(system: System, positions: np.ndarray) -> np.ndarray:
-    """Generalised coordinates ``(..., dof)`` of body positions ``(..., bodies, 2)``,
-    the inverse of ``system.positions``: the pendulum's angle (unwrapped along the
-    time axis ``-2`` of the result), the spring's x, the n-body coordinates as they are."""
+    """Generalised coordinates ``(..., T, dof)`` of body positions ``(..., T, bodies, 2)``,
+    the inverse of ``system.positions``: pendulum angles (the double pendulum's second
+    one from the first bob to the second), the spring's x, n-body coordinates as they are."""
     if system.name == "pendulum":
-        angle = np.arctan2(positions[..., 0, 0], -positions[..., 0, 1])
-        return np.unwrap(angle, axis=-1)[..., None]
+        return _angle(positions[..., 0, 0], positions[..., 0, 1])[..., None]
+    if system.name == "double-pendulum":
+        first = _angle(positions[..., 0, 0], positions[..., 0, 1])
+        rod = positions[..., 1, :] - positions[..., 0, :]
+        return np.stack([first, _angle(rod[..., 0], rod[..., 1])], -1)
     if system.dim == 1:
         return positions[..., 0, :1]
     return positions.reshape(*positions.shape[:-2], -1)
@@ -208,16 +248,21 @@ def energy_along(system: System, q: np.ndarray, dt: float) -> np.ndarray:
     """The system's true H at the interior frames of trajectories ``q (..., T+1, dof)``,
     with momenta from central differences: ``(..., T-1)``.
 
-    Every built-in system has ``K = |p|²/(2M)`` with a constant mass ``M``; ``dH/dp``
-    at ``p = 1`` is ``1/M``, so the momentum is ``M · dq/dt`` whatever the system.
+    Every built-in system's kinetic energy is quadratic in p, ``K = pᵀ M(q)⁻¹ p / 2``, so
+    ``dH/dp = M(q)⁻¹ p``: the system's own gradient at the unit momenta gives the columns
+    of ``M(q)⁻¹``, and ``p = M(q) dq/dt`` is one batched linear solve (a constant mass
+    for the spring and the n-body systems, a q-dependent one for the double pendulum).
     """
     if q.shape[-2] < 3:
         raise ValueError("energy along a sequence needs at least 3 frames")
     qt = torch.from_numpy(np.ascontiguousarray(q, np.float64))
     velocity = (qt[..., 2:, :] - qt[..., :-2, :]) / (2.0 * dt)
     mid = qt[..., 1:-1, :]
-    _, inverse_mass = system.grad(mid, torch.ones_like(mid))
-    return system.hamiltonian(mid, velocity / inverse_mass).numpy()
+    unit = torch.eye(mid.shape[-1], dtype=mid.dtype)
+    columns = [system.grad(mid, unit[i].expand_as(mid))[1] for i in range(mid.shape[-1])]
+    inverse_mass = torch.stack(columns, -1)  # (..., dof, dof)
+    momentum = torch.linalg.solve(inverse_mass, velocity.unsqueeze(-1)).squeeze(-1)
+    return system.hamiltonian(mid, momentum).numpy()
 
 
 def relative_spread(energy: np.ndarray) -> np.ndarray:
@@ -268,9 +313,9 @@ def score_samples(
     :func:`samples_physics` next to the split's first ``n`` sequences. A model without a
     prior, or data of an unknown system, gives ``{"skipped": reason}``."""
     meta = split.meta
-    if meta.get("system") not in SYSTEMS:
-        return {"skipped": f"unknown system {meta.get('system')!r}"}
-    system = get_system(meta["system"], noise=meta["noise"], **meta["constants"])
+    system = readable(split)
+    if system is None:
+        return {"skipped": "the data has no simulator or no fixed picture geometry to read"}
     device = next(model.parameters()).device
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
