@@ -14,12 +14,14 @@ setup: $(STAMP)
 
 # torch first, so that pip takes the CPU build (found through pip's find-links on this
 # project's machines) instead of resolving a multi-GB CUDA build; then exactly the
-# versions of the lock; then hgn itself, whose dependencies the lock already holds.
+# versions of the lock and nothing else; then hgn itself. `pip check` fails if the lock
+# misses something that pyproject.toml or a locked package needs (then: make lock).
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e '.[dev]'
+	$(BIN)/pip check
 	touch $(STAMP)
 
 demo: setup
