@@ -14,9 +14,6 @@ import torch
 from hgn.utils import UserError, atomic_path, check_output_file
 
 ANIMATION_SUFFIXES = (".gif", ".mp4")
-MP4_ENCODERS = ("imageio_ffmpeg", "av")
-"""imageio writes MP4 through either of these optional packages (``hgn[video]`` installs
-the first); GIF and PNG need neither."""
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -46,17 +43,25 @@ def upscale(images: np.ndarray, factor: int) -> np.ndarray:
     return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 
+def require_video(path: str | Path, doing: str = "write") -> None:
+    """Refuse, in one line, a video file when the optional package PyAV (``av``, which
+    ``hgn[video]`` installs) is missing: imageio reads and writes MP4 and the other
+    video formats through it. GIF and PNG need nothing extra."""
+    if importlib.util.find_spec("av") is None:
+        raise UserError(
+            f"cannot {doing} {path}: video files need the optional package av "
+            "(pip install 'hgn[video]'), or use a .gif"
+        )
+
+
 def check_format(path: Path, suffixes: tuple[str, ...]) -> None:
     """Refuse a file name whose format hgn cannot write: it must end in one of
-    ``suffixes``, and an MP4 needs one of the optional encoders (:data:`MP4_ENCODERS`)."""
+    ``suffixes``, and an MP4 needs the optional video package (:func:`require_video`)."""
     suffix = path.suffix.lower()
     if suffix not in suffixes:
         raise UserError(f"cannot write {path}: use a file name ending in {', '.join(suffixes)}")
-    if suffix == ".mp4" and not any(importlib.util.find_spec(m) for m in MP4_ENCODERS):
-        raise UserError(
-            f"cannot write {path}: MP4 needs the optional package imageio-ffmpeg "
-            "(pip install 'hgn[video]'), or write a .gif"
-        )
+    if suffix == ".mp4":
+        require_video(path)
 
 
 def check_output(
@@ -95,7 +100,7 @@ def save_animation(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
         else:
             h, w = frames.shape[1:3]
             frames = np.pad(frames, ((0, 0), (0, -h % 16), (0, -w % 16), (0, 0)), mode="edge")
-            iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264")
+            iio.imwrite(tmp, frames, extension=".mp4", plugin="pyav", fps=fps, codec="libx264")
     return path
 
 
