@@ -21,7 +21,7 @@ import torch
 
 from hgn.flows import NHFConfig, build, load
 from hgn.flows.targets import FFJORD_TARGETS, data_source
-from hgn.flows.train import TrainConfig, train
+from hgn.flows.train import FlowTrainConfig, train
 from hgn.utils import UserError, derive_seed
 
 
@@ -54,7 +54,7 @@ def main() -> int:
                 torch.manual_seed(derive_seed(seed, "init"))  # the weights train() starts from
                 start.append(test_neg_elbo(build(config), x))
                 run = Path(tmp) / f"{target}-{seed}"
-                cfg = TrainConfig(steps=args.steps, seed=seed)
+                cfg = FlowTrainConfig(steps=args.steps, seed=seed)
                 try:
                     result = train(
                         target, run, config, cfg, tensorboard=False, desc=f"{target}/{seed}"

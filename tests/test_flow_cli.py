@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,10 @@ import torch
 from hgn.cli import main
 from hgn.flows import load
 
-TINY = ["--flow-steps", "2", "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "32"]
+TINY = [
+    "--flow-steps", "2", "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "32",
+    "--no-progress",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def run(tmp_path_factory) -> str:
 def test_train_writes_checkpoint_tensorboard_and_resumes(run: str, capsys) -> None:
     model = load(run)
     assert model.cfg.flow_steps == 2 and model.cfg.hidden == 8
-    assert any((load.__globals__["Path"](run) / "tensorboard").iterdir())
+    assert any((Path(run) / "tensorboard").iterdir())
     assert (
         main(
             [
@@ -45,14 +50,14 @@ def test_train_writes_checkpoint_tensorboard_and_resumes(run: str, capsys) -> No
         )
         == 0
     )
-    assert "trained 40 steps" in capsys.readouterr().out
+    assert "trained 10 steps in this run, 40 in all" in capsys.readouterr().out
 
 
 def test_evaluate_prints_nll_and_writes_eval_json(run: str, capsys) -> None:
     assert main(["flow", "evaluate", run, "--n-importance", "4", "--n-test", "100"]) == 0
     out = capsys.readouterr().out
     assert "test NLL" in out and "entropy 2.83" in out
-    result = json.loads((load.__globals__["Path"](run) / "eval.json").read_text())
+    result = json.loads((Path(run) / "eval.json").read_text())
     assert result["n_test"] == 100 and np.isfinite(result["nll"]) and result["nll_se"] > 0
 
 
@@ -70,20 +75,30 @@ def test_plot_writes_figure9(run: str, tmp_path) -> None:
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 20_000
 
 
-def test_compare_writes_table_and_figure10(tmp_path, capsys) -> None:
+def test_compare_writes_table_time_to_nll_and_figure10(tmp_path, capsys) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "cmp"
     args = ["flow", "compare", "--target", "gmm", "--out", str(out), "--minutes", "0.01"]
-    assert main([*args, "--n-test", "40", "--n-importance", "4", *TINY]) == 0
+    models = ["--models", "NHF-LF1,NHF-LF2,RealNVP-2,NSF-2", "--reference", "RealNVP-2"]
+    assert main([*args, *models, "--n-test", "40", "--n-importance", "4", *TINY]) == 0
     table = json.loads((out / "compare.json").read_text())
     names = [r["model"] for r in table["rows"]]
-    assert names == ["NHF-LF1", "NHF-LF2", "NHF-LF3", "RealNVP-2", "RealNVP-3"]
+    assert names == ["NHF-LF1", "NHF-LF2", "RealNVP-2", "NSF-2"]
     nhf_params = table["rows"][0]["parameters"]
     for row in table["rows"]:
         assert abs(row["parameters"] - nhf_params) / nhf_params < 0.1  # matched sizes
         assert np.isfinite(row["nll"]) and row["samples_per_s"] > 0 and row["log_prob_per_s"] > 0
+        times = [point[0] for point in row["curve"]]
+        assert times and times == sorted(times)  # test NLL against training time
+        assert row["curve"][-1][1] == row["steps"]  # the last point is the trained model
+    assert table["level_of"] == "RealNVP-2" and table["level"] == table["rows"][2]["nll"]
+    assert table["rows"][2]["time_to_level"] is not None and table["first"] in names
     assert (out / "figure10.png").exists() and "| NHF-LF1 |" in (out / "compare.md").read_text()
-    assert "RealNVP-3" in capsys.readouterr().out
+    assert "s to level" in capsys.readouterr().out
+    # an interrupted compare picks up finished models instead of training them again
+    assert main([*args, *models, "--n-test", "40", "--n-importance", "4", *TINY]) == 0
+    again = json.loads((out / "compare.json").read_text())
+    assert [r["nll"] for r in again["rows"]] == [r["nll"] for r in table["rows"]]
 
 
 def _bad(argv: list[str], capsys) -> str:
@@ -120,3 +135,122 @@ def test_bad_input_one_line_errors(run: str, tmp_path, capsys) -> None:
     assert ".npy or .png" in _bad(
         ["flow", "sample", run, "--n", "5", "--out", str(tmp_path / "x.txt")], capsys
     )
+
+
+def test_new_targets_bad_input(run: str, tmp_path, capsys) -> None:
+    """A target of the wrong dimension for a trained run, an unknown target, .npy files
+    with NaN or one row (issue 13): one line, exit 2, for every command that reads them."""
+    assert "expects (N, 2)" in _bad(["flow", "evaluate", run, "--target", "gmm10"], capsys)
+    assert "expects (N, 2)" in _bad(["flow", "plot", run, "--target", "gmm10"], capsys)
+    assert "unknown target 'gmm11'" in _bad(["flow", "evaluate", run, "--target", "gmm11"], capsys)
+    resume = ["flow", "train", "--target", "moons", "--out", run, "--resume", *TINY]
+    assert "trained on '8gaussians'" in _bad(resume, capsys)
+    np.save(tmp_path / "img_nan.npy", np.array([[[0.0, np.nan]], [[1.0, 2.0]], [[1.0, 2.0]]]))
+    np.save(tmp_path / "img_one.npy", np.zeros((1, 3, 3)))
+    train = ["flow", "train", "--out", str(tmp_path / "r"), "--steps", "2", *TINY]
+    assert "NaN or Inf" in _bad([*train, "--target", str(tmp_path / "img_nan.npy")], capsys)
+    assert "1 rows" in _bad([*train, "--target", str(tmp_path / "img_one.npy")], capsys)
+    assert "--lr must be" in _bad([*train, "--target", "moons", "--lr", "nan"], capsys)
+    assert "--warmup must be" in _bad([*train, "--target", "moons", "--warmup", "1"], capsys)
+    assert "--models" in _bad(
+        ["flow", "compare", "--target", "moons", "--out", str(tmp_path / "c"), "--models", "X"],
+        capsys,
+    )
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_commands_never_replace_what_they_did_not_write(run: str, tmp_path, capsys) -> None:
+    """Issue 9, defect 1: every writing flow command against a user's files."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    for argv in (
+        ["flow", "train", "--target", "moons", "--out", str(user), "--steps", "2", *TINY],
+        ["flow", "compare", "--target", "moons", "--out", str(user), "--minutes", "0.01", *TINY],
+    ):
+        assert "hgn did not write" in _bad(argv, capsys)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    assert "holds the output of `hgn flow train`" in _bad(
+        ["flow", "compare", "--target", "moons", "--out", run, "--minutes", "0.01", *TINY], capsys
+    )
+    picture, array = user / "picture.png", user / "samples.npy"
+    picture.write_text("user's picture")
+    array.write_text("user's array")
+    assert "--overwrite" in _bad(["flow", "sample", run, "--n", "5", "--out", str(array)], capsys)
+    assert "--overwrite" in _bad(["flow", "plot", run, "--out", str(picture)], capsys)
+    assert picture.read_text() == "user's picture" and array.read_text() == "user's array"
+    assert main(["flow", "sample", run, "--n", "5", "--out", str(array), "--overwrite"]) == 0
+    assert np.load(array).shape == (5, 2)
+    # a directory hgn did not mark: evaluate adds its eval.json but never replaces one
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    shutil.copy(Path(run) / "checkpoint.pt", foreign / "checkpoint.pt")
+    (foreign / "eval.json").write_text("user's")
+    assert main(["flow", "evaluate", str(foreign), "--n-importance", "2", "--n-test", "20"]) == 0
+    assert (foreign / "eval.json").read_text() == "user's"
+    assert "not written" in capsys.readouterr().out
+    assert "pass --out" in _bad(["flow", "plot", str(foreign / "checkpoint.pt")], capsys)
+
+
+def test_saved_models_work_with_every_command(tmp_path, capsys) -> None:
+    """Issue 9, defect 5: hgn.flows.save writes what evaluate, sample and plot read."""
+    from hgn.flows import NHF, NHFConfig, save
+
+    torch.manual_seed(0)
+    save(NHF(NHFConfig(2, flow_steps=1, hidden=8, posterior_hidden=8)), tmp_path / "m.pt")
+    model = str(tmp_path / "m.pt")
+    assert "pass --target" in _bad(["flow", "evaluate", model], capsys)
+    assert "pass --target" in _bad(
+        ["flow", "plot", model, "--out", str(tmp_path / "p.png")], capsys
+    )
+    assert main(["flow", "evaluate", model, "--target", "moons", "--n-importance", "2",
+                 "--n-test", "30"]) == 0  # fmt: skip
+    assert "moons: test NLL" in capsys.readouterr().out
+    out = tmp_path / "fig.png"
+    assert main(["flow", "plot", model, "--target", "moons", "--out", str(out),
+                 "--n-importance", "1"]) == 0  # fmt: skip
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["flow", "sample", model, "--n", "10", "--out", str(tmp_path / "s.npy")]) == 0
+
+
+def test_max_minutes_on_resume_counts_from_this_invocation(tmp_path, capsys) -> None:
+    """Issue 9, defect 4: a run that has used 10 minutes resumes with --max-minutes 1 and
+    trains; without --max-minutes what is left of its saved budget (none) applies."""
+    out = str(tmp_path / "r")
+    train = ["flow", "train", "--target", "moons", "--out", out, *TINY, "--no-tensorboard"]
+    assert main([*train, "--steps", "3", "--max-minutes", "5"]) == 0
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    saved["seconds"] = 600.0  # as if training had taken 10 minutes
+    torch.save(saved, ckpt)
+    capsys.readouterr()
+    assert main([*train, "--steps", "6", "--resume"]) == 0
+    assert "trained 0 steps in this run, 3 in all" in capsys.readouterr().out
+    assert main([*train, "--steps", "6", "--resume", "--max-minutes", "1"]) == 0
+    assert "trained 3 steps in this run, 6 in all" in capsys.readouterr().out
+
+
+def test_progress_against_the_budget_that_ends_the_run(tmp_path, capsys) -> None:
+    """Issue 9, defect 11: a time-limited flow run shows its bar in seconds of budget, not
+    an ETA for 9,000 steps; --no-progress shows none (train, evaluate, compare)."""
+    base = ["flow", "train", "--target", "moons", "--no-tensorboard", "--flow-steps", "1",
+            "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "16"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a"), "--max-minutes", "0.002"]) == 0
+    err = capsys.readouterr().err
+    assert "s budget" in err and "/9000" not in err
+    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2", "--no-progress"]) == 0
+    assert main(["flow", "evaluate", str(tmp_path / "b"), "--n-importance", "256",
+                 "--n-test", "2000", "--no-progress"]) == 0  # fmt: skip
+    assert "it/s" not in capsys.readouterr().err
+
+
+def test_digits_train_evaluate_and_sample_grid(tmp_path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    out = str(tmp_path / "d")
+    assert main(["flow", "train", "--target", "digits", "--out", out, "--steps", "3", *TINY]) == 0
+    assert main(["flow", "evaluate", out, "--n-importance", "2", "--n-test", "50"]) == 0
+    line = capsys.readouterr().out
+    assert "digits: test NLL" in line and "nats/dim" in line
+    assert main(["flow", "plot", out]) == 0
+    assert (Path(out) / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert "expects (N, 64)" in _bad(["flow", "evaluate", out, "--target", "gmm"], capsys)

@@ -11,8 +11,12 @@ import torch
 
 from hgn.flows import (
     NHF,
+    NSF,
     EnergyMLP,
+    FlowDistribution,
+    FlowTrainConfig,
     NHFConfig,
+    NSFConfig,
     RealNVP,
     RealNVPConfig,
     SoftUniform,
@@ -21,8 +25,15 @@ from hgn.flows import (
     n_parameters,
     save,
 )
-from hgn.flows.targets import FFJORD_TARGETS, TARGETS, data_source, load_array
-from hgn.flows.train import TrainConfig, evaluate, matched_realnvp, train
+from hgn.flows.targets import (
+    _GMM10_CENTRES,
+    _GMM10_STD,
+    FFJORD_TARGETS,
+    TARGETS,
+    data_source,
+    load_array,
+)
+from hgn.flows.train import evaluate, matched, time_to_level, train
 from hgn.utils import UserError, derive_seed
 
 
@@ -111,7 +122,7 @@ def test_soft_uniform_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError):
         SoftUniform(-1.0, 2.0, validate_args=True)
     for bad in ({"sigma": 0.0}, {"beta": -1.0}, {"sigma": math.nan}):
-        with pytest.raises(UserError, match="must be a positive number"):
+        with pytest.raises(UserError, match="must be a finite number > 0"):
             NHFConfig(2, prior="soft-uniform", **bad)
     with pytest.raises(UserError, match="unknown prior"):
         NHFConfig(2, prior="cauchy")
@@ -163,8 +174,9 @@ def test_realnvp_wrapper_and_parameter_matching() -> None:
     x = torch.randn(10, 2)
     assert model.log_prob(x).shape == (10,) and model.sample(7).shape == (7, 2)
     nhf = small_nhf(2)
-    matched = build(matched_realnvp(3, n_parameters(nhf), 2))
-    assert abs(n_parameters(matched) - n_parameters(nhf)) / n_parameters(nhf) < 0.1
+    for kind in ("realnvp", "nsf"):
+        twin = build(matched(kind, 3, n_parameters(nhf), 2))
+        assert abs(n_parameters(twin) - n_parameters(nhf)) / n_parameters(nhf) < 0.1
     with pytest.raises(UserError, match="dimension 2 or more"):
         RealNVPConfig(1)
 
@@ -188,7 +200,7 @@ def test_targets_sample_finite_2d_and_reproducibly(name: str) -> None:
     target = TARGETS[name]
     a = target.sample(1000, torch.Generator().manual_seed(5))
     b = target.sample(1000, torch.Generator().manual_seed(5))
-    assert a.shape == (1000, 2) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert a.shape == (1000, target.dim) and torch.isfinite(a).all() and torch.equal(a, b)
     assert 0.5 < a.std(0).min() < 5  # FFJORD's scale: a few units across
 
 
@@ -234,7 +246,7 @@ def test_npy_loading_and_split(tmp_path) -> None:
     [
         (np.zeros((0, 2)), "0 rows"),
         (np.zeros((1, 2)), "1 rows"),
-        (np.zeros(5), "2-D array"),
+        (np.zeros(5), r"points \(N, d\) or of images"),
         (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, np.inf]]), "2 rows with NaN or Inf"),
         (np.array([["a", "b"], ["c", "d"]]), "real numbers"),
     ],
@@ -256,7 +268,7 @@ def test_unknown_target_rejected() -> None:
 def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
     torch.set_num_threads(1)
     config = {"kind": "nhf", "flow_steps": 2, "hidden": 16, "posterior_hidden": 16}
-    cfg = TrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3)
+    cfg = FlowTrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3)
     x = data_source("gmm").test_set()[:500]
 
     def test_elbo(model: torch.nn.Module) -> float:
@@ -274,11 +286,16 @@ def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
     assert np.mean(losses[-2:]) < losses[0]  # the training objective (-ELBO) went down
 
     # a run stopped by its time budget and resumed lands on exactly the same weights
-    short = TrainConfig(steps=20, batch_size=32, seed=3)
+    short = FlowTrainConfig(steps=20, batch_size=32, seed=3)
     train("gmm", tmp_path / "a", config, short, tensorboard=False)
-    stopped = TrainConfig(steps=20, batch_size=32, seed=3, max_minutes=1e-6)
+    stopped = FlowTrainConfig(steps=20, batch_size=32, seed=3, max_minutes=1e-6)
     assert train("gmm", tmp_path / "b", config, stopped, tensorboard=False).step < 20
-    train("gmm", tmp_path / "b", config, short, resume=True, tensorboard=False)
+    # no budget given: what is left of the saved one (nothing) applies; one given on
+    # resume counts from the resume (issue 9, defect 4)
+    again = train("gmm", tmp_path / "b", config, short, resume=True, tensorboard=False)
+    assert again.stopped_by == "time" and again.step == again.start
+    longer = FlowTrainConfig(steps=20, batch_size=32, seed=3, max_minutes=10.0)
+    train("gmm", tmp_path / "b", config, longer, resume=True, tensorboard=False)
     a, b = load(tmp_path / "a").state_dict(), load(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="already holds a run"):
@@ -298,7 +315,7 @@ def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:
         str(tmp_path / "d.npy"),
         tmp_path / "run",
         config,
-        TrainConfig(steps=5, batch_size=16),
+        FlowTrainConfig(steps=5, batch_size=16),
         tensorboard=False,
     )
     model = load(tmp_path / "run")
@@ -308,3 +325,174 @@ def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:
     assert (tmp_path / "run" / "eval.json").exists()
     with pytest.raises(UserError, match=r"expects \(N, 3\)"):
         evaluate(tmp_path / "run", target="8gaussians")
+
+
+# --- speed paths: closed-form backward, first-same-as-last ------------------------------------
+
+
+@pytest.mark.parametrize("quadratic", [False, True])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_energy_gradient_backward_in_closed_form_is_exact(quadratic: bool, layers: int) -> None:
+    """EnergyMLP.grad's hand-written backward against autograd's second derivatives."""
+    torch.manual_seed(layers)
+    net = perturb(EnergyMLP(3, 7, layers, quadratic=quadratic).double())
+    x = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(net.grad(x), net.grad_autograd(x), atol=1e-12)
+    weights = torch.randn(4, 5, 3, dtype=torch.float64)
+    inputs = [x, *net.parameters()]
+    fast = torch.autograd.grad((net.grad(x) * weights).sum(), inputs)
+    reference = torch.autograd.grad((net.grad_autograd(x) * weights).sum(), inputs)
+    for a, b in zip(fast, reference, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda x_: net.grad(x_), (x[0],))
+
+
+def test_no_gradient_computed_twice(monkeypatch) -> None:
+    """A flow step of n leapfrog sub-steps evaluates ∇K n times and ∇V n + 1 times
+    (first same as last), forward and backward alike."""
+    model = small_nhf(2, flow_steps=3, leapfrog_steps=4)
+    calls = {"kinetic": 0, "potential": 0}
+    grad = EnergyMLP.grad
+
+    def counted(self: EnergyMLP, x: torch.Tensor) -> torch.Tensor:
+        calls["kinetic" if self.quadratic else "potential"] += 1
+        return grad(self, x)
+
+    monkeypatch.setattr(EnergyMLP, "grad", counted)
+    q, p = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    model.inverse(*model.transform(q, p))
+    assert calls == {"kinetic": 2 * 3 * 4, "potential": 2 * 3 * 5}
+
+
+# --- configuration checks (issue 9, defect 3) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"kind": "nhf", "dim": 2, "hiden": 8}, "unknown config key nhf.hiden"),
+        ({"kind": "nhf", "dim": 2, "hidden": 8.5}, "nhf.hidden must be int"),
+        ({"kind": "nhf", "dim": 2, "dt": math.nan}, "--dt must be a finite number > 0"),
+        ({"kind": "nhf", "dim": 2, "dt": -0.5}, "--dt must be"),
+        ({"kind": "nhf", "dim": 2, "flow_steps": 0}, "--flow-steps must be an integer ≥ 1"),
+        ({"kind": "nhf", "dim": 2, "leapfrog_steps": 1000}, "--leapfrog-steps"),
+        ({"kind": "nhf", "dim": 2, "sigma": math.inf}, "--sigma must be a finite"),
+        ({"kind": "nhf", "dim": 2, "learn_dt": "yes"}, "nhf.learn_dt must be bool"),
+        ({"kind": "realnvp", "dim": 2, "bins": 8}, "unknown config key realnvp.bins"),
+        ({"kind": "nsf", "dim": 2, "bins": 1}, "--bins must be an integer ≥ 2"),
+        ({"kind": "glow", "dim": 2}, "unknown model kind 'glow'"),
+    ],
+)
+def test_model_config_strict(config: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build(config)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": math.nan}, "--lr must be a finite number > 0"),
+        ({"lr": 2.0}, "--lr must be"),
+        ({"warmup": 1.0}, "--warmup must be"),
+        ({"warmup": -0.1}, "--warmup must be"),
+        ({"clip": 0.0}, "--clip must be"),
+        ({"clip": math.inf}, "--clip must be a finite"),
+        ({"steps": 0}, "--steps must be an integer ≥ 1"),
+        ({"batch_size": 2.5}, "--batch-size must be an integer"),
+        ({"n_samples": 0}, "--n-samples"),
+        ({"seed": -1}, "--seed"),
+        ({"max_minutes": math.nan}, "--max-minutes must be"),
+        ({"max_minutes": -1.0}, "--max-minutes must be"),
+    ],
+)
+def test_train_config_range_checked(values: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        FlowTrainConfig(**values)
+
+
+def test_resumed_run_refuses_unknown_saved_keys(tmp_path) -> None:
+    config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
+    train("gmm", tmp_path / "r", config, FlowTrainConfig(steps=2, batch_size=8), tensorboard=False)
+    saved = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    saved["config"]["train"]["momentum"] = 0.9
+    torch.save(saved, tmp_path / "r" / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"unknown config key train\.momentum"):
+        train("gmm", tmp_path / "r", config, FlowTrainConfig(steps=4), resume=True)
+
+
+# --- models as distributions, NSF -------------------------------------------------------------
+
+
+def test_models_are_torch_distributions_like_zuko() -> None:
+    for model in (small_nhf(2).float(), RealNVP(RealNVPConfig(2)), NSF(NSFConfig(3))):
+        dist = model(n_importance=4)
+        assert isinstance(dist, torch.distributions.Distribution | FlowDistribution)
+        assert dist.event_shape == (model.dim,) and dist.batch_shape == ()
+        x = dist.sample((5,))
+        assert x.shape == (5, model.dim) and not x.requires_grad
+        assert dist.rsample((2, 3)).shape == (2, 3, model.dim)
+        assert dist.log_prob(x).shape == (5,)
+
+
+def test_saved_model_is_a_run_checkpoint(tmp_path) -> None:
+    """hgn.flows.save writes the run checkpoint's keys (defect 5): evaluate reads it."""
+    model = small_nhf(2).float()
+    save(model, tmp_path / "m.pt", target="gmm")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert {"step", "seconds", "config", "state"} <= set(saved)
+    assert saved["config"]["target"] == "gmm" and saved["config"]["train"]["seed"] == 0
+    result = evaluate(tmp_path / "m.pt", n_importance=2, n_test=20, progress=False)
+    assert result["target"] == "gmm" and result["written"] is None
+    save(model, tmp_path / "bare.pt")
+    with pytest.raises(UserError, match="records no target; pass --target"):
+        evaluate(tmp_path / "bare.pt", n_importance=2)
+    assert evaluate(tmp_path / "bare.pt", "moons", 2, 20, progress=False)["n_test"] == 20
+
+
+# --- targets beyond two dimensions --------------------------------------------------------
+
+
+def test_gmm10_entropy_known() -> None:
+    """Separated components: log 8 + mean_k (d/2) log(2πe σ_k²), less a tiny H(J | X)."""
+    separated = math.log(8) + float(
+        (5 * torch.log(2 * math.pi * math.e * _GMM10_STD.double() ** 2)).mean()
+    )
+    entropy = TARGETS["gmm10"].entropy
+    assert 0 <= separated - entropy < 1e-4
+    assert torch.cdist(_GMM10_CENTRES, _GMM10_CENTRES + 100 * torch.eye(8, 10)).min() > 6
+
+
+def test_digits_dequantised_and_split() -> None:
+    pytest.importorskip("sklearn")
+    src = data_source("digits")
+    test = src.test_set()
+    assert src.dim == 64 and src.image_shape == (8, 8) and test.shape == (360, 64)
+    assert torch.equal(test, data_source("digits", seed=5).test_set())  # one fixed split
+    assert test.min() >= 0 and test.max() < 1
+    levels = torch.floor(test * 17)  # the integer grey levels come back exactly
+    assert torch.equal(levels, src.test_images) and levels.max() == 16
+    torch.manual_seed(0)
+    batch = src.sample_train(2000)
+    assert batch.shape == (2000, 64) and not torch.equal(batch, src.sample_train(2000))
+    train_rows = {tuple(r) for r in src.train_images.tolist()}
+    assert len(src.train_images) == 1437 and len(train_rows) > 1400
+
+
+def test_image_arrays_are_flattened_with_their_shape(tmp_path) -> None:
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((30, 4, 5)))
+    src = data_source(str(tmp_path / "img.npy"))
+    assert src.dim == 20 and src.image_shape == (4, 5) and src.test_set().shape == (3, 20)
+    data, shape = load_array(tmp_path / "img.npy")
+    assert data.shape == (30, 20) and shape == (4, 5)
+
+
+def test_time_to_level() -> None:
+    rows = [
+        {"model": "A", "nll": 3.0, "curve": [[10, 5, 3.5], [20, 10, 3.0]]},
+        {"model": "B", "nll": 2.9, "curve": [[5, 50, 3.4], [8, 80, 2.95], [12, 120, 2.9]]},
+        {"model": "C", "nll": 3.2, "curve": [[9, 1, 3.2]]},
+    ]
+    summary = time_to_level(rows, "A")
+    assert summary == {"level": 3.0, "level_of": "A", "first": "B"}
+    assert [r["time_to_level"] for r in rows] == [20, 8, None]
+    assert time_to_level(rows, "missing")["level_of"] == "C"  # the worst final NLL

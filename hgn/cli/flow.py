@@ -1,5 +1,6 @@
 """`hgn flow ...`: train, evaluate, sample and plot Neural Hamiltonian Flows; compare them
-with RealNVP. Parsing and validation only; the work is in :mod:`hgn.flows.train`."""
+with zuko's RealNVP and NSF. Parsing and validation only; the work is in
+:mod:`hgn.flows.train` and :mod:`hgn.flows.plots`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ from typing import Any
 
 import torch
 
-from hgn.flows.targets import TARGETS
-
 DEFAULT_THREADS = 1
 
 
-def _model_args(p: argparse.ArgumentParser, leapfrog: bool = True) -> None:
+def _model_args(p: argparse.ArgumentParser) -> None:
     from hgn.flows.nhf import PRIORS, NHFConfig
 
     d = NHFConfig(dim=1)
@@ -22,11 +21,10 @@ def _model_args(p: argparse.ArgumentParser, leapfrog: bool = True) -> None:
     g.add_argument(
         "--flow-steps", type=int, default=d.flow_steps, help="T Hamiltonians (%(default)s)"
     )
-    if leapfrog:  # compare varies it itself
-        g.add_argument(
-            "--leapfrog-steps", type=int, default=d.leapfrog_steps,
-            help="leapfrog sub-steps per flow step (%(default)s)",
-        )  # fmt: skip
+    g.add_argument(
+        "--leapfrog-steps", type=int, default=d.leapfrog_steps,
+        help="leapfrog sub-steps per flow step (%(default)s; compare's NHF-LF<k> sets k)",
+    )  # fmt: skip
     g.add_argument("--hidden", type=int, default=d.hidden, help="K and V MLP width (%(default)s)")
     g.add_argument(
         "--layers", type=int, default=d.layers, help="K and V hidden layers (%(default)s)"
@@ -35,6 +33,10 @@ def _model_args(p: argparse.ArgumentParser, leapfrog: bool = True) -> None:
         "--dt", type=float, default=d.dt, help="initial time per flow step (%(default)s)"
     )
     g.add_argument("--fixed-dt", action="store_true", help="do not learn the step sizes")
+    g.add_argument(
+        "--quadratic-kinetic", action=argparse.BooleanOptionalAction,
+        default=d.quadratic_kinetic, help="K(p) = |p|²/2 + MLP(p) (default: yes)",
+    )  # fmt: skip
     g.add_argument("--prior", choices=PRIORS, default=d.prior, help="prior on (q0, p0)")
     g.add_argument("--sigma", type=float, default=d.sigma, help="soft-uniform width (%(default)s)")
     g.add_argument(
@@ -50,11 +52,12 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "kind": "nhf",
         "flow_steps": args.flow_steps,
-        "leapfrog_steps": getattr(args, "leapfrog_steps", 1),
+        "leapfrog_steps": args.leapfrog_steps,
         "hidden": args.hidden,
         "layers": args.layers,
         "dt": args.dt,
         "learn_dt": not args.fixed_dt,
+        "quadratic_kinetic": args.quadratic_kinetic,
         "prior": args.prior,
         "sigma": args.sigma,
         "beta": args.beta,
@@ -63,19 +66,27 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
-    from hgn.flows.train import TrainConfig
+    from hgn.flows.train import FlowTrainConfig
 
-    d = TrainConfig()
+    d = FlowTrainConfig()
     g = p.add_argument_group("training")
     if with_steps:  # compare sets each model's steps from its time budget
-        g.add_argument("--steps", type=int, default=d.steps, help="training steps (%(default)s)")
+        g.add_argument(
+            "--steps", type=int, default=None,
+            help=f"training steps ({d.steps}; on --resume: the run's own)",
+        )  # fmt: skip
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (%(default)s)")
+    g.add_argument(
+        "--warmup", type=float, default=d.warmup,
+        help="fraction of the run spent warming the learning rate up (%(default)s)",
+    )  # fmt: skip
+    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (%(default)s)")
     g.add_argument(
         "--n-samples", type=int, default=d.n_samples,
         help="momentum samples per point in the ELBO (%(default)s)",
     )  # fmt: skip
-    g.add_argument("--seed", type=int, default=0, help="seed of everything random (%(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
     g.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS,
         help="torch CPU threads (%(default)s: these small networks gain little from more)",
@@ -83,13 +94,16 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
 
 
 def _train_config(args: argparse.Namespace, **override: Any) -> Any:
-    from hgn.flows.train import TrainConfig
+    from hgn.flows.train import FlowTrainConfig
 
-    return TrainConfig(
+    steps = getattr(args, "steps", None)
+    return FlowTrainConfig(
         **{
-            "steps": getattr(args, "steps", TrainConfig.steps),
+            "steps": FlowTrainConfig.steps if steps is None else steps,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "warmup": args.warmup,
+            "clip": args.clip,
             "n_samples": args.n_samples,
             "seed": args.seed,
             "max_minutes": getattr(args, "max_minutes", None),
@@ -99,13 +113,15 @@ def _train_config(args: argparse.Namespace, **override: Any) -> Any:
 
 
 def _threads(args: argparse.Namespace) -> None:
-    from hgn.utils import positive_int
+    from hgn.flows.nhf import check_int
 
-    torch.set_num_threads(min(2, positive_int(args.threads, "--threads")))
+    torch.set_num_threads(check_int(args.threads, "--threads", 1, 1024))
 
 
 def _target_help() -> str:
-    return f"target name ({', '.join(TARGETS)}) or a .npy file of shape (N, d)"
+    from hgn.flows.targets import TARGET_NAMES
+
+    return f"target name ({', '.join(TARGET_NAMES)}) or a .npy file of shape (N, d) or (N, H, W)"
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -118,47 +134,67 @@ def cmd_train(args: argparse.Namespace) -> None:
         _model_config(args),
         _train_config(args),
         resume=args.resume,
+        keep_steps=args.steps is None,
         standardise=args.standardise,
         tensorboard=not args.no_tensorboard,
+        progress=not args.no_progress,
     )
-    print(f"trained {result.step} steps in {result.seconds:.0f} s ({result.stopped_by} budget)")
+    done = result.step - result.start
+    print(
+        f"trained {done} steps in this run, {result.step} in all, {result.seconds:.0f} s "
+        f"({result.stopped_by} budget)"
+    )
     print(f"run saved in {args.out}; next: hgn flow evaluate {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from hgn.flows.train import EVAL_FILE, evaluate
+    from hgn.flows.train import evaluate
 
     _threads(args)
-    r = evaluate(args.run, args.target, args.n_importance, args.n_test)
-    line = f"{r['target']}: test NLL {r['nll']:.4f} ± {r['nll_se']:.4f} nats ({r['n_test']} points"
+    r = evaluate(args.run, args.target, args.n_importance, args.n_test, not args.no_progress)
+    se = f" ± {r['nll_se']:.4f}" if r["nll_se"] is not None else ""
+    line = f"{r['target']}: test NLL {r['nll']:.4f}{se} nats"
+    if r["dim"] > 1:
+        line += f" ({r['nats_per_dim']:.4f} nats/dim)"
+    line += f" ({r['n_test']} points"
     line += f", IWAE K={r['n_importance']})" if r["n_importance"] else ")"
     if r["entropy"] is not None:
         line += f"; entropy {r['entropy']:.4f}, gap {r['gap']:.4f}"
     print(line)
-    print(f"written {Path(args.run) / EVAL_FILE}")
+    print(f"written {r['written']}" if r["written"] else "eval.json not written (not a run dir)")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from hgn.flows.train import sample
 
     _threads(args)
-    print(f"written {sample(args.run, args.n, args.out, args.seed)}")
+    print(f"written {sample(args.run, args.n, args.out, args.seed, args.overwrite)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from hgn.flows.nhf import load
-    from hgn.flows.plots import figure9
-    from hgn.flows.targets import data_source
-    from hgn.flows.train import is_nhf, run_config
+    from hgn.flows.nhf import NHF
+    from hgn.flows.plots import plot_run
+    from hgn.flows.targets import check_points
+    from hgn.flows.train import run_data, run_file
+    from hgn.plots import check_output
+    from hgn.utils import UserError
 
     _threads(args)
-    config = run_config(args.run)
-    model = is_nhf(load(args.run))
-    data = data_source(args.target or config["target"], config["train"]["seed"])
-    out = args.out or Path(args.run) / "figure9.png"
-    path = figure9(
-        model, data.reference(100_000), out, step=args.step, n_importance=args.n_importance
-    )
+    model, data = run_data(args.run, args.target)
+    reference = check_points(data.reference(100_000), model.dim, f"data of {data.name}")
+    if args.out is not None:
+        out = check_output(args.out, (".png",), args.overwrite)
+    else:
+        figure9 = isinstance(model, NHF) and model.dim == 2 and data.image_shape is None
+        name = "figure9.png" if figure9 else "plot.png"
+        found = run_file(args.run, name)
+        if found is None:
+            raise UserError(f"cannot write {name} beside {args.run}; pass --out FILE.png")
+        out = found
+    path = plot_run(
+        model, reference, data.image_shape, out, title=f"{Path(args.run).name} on {data.name}",
+        step=args.step, n_importance=args.n_importance,
+    )  # fmt: skip
     print(f"written {path}")
 
 
@@ -173,8 +209,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
         args.minutes,
         _model_config(args),
         _train_config(args, steps=1),  # compare sets each model's steps from its time budget
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         n_importance=args.n_importance,
         n_test=args.n_test,
+        curve_points=args.curve_points,
+        reference=args.reference,
+        progress=not args.no_progress,
     )
     print(compare_markdown(table))
     print(f"written {out / 'compare.md'}, {out / 'compare.json'} and {out / 'figure10.png'}")
@@ -182,56 +222,90 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``flow`` group and its sub-commands to the top-level parser."""
+    from hgn.flows.train import DEFAULT_MODELS
+
     flow = sub.add_parser("flow", help="Neural Hamiltonian Flows: density estimation")
     fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="COMMAND")
+    no_progress = {"action": "store_true", "help": "no progress bars (e.g. in logs)"}
 
     p = fsub.add_parser("train", help="train an NHF on a target density or a .npy array")
     p.add_argument("--target", required=True, help=_target_help())
     p.add_argument("--out", required=True, help="run directory (checkpoint, TensorBoard)")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="wall-clock budget of this invocation (on --resume without it: what is left "
+        "of the run's saved budget)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--standardise", action=argparse.BooleanOptionalAction, default=True,
         help="standardise the data to zero mean, unit variance (default: yes)",
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
+    p.add_argument("--no-progress", **no_progress)
     _model_args(p)
     _train_args(p, with_steps=True)
     p.set_defaults(func=cmd_train)
 
     p = fsub.add_parser("evaluate", help="test NLL (nats) with its standard error")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory (or a checkpoint file)")
     p.add_argument("--target", default=None, help="default: the run's own; " + _target_help())
     p.add_argument(
         "--n-importance", type=int, default=128, help="K of the IWAE bound (%(default)s)"
     )
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test points")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
+    p.add_argument("--no-progress", **no_progress)
     p.set_defaults(func=cmd_evaluate)
 
-    p = fsub.add_parser("sample", help="draw samples into a .npy array or a .png plot")
-    p.add_argument("run", help="run directory")
+    p = fsub.add_parser("sample", help="draw samples into a .npy array or a .png picture")
+    p.add_argument("run", help="run directory (or a checkpoint file)")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="FILE.npy or FILE.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (%(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     p.set_defaults(func=cmd_sample)
 
-    p = fsub.add_parser("plot", help="Figure 9: densities, K(p), V(q), leapfrog field, paths")
-    p.add_argument("run", help="run directory of a 2-D NHF")
-    p.add_argument("--out", default=None, help="PNG path (default RUN/figure9.png)")
+    p = fsub.add_parser(
+        "plot",
+        help="Figure 9 for a 2-D NHF; a grid of samples for image data; 2-D marginals else",
+    )
+    p.add_argument("run", help="run directory (or a checkpoint file)")
+    p.add_argument(
+        "--out", default=None, help="PNG path (default RUN/figure9.png, or RUN/plot.png)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--target", default=None, help="target to draw (default: the run's own)")
     p.add_argument("--step", type=int, default=-1, help="flow step whose K, V to draw (last)")
     p.add_argument("--n-importance", type=int, default=32, help="K for the density (%(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     p.set_defaults(func=cmd_plot)
 
-    p = fsub.add_parser("compare", help="Figure 10: NHF (1-3 leapfrog steps) vs RealNVP (2, 3)")
+    p = fsub.add_parser(
+        "compare",
+        help="NHF against zuko's RealNVP and NSF at equal time and matched parameters: "
+        "final NLL, NLL against wall-clock time, time to a common NLL (Figure 10)",
+    )
     p.add_argument("--target", required=True, help=_target_help())
     p.add_argument("--out", default=None, help="output directory (default compare-TARGET)")
     p.add_argument("--minutes", type=float, default=2.0, help="budget per model (%(default)s)")
+    p.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS),
+        help="comma-separated: NHF (the architecture options below), NHF-LF<k>, "
+        "RealNVP-<k>, NSF-<k> (%(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reference", default="RealNVP-3",
+        help="model whose final NLL is the common level (%(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--curve-points", type=int, default=8,
+        help="moments of training at which test NLL is measured (%(default)s)",
+    )  # fmt: skip
     p.add_argument("--n-importance", type=int, default=128, help="K of NHF's bound (%(default)s)")
     p.add_argument("--n-test", type=int, default=2000, help="test points (%(default)s)")
-    _model_args(p, leapfrog=False)
+    p.add_argument("--no-progress", **no_progress)
+    _model_args(p)
     _train_args(p, with_steps=False)
     p.set_defaults(func=cmd_compare)

@@ -36,6 +36,7 @@ from hgn import __version__
 from hgn.data import store
 from hgn.data.generate import SIZES
 from hgn.data.store import SPLITS, ArraySpec
+from hgn.plots import require_video
 from hgn.utils import UserError, numpy_rng, positive_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -227,6 +228,8 @@ def _read_video(file: Path) -> tuple[np.ndarray, float | None]:
     import imageio.v3 as iio
 
     plugin = "pillow" if file.suffix.lower() == ".gif" else "pyav"
+    if plugin == "pyav":
+        require_video(file, "read")
     try:
         meta = iio.immeta(file, plugin=plugin)
         frames = np.stack([_as_hwc(np.asarray(f), file) for f in iio.imiter(file, plugin=plugin)])

@@ -1,14 +1,17 @@
-"""Neural Hamiltonian Flows (paper Sec. 3.3) beside the HGN pipeline: the flow models
-(:mod:`hgn.flows.nhf`), the 2-D and array targets (:mod:`hgn.flows.targets`), training,
-evaluation and comparison (:mod:`hgn.flows.train`) and Figures 9–10
-(:mod:`hgn.flows.plots`)."""
+"""Neural Hamiltonian Flows (paper Sec. 3.3) beside the HGN pipeline: the flow models and
+zuko's RealNVP and NSF behind one API (:mod:`hgn.flows.nhf`), the 2-D, 10-D, digits and
+array targets (:mod:`hgn.flows.targets`), training, evaluation and the time-to-NLL
+comparison (:mod:`hgn.flows.train`) and the figures (:mod:`hgn.flows.plots`)."""
 
 from hgn.flows.nhf import (
     NHF,
+    NSF,
     PRIORS,
     DensityModel,
     EnergyMLP,
+    FlowDistribution,
     NHFConfig,
+    NSFConfig,
     RealNVP,
     RealNVPConfig,
     SoftUniform,
@@ -17,18 +20,26 @@ from hgn.flows.nhf import (
     n_parameters,
     save,
 )
+from hgn.flows.train import FlowTrainConfig, compare, evaluate, train
 
 __all__ = [
     "NHF",
+    "NSF",
     "PRIORS",
     "DensityModel",
     "EnergyMLP",
+    "FlowDistribution",
+    "FlowTrainConfig",
     "NHFConfig",
+    "NSFConfig",
     "RealNVP",
     "RealNVPConfig",
     "SoftUniform",
     "build",
+    "compare",
+    "evaluate",
     "load",
     "n_parameters",
     "save",
+    "train",
 ]

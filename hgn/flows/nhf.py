@@ -1,4 +1,4 @@
-"""Neural Hamiltonian Flows (paper Sec. 3.3, SPEC §6) and the RealNVP baseline.
+"""Neural Hamiltonian Flows (paper Sec. 3.3, SPEC §6) and the zuko baselines (RealNVP, NSF).
 
 An NHF is a normalising flow whose steps are Hamiltonian dynamics. Data x = q_T ∈ R^d is
 the position half of a phase-space state s = (q, p); the momentum p is a latent variable.
@@ -13,32 +13,55 @@ f_ψ(p | x) gives the ELBO, E_{p~f_ψ}[log π(F⁻¹(x, p)) - log f_ψ(p | x)], 
 maximises, and the importance-weighted bound log (1/K) Σ_k exp(term_k), which is what
 :meth:`NHF.log_prob` reports: it rises towards log p(x) as K grows.
 
-Both NHF and the RealNVP baseline (zuko's) share :class:`DensityModel`: an optional
-fixed standardisation of the data (a constant log-determinant, so the Hamiltonian part
-stays volume preserving), and the ``torch.distributions``-style ``log_prob`` / ``sample``
-/ ``rsample``. Models are saved by the training loop; :func:`load` rebuilds one from a run.
+Where the time goes: a training step is dominated by ∇K and ∇V through the MLPs, once
+forward and twice more in the backward pass. Three things keep that to the minimum
+(measured in ``benchmarks/bench_flows.py``): the first-same-as-last leapfrog of
+:func:`hgn.physics.integrators.leapfrog_separable` (one ∇K and one ∇V per sub-step,
+where a joint ``grad_fn`` spends one more of each); ∇E written out in closed form
+(:class:`EnergyMLP`), never through ``torch.func`` or ``create_graph``; and a closed-form
+backward of that gradient (:class:`_EnergyGrad`), which reuses the forward pass's
+sigmoids instead of recomputing them.
+
+Every model here is a :class:`DensityModel`: an optional fixed standardisation of the
+data (a constant log-determinant, so the Hamiltonian part stays volume preserving) and,
+as in zuko, calling the model returns a ``torch.distributions.Distribution``
+(``model().log_prob(x)``, ``model().sample((n,))``). Runs are written by
+:func:`hgn.flows.train.train`; :func:`save` writes the same checkpoint format and
+:func:`load` reads either.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.utils import broadcast_all
+from tqdm.auto import tqdm
 
+from hgn.checks import check_range, config_from_dict
 from hgn.nn import mlp
-from hgn.physics.integrators import leapfrog
+from hgn.physics.integrators import leapfrog_separable
 from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 Shape = int | tuple[int, ...] | torch.Size
 _SCALAR: torch.Size = torch.Size()
+
+
+def check_int(value: Any, key: str, ge: int = 1, le: int | None = None) -> int:
+    """Refuse a non-integer (or a bool) or an integer outside ``[ge, le]`` with one line
+    naming ``key``; every integer key of the flow configs goes through here."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    check_range(value, key, ge=ge, le=le)
+    return value
 
 
 # --- priors -----------------------------------------------------------------------------------
@@ -107,13 +130,93 @@ PRIORS = ("normal", "soft-uniform")
 # --- networks ---------------------------------------------------------------------------------
 
 
+class _EnergyGrad(torch.autograd.Function):
+    """∇E(x) of :class:`EnergyMLP` with a closed-form backward pass.
+
+    E(x) = w · φ(W_L φ(… φ(W_1 x + b_1) …) + b_L), φ = softplus, φ' = σ (sigmoid). The
+    forward pass is the hand-written backpropagation ``g_L = w ⊙ σ(a_L)``,
+    ``c_k = g_k W_k``, ``g_{k-1} = c_k ⊙ σ(a_{k-1})``, ``∇E = c_1``. Training
+    differentiates ∇E once more (the leapfrog moves q and p by it); this class's
+    :meth:`backward` does that by hand too, reusing the forward pass's σ(a_k) and c_k
+    (autograd would recompute σ inside softplus' backward and keep a graph node for
+    every product). Each weight's two gradient terms (through ∇E's path and through the
+    forward activations) share one ``addmm``. It is once differentiable: nothing in hgn
+    takes a third derivative of an energy.
+
+    Inputs are ``(x, quadratic, w, W_1, b_1, …, W_L, b_L)``; ``x`` is 2-D.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, quadratic: bool, w: Tensor, *wb: Tensor) -> Tensor:
+        weights, biases = wb[0::2], wb[1::2]
+        depth = len(weights)
+        hs, ss = [x], []
+        h = x
+        for k, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            a = torch.addmm(bias, h, weight.t())
+            ss.append(torch.sigmoid(a))
+            if k < depth - 1:  # the last layer's softplus is not needed for ∇E
+                h = F.softplus(a)
+                hs.append(h)
+        g = ss[-1] * w
+        gs: list[Tensor] = [g] * depth
+        cs: list[Tensor] = [g] * depth
+        for k in range(depth - 1, -1, -1):
+            gs[k] = g
+            cs[k] = g @ weights[k]
+            if k > 0:
+                g = cs[k] * ss[k - 1]
+        ctx.quadratic, ctx.depth = quadratic, depth
+        ctx.save_for_backward(w, *weights, *hs, *ss, *gs, *cs[1:])
+        return cs[0] + x if quadratic else cs[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        depth = ctx.depth
+        saved = ctx.saved_tensors
+        w = saved[0]
+        weights = saved[1 : 1 + depth]
+        hs = saved[1 + depth : 1 + 2 * depth]
+        ss = saved[1 + 2 * depth : 1 + 3 * depth]
+        gs = saved[1 + 3 * depth : 1 + 4 * depth]
+        cs = (None, *saved[1 + 4 * depth :])
+        d_weights: list[Tensor] = []
+        d_pre: list[Tensor] = []  # ∂L/∂a_k through σ(a_k) on ∇E's path
+        d_c = grad_out
+        d_w = w
+        for k in range(depth):  # down ∇E's path: c_k = g_k W_k
+            d_g = d_c @ weights[k].t()
+            d_weights.append(gs[k].t() @ d_c)
+            if k < depth - 1:  # g_k = c_{k+1} ⊙ σ(a_k)
+                d_c = d_g * ss[k]
+                d_s = d_g * cs[k + 1]
+            else:  # g_L = w ⊙ σ(a_L)
+                d_w = (d_g * ss[k]).sum(0)
+                d_s = d_g * w
+            d_pre.append(d_s * (ss[k] - ss[k] * ss[k]))
+        d_x = grad_out if ctx.quadratic else None
+        d_biases: list[Tensor] = [d_w] * depth
+        d_h = None
+        for k in range(depth - 1, -1, -1):  # back up the forward activations
+            d_a = d_pre[k] if d_h is None else d_pre[k] + d_h * ss[k]
+            d_weights[k] = torch.addmm(d_weights[k], d_a.t(), hs[k])
+            d_biases[k] = d_a.sum(0)
+            d_h = d_a @ weights[k]
+        d_x = d_h if d_x is None else d_x + d_h
+        grads: list[Tensor | None] = [d_x, None, d_w]
+        for d_weight, d_bias in zip(d_weights, d_biases, strict=True):
+            grads += [d_weight, d_bias]
+        return tuple(grads)
+
+
 class EnergyMLP(nn.Module):
     """A scalar Softplus MLP E(x) whose input gradient is written out in closed form.
 
-    Hamiltonian dynamics only need ∇E, at every leapfrog stage. Back-propagating by hand
-    through the layers (softplus' = sigmoid) is plain tensor algebra, so the parameters
-    still get their gradients by ordinary autograd, and it runs about twice as fast on a
-    CPU as ``torch.func.grad`` for these small networks (``benchmarks/bench_flows.py``).
+    Hamiltonian dynamics only need ∇E, at every leapfrog stage. :meth:`grad` computes it
+    by hand-written backpropagation (softplus' = sigmoid) with a hand-written backward
+    pass of its own (:class:`_EnergyGrad`); it is several times faster on a CPU than
+    ``torch.func.grad`` for these small networks (``benchmarks/bench_flows.py``).
     Softplus, not ReLU: the flow's training differentiates through ∇E.
 
     With ``quadratic`` the energy is ½|x|² + MLP(x): for the kinetic energy this is the
@@ -137,6 +240,23 @@ class EnergyMLP(nn.Module):
         return e + 0.5 * (x * x).sum(-1) if self.quadratic else e
 
     def grad(self, x: Tensor) -> Tensor:
+        """∇E(x) for x of shape (..., dim), differentiable once (closed-form backward).
+
+        Under autocast the ops' dtypes are autocast's to choose, which a hand-written
+        backward cannot follow: there (and only there) autograd differentiates
+        :meth:`grad_autograd` instead."""
+        if torch.is_autocast_enabled(x.device.type):
+            return self.grad_autograd(x)
+        params: list[Tensor] = []
+        for layer in self.layers:
+            params += [layer.weight, layer.bias]
+        flat = x.reshape(-1, x.shape[-1])
+        grad = _EnergyGrad.apply(flat, self.quadratic, self.out.weight[0], *params)
+        return grad.reshape(x.shape)
+
+    def grad_autograd(self, x: Tensor) -> Tensor:
+        """The same ∇E as plain tensor algebra, for autograd to differentiate (any order):
+        the reference :meth:`grad` is tested and benchmarked against."""
         pre, h = [], x
         for layer in self.layers:
             pre.append(layer(h))
@@ -145,28 +265,6 @@ class EnergyMLP(nn.Module):
         for layer, a in zip(reversed(self.layers), reversed(pre), strict=True):
             g = (g * torch.sigmoid(a)) @ layer.weight
         return g + x if self.quadratic else g
-
-
-class _SeparableGrad:
-    """``grad_fn`` for the shared leapfrog on H = K(p) + V(q): (∇V(q), ∇K(p)).
-
-    Each half is remembered for its last argument (compared by identity, and held, so an id
-    is never reused): the leapfrog evaluates ∇V at the same q at the end of one sub-step
-    and the start of the next, and ∇K at the same p in the drift and the closing kick,
-    so this halves the work. Tensors here are never modified in place.
-    """
-
-    def __init__(self, kinetic: EnergyMLP, potential: EnergyMLP) -> None:
-        self.kinetic, self.potential = kinetic, potential
-        self._q: Tensor | None = None
-        self._p: Tensor | None = None
-
-    def __call__(self, q: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        if q is not self._q:
-            self._q, self._dv = q, self.potential.grad(q)
-        if p is not self._p:
-            self._p, self._dk = p, self.kinetic.grad(p)
-        return self._dv, self._dk
 
 
 class HamiltonianStep(nn.Module):
@@ -196,16 +294,16 @@ class HamiltonianStep(nn.Module):
     def dt(self) -> Tensor:
         return self.log_dt.exp()
 
-    def grad_fn(self) -> _SeparableGrad:
-        """(q, p) -> (∇V(q), ∇K(p)) for :mod:`hgn.physics.integrators` (fresh memo per use)."""
-        return _SeparableGrad(self.kinetic, self.potential)
-
-    def forward(self, q: Tensor, p: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
-        grad_fn = self.grad_fn()
-        h = (-self.dt if reverse else self.dt) / self.substeps
-        for _ in range(self.substeps):
-            q, p = leapfrog(grad_fn, q, p, h)
-        return q, p
+    def forward(
+        self, q: Tensor, p: Tensor, reverse: bool = False, substeps: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Integrate for time dt (``-dt`` with ``reverse``, the exact inverse), in
+        ``substeps`` sub-steps (default the model's; fewer only to draw a single one)."""
+        n = self.substeps if substeps is None else substeps
+        dt = (-self.dt if reverse else self.dt) * n / self.substeps
+        return leapfrog_separable(
+            self.kinetic.grad, self.potential.grad, q, p, dt, 1, substeps=n, all_states=False
+        )
 
 
 LOG_PROB_EVALUATIONS = 1 << 16
@@ -240,8 +338,32 @@ class GaussianPosterior(nn.Module):
 # --- models -----------------------------------------------------------------------------------
 
 
+class FlowDistribution(Distribution):
+    """The density a :class:`DensityModel` defines, as a ``torch.distributions`` object.
+
+    zuko's flows are modules that, called, return a distribution; these models do the
+    same (``model()``), so code written for zuko (``flow().log_prob(x)``,
+    ``flow().rsample((n,))``) runs on an NHF unchanged. For an NHF, ``log_prob`` is the
+    importance-weighted bound with ``n_importance`` samples (a lower bound on log p(x)).
+    """
+
+    arg_constraints: dict[str, Any] = {}  # noqa: RUF012
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, model: DensityModel, n_importance: int = 128) -> None:
+        self.model, self.n_importance = model, n_importance
+        super().__init__(_SCALAR, model.event_shape, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.model.log_prob(value, self.n_importance)
+
+    def rsample(self, sample_shape: Shape = _SCALAR) -> Tensor:
+        return self.model.rsample(sample_shape)
+
+
 class DensityModel(nn.Module):
-    """What NHF and RealNVP share: fixed data standardisation and a distribution's API.
+    """What every flow model shares: a fixed data standardisation and a distribution's API.
 
     The model works on z = (x - loc) / scale; ``loc`` and ``scale`` are buffers set once
     from training data (identity by default). This is a fixed affine bijection with
@@ -259,6 +381,10 @@ class DensityModel(nn.Module):
     @property
     def event_shape(self) -> torch.Size:
         return torch.Size([self.dim])
+
+    def forward(self, n_importance: int = 128) -> FlowDistribution:
+        """The model's density as a ``torch.distributions.Distribution`` (as in zuko)."""
+        return FlowDistribution(self, n_importance)
 
     def set_standardisation(self, loc: Tensor, scale: Tensor) -> None:
         self.loc.copy_(loc)
@@ -279,8 +405,23 @@ class DensityModel(nn.Module):
     def sample(self, sample_shape: Shape = _SCALAR) -> Tensor:
         return self.rsample(sample_shape)
 
+    def log_prob(self, x: Tensor, n_importance: int = 128, progress: str | None = None) -> Tensor:
+        """log p(x) for x of shape (..., d), in chunks (:func:`log_prob_chunks`) to bound
+        memory: exact for the zuko flows, the importance-weighted bound for NHF. With
+        ``progress`` (a label), long computations show a progress bar."""
+        chunks = log_prob_chunks(x, n_importance)
+        bar = tqdm(
+            chunks, desc=progress, leave=False, dynamic_ncols=True,
+            disable=progress is None or len(chunks) < 4,
+        )  # fmt: skip
+        out = [self._log_prob_rows(xb, n_importance) for xb in bar]
+        return torch.cat(out).reshape(x.shape[:-1])
+
     def loss(self, x: Tensor, n_samples: int = 1) -> Tensor:
         """The training objective to minimise, averaged over the batch."""
+        raise NotImplementedError
+
+    def _log_prob_rows(self, x: Tensor, n_importance: int) -> Tensor:
         raise NotImplementedError
 
     def _rsample_model(self, n: int) -> Tensor:
@@ -288,7 +429,7 @@ class DensityModel(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Everything :func:`build` needs to rebuild this model (saved with each run)."""
-        raise NotImplementedError
+        return {"kind": self.kind, **asdict(self.cfg)}
 
 
 @dataclass
@@ -309,14 +450,18 @@ class NHFConfig:
     posterior_hidden: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("dim", "flow_steps", "leapfrog_steps", "hidden", "layers", "posterior_hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
-        for name in ("dt", "sigma", "beta"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value > 0):
-                raise UserError(f"{name} must be a positive number, got {value}")
+        check_int(self.dim, "dim", 1, 1 << 20)
+        check_int(self.flow_steps, "--flow-steps", 1, 1000)
+        check_int(self.leapfrog_steps, "--leapfrog-steps", 1, 100)
+        check_int(self.hidden, "--hidden", 1, 8192)
+        check_int(self.layers, "--layers", 1, 32)
+        check_int(self.posterior_hidden, "--posterior-hidden", 1, 8192)
+        check_range(self.dt, "--dt", gt=0, le=100)
+        check_range(self.sigma, "--sigma", gt=0, le=1e4)
+        check_range(self.beta, "--beta", gt=0, le=1e4)
+        for key in ("learn_dt", "quadratic_kinetic"):
+            if not isinstance(getattr(self, key), bool):
+                raise UserError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.prior not in PRIORS:
             raise UserError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
 
@@ -344,9 +489,6 @@ class NHF(DensityModel):
         self.posterior = GaussianPosterior(config.dim, config.posterior_hidden)
         self.register_buffer("sigma", torch.tensor(float(config.sigma)))
         self.register_buffer("beta", torch.tensor(float(config.beta)))
-
-    def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self.cfg)}
 
     @property
     def prior(self) -> Distribution:
@@ -391,14 +533,9 @@ class NHF(DensityModel):
         """Per-point ELBO (B,), averaged over ``n_samples`` momentum draws."""
         return self.log_weights(x, n_samples).mean(0)
 
-    def log_prob(self, x: Tensor, n_importance: int = 128) -> Tensor:
-        """Per-point importance-weighted bound with K = ``n_importance`` (≤ log p(x)),
-        computed in chunks (:func:`log_prob_chunks`) to bound memory."""
-        out = [
-            torch.logsumexp(self.log_weights(xb, n_importance), 0) - math.log(n_importance)
-            for xb in log_prob_chunks(x, n_importance)
-        ]
-        return torch.cat(out).reshape(x.shape[:-1])
+    def _log_prob_rows(self, x: Tensor, n_importance: int) -> Tensor:
+        """Importance-weighted bound with K = ``n_importance`` (≤ log p(x)) of rows (N, d)."""
+        return torch.logsumexp(self.log_weights(x, n_importance), 0) - math.log(n_importance)
 
     def loss(self, x: Tensor, n_samples: int = 1) -> Tensor:
         """-ELBO: minimising it maximises the ELBO (the paper's objective)."""
@@ -419,65 +556,119 @@ class RealNVPConfig:
     layers: int = 2
 
     def __post_init__(self) -> None:
-        if self.dim < 2:
+        if isinstance(self.dim, int) and not isinstance(self.dim, bool) and self.dim < 2:
             raise UserError("RealNVP needs data of dimension 2 or more (coupling splits it)")
+        check_int(self.dim, "dim", 2, 1 << 20)
+        check_int(self.transforms, "--transforms", 1, 1000)
+        check_int(self.hidden, "--hidden", 1, 8192)
+        check_int(self.layers, "--layers", 1, 32)
 
 
-class RealNVP(DensityModel):
-    """The RealNVP baseline (Dinh et al., 2017), taken from zuko with alternating masks."""
+@dataclass
+class NSFConfig:
+    """zuko's neural spline flow (Durkan et al., 2019): ``transforms`` autoregressive
+    rational-quadratic spline layers of ``bins`` bins, MADEs of ``layers`` x ``hidden``."""
 
-    kind = "realnvp"
+    dim: int
+    transforms: int = 3
+    hidden: int = 64
+    layers: int = 2
+    bins: int = 8
 
-    def __init__(self, config: RealNVPConfig) -> None:
+    def __post_init__(self) -> None:
+        check_int(self.dim, "dim", 1, 1 << 20)
+        check_int(self.transforms, "--transforms", 1, 1000)
+        check_int(self.hidden, "--hidden", 1, 8192)
+        check_int(self.layers, "--layers", 1, 32)
+        check_int(self.bins, "--bins", 2, 1024)
+
+
+class ZukoFlow(DensityModel):
+    """A zuko flow behind the :class:`DensityModel` API: exact log-density, one sample
+    per pass (NSF's inverse is autoregressive: ``dim`` passes)."""
+
+    def __init__(self, config: RealNVPConfig | NSFConfig) -> None:
         super().__init__(config.dim)
-        import zuko
-
         self.cfg = config
-        self.flow = zuko.flows.RealNVP(
-            features=config.dim,
-            transforms=config.transforms,
-            hidden_features=(config.hidden,) * config.layers,
-        )
+        self.flow = self._zuko(config)
 
-    def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self.cfg)}
+    def _zuko(self, config: Any) -> nn.Module:
+        raise NotImplementedError
 
-    def log_prob(self, x: Tensor, n_importance: int | None = None) -> Tensor:
-        """Exact log-density (``n_importance`` is accepted for a common API and ignored)."""
+    def _log_prob_rows(self, x: Tensor, n_importance: int) -> Tensor:
         return self.flow().log_prob(self._to_model(x)) - self._log_scale()
 
     def loss(self, x: Tensor, n_samples: int = 1) -> Tensor:
-        return -self.log_prob(x).mean()
+        """NLL (``n_samples`` is NHF's and ignored: the density is exact)."""
+        return -self._log_prob_rows(x, 1).mean()
 
     def _rsample_model(self, n: int) -> Tensor:
         return self.flow().rsample((n,))
 
 
+class RealNVP(ZukoFlow):
+    """The RealNVP baseline (Dinh et al., 2017), taken from zuko with alternating masks."""
+
+    kind = "realnvp"
+
+    def _zuko(self, config: RealNVPConfig) -> nn.Module:
+        import zuko
+
+        return zuko.flows.RealNVP(
+            features=config.dim,
+            transforms=config.transforms,
+            hidden_features=(config.hidden,) * config.layers,
+        )
+
+
+class NSF(ZukoFlow):
+    """The neural spline flow baseline (Durkan et al., 2019), taken from zuko."""
+
+    kind = "nsf"
+
+    def _zuko(self, config: NSFConfig) -> nn.Module:
+        import zuko
+
+        return zuko.flows.NSF(
+            features=config.dim,
+            transforms=config.transforms,
+            bins=config.bins,
+            hidden_features=(config.hidden,) * config.layers,
+        )
+
+
 MODELS: dict[str, tuple[type[DensityModel], type]] = {
     "nhf": (NHF, NHFConfig),
     "realnvp": (RealNVP, RealNVPConfig),
+    "nsf": (NSF, NSFConfig),
 }
 
 
 def build(config: dict[str, Any]) -> DensityModel:
-    """Build an untrained model from a :meth:`DensityModel.config` dictionary."""
+    """Build an untrained model from a :meth:`DensityModel.config` dictionary; an unknown
+    key or a value of the wrong type is refused with one line naming it."""
     config = dict(config)
     kind = config.pop("kind", "nhf")
     if kind not in MODELS:
         raise UserError(f"unknown model kind {kind!r}; choose one of {', '.join(MODELS)}")
     model_cls, config_cls = MODELS[kind]
-    known = {f.name for f in fields(config_cls)}
-    return model_cls(config_cls(**{k: v for k, v in config.items() if k in known}))
+    return model_cls(config_from_dict(config_cls, config, kind))
 
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save(model: DensityModel, path: str | Path) -> None:
-    """Save a model on its own, in the same format as a run's checkpoint."""
+def save(model: DensityModel, path: str | Path, target: str | None = None, seed: int = 0) -> None:
+    """Save a model on its own, in a run checkpoint's format, so that ``hgn flow
+    evaluate``, ``sample`` and ``plot`` read it. ``target`` (a target name or a .npy path)
+    is what those commands use when given no ``--target``; ``seed`` fixes a .npy
+    target's train/test split, as for a run trained with that seed. The keys are those of
+    the checkpoint :func:`hgn.flows.train.train` writes (one format, one reader)."""
+    config = {"model": model.config(), "target": target, "train": {"seed": seed}}
     save_checkpoint(
-        path, {"config": {"model": model.config()}, "state": {"model": model.state_dict()}}
+        path,
+        {"step": 0, "seconds": 0.0, "config": config, "state": {"model": model.state_dict()}},
     )
 
 

@@ -1,4 +1,6 @@
-"""Figures for flow models: Figure 9 (what an NHF learned) and Figure 10 (NHF vs RealNVP).
+"""Figures for flow models: Figure 9 (what an NHF learned), Figure 10 (NHF against
+RealNVP and NSF: final NLL, NLL against wall-clock time, training loss), sample grids for
+image-shaped data and 2-D marginals for other data of d > 2.
 
 matplotlib with the Agg backend (no display needed); every figure is written atomically.
 """
@@ -12,8 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hgn.flows.nhf import NHF, log_prob_chunks
-from hgn.physics.integrators import leapfrog
+from hgn.flows.nhf import NHF, DensityModel
 from hgn.plots import pyplot, save_figure
 from hgn.utils import UserError, derive_seed
 
@@ -31,6 +32,82 @@ def scatter(x: np.ndarray, path: str | Path, title: str = "") -> Path:
         ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def image_grid(
+    x: np.ndarray,
+    shape: tuple[int, int],
+    path: str | Path,
+    title: str = "",
+    reference: np.ndarray | None = None,
+    columns: int = 10,
+) -> Path:
+    """Flattened grey images ``x`` (N, H·W) as a grid of up to 10 × ``columns`` pictures
+    (values clipped to the reference's range), beside the same number of ``reference``
+    images (training data) when given, on one grey scale."""
+    rows = max(1, min(10, len(x) // columns))
+    panels = [("samples", x[: rows * columns])]
+    if reference is not None:
+        panels.insert(0, ("data", reference[: rows * columns]))
+    scale = reference if reference is not None else x
+    low, high = float(np.quantile(scale, 0.001)), float(np.quantile(scale, 0.999))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    height, width = shape
+    for ax, (label, images) in zip(axes[0], panels, strict=True):
+        canvas = np.full((rows * (height + 1) - 1, columns * (width + 1) - 1), np.nan)
+        for i, image in enumerate(images):
+            r, c = divmod(i, columns)
+            top, left = r * (height + 1), c * (width + 1)
+            canvas[top : top + height, left : left + width] = image.reshape(shape)
+        ax.imshow(np.clip(canvas, low, high), cmap="gray_r", vmin=low, vmax=high)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def marginals(
+    x: np.ndarray, reference: np.ndarray, path: str | Path, title: str = "", pairs: int = 4
+) -> Path:
+    """For d > 2: 2-D histograms of coordinate pairs (0, 1), (2, 3), … of model samples
+    (bottom row) under those of the data (top row), on common axes."""
+    pairs = max(1, min(pairs, x.shape[1] // 2))
+    fig, axes = plt.subplots(2, pairs, figsize=(3.2 * pairs, 6.4), squeeze=False)
+    for j in range(pairs):
+        cols = [2 * j, 2 * j + 1]
+        lo = np.quantile(reference[:, cols], 0.002, axis=0)
+        hi = np.quantile(reference[:, cols], 0.998, axis=0)
+        span = [[lo[0], hi[0]], [lo[1], hi[1]]]
+        for row, (label, data) in enumerate((("data", reference), ("model", x))):
+            ax = axes[row][j]
+            ax.hist2d(data[:, cols[0]], data[:, cols[1]], bins=80, range=span, cmap="magma")
+            ax.set_title(f"{label}: x{cols[0]} vs x{cols[1]}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def plot_run(
+    model: DensityModel,
+    reference: Tensor,
+    image_shape: tuple[int, int] | None,
+    path: str | Path,
+    title: str,
+    seed: int = 0,
+    **figure9_args: Any,
+) -> Path:
+    """What ``hgn flow plot`` draws: Figure 9 for a 2-D NHF, a sample grid for
+    image-shaped data, the data's and the model's 2-D marginals otherwise."""
+    if image_shape is not None or model.dim != 2:
+        torch.manual_seed(derive_seed(seed, "plot"))
+        x = model.sample(10_000 if image_shape is None else 100).numpy()
+        if image_shape is not None:
+            return image_grid(x, image_shape, path, title, reference=reference.numpy())
+        return marginals(x, reference.numpy(), path, title)
+    if not isinstance(model, NHF):
+        torch.manual_seed(derive_seed(seed, "plot"))
+        return scatter(model.sample(100_000).numpy(), path, title)
+    return figure9(model, reference, path, seed=seed, **figure9_args)
 
 
 def _grid(lim: float, n: int) -> tuple[Tensor, Tensor]:
@@ -66,8 +143,7 @@ def figure9(
     extent = (-lim, lim, -lim, lim)
     z = (x - model.loc) / model.scale
 
-    chunks = log_prob_chunks(x, n_importance)
-    density = torch.cat([model.log_prob(c, n_importance).exp() for c in chunks]).numpy()
+    density = model.log_prob(x, n_importance).exp().numpy()
     p_lim = 3.0
     _, p_grid = _grid(p_lim, resolution)
     kinetic = flow_step.kinetic(p_grid).numpy()
@@ -75,9 +151,7 @@ def figure9(
 
     _, xc = _grid(lim * 0.95, 21)
     zc = (xc - model.loc) / model.scale
-    q1, _ = leapfrog(
-        flow_step.grad_fn(), zc, torch.zeros_like(zc), flow_step.dt / flow_step.substeps
-    )
+    q1, _ = flow_step(zc, torch.zeros_like(zc), substeps=1)  # one sub-step
     move = ((q1 - zc) * model.scale).numpy()
     xc, axis = xc.numpy(), axis.numpy()
 
@@ -126,33 +200,46 @@ def figure9(
 
 
 def figure10(table: dict[str, Any], path: str | Path) -> Path:
-    """The paper's Figure 10: test NLL of each model (with its standard error and the
-    target's entropy) and its training objective against wall-clock time."""
+    """The paper's Figure 10 and the time-to-NLL view, left to right: each model's final
+    test NLL (standard error, the target's entropy); its test NLL against wall-clock
+    training time, with the common level the table times; its training objective."""
     rows = table["rows"]
-    fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_bar, ax_time, ax_loss) = plt.subplots(1, 3, figsize=(16, 4.2))
     names = [r["model"] for r in rows]
-    colours = plt.cm.tab10(np.arange(len(rows)))
-    ax_bar.bar(
-        names, [r["nll"] for r in rows], yerr=[r["nll_se"] for r in rows], color=colours,
-        capsize=3,
-    )  # fmt: skip
+    colours = plt.cm.tab10(np.arange(len(rows)) % 10)
+    finals = [r["nll"] for r in rows]
+    ax_bar.bar(names, finals, yerr=[r["nll_se"] for r in rows], color=colours, capsize=3)
+    low, high = min(finals), max(finals)
     if table["entropy"] is not None:
         ax_bar.axhline(table["entropy"], ls="--", color="k", label="target entropy")
         ax_bar.legend(fontsize=8)
-    low = min(r["nll"] for r in rows)
-    ax_bar.set_ylim(min(low, table["entropy"] or low) - 0.3, max(r["nll"] for r in rows) + 0.2)
+        low = min(low, table["entropy"])
+    pad = 0.15 * (high - low) + 0.05
+    ax_bar.set_ylim(low - 2 * pad, high + pad)
     ax_bar.set_ylabel("test NLL (nats)")
-    ax_bar.set_title(f"{table['target']}: test NLL")
+    ax_bar.set_title(f"{table['target']}: final test NLL")
     ax_bar.tick_params(axis="x", labelrotation=20)
+    for r, c in zip(rows, colours, strict=True):
+        curve = np.array(r.get("curve") or [], dtype=float).reshape(-1, 3)
+        ax_time.plot(curve[:, 0], curve[:, 2], "o-", ms=3, color=c, label=r["model"])
+    ax_time.axhline(table["level"], ls=":", color="k", label=f"level ({table['level_of']})")
+    if table["entropy"] is not None:
+        ax_time.axhline(table["entropy"], ls="--", color="k", lw=0.8)
+    ax_time.set_ylim(low - 2 * pad, high + 6 * pad)
+    ax_time.set_xlabel("training time (s)")
+    ax_time.set_ylabel("test NLL (nats)")
+    ax_time.set_title(f"time to NLL (first to the level: {table['first']})")
+    ax_time.legend(fontsize=7)
     for r, c in zip(rows, colours, strict=True):
         hist = np.array(r["history"], dtype=float)
         if len(hist):
             seconds = hist[:, 0] / hist[:, 2]
             width = min(10, len(hist))  # trailing mean: "same" would pull both ends to 0
             smooth = np.convolve(hist[:, 1], np.ones(width) / width, "valid")
-            ax_curve.plot(seconds[width - 1 :], smooth, color=c, label=r["model"])
-    ax_curve.set_xlabel("training time (s)")
-    ax_curve.set_ylabel("training loss (NHF: -ELBO, RealNVP: NLL)")
-    ax_curve.set_title("training")
-    ax_curve.legend(fontsize=8)
+            ax_loss.plot(seconds[width - 1 :], smooth, color=c, label=r["model"])
+    ax_loss.set_ylim(low - 2 * pad, high + 6 * pad)
+    ax_loss.set_xlabel("training time (s)")
+    ax_loss.set_ylabel("training loss (NHF: -ELBO, others: NLL)")
+    ax_loss.set_title("training")
+    ax_loss.legend(fontsize=7)
     return save_figure(fig, path)

@@ -1,8 +1,10 @@
-"""Training, evaluation, sampling, figures and the RealNVP comparison for flow models.
+"""Training, evaluation, sampling and the time-to-quality comparison of flow models.
 
-Everything here is a thin layer over :mod:`hgn.flows` (the models), :mod:`hgn.flows.targets`
-(the data) and :func:`hgn.training.loop.train_loop` (budgets, checkpoints, resume, NaN guard):
-the ``hgn flow`` commands call these functions and nothing else.
+Everything here is a thin layer over :mod:`hgn.flows.nhf` (the models),
+:mod:`hgn.flows.targets` (the data) and :func:`hgn.training.loop.train_loop` (budgets,
+checkpoints, resume, NaN guard, progress): the ``hgn flow`` commands call these functions
+and nothing else. Every command that writes refuses a directory or file it did not write
+(:func:`hgn.utils.claim_output_dir`, :func:`hgn.utils.check_output_file`).
 """
 
 from __future__ import annotations
@@ -11,38 +13,43 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from hgn.flows.nhf import (
-    NHF,
-    DensityModel,
-    NHFConfig,
-    RealNVPConfig,
-    build,
-    load,
-    log_prob_chunks,
-    n_parameters,
-)
+from hgn.checks import check_range, config_from_dict
+from hgn.flows.nhf import NHF, DensityModel, NHFConfig, build, check_int, load, n_parameters
 from hgn.flows.targets import DataSource, check_points, data_source
 from hgn.training.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
-from hgn.utils import UserError, atomic_path, derive_seed, load_checkpoint, positive_int
+from hgn.utils import (
+    OUTPUT_MARKER,
+    UserError,
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+    claim_output_dir,
+    derive_seed,
+    load_checkpoint,
+    mark_output_dir,
+    write_json,
+)
 
 EVAL_FILE = "eval.json"
+TRAIN_KIND = "flow train"
+COMPARE_KIND = "flow compare"
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings of one run (the architecture is the model's own config).
+class FlowTrainConfig:
+    """Optimisation settings of one flow run (the architecture is the model's own config).
 
     The learning rate warms up linearly for ``warmup`` of the run, then follows a cosine
     to zero at ``steps``: a function of the step alone, so resumed runs match.
+    ``max_minutes`` is the run's wall-clock budget (``None``: steps only).
     """
 
     steps: int = 9000
@@ -55,13 +62,14 @@ class TrainConfig:
     max_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        positive_int(self.steps, "--steps")
-        positive_int(self.batch_size, "--batch-size")
-        positive_int(self.n_samples, "--n-samples")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise UserError(f"--max-minutes must be positive, got {self.max_minutes}")
+        check_int(self.steps, "--steps", 1, 10**9)
+        check_int(self.batch_size, "--batch-size", 1, 1 << 20)
+        check_int(self.n_samples, "--n-samples", 1, 4096)
+        check_int(self.seed, "--seed", 0, 2**63 - 1)
+        check_range(self.lr, "--lr", gt=0, le=1)
+        check_range(self.warmup, "--warmup", ge=0, lt=1)
+        check_range(self.clip, "--clip", gt=0, le=1e6)
+        check_range(self.max_minutes, "--max-minutes", gt=0, le=1e6)
 
     def lr_at(self, step: int) -> float:
         warm = max(1, round(self.warmup * self.steps))
@@ -80,28 +88,64 @@ def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
         model.set_standardisation(ref.mean(0), torch.where(scale > 0, scale, 1.0))
 
 
+@dataclass
+class Snapshot:
+    """The model's weights after ``step`` steps and ``seconds`` of training."""
+
+    seconds: float
+    step: int
+    state: dict[str, Tensor]
+
+
+def _claim_run(out: Path, resume: bool) -> None:
+    """``out`` must be new, empty or a flow run; a run written before hgn marked its
+    directories (a flow checkpoint, no marker) is adopted on ``--resume``."""
+    legacy = resume and (out / CHECKPOINT).is_file() and not (out / OUTPUT_MARKER).exists()
+    if legacy and "model" in load_checkpoint(out / CHECKPOINT).get("config", {}):
+        mark_output_dir(out, TRAIN_KIND)
+    claim_output_dir(out, TRAIN_KIND)
+
+
 def train(
     target: str,
     out: str | Path,
     model_config: dict[str, Any],
-    cfg: TrainConfig,
+    cfg: FlowTrainConfig,
     *,
     resume: bool = False,
+    keep_steps: bool = False,
     standardise: bool = True,
     desc: str = "flow",
     tensorboard: bool = True,
+    progress: bool = True,
+    snapshot_seconds: float | None = None,
+    snapshots: list[Snapshot] | None = None,
 ) -> LoopResult:
-    """Train a flow model (``model_config["kind"]``: nhf | realnvp) on ``target`` into ``out``.
+    """Train a flow model (``model_config["kind"]``: nhf | realnvp | nsf) on ``target``
+    into the run directory ``out``.
 
-    On ``resume`` the run's saved model, target and seed are used; only the budgets
-    (``steps``, ``max_minutes``) may change.
+    On ``resume`` the run's saved model, target and settings are used; of ``cfg`` only
+    the budgets apply: ``steps`` (unless ``keep_steps``, which keeps the saved ones) and
+    ``max_minutes``, which, given, counts from this call (otherwise what is left of the
+    saved budget applies). Every ``snapshot_seconds`` of training (this call's clock)
+    a copy of the weights is appended to ``snapshots``: ``hgn flow compare`` scores them
+    afterwards, so that scoring costs no training time.
     """
     out = Path(out)
+    budget_from_now = cfg.max_minutes is not None
     if resume and (out / CHECKPOINT).exists():
         saved = load_checkpoint(out / CHECKPOINT)["config"]
-        target, model_config = saved["target"], saved["model"]
-        cfg = TrainConfig(**{**saved["train"], "steps": cfg.steps, "max_minutes": cfg.max_minutes})
-        standardise = saved["standardise"]
+        if target != saved["target"]:
+            raise UserError(
+                f"{out} was trained on {saved['target']!r}; --resume continues on it, "
+                f"not on {target!r} (train a new run for another target)"
+            )
+        model_config, standardise = saved["model"], saved["standardise"]
+        budgets = {"steps": saved["train"]["steps"] if keep_steps else cfg.steps}
+        if budget_from_now:
+            budgets["max_minutes"] = cfg.max_minutes
+        cfg = config_from_dict(FlowTrainConfig, {**saved["train"], **budgets}, "train")
+    _claim_run(out, resume)
     data = data_source(target, cfg.seed)
     model_config = {**model_config, "dim": data.dim}
     torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -109,8 +153,10 @@ def train(
     _prepare(model, data, standardise)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     params = list(model.parameters())
+    clock: dict[str, float] = {}
 
     def step_fn(step: int) -> dict[str, float]:
+        start = clock.setdefault("start", time.perf_counter())
         lr = cfg.lr_at(step)
         for group in optimiser.param_groups:
             group["lr"] = lr
@@ -120,6 +166,13 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         if torch.isfinite(grad_norm):  # a rare non-finite gradient skips the step
             optimiser.step()
+        seconds = time.perf_counter() - start
+        if snapshots is not None and snapshot_seconds is not None:
+            due = (len(snapshots) + 1) * snapshot_seconds
+            if seconds >= due:
+                copy = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                snapshots.append(Snapshot(seconds, step + 1, copy))
+                clock["start"] += time.perf_counter() - start - seconds  # not training time
         return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
     config = {
@@ -136,46 +189,86 @@ def train(
         log_every=25,
         desc=desc,
         tensorboard=tensorboard,
+        progress=progress,
+        budget_from_now=budget_from_now,
     )
-    return train_loop(
+    result = train_loop(
         out, {"model": model, "optimiser": optimiser}, step_fn, loop, config, resume=resume
     )
+    if "start" in clock and snapshots is not None:  # the trained model, at its own time
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        last = snapshots[-1].step if snapshots else -1
+        if last != result.step:
+            snapshots.append(Snapshot(time.perf_counter() - clock["start"], result.step, state))
+    return result
 
 
 def run_config(run: str | Path) -> dict[str, Any]:
+    """The config saved with a run (a directory) or a checkpoint file."""
     run = Path(run)
     return load_checkpoint(run / CHECKPOINT if run.is_dir() else run)["config"]
 
 
+def run_data(run: str | Path, target: str | None) -> tuple[DensityModel, DataSource]:
+    """A run's model and the data to score it on: ``target`` or, by default, the run's own.
+    A checkpoint saved by :func:`hgn.flows.save` without a target needs ``target``."""
+    config = run_config(run)
+    model = load(run)
+    target = target or config.get("target")
+    if target is None:
+        raise UserError(f"{run} records no target; pass --target")
+    seed = int(config.get("train", {}).get("seed", 0))
+    return model, data_source(target, seed)
+
+
+def run_file(run: str | Path, name: str) -> Path | None:
+    """Where a command may write its file ``name`` inside ``run``: a ``hgn flow train``
+    directory (its own earlier file is replaced), or a directory without such a file;
+    None for a checkpoint file, or a directory whose ``name`` hgn cannot tell it wrote."""
+    run = Path(run)
+    if not run.is_dir():
+        return None
+    try:
+        check_output_dir(run, TRAIN_KIND)
+    except UserError:  # not marked as a flow run: add a file, never replace one
+        return None if (run / name).exists() else run / name
+    return run / name
+
+
+def _image_shape(run: str | Path) -> tuple[int, int] | None:
+    """(H, W) when the run's target is image-shaped data (digits, an (N, H, W) array)."""
+    target = run_config(run).get("target")
+    if target is None:
+        return None
+    try:
+        return data_source(target, 0).image_shape
+    except UserError:  # a moved .npy file: draw the samples as points
+        return None
+
+
 @torch.no_grad()
-def log_prob(model: DensityModel, x: Tensor, n_importance: int, desc: str = "log_prob") -> Tensor:
-    """Batched log-densities with a progress bar (the IWAE bound for NHF, exact for RealNVP)."""
-    chunks = log_prob_chunks(x, n_importance)
-    bar = tqdm(chunks, desc=desc, leave=False, disable=len(chunks) < 4, dynamic_ncols=True)
-    return torch.cat([model.log_prob(c, n_importance) for c in bar])
-
-
 def evaluate(
     run: str | Path,
     target: str | None = None,
     n_importance: int = 128,
     n_test: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Test NLL (nats, mean ± standard error) of a run's model; writes ``RUN/eval.json``."""
-    n_importance = positive_int(n_importance, "--n-importance")
-    config = run_config(run)
-    model = load(run)
-    target = target or config["target"]
-    data = data_source(target, config["train"]["seed"])
-    x = check_points(data.test_set(), model.dim, f"test data of {target}")
+    """Test NLL (nats, mean ± standard error, and per dimension) of a run's model; writes
+    ``RUN/eval.json`` when ``RUN`` is a run directory."""
+    n_importance = check_int(n_importance, "--n-importance", 1, 1 << 20)
+    model, data = run_data(run, target)
+    x = check_points(data.test_set(), model.dim, f"test data of {data.name}")
     if n_test is not None:
-        x = x[: positive_int(n_test, "--n-test")]
-    lp = log_prob(model, x, n_importance, desc="evaluate")
-    nll = -lp.double()
+        x = x[: check_int(n_test, "--n-test", 1, 1 << 30)]
+    nll = -model.log_prob(x, n_importance, "evaluate" if progress else None).double()
+    se = nll.std().item() / math.sqrt(len(nll)) if len(nll) > 1 else None
     result = {
-        "target": target,
+        "target": data.name,
         "nll": nll.mean().item(),
-        "nll_se": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
+        "nll_se": se,
+        "nats_per_dim": nll.mean().item() / model.dim,
+        "dim": model.dim,
         "n_test": len(nll),
         "n_importance": n_importance if model.kind == "nhf" else None,
         "entropy": data.entropy,
@@ -183,20 +276,24 @@ def evaluate(
     }
     if data.entropy is not None:
         result["gap"] = result["nll"] - data.entropy
-    run = Path(run)
-    if run.is_dir():
-        with atomic_path(run / EVAL_FILE) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
+    path = run_file(run, EVAL_FILE)
+    if path is not None:
+        write_json(path, result)
+    result["written"] = str(path) if path is not None else None
     return result
 
 
 @torch.no_grad()
-def sample(run: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
-    """Draw ``n`` samples of a run's model into ``out`` (.npy array or .png scatter plot)."""
-    n = positive_int(n, "--n")
+def sample(
+    run: str | Path, n: int, out: str | Path, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Draw ``n`` samples of a run's model into ``out``: a .npy array, or a .png picture
+    (a grid of images for image-shaped data, else a 2-D histogram)."""
+    n = check_int(n, "--n", 1, 1 << 26)
     out = Path(out)
     if out.suffix not in (".npy", ".png"):
         raise UserError(f"cannot write samples to {out}: use a .npy or .png file name")
+    check_output_file(out, overwrite)
     model = load(run)
     torch.manual_seed(derive_seed(seed, "sample"))
     x = model.sample(n).numpy()
@@ -206,10 +303,13 @@ def sample(run: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
         return out
     from hgn.flows import plots as flow_plots
 
+    image_shape = _image_shape(run)
+    if image_shape is not None:
+        return flow_plots.image_grid(x, image_shape, out, title=f"samples of {Path(run).name}")
     return flow_plots.scatter(x, out, title=f"{n} samples of {Path(run).name}")
 
 
-# --- the RealNVP comparison (paper Fig. 10) ---------------------------------------------------
+# --- time to quality: NHF against zuko's RealNVP and NSF --------------------------------------
 
 
 def _time_per_call(fn: Callable[[], Any], repeats: int = 3) -> float:
@@ -233,8 +333,11 @@ def throughput(
     return {"samples_per_s": n_samples / t_sample, "log_prob_per_s": len(x) / t_density}
 
 
-def seconds_per_step(model: DensityModel, data: DataSource, cfg: TrainConfig, n: int = 5) -> float:
-    """Mean wall time of one training step (after a warm-up step), on a throwaway optimiser."""
+def seconds_per_step(
+    model: DensityModel, data: DataSource, cfg: FlowTrainConfig, n: int = 7
+) -> float:
+    """Median wall time of one training step (after two warm-up steps), on a throwaway
+    optimiser; the median resists the bursts of a shared machine."""
     opt = torch.optim.Adam(model.parameters())
 
     def one() -> None:
@@ -243,30 +346,61 @@ def seconds_per_step(model: DensityModel, data: DataSource, cfg: TrainConfig, n:
         loss.backward()
         opt.step()
 
-    one()
-    return sum(_time_per_call(one, 1) for _ in range(n)) / n
+    one(), one()
+    return float(np.median([_time_per_call(one, 1) for _ in range(n)]))
 
 
-def _steps_for(model_config: dict, target: str, cfg: TrainConfig, minutes: float) -> int:
+def _steps_for(model_config: dict, data: DataSource, cfg: FlowTrainConfig, minutes: float) -> int:
     """How many training steps fit in ``minutes``, from timing a few steps: every model
     then runs its full learning-rate schedule within the same wall-clock budget."""
-    data = data_source(target, cfg.seed)
+    torch.manual_seed(derive_seed(cfg.seed, "probe"))
     per_step = seconds_per_step(build({**model_config, "dim": data.dim}), data, cfg)
     return max(1, int(60.0 * minutes / per_step))
 
 
-def matched_realnvp(transforms: int, n_params: int, dim: int, layers: int = 2) -> dict[str, Any]:
-    """The RealNVP config whose hidden width brings its parameter count closest to ``n_params``."""
-    best: tuple[int, dict[str, Any]] | None = None
-    for hidden in range(2, 1025):
-        config = asdict(RealNVPConfig(dim, transforms, hidden, layers))
-        count = n_parameters(build({"kind": "realnvp", **config}))
-        if best is None or abs(count - n_params) < abs(best[0] - n_params):
-            best = (count, config)
-        if count > n_params:
-            break
-    assert best is not None
-    return {"kind": "realnvp", **best[1]}
+def matched(kind: str, transforms: int, n_params: int, dim: int, layers: int = 2) -> dict:
+    """The ``kind`` (realnvp | nsf) config of ``transforms`` layers whose hidden width
+    brings its parameter count closest to ``n_params`` (counts grow with the width)."""
+
+    def count(hidden: int) -> int:
+        config = {"kind": kind, "dim": dim, "transforms": transforms, "hidden": hidden}
+        return n_parameters(build({**config, "layers": layers}))
+
+    low, high = 1, 8192
+    while high - low > 1:  # the last width with at most n_params parameters
+        mid = (low + high) // 2
+        low, high = (mid, high) if count(mid) <= n_params else (low, mid)
+    hidden = min((low, high), key=lambda h: abs(count(h) - n_params))
+    return {"kind": kind, "dim": dim, "transforms": transforms, "hidden": hidden, "layers": layers}
+
+
+DEFAULT_MODELS = ("NHF-LF1", "NHF-LF2", "NHF-LF3", "RealNVP-2", "RealNVP-3", "NSF-3")
+"""What ``hgn flow compare`` trains by default: the paper's Figure 10 (NHF with 1-3
+leapfrog sub-steps, RealNVP with 2 and 3 coupling layers) and zuko's neural spline flow."""
+
+
+def model_spec(name: str, nhf_config: dict[str, Any], n_params: int, dim: int) -> dict:
+    """The config of a compare model by name: ``NHF`` (``nhf_config``), ``NHF-LF<k>`` (it
+    with k leapfrog sub-steps), ``RealNVP-<k>`` or ``NSF-<k>`` (k layers, width matched to
+    ``n_params``)."""
+    kind, _, number = name.partition("-")
+    if kind == "NHF" and not number:
+        return nhf_config
+    if kind == "NHF" and number.startswith("LF") and number[2:].isdigit():
+        return {**nhf_config, "leapfrog_steps": int(number[2:])}
+    if kind in ("RealNVP", "NSF") and number.isdigit() and int(number) > 0:
+        return matched(kind.lower(), int(number), n_params, dim)
+    raise UserError(
+        f"unknown model {name!r} in --models; use NHF, NHF-LF<k>, RealNVP-<k> or NSF-<k>"
+    )
+
+
+def _mean_nll(model: DensityModel, x: Tensor, n_importance: int) -> tuple[float, float]:
+    """Mean test NLL and its standard error."""
+    torch.manual_seed(derive_seed("compare", "nll"))
+    with torch.no_grad():
+        nll = -model.log_prob(x, n_importance).double()
+    return nll.mean().item(), nll.std().item() / math.sqrt(len(nll))
 
 
 def compare(
@@ -274,54 +408,86 @@ def compare(
     out: str | Path,
     minutes: float,
     nhf_config: dict[str, Any],
-    cfg: TrainConfig,
-    leapfrog: tuple[int, ...] = (1, 2, 3),
-    realnvp_layers: tuple[int, ...] = (2, 3),
+    cfg: FlowTrainConfig,
+    models: tuple[str, ...] = DEFAULT_MODELS,
     n_importance: int = 128,
     n_test: int = 2000,
+    curve_points: int = 8,
+    reference: str = "RealNVP-3",
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train NHF (1, 2, 3 leapfrog sub-steps per flow step) and RealNVP (2, 3 coupling layers,
-    widths matched to NHF's parameter count) for ``minutes`` each; write the table
-    (``compare.json``, ``compare.md``) and Figure 10 (``figure10.png``) in ``out``."""
-    if not minutes > 0:
-        raise UserError(f"--minutes must be positive, got {minutes}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train each of ``models`` for ``minutes`` of wall-clock time on ``target`` and
+    compare them at equal time and at matched parameter counts.
+
+    Every model's step count is set from a throughput probe, so that its cosine schedule
+    ends on time (and ``1.2 × minutes`` stops it regardless). Test NLL is measured at
+    ``curve_points`` moments of training (weights copied as it runs, scored afterwards on
+    the same ``n_test`` points) and at the end: the time-to-NLL view. The common level is
+    ``reference``'s final NLL (the worst final NLL when it is not among the models); the
+    table gives the time each model first reached it. Writes ``compare.json``,
+    ``compare.md`` and ``figure10.png`` in ``out``.
+    """
+    check_range(minutes, "--minutes", gt=0, le=1e4)
+    check_int(curve_points, "--curve-points", 1, 1000)
+    n_importance = check_int(n_importance, "--n-importance", 1, 1 << 20)
+    if not models or len(set(models)) != len(models):
+        raise UserError(f"--models needs distinct model names, got {','.join(models)}")
     data = data_source(target, cfg.seed)
     nhf_config = {"kind": "nhf", **asdict(NHFConfig(data.dim)), **nhf_config, "dim": data.dim}
     n_nhf = n_parameters(build(nhf_config))
-    models = {f"NHF-LF{k}": {**nhf_config, "leapfrog_steps": k} for k in leapfrog}
-    models |= {f"RealNVP-{k}": matched_realnvp(k, n_nhf, data.dim) for k in realnvp_layers}
-    x = data.test_set()[:n_test]
+    specs = {name: model_spec(name, nhf_config, n_nhf, data.dim) for name in models}
+    for spec in specs.values():
+        build(spec)  # a bad configuration fails before any training
+    out = claim_output_dir(out, COMPARE_KIND)
+    x = check_points(data.test_set(), data.dim, f"test data of {target}")[:n_test]
     rows = []
-    for name, model_config in models.items():
-        steps = _steps_for(model_config, target, cfg, minutes)
-        run_cfg = TrainConfig(**{**asdict(cfg), "steps": steps, "max_minutes": 1.2 * minutes})
-        result = train(target, out / name, model_config, run_cfg, desc=name, resume=True)
+    for name, spec in specs.items():
+        row_file = out / name / "compare-row.json"
+        if row_file.is_file():  # finished by an earlier, interrupted compare
+            rows.append(json.loads(row_file.read_text()))
+            continue
+        run_cfg = replace(
+            cfg, steps=_steps_for(spec, data, cfg, minutes), max_minutes=1.2 * minutes
+        )
+        snapshots: list[Snapshot] = []
+        result = train(
+            target, out / name, spec, run_cfg, desc=name, resume=True, keep_steps=True,
+            progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
+            snapshots=snapshots,
+        )  # fmt: skip
         model = load(out / name)
-        nll = -log_prob(model, x, n_importance, desc=f"{name} NLL").double()
+        nll, nll_se = _mean_nll(model, x, n_importance)
+        curve = []
+        for snap in snapshots:
+            model.load_state_dict(snap.state)
+            curve.append([snap.seconds, snap.step, _mean_nll(model, x, n_importance)[0]])
+        model = load(out / name)
         rows.append(
             {
                 "model": name,
+                "config": model.config(),
                 "parameters": n_parameters(model),
-                "nll": nll.mean().item(),
-                "nll_se": nll.std().item() / math.sqrt(len(nll)),
+                "nll": nll,
+                "nll_se": nll_se,
                 "train_s": result.seconds,
                 "steps": result.step,
+                "curve": curve,
                 **throughput(model, x[:256], n_importance),
                 "history": [(h["step"], h["loss"], h["steps_per_s"]) for h in result.history],
             }
         )
+        write_json(row_file, rows[-1])
     table = {
         "target": target,
+        "dim": data.dim,
         "entropy": data.entropy,
         "minutes_per_model": minutes,
         "n_importance": n_importance,
         "n_test": len(x),
         "rows": rows,
+        **time_to_level(rows, reference),
     }
-    with atomic_path(out / "compare.json") as tmp:
-        tmp.write_text(json.dumps(table, indent=2))
+    write_json(out / "compare.json", table)
     with atomic_path(out / "compare.md") as tmp:
         tmp.write_text(compare_markdown(table))
     from hgn.flows import plots as flow_plots
@@ -330,28 +496,48 @@ def compare(
     return table
 
 
+def time_to_level(rows: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """The common NLL level (``reference``'s final NLL, else the worst final NLL) and,
+    per row (set in place), the first measured time and step at which it reached it."""
+    finals = {r["model"]: r["nll"] for r in rows}
+    name = reference if reference in finals else max(finals, key=finals.__getitem__)
+    level = finals[name]
+    first = None
+    for r in rows:
+        hit = next((point for point in r["curve"] if point[2] <= level), None)
+        r["time_to_level"] = hit[0] if hit else None
+        r["steps_to_level"] = hit[1] if hit else None
+        if hit and (first is None or hit[0] < first[1]):
+            first = (r["model"], hit[0])
+    return {"level": level, "level_of": name, "first": first[0] if first else None}
+
+
 def compare_markdown(table: dict[str, Any]) -> str:
     """The comparison table as Markdown (what goes into docs/RESULTS.md)."""
-    entropy = table["entropy"]
+    entropy, dim = table["entropy"], table.get("dim", 2)
     lines = [
-        f"Target `{table['target']}`"
-        + (f" (entropy {entropy:.3f} nats)" if entropy is not None else "")
-        + f"; {table['minutes_per_model']:g} min per model; NLL on {table['n_test']} test "
-        f"points (NHF: IWAE bound, K = {table['n_importance']}).",
+        f"Target `{table['target']}` (d = {dim}"
+        + (f", entropy {entropy:.3f} nats" if entropy is not None else "")
+        + f"); {table['minutes_per_model']:g} min per model; NLL on {table['n_test']} test "
+        f"points (NHF: IWAE bound, K = {table['n_importance']}). Common level: "
+        f"{table['level']:.3f} nats ({table['level_of']}'s final NLL); first to reach it: "
+        f"**{table['first']}**.",
         "",
-        "| model | parameters | test NLL (nats) | train s | steps | samples/s | log_prob/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | parameters | test NLL (nats) | nats/dim | steps | train s "
+        "| s to level | samples/s | log_prob/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table["rows"]:
+        reached = "never" if r["time_to_level"] is None else f"{r['time_to_level']:.0f}"
         lines.append(
             f"| {r['model']} | {r['parameters']} | {r['nll']:.3f} ± {r['nll_se']:.3f} "
-            f"| {r['train_s']:.0f} | {r['steps']} | {r['samples_per_s']:.3g} "
-            f"| {r['log_prob_per_s']:.3g} |"
+            f"| {r['nll'] / dim:.3f} | {r['steps']} | {r['train_s']:.0f} | {reached} "
+            f"| {r['samples_per_s']:.3g} | {r['log_prob_per_s']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def is_nhf(model: DensityModel) -> NHF:
     if not isinstance(model, NHF):
-        raise UserError("this needs an NHF run (the model is RealNVP)")
+        raise UserError(f"this needs an NHF run (the model is {model.kind})")
     return model
