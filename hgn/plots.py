@@ -1,5 +1,7 @@
 """Pictures, plots and animations in one place: frame grids, comparison strips, GIF/MP4
-writing (atomic), and the matplotlib figures of the HGN side (Agg backend, PNG)."""
+and PNG writing, matplotlib figures (Agg backend, PNG; the flows' and reproduce's too),
+every file written atomically; and the one check of a picture or animation a command is
+asked to write (:func:`check_output`), made before the work that produces it."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from packaging.requirements import Requirement
@@ -112,6 +113,17 @@ def test_mp4_without_an_encoder_is_refused_in_one_line(
     assert plots.check_output(tmp_path / "a.gif", plots.ANIMATION_SUFFIXES).name == "a.gif"
     with pytest.raises(UserError, match=r"use a file name ending in \.gif, \.mp4"):
         plots.check_output(tmp_path / "a.avi", plots.ANIMATION_SUFFIXES)
+
+
+def test_mp4_is_written_with_the_video_extra(tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    import imageio.v3 as iio
+
+    frames = np.random.default_rng(0).integers(0, 255, (6, 20, 20, 3), dtype=np.uint8)
+    path = plots.save_animation(tmp_path / "a.mp4", frames, fps=8)
+    back = iio.imread(path, plugin="pyav")
+    assert back.shape == (6, 32, 32, 3)  # padded to 16-pixel macro-blocks
+    assert [p.name for p in tmp_path.iterdir()] == ["a.mp4"]  # no temporary file left
 
 
 def _lock_pins() -> dict[str, str]:
