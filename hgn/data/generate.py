@@ -241,18 +241,20 @@ def _check_space(
     report: Report | None,
 ) -> None:
     """Print the estimated size on disk before any work; refuse when it exceeds the
-    free space. The estimate compresses a few rendered trajectories (their own seed
-    stream, so the dataset's randomness is untouched) and scales up."""
+    free space. The estimate compresses frames of a few initial states drawn from their
+    own seed stream (the dataset's randomness is untouched; no simulation needed, each
+    frame an independent state, as compressible as a frame of a trajectory) and scales
+    up."""
     rows = {split: hi - lo for split, (lo, hi) in ranges.items()}
     frames, size = meta["steps"] + 1, meta["size"]
     n = ESTIMATE_ROWS
     rng = numpy_rng(meta["seed"], "estimate", meta["system"])
     with one_thread():
-        q, _, values = sim.sample_with_variant(n, rng, meta["dt"], min(meta["steps"], 30))
-        frames_drawn = (sim.bind(values) if values else sim).render(q, size)
+        values = sim.sample_variant(n, rng)
+        q, _ = sim.sample_initial(n * 31, rng)
+        drawn = (sim.bind(values) if values else sim).render(q.view(n, 31, -1), size).numpy()
     spec = specs["train/images"]
     codec = store.numcodec(spec.codec, 1)
-    drawn = frames_drawn.numpy()
     per_frame = len(codec.encode(np.ascontiguousarray(drawn))) / math.prod(drawn.shape[:2])
     images = per_frame * frames * sum(rows.values())
     raw_images = size * size * 3 * frames * sum(rows.values())
@@ -263,11 +265,11 @@ def _check_space(
     )
     need = images + states  # states compress little: count them raw
     raw = raw_images + states
-    part = "" if meta["parts"] == 1 else " (this shard)"
+    part = "" if meta["parts"] == 1 else ", for this shard"
     if report is not None:
         report(
-            f"{loc.url}: about {store.human(need)} on disk{part} (an estimate from compressing "
-            f"{n} sample trajectories; {store.human(raw)} uncompressed)"
+            f"{loc.url}: about {store.human(need)} on disk (an estimate from compressing "
+            f"{n} sample trajectories; {store.human(raw)} uncompressed{part})"
         )
     free = loc.free_bytes()
     if free is not None and need * 1.1 > free:

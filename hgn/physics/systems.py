@@ -65,7 +65,7 @@ DM_SHARPNESS = 80.0
 
 STYLES = ("paper", "dm")
 
-RENDER_PIXELS = 1 << 20
+RENDER_PIXELS = 1 << 22
 """Frames are rendered in chunks of about this many pixels, bounding peak memory."""
 
 RANDOM_SATURATION, RANDOM_VALUE = 0.75, 0.9
@@ -484,8 +484,12 @@ class System:
         # copies byte by byte and is several times slower
         frame = (background + 0.5).to(torch.uint8).repeat(size * size)
         out.view(n, -1).copy_(frame.expand(n, -1))
-        pixels = out.view(n * size * size, 3)
-        first_pixel = (torch.arange(n) * (size * size))[:, None, None]
+        # the frames as flat bytes: patches are scattered byte-wise (a scatter of 3-byte
+        # rows, or of broadcast RGB arithmetic, costs several times more)
+        flat = out.view(-1)
+        step = torch.arange(patch) * (size * 3)
+        rel = (step[:, None, None] + (offsets * 3)[None, :, None] + torch.arange(3)).reshape(-1)
+        first_byte = torch.arange(n) * (size * size * 3)
         palette = torch.tensor(self.colours, dtype=torch.float32) * 255.0
         for body in range(self.bodies):
             r = radius[:, body, None, None].float() if isinstance(radius, Tensor) else radius
@@ -493,23 +497,24 @@ class System:
             # centres, so a clamped patch still holds every visible pixel of its disc
             x0 = (cx[:, body] - r_max - margin).floor().clamp(0, size - patch).long()
             y0 = (cy[:, body] - r_max - margin).floor().clamp(0, size - patch).long()
-            xs = x0[:, None] + offsets  # (n, patch)
-            ys = y0[:, None] + offsets
-            dx2 = (xs + 0.5 - cx[:, body, None]).square()
-            dy2 = (ys + 0.5 - cy[:, body, None]).square()
+            dx2 = (x0[:, None] + offsets + 0.5 - cx[:, body, None]).square()  # (n, patch)
+            dy2 = (y0[:, None] + offsets + 0.5 - cy[:, body, None]).square()
             dist = (dy2[:, :, None] + dx2[:, None, :]).sqrt()
             soft = torch.sigmoid(sharp * (r - dist)) if sharp else None
             alpha = (r + 0.5 - dist).clamp(0.0, 1.0) if soft is None else soft
             alpha = alpha.reshape(n, -1, 1)
-            index = (first_pixel + ys[:, :, None] * size + xs[:, None, :]).reshape(-1)
-            # the first disc lands on plain background: no need to read the frame
-            if body == 0:
-                under = background
-            else:
-                under = pixels.index_select(0, index).to(torch.float32).view(n, -1, 3)
+            index = ((first_byte + (y0 * size + x0) * 3)[:, None] + rel).reshape(-1)
             colour = palette[body] if colours is None else colours[:, body, None, :] * 255.0
-            painted = torch.addcmul(under + 0.5, alpha, colour - under)
-            pixels.index_copy_(0, index, painted.reshape(-1, 3).to(torch.uint8))
+            if body == 0 and colours is None:  # plain background: one outer product
+                painted = torch.addmm(
+                    background + 0.5, alpha.view(-1, 1), (colour - background)[None]
+                )
+            elif body == 0:
+                painted = torch.baddbmm(background + 0.5, alpha, colour - background)
+            else:
+                under = flat.gather(0, index).view(n, -1, 3).to(torch.float32)
+                painted = torch.addcmul(under + 0.5, alpha, colour - under)
+            flat.scatter_(0, index, painted.reshape(-1).to(torch.uint8))
 
     def __repr__(self) -> str:
         consts = ", ".join(f"{k}={v:g}" for k, v in self.constants.items())
