@@ -431,8 +431,9 @@ def run_protocol(
         pm = None if split.p is None else np.array(split.p[lo:hi])
         window = to_frames(images[:, start : start + context], device)
         roll = _Rollouts(model, window)
-        if lo == 0:
-            pictures["truth"] = images[0]
+        if lo == 0:  # the picture shows the first batch's liveliest sequence
+            shown = int(np.asarray(images, np.float32).std(1).mean((1, 2, 3)).argmax())
+            pictures.update(truth=images[shown], index=shown)
         for r in ROLLOUTS:
             steps = p[r.name]
             pred, _ = roll(steps, dt * r.speed)
@@ -445,7 +446,7 @@ def run_protocol(
             mse[r.name].append((pred.float() - target).square().mean((2, 3, 4)).cpu().numpy())
             base[r.name].append((target - mean).square().mean((2, 3, 4)).cpu().numpy())
             if lo == 0:
-                pictures[r.name] = viz.hwc(pred[0])
+                pictures[r.name] = viz.hwc(pred[shown])
             if states is not None and reader is not None:
                 true_pos = physics.true_positions(reader, states)
                 found = physics.recover(viz.hwc(pred), reader).bodies()
@@ -546,6 +547,7 @@ def run_protocol(
         "rollouts": rollouts,
     }
     pictures["energy"] = energy
+    results["shown"] = pictures["index"]
     return results, pictures
 
 
@@ -733,7 +735,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        f"Pictures: `{FILES['strip']}` (rows: truth, forward, backward, 2×, ½×; columns: "
+        f"Pictures of test sequence {results.get('shown', 0)} (the first batch's liveliest): "
+        f"`{FILES['strip']}` (rows: truth, forward, backward, 2×, ½×; columns: "
         f"frames), `{FILES['gif']}` (columns named, one frame per stored frame; 2× "
         "holds each state for two frames; blank where a rollout does not "
         f"reach), `{FILES['errors']}`, "
@@ -768,7 +771,7 @@ def rollout_pictures(
     pictures: dict[str, Any], results: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The strip ``(5, columns, H, W, 3)`` and the animation frames ``(T+1, H', W', 3)``
-    of the first test sequence; white where a rollout does not reach."""
+    of the shown test sequence; white where a rollout does not reach."""
     truth = pictures["truth"].astype(np.float32) / 255.0  # (T+1, H, W, 3)
     blank = np.ones_like(truth[0])
     last = truth.shape[0] - 1
@@ -821,7 +824,8 @@ def _labelled_strip(strip: np.ndarray, results: dict[str, Any], path: Path) -> N
     ticks = [1 + cell_w * (j + 0.5) for j in range(cols)]
     ax.set_xticks(ticks, [str(c) for c in columns], fontsize=7)
     ax.set_xlabel(f"frame (state inferred at frame {results['state_frame']})", fontsize=8)
-    ax.set_title(f"{results['system']}: truth and rollouts of test sequence 0", fontsize=9)
+    title = f"{results['system']}: truth and rollouts of test sequence {results['shown']}"
+    ax.set_title(title, fontsize=9)
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
     ax.tick_params(length=0)
