@@ -344,3 +344,42 @@ def test_evaluate_reports_sample_physics(
         assert samples[side]["energy_spread_median"] >= 0
     assert samples["ground_truth"]["right_body_count_fraction"] == 1.0
     assert "frames with exactly the right bodies" in (out / "metrics.md").read_text()
+
+
+def test_hgnpp_rolls_out_from_the_last_frame_it_reads(clean: Path) -> None:
+    """HGN++ reads 3 frames here and its state is that of the last one: every rollout
+    starts at start + 2, and its separable leapfrog measures as reversible."""
+    model = get_model("hgn++")(
+        {
+            "image_size": 16,
+            "frames": 7,
+            "context_frames": 3,
+            "state_dim": 4,
+            "encoder_filters": [8, 8, 8],
+            "fpsi_hidden": 16,
+            "energy_hidden": 16,
+            "energy_layers": 2,
+            "latent_channels": 4,
+            "decoder_filters": [8],
+        }
+    ).eval()
+    assert model.state_offset == 2
+    split = hgn_data.load(clean, "test")
+    mean = mean_frame(hgn_data.load(clean, "train"))
+    results, _ = ex.run_protocol(model, split, mean, start=3, drift_steps=10, progress=False)
+    assert results["state_frame"] == 5
+    assert results["rollouts"]["backward"]["steps"] == 5
+    assert results["rollouts"]["forward"]["frames"] == [5.0, 12.0]
+    assert results["reversible"]["reversible"] is True
+
+
+def test_a_model_without_a_state_api_goes_through_predict(clean: Path) -> None:
+    """HNN offers only predict(): it still gets every number, and RK4 is reported as
+    irreversible from its name."""
+    model = get_model("hnn")({"image_size": 16, "dof": 1}).eval()
+    split = hgn_data.load(clean, "test")
+    mean = mean_frame(hgn_data.load(clean, "train"))
+    results, _ = ex.run_protocol(model, split, mean, start=3, drift_steps=10, progress=False)
+    assert results["reversible"]["how"] == "from the integrator"
+    assert results["reversible"]["reversible"] is False
+    assert all(np.isfinite(r["ratio"]) for r in results["rollouts"].values())
