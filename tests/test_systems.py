@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from hgn.physics.systems import BACKGROUND, SYSTEMS, get_system
+from hgn.physics.systems import BACKGROUND, DM_BACKGROUND, SYSTEMS, get_system
 from hgn.utils import UserError
 
 NAMES = list(SYSTEMS)
@@ -205,3 +205,114 @@ def test_unknown_names_and_bad_constants_are_user_errors() -> None:
     with pytest.raises(UserError, match="noise"):
         get_system("pendulum", noise=-0.1)
     assert get_system("pendulum", noise=0).noise == 0
+
+
+def reference_field(system, q0: np.ndarray, p0: np.ndarray, steps: int = STEPS) -> np.ndarray:
+    """DOP853 on the system's own equations of motion, friction included, with the
+    constants of a bound one-trajectory system: (T+1, 2 dof)."""
+
+    def field(_t: float, y: np.ndarray) -> np.ndarray:
+        q = torch.from_numpy(y[: system.dof])[None]
+        p = torch.from_numpy(y[system.dof :])[None]
+        dh_dq, dh_dp = system.grad(q, p)
+        friction = system.constants["friction"]
+        return np.concatenate([dh_dp[0].numpy(), -(dh_dq + friction * dh_dp)[0].numpy()])
+
+    times = np.arange(steps + 1) * DT
+    sol = solve_ivp(
+        field,
+        (0, times[-1]),
+        np.concatenate([q0, p0]),
+        "DOP853",
+        rtol=1e-12,
+        atol=1e-12,
+        t_eval=times,
+    )
+    assert sol.success
+    return sol.y.T
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("double-pendulum", {}),
+        ("pendulum", {"friction": 0.05}),
+        ("double-pendulum", {"friction": 0.05}),
+        ("two-body", {"friction": 0.05}),
+        ("pendulum", {"vary": {"m": (0.5, 1.5), "l": (0.5, 1.0), "g": (3.0, 4.0)}}),
+        ("mass-spring", {"vary": {"k": (1.0, 3.0), "m": (0.3, 0.7)}}),
+        ("double-pendulum", {"vary": {"m2": (0.4, 0.6), "l1": (0.8, 1.2)}}),
+        ("two-body", {"vary": {"m": (0.5, 1.5), "g": (0.5, 1.5)}}),
+    ],
+)
+def test_new_systems_and_variants_match_dop853(name: str, settings: dict) -> None:
+    """Every new system and variant, trajectory by trajectory with its own constants,
+    against SciPy's DOP853 at rtol = atol = 1e-12."""
+    system = get_system(name, **settings)
+    q, p, values = system.sample_with_variant(4, np.random.default_rng(5), DT, STEPS)
+    assert set(values) == set(settings.get("vary", {}))
+    for k in range(len(q)):
+        one = system.bind({key: v[k : k + 1] for key, v in values.items()})
+        ref = reference_field(one, q[k, 0].numpy(), p[k, 0].numpy())
+        assert np.abs(torch.cat([q[k], p[k]], -1).numpy() - ref).max() < 1e-6
+    energy = system.bind(values).hamiltonian(q, p)
+    if settings.get("friction"):  # damped: energy falls, it is not Hamiltonian
+        assert (energy[:, -1] < energy[:, 0]).all()
+    else:
+        drift = (energy - energy[:, :1]).abs() / energy[:, :1].abs()
+        assert drift.max() < 1e-6
+
+
+def test_double_pendulum_picture_and_gradient() -> None:
+    system = get_system("double-pendulum")
+    q = torch.tensor([[0.0, 0.0], [math.pi / 2, math.pi / 2]], dtype=torch.float64)
+    pos = system.positions(q)
+    torch.testing.assert_close(
+        pos[0], torch.tensor([[0.0, -1.0], [0.0, -2.0]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(pos[1], torch.tensor([[1.0, 0.0], [2.0, 0.0]], dtype=torch.float64))
+    frames = system.render(q.numpy(), 32)
+    assert frames.shape == (2, 32, 32, 3)
+    info = system.render_info()
+    assert info["extent"] >= 2.0 + info["radius"]  # both bobs always on the canvas
+
+
+def test_random_colours_offsets_and_dm_style() -> None:
+    system = get_system("two-body", random_colours=True, offset=0.3, style="dm")
+    rng = np.random.default_rng(2)
+    q, _, values = system.sample_with_variant(6, rng, DT, 4)
+    assert values["colours"].shape == (6, 2, 3) and values["shift"].shape == (6, 2)
+    assert values["shift"].abs().max() <= 0.3
+    frames = system.bind(values).render(q, 32)
+    background = np.round(np.array(DM_BACKGROUND) * 255)
+    assert (frames[:, :, 0, 0].numpy() == background).all()
+    for k in range(6):  # each trajectory shows its own colours
+        for colour in values["colours"][k].numpy():
+            gap = np.abs(frames[k].numpy().reshape(-1, 3) - colour * 255).max(-1).min()
+            assert gap <= 40
+    # a shift moves the whole picture: the same state, shifted by exactly 8 pixels
+    plain = get_system("mass-spring", offset=1.0)
+    extent = plain.render_info()["extent"]
+    shift = torch.tensor([[8 * 2 * extent / 64, 0.0]], dtype=torch.float64)  # 0.625: exact
+    base = plain.bind({"shift": torch.zeros(1, 2, dtype=torch.float64)}).render(
+        torch.zeros(1, 1, 1, dtype=torch.float64), 64
+    )
+    moved = plain.bind({"shift": shift}).render(torch.zeros(1, 1, 1, dtype=torch.float64), 64)
+    assert torch.equal(base[0, 0, :, :-8], moved[0, 0, :, 8:])
+
+
+def test_dm_style_radius_follows_the_mass() -> None:
+    light = get_system("pendulum", style="dm", m=0.5)
+    heavy = get_system("pendulum", style="dm", m=1.5)
+    assert heavy.render_info()["radius"] == pytest.approx(math.sqrt(1.5 / math.pi))
+    q = np.zeros((1, 1))
+    area = [
+        (
+            np.abs(s.render(q, 64).astype(int) - np.round(np.array(DM_BACKGROUND) * 255)).sum(-1)
+            > 30
+        ).sum()
+        for s in (light, heavy)
+    ]
+    scale = [64 / (2 * s.render_info()["extent"]) for s in (light, heavy)]
+    ratio = (area[1] / scale[1] ** 2) / (area[0] / scale[0] ** 2)
+    assert ratio == pytest.approx(3.0, rel=0.15)  # area ∝ r² ∝ m
