@@ -163,12 +163,10 @@ class Truth:
     frame step, for a batch of sequences."""
 
     def __init__(self, split: hgn_data.Split) -> None:
-        self.meta = split.meta
-        self.system: System | None = None
+        self.split, self.meta = split, split.meta
         self.render_error: int | None = None
         self.simulation_error: float | None = None
-        self.split = split
-        self.system = physics.simulator(split)
+        self.system: System | None = physics.simulator(split)
         if self.system is not None:
             self._check(split)
 
@@ -278,7 +276,7 @@ def score(
     bad = bad[:, 1:]
     vpt = np.where(bad.any(1), bad.argmax(1), steps)
     curve = np.where(available, mse.mean(0), np.nan)
-    threshold_curve = vpt_threshold(baseline, floor, fraction).mean(0)
+    threshold_curve = limit.mean(0)
     base_curve = np.where(available, baseline.mean(0), np.nan)
     return {
         "steps": steps,
@@ -399,7 +397,7 @@ def run_protocol(
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the protocol on ``split`` with mean image ``mean (3, H, W)``. Returns the
-    results (JSON-ready) and the arrays the pictures need (first sequence's frames)."""
+    results (JSON-ready) and the arrays the pictures need (the shown sequence)."""
     device = mean.device
     meta = split.meta
     context = int(getattr(model, "context_frames", None) or meta["steps"] + 1)
