@@ -135,18 +135,26 @@ def _array_source(path: Path) -> Sequences:
         rows = np.asarray(array[unique])
         if not channels_last:
             rows = np.moveaxis(rows, 2, -1)
-        window = rows[inverse[:, None], starts[:, None] + np.arange(length)]
-        if window.dtype != np.uint8:
-            bad = ~np.isfinite(window) | (window < 0) | (window > 1)
-            if bad.any():
-                first = int(seqs[bad.any(axis=(1, 2, 3, 4))][0])
-                raise UserError(
-                    f"{path}: float frames must be finite and in [0, 1]; found "
-                    f"{_describe_bad(window[bad])} (sequence {first})"
-                )
-        return window
+        return rows[inverse[:, None], starts[:, None] + np.arange(length)]
 
+    if array.dtype != np.uint8:
+        _check_floats(array, path)
     return Sequences("array", path, [str(i) for i in range(n)], [t] * n, read, tuple(shape))
+
+
+def _check_floats(array: np.ndarray, path: Path) -> None:
+    """Refuse NaN, Inf and values outside [0, 1] before anything is written: one pass
+    over the (memory-mapped) array, a batch of sequences at a time."""
+    step = max(1, CHUNK_PIXELS // max(1, math.prod(array.shape[1:])))
+    for lo in range(0, len(array), step):
+        window = np.asarray(array[lo : lo + step])
+        bad = ~np.isfinite(window) | (window < 0) | (window > 1)
+        if bad.any():
+            first = lo + int(np.nonzero(bad.reshape(len(window), -1).any(1))[0][0])
+            raise UserError(
+                f"{path}: float frames must be finite and in [0, 1]; found "
+                f"{_describe_bad(window[bad])} (sequence {first})"
+            )
 
 
 def _describe_bad(values: np.ndarray) -> str:
@@ -344,7 +352,7 @@ def import_sequences(
         why = f"1/fps of the video ({src.fps:g} fps)" if src.fps else "the paper's"
         say(f"--dt not given: recorded {dt:g} ({why})")
     n = len(ids)
-    n_test = round(n * float(test_fraction))
+    n_test = max(1, round(n * float(test_fraction)))  # a test split, however small
     if n_test < 1 or n - n_test < 1:
         raise UserError(
             f"{src.path}: {n} sequence(s) cannot be split into train and test with "
