@@ -821,7 +821,8 @@ def _labelled_strip(strip: np.ndarray, results: dict[str, Any], path: Path) -> N
     columns = _columns(results["state_frame"], results["frames"] - 1)
     ticks = [1 + cell_w * (j + 0.5) for j in range(cols)]
     ax.set_xticks(ticks, [str(c) for c in columns], fontsize=7)
-    ax.set_xlabel(f"frame (state inferred at frame {results['state_frame']})", fontsize=8)
+    where = f"window from frame {results['start']}, state at frame {results['state_frame']}"
+    ax.set_xlabel(f"frame ({where})", fontsize=8)
     title = f"{results['system']}: truth and rollouts of test sequence {results['shown']}"
     ax.set_title(title, fontsize=9)
     for side in ("top", "right", "left", "bottom"):
