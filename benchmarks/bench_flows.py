@@ -1,59 +1,186 @@
-"""Speed of Neural Hamiltonian Flows against zuko's RealNVP at matched parameter counts.
+"""Speed of Neural Hamiltonian Flows against zuko's RealNVP and NSF at matched parameters.
 
-Prints, from one process (same machine state for every row):
+Prints, from one process (same machine state for every row; rounds interleave the
+variants so that a burst of load on a shared machine hits them alike):
 
-1. the cost of the Hamiltonian gradient inside one flow step (forward + backward of
-   T leapfrog steps): the closed-form EnergyMLP gradient used by hgn.flows against
-   ``hgn.physics.integrators.grad_of`` (torch.func) on the same networks;
-2. per model (NHF with the ``hgn flow train`` defaults, RealNVP with 2 and 3 coupling
-   layers of matched size): parameters, training steps/s, samples/s and log_prob/s
-   (NHF's log_prob is the importance-weighted bound: K = 1 is the ELBO, K = 128 what
-   ``hgn flow evaluate`` reports).
+1. one NHF training step (loss, backward, Adam) at the ``hgn flow train`` defaults, with
+   each way of integrating and differentiating the flow on the same weights and batch:
+   the implementation before issue 13 (joint ``grad_fn`` leapfrog, ∇K recomputed at the
+   start of every sub-step; closed-form ∇E with an autograd backward; foreach Adam),
+   ``torch.func.grad`` on K + V, then cumulatively: the first-same-as-last leapfrog, the
+   closed-form backward of ∇E, fused Adam (what ``hgn flow train`` runs) and, with
+   ``--compile``, ``torch.compile`` (``hgn flow train --compile``; its compilation time
+   is printed too);
+2. per model (NHF defaults; zuko's RealNVP and NSF with 2 and 3 layers, widths matched to
+   NHF's parameter count): parameters, training steps/s, samples/s and log_prob/s (NHF's
+   log_prob is the importance-weighted bound: K = 1 is the ELBO, K = 128 what ``hgn flow
+   evaluate`` reports).
 
 Usage: .venv/bin/python benchmarks/bench_flows.py [--threads 1] [--batch-size 512]
-Timings are best-of-3 wall times; on a shared machine, compare rows of the same run only.
+       [--rounds 7] [--compile]
+Timings: per round the best of 3 calls, then the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 
+import numpy as np
 import torch
+from torch import Tensor
 
-from hgn.flows import NHF, NHFConfig, build, n_parameters
-from hgn.flows.targets import data_source
-from hgn.flows.train import (
-    TrainConfig,
-    _time_per_call,
-    matched_realnvp,
-    seconds_per_step,
-    throughput,
-)
-from hgn.physics.integrators import grad_of, leapfrog
+from hgn.flows import NHF, DensityModel, NHFConfig, build, n_parameters
+from hgn.flows.nhf import HamiltonianStep
+from hgn.flows.targets import DataSource, data_source
+from hgn.flows.train import _time_per_call, matched, optimiser
+from hgn.physics.integrators import grad_of, leapfrog, leapfrog_separable
+
+Integrate = Callable[[HamiltonianStep, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def gradient_cost(config: NHFConfig, batch: int) -> tuple[float, float]:
-    """Seconds per forward+backward through all flow steps: closed form vs torch.func."""
+def _before(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """hgn before issue 13: the joint-gradient leapfrog with a memo that skipped repeated
+    ∇V but recomputed ∇K at the start of every sub-step (a third of the forward work)."""
+    memo: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def grad_fn(q_: Tensor, p_: Tensor) -> tuple[Tensor, Tensor]:
+        if memo.get("q", (None,))[0] is not q_:
+            memo["q"] = (q_, step.potential.grad_autograd(q_))
+        if memo.get("p", (None,))[0] is not p_:
+            memo["p"] = (p_, step.kinetic.grad_autograd(p_))
+        return memo["q"][1], memo["p"][1]
+
+    h = dt / step.substeps
+    for _ in range(step.substeps):
+        q, p = leapfrog(grad_fn, q, p, h)
+    return q, p
+
+
+def _functorch(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.func.grad`` of K(p) + V(q), joint leapfrog."""
+    grad_fn = grad_of(lambda q_, p_: step.kinetic(p_) + step.potential(q_))
+    h = dt / step.substeps
+    for _ in range(step.substeps):
+        q, p = leapfrog(grad_fn, q, p, h)
+    return q, p
+
+
+def _fsal_autograd(
+    step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor
+) -> tuple[Tensor, Tensor]:
+    """First same as last, closed-form ∇E, autograd differentiating it."""
+    return leapfrog_separable(
+        step.kinetic.grad_autograd, step.potential.grad_autograd, q, p, dt, 1,
+        substeps=step.substeps, all_states=False,
+    )  # fmt: skip
+
+
+def _default(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """What hgn.flows runs: first same as last, closed-form ∇E and backward."""
+    return leapfrog_separable(
+        step.kinetic.grad, step.potential.grad, q, p, dt, 1,
+        substeps=step.substeps, all_states=False,
+    )  # fmt: skip
+
+
+Optimiser = Callable[[torch.nn.Module], torch.optim.Optimizer]
+
+
+def _foreach_adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters())
+
+
+VARIANTS: dict[str, tuple[Integrate, Optimiser]] = {
+    "before issue 13 (joint leapfrog, ∇K twice a sub-step)": (_before, _foreach_adam),
+    "torch.func.grad of K + V, joint leapfrog": (_functorch, _foreach_adam),
+    "first-same-as-last, closed-form ∇E, autograd backward": (_fsal_autograd, _foreach_adam),
+    "+ closed-form backward of ∇E": (_default, _foreach_adam),
+    "+ fused Adam (the default)": (_default, optimiser),
+}
+
+
+def _use(integrate: Integrate) -> None:
+    """Make every HamiltonianStep integrate with ``integrate`` (benchmark only)."""
+
+    def forward(
+        self: HamiltonianStep,
+        q: Tensor,
+        p: Tensor,
+        reverse: bool = False,
+        substeps: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        return integrate(self, q, p, -self.dt if reverse else self.dt)
+
+    HamiltonianStep.forward = forward  # type: ignore[method-assign]
+
+
+def training_step_variants(
+    config: NHFConfig, x: Tensor, rounds: int, compile_too: bool
+) -> dict[str, float]:
+    """Median (over rounds) of the best-of-3 seconds per training step, per variant."""
+    torch.manual_seed(0)
     model = NHF(config)
-    q, p = torch.randn(batch, config.dim), torch.randn(batch, config.dim)
+    original = HamiltonianStep.forward
 
-    def closed_form() -> None:
-        q_t, p_t = model.transform(q, p)
-        (q_t.square().sum() + p_t.square().sum()).backward()
+    def make_step(loss_fn: Callable[[Tensor, int], Tensor], make: Optimiser) -> Callable[[], None]:
+        opt = make(model)
 
-    def functorch() -> None:
-        q_t, p_t = q, p
-        for step in model.steps:
-            grad_fn = grad_of(lambda q_, p_, s=step: s.kinetic(p_) + s.potential(q_))
-            h = step.dt / step.substeps
-            for _ in range(step.substeps):
-                q_t, p_t = leapfrog(grad_fn, q_t, p_t, h)
-        (q_t.square().sum() + p_t.square().sum()).backward()
+        def one() -> None:
+            torch.manual_seed(1)
+            loss = loss_fn(x, 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    closed_form(), functorch()
-    return _time_per_call(closed_form), _time_per_call(functorch)
+        return one
+
+    steps = {
+        name: (integrate, make_step(model.loss, make))
+        for name, (integrate, make) in VARIANTS.items()
+    }
+    if compile_too:  # as hgn flow train --compile does it
+        _use(_default)
+        compiled = make_step(torch.compile(model.loss, dynamic=False), optimiser)
+        t0 = time.perf_counter()
+        compiled()
+        print(f"   torch.compile: first step (compilation) {time.perf_counter() - t0:.1f} s")
+        steps["+ torch.compile (--compile)"] = (_default, compiled)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for _ in range(rounds):
+            for name, (integrate, one) in steps.items():
+                _use(integrate)
+                one()  # warm-up after switching
+                times[name].append(_time_per_call(one))
+    finally:
+        HamiltonianStep.forward = original  # type: ignore[method-assign]
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def seconds_per_step(model: torch.nn.Module, data: DataSource, batch: int, rounds: int) -> float:
+    """Median over ``rounds`` of the best-of-3 seconds of a training step (fused Adam)."""
+    opt = optimiser(model)
+
+    def one() -> None:
+        loss = model.loss(data.sample_train(batch), 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    one()
+    return float(np.median([_time_per_call(one) for _ in range(rounds)]))
+
+
+@torch.no_grad()
+def _throughput(model: DensityModel, x: Tensor, k: int, n: int, rounds: int) -> dict[str, float]:
+    """Samples/s (``n`` per call) and log-densities/s (the points ``x``, K = ``k``)."""
+    t_sample = np.median([_time_per_call(lambda: model.sample(n)) for _ in range(rounds)])
+    t_density = np.median([_time_per_call(lambda: model.log_prob(x, k)) for _ in range(rounds)])
+    return {"samples_per_s": n / t_sample, "log_prob_per_s": len(x) / t_density}
 
 
 def main() -> None:
@@ -61,39 +188,46 @@ def main() -> None:
     parser.add_argument("--target", default="8gaussians")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--n", type=int, default=4096, help="points per throughput measurement")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile as well")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = data_source(args.target)
-    nhf_config = NHFConfig(data.dim)
-    cfg = TrainConfig(batch_size=args.batch_size)
+    config = NHFConfig(data.dim)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, ", end="")
     print(f"{torch.get_num_threads()} thread(s), target {args.target}, batch {args.batch_size}")
 
-    closed, func = gradient_cost(nhf_config, args.batch_size)
-    steps = f"{nhf_config.flow_steps} flow steps x {nhf_config.leapfrog_steps} leapfrog"
-    print(f"\n1. NHF forward+backward, {steps}, batch {args.batch_size}:")
-    print(f"   closed-form EnergyMLP gradient (hgn.flows): {1e3 * closed:8.1f} ms")
-    print(f"   torch.func grad_of on K + V:                {1e3 * func:8.1f} ms")
-    print(f"   speed-up: {func / closed:.2f}x")
+    x = data.sample_train(args.batch_size)
+    shape = f"{config.flow_steps} flow steps x {config.leapfrog_steps} leapfrog sub-steps"
+    print(f"\n1. one NHF training step ({shape}, batch {args.batch_size}):")
+    times = training_step_variants(config, x, args.rounds, args.compile)
+    base = next(iter(times.values()))
+    for name, seconds in times.items():
+        print(
+            f"   {name:<58} {1e3 * seconds:7.1f} ms  {1 / seconds:6.1f} steps/s  "
+            f"{base / seconds:5.2f}x"
+        )
 
-    nhf = {"kind": "nhf", **asdict(nhf_config)}
+    nhf = {"kind": "nhf", **asdict(config)}
     n_nhf = n_parameters(build(nhf))
     models = {"NHF (defaults)": nhf}
-    models |= {f"RealNVP-{k}": matched_realnvp(k, n_nhf, data.dim) for k in (2, 3)}
-    x = data.test_set()[: args.n]
+    for kind, label in (("realnvp", "RealNVP"), ("nsf", "NSF")):
+        models |= {f"{label}-{k}": matched(kind, k, n_nhf, data.dim) for k in (2, 3)}
+    points = data.test_set()[: args.n]
     print(f"\n2. models at matched parameter counts ({args.n} points per throughput call)")
-    print(f"{'model':<16}{'params':>8}{'train steps/s':>15}{'samples/s':>12}{'log_prob/s':>14}")
-    for name, config in models.items():
-        model = build(config)
-        steps = 1.0 / seconds_per_step(model, data, cfg)
-        ks = (1, 128) if config["kind"] == "nhf" else (None,)
-        for k in ks:
-            speed = throughput(model, x if k != 128 else x[: args.n // 16], k, args.n)
-            label = f"{name}" + (f" K={k}" if k else "")
+    print(f"   {'model':<18}{'params':>8}{'train steps/s':>15}{'samples/s':>12}{'log_prob/s':>14}")
+    for name, model_config in models.items():
+        torch.manual_seed(0)
+        model = build(model_config)
+        steps = 1.0 / seconds_per_step(model, data, args.batch_size, args.rounds)
+        for k in (1, 128) if model_config["kind"] == "nhf" else (1,):
+            xs = points if k == 1 else points[: args.n // 16]
+            speed = _throughput(model, xs, k, args.n, 3)
+            label = name + (f" K={k}" if model_config["kind"] == "nhf" else "")
             print(
-                f"{label:<16}{n_parameters(model):>8}{steps:>15.1f}"
+                f"   {label:<18}{n_parameters(model):>8}{steps:>15.1f}"
                 f"{speed['samples_per_s']:>12.0f}{speed['log_prob_per_s']:>14.0f}"
             )
 

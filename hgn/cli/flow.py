@@ -88,6 +88,10 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
     g.add_argument(
+        "--compile", action="store_true",
+        help="train through torch.compile (faster steps after a compilation at the start)",
+    )  # fmt: skip
+    g.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS,
         help="torch CPU threads (%(default)s: these small networks gain little from more)",
     )  # fmt: skip
@@ -106,6 +110,7 @@ def _train_config(args: argparse.Namespace, **override: Any) -> Any:
             "clip": args.clip,
             "n_samples": args.n_samples,
             "seed": args.seed,
+            "compile": args.compile,
             "max_minutes": getattr(args, "max_minutes", None),
             **override,
         }

@@ -243,9 +243,10 @@ class EnergyMLP(nn.Module):
         """∇E(x) for x of shape (..., dim), differentiable once (closed-form backward).
 
         Under autocast the ops' dtypes are autocast's to choose, which a hand-written
-        backward cannot follow: there (and only there) autograd differentiates
-        :meth:`grad_autograd` instead."""
-        if torch.is_autocast_enabled(x.device.type):
+        backward cannot follow, and under ``torch.compile`` the compiler derives and fuses
+        the backward of plain tensor algebra better than it traces a custom one: there
+        autograd differentiates :meth:`grad_autograd` instead."""
+        if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
             return self.grad_autograd(x)
         params: list[Tensor] = []
         for layer in self.layers:
