@@ -4,6 +4,7 @@ at the trained dt, exact reversibility, forward–backward training, configs."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -198,9 +199,22 @@ def test_warmup_grows_the_horizon() -> None:
     model = tiny(frames=20, warmup=10, min_horizon=2).train()
     x = frames(batch=2, length=20)
     horizons = [model.loss(x)[1]["horizon"] for _ in range(12)]
-    assert horizons[0] <= 4 and horizons[-1] == 17
+    assert horizons[0] == 2 and horizons[-1] == 17
     assert horizons == sorted(horizons)
     assert model.eval().loss(x)[1]["horizon"] == 17
+
+
+def test_curriculum_lengthens_the_horizon_once_the_current_one_is_predicted() -> None:
+    x = 0.5 + 0.5 * frames(batch=2, length=20)  # bright frames
+    model = tiny(frames=20, grow_below=0.9).train()
+    model.mean_frame.zero_()  # a bad baseline: the model's error ratio is well below 0.9
+    horizons = [model.loss(x)[1]["horizon"] for _ in range(8)]
+    assert horizons[0] == 1 and horizons[-1] > 4
+    assert all(b - a in (0, 1) for a, b in itertools.pairwise(horizons))
+    assert int(model.state_dict()["horizon"]) == horizons[-1] + 1  # resumed exactly
+    model = tiny(frames=20, grow_below=0.9).train()
+    model.init_from_data(x.mean((0, 1)))  # the true mean frame: an untrained model is no better
+    assert {model.loss(x)[1]["horizon"] for _ in range(8)} == {1}
 
 
 def test_config_errors_name_the_key() -> None:

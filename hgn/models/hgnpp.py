@@ -93,11 +93,21 @@ class HGNPPConfig:
     forward_backward: bool = True
     """Train half of each batch backwards in time (see the module docs)."""
     decode_frames: int | None = None
-    """Rolled-out states decoded per sequence per training step (None: all)."""
+    """Rolled-out states decoded per sequence per training step (None: all): the state's
+    own frame and a random subset of the others."""
     warmup: int = 0
-    """Training steps over which the rollout horizon grows linearly from
-    ``min_horizon`` to all target steps, and the KL weight from 0 to ``kl_weight``."""
-    min_horizon: int = 4
+    """Training steps over which the KL weight grows from 0 to ``kl_weight`` and a floor
+    under the rollout horizon grows (∝ (step/warmup)²) from ``min_horizon`` to all
+    target steps; the horizon may grow faster, see ``grow_below``."""
+    min_horizon: int = 1
+    grow_below: float = 0.0
+    """Curriculum: lengthen the trained horizon by one step whenever the moving average
+    of the reconstruction error, as a fraction of the mean frame's error on the same
+    targets, is below this (0: off, the horizon follows the warm-up floor only). Early
+    on H is random and the images cannot depend on q yet; a long rollout then only
+    teaches the decoder to draw the mean image (measured: the issue-10 runs). Growing
+    the horizon once the current one is predicted adapts to however fast the machine
+    is, where a fixed schedule in steps cannot."""
 
     def __post_init__(self) -> None:
         for key in (
@@ -106,6 +116,8 @@ class HGNPPConfig:
         ):  # fmt: skip
             if getattr(self, key) <= 0:
                 raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if not 0 <= self.grow_below < 1:
+            raise UserError(f"model.grow_below must be in [0, 1), got {self.grow_below}")
         if self.frames < self.context_frames + 1:
             raise UserError(
                 f"model.frames ({self.frames}) must exceed model.context_frames "
@@ -234,7 +246,14 @@ class HGNPP(SequenceModel):
         self.kinetic = EnergyMLP(n, hidden, layers, quadratic=config.kinetic_quadratic)
         self.potential = EnergyMLP(n, hidden, layers, quadratic=config.potential_quadratic)
         self.decoder = ImageDecoder(config)
+        # training progress, in buffers so that checkpoints resume it exactly: steps taken,
+        # the curriculum's horizon, the moving average of the error ratio, and the mean
+        # frame (init_from_data) that the ratio is taken against
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("horizon", torch.tensor(config.min_horizon, dtype=torch.long))
+        self.register_buffer("fit", torch.ones(()))
+        size = config.image_size
+        self.register_buffer("mean_frame", torch.full((3, size, size), 0.5))
 
     @property
     def context_frames(self) -> int:  # type: ignore[override]
@@ -298,15 +317,30 @@ class HGNPP(SequenceModel):
 
     def init_from_data(self, mean_frame: Tensor) -> None:
         self.decoder.init_output(mean_frame)
+        self.mean_frame.copy_(mean_frame)
 
     def _schedule(self) -> tuple[int, float]:
-        """(rollout horizon, KL warm-up factor) at the current training step."""
-        steps = self.config.target_steps
-        if not (self.training and self.config.warmup):
+        """(rollout horizon, KL warm-up factor) at the current training step: the
+        curriculum's horizon, at least the warm-up floor; all steps outside training."""
+        cfg = self.config
+        steps = cfg.target_steps
+        if not self.training or not (cfg.warmup or cfg.grow_below):
             return steps, 1.0
-        warm = min(1.0, float(self.trained_steps) / self.config.warmup)
-        lo = min(self.config.min_horizon, steps)
-        return round(lo + warm * (steps - lo)), warm
+        warm = min(1.0, float(self.trained_steps) / cfg.warmup) if cfg.warmup else 1.0
+        lo = min(cfg.min_horizon, steps)
+        floor = round(lo + warm**2 * (steps - lo)) if cfg.warmup else lo
+        if cfg.grow_below == 0:
+            return floor, warm
+        return min(steps, max(floor, int(self.horizon))), warm
+
+    @torch.no_grad()
+    def _grow(self, mse: Tensor, target: Tensor, horizon: int) -> None:
+        """Update the moving average of the error ratio; lengthen the horizon if low."""
+        baseline = (target.float() - self.mean_frame).square().mean()
+        ratio = (mse / baseline.clamp_min(1e-12)).clamp(max=2.0)
+        self.fit.mul_(0.95).add_(0.05 * ratio)  # an average over ~20 steps
+        if self.fit < self.config.grow_below and horizon < self.config.target_steps:
+            self.horizon.fill_(max(int(self.horizon), horizon) + 1)
 
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Negative ELBO per pixel and time step on windows ``(B, W, 3, H, W)``.
@@ -344,14 +378,17 @@ class HGNPP(SequenceModel):
         times = torch.where(backward[:, None], window - 1 - offsets, k - 1 + offsets)
         picked = offsets.expand(batch, -1)
         if cfg.decode_frames is not None and cfg.decode_frames < horizon + 1:
-            order = torch.rand(batch, horizon + 1, device=device).argsort(1)
-            picked = order[:, : cfg.decode_frames]
+            # the state's own frame, which anchors the encoder, and a random subset of the rest
+            later = 1 + torch.rand(batch, horizon, device=device).argsort(1)
+            picked = torch.cat([picked[:, :1], later[:, : cfg.decode_frames - 1]], dim=1)
         q = states.q[rows, picked]
         target = frames[rows, times[rows, picked]]
         recon = self.decode(q)
         mse = F.mse_loss(recon.float(), target.float())
         pixels = frames[0, 0].numel() * (horizon + 1)
         loss = mse + warm * cfg.kl_weight * kl / pixels
+        if self.training and cfg.grow_below:
+            self._grow(mse.detach(), target, horizon)
         metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "horizon": horizon}
         return loss, metrics
 
