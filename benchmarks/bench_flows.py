@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hgn.flows import NHF, DensityModel, NHFConfig, build, n_parameters
+from hgn.flows import NHF, NHFConfig, build, n_parameters
 from hgn.flows.nhf import HamiltonianStep
-from hgn.flows.targets import DataSource, data_source
-from hgn.flows.train import _time_per_call, matched, optimiser
+from hgn.flows.targets import data_source
+from hgn.flows.train import matched, optimiser, seconds_per_step, throughput, time_per_call
 from hgn.physics.integrators import grad_of, leapfrog, leapfrog_separable
 
 Integrate = Callable[[HamiltonianStep, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -155,32 +155,10 @@ def training_step_variants(
             for name, (integrate, one) in steps.items():
                 _use(integrate)
                 one()  # warm-up after switching
-                times[name].append(_time_per_call(one))
+                times[name].append(time_per_call(one))
     finally:
         HamiltonianStep.forward = original  # type: ignore[method-assign]
     return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def seconds_per_step(model: torch.nn.Module, data: DataSource, batch: int, rounds: int) -> float:
-    """Median over ``rounds`` of the best-of-3 seconds of a training step (fused Adam)."""
-    opt = optimiser(model)
-
-    def one() -> None:
-        loss = model.loss(data.sample_train(batch), 1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    one()
-    return float(np.median([_time_per_call(one) for _ in range(rounds)]))
-
-
-@torch.no_grad()
-def _throughput(model: DensityModel, x: Tensor, k: int, n: int, rounds: int) -> dict[str, float]:
-    """Samples/s (``n`` per call) and log-densities/s (the points ``x``, K = ``k``)."""
-    t_sample = np.median([_time_per_call(lambda: model.sample(n)) for _ in range(rounds)])
-    t_density = np.median([_time_per_call(lambda: model.log_prob(x, k)) for _ in range(rounds)])
-    return {"samples_per_s": n / t_sample, "log_prob_per_s": len(x) / t_density}
 
 
 def main() -> None:
@@ -221,10 +199,10 @@ def main() -> None:
     for name, model_config in models.items():
         torch.manual_seed(0)
         model = build(model_config)
-        steps = 1.0 / seconds_per_step(model, data, args.batch_size, args.rounds)
+        steps = 1.0 / seconds_per_step(model, data, args.batch_size, rounds=args.rounds)
         for k in (1, 128) if model_config["kind"] == "nhf" else (1,):
             xs = points if k == 1 else points[: args.n // 16]
-            speed = _throughput(model, xs, k, args.n, 3)
+            speed = throughput(model, xs, k, args.n)
             label = name + (f" K={k}" if model_config["kind"] == "nhf" else "")
             print(
                 f"   {label:<18}{n_parameters(model):>8}{steps:>15.1f}"

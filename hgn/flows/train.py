@@ -325,7 +325,7 @@ def sample(
 # --- time to quality: NHF against zuko's RealNVP and NSF --------------------------------------
 
 
-def _time_per_call(fn: Callable[[], Any], repeats: int = 3) -> float:
+def time_per_call(fn: Callable[[], Any], repeats: int = 3) -> float:
     """Best-of-``repeats`` wall time of ``fn`` (the least disturbed by a shared machine)."""
     best = math.inf
     for _ in range(repeats):
@@ -336,38 +336,46 @@ def _time_per_call(fn: Callable[[], Any], repeats: int = 3) -> float:
 
 
 def throughput(
-    model: DensityModel, x: Tensor, n_importance: int, n_samples: int = 4096
+    model: DensityModel, x: Tensor, n_importance: int, n_samples: int = 4096, rounds: int = 3
 ) -> dict[str, float]:
     """Samples per second (batches of ``n_samples``) and log-densities per second (on the
-    points ``x``; for NHF each costs ``n_importance`` inverse flows) of a trained model."""
+    points ``x``; for NHF each costs ``n_importance`` inverse flows) of a model: per round
+    the best of 3 calls, then the median over ``rounds``."""
     with torch.no_grad():
-        t_sample = _time_per_call(lambda: model.sample(n_samples))
-        t_density = _time_per_call(lambda: model.log_prob(x, n_importance))
+        t_sample = _median_time(lambda: model.sample(n_samples), rounds)
+        t_density = _median_time(lambda: model.log_prob(x, n_importance), rounds)
     return {"samples_per_s": n_samples / t_sample, "log_prob_per_s": len(x) / t_density}
 
 
+def _median_time(fn: Callable[[], Any], rounds: int) -> float:
+    """Median over ``rounds`` of the best-of-3 wall time of ``fn``: a burst of load on a
+    shared machine spoils a call, rarely a whole round."""
+    return float(np.median([time_per_call(fn) for _ in range(rounds)]))
+
+
 def seconds_per_step(
-    model: DensityModel, data: DataSource, cfg: FlowTrainConfig, n: int = 7
+    model: DensityModel, data: DataSource, batch_size: int, n_samples: int = 1, rounds: int = 5
 ) -> float:
-    """Median wall time of one training step (after two warm-up steps), on a throwaway
-    optimiser; the median resists the bursts of a shared machine."""
+    """Wall time of one training step (loss, backward, fused Adam) on a throwaway
+    optimiser, after two warm-up steps (:func:`_median_time`)."""
     opt = optimiser(model)
 
     def one() -> None:
-        loss = model.loss(data.sample_train(cfg.batch_size), cfg.n_samples)
-        opt.zero_grad()
+        loss = model.loss(data.sample_train(batch_size), n_samples)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     one(), one()
-    return float(np.median([_time_per_call(one, 1) for _ in range(n)]))
+    return _median_time(one, rounds)
 
 
 def _steps_for(model_config: dict, data: DataSource, cfg: FlowTrainConfig, minutes: float) -> int:
     """How many training steps fit in ``minutes``, from timing a few steps: every model
     then runs its full learning-rate schedule within the same wall-clock budget."""
     torch.manual_seed(derive_seed(cfg.seed, "probe"))
-    per_step = seconds_per_step(build({**model_config, "dim": data.dim}), data, cfg)
+    model = build({**model_config, "dim": data.dim})
+    per_step = seconds_per_step(model, data, cfg.batch_size, cfg.n_samples)
     return max(1, int(60.0 * minutes / per_step))
 
 
