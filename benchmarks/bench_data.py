@@ -1,25 +1,35 @@
-"""Dataset generation speed: hgn against a straightforward SciPy + NumPy reference.
+"""Dataset generation and reading speed: hgn's CLI against a SciPy + NumPy reference,
+the size on disk, and the loader against the training step.
 
-    .venv/bin/python benchmarks/bench_data.py            # 2,000 pendulum trajectories
-    .venv/bin/python benchmarks/bench_data.py --full     # + the paper-scale 60,000 on disk
+    .venv/bin/python benchmarks/bench_data.py                 # 10,000 trajectories + loader
+    .venv/bin/python benchmarks/bench_data.py --full          # + the paper-scale 60,000
+    .venv/bin/python benchmarks/bench_data.py --full --dir /work/data
 
-Both sides produce the same 2,000 trajectories (31 frames, 64x64, noise 0.1) from the
-same initial states and noise draws: hgn simulates them batched in float64 with RK4 and
-renders anti-aliased discs patch-wise in PyTorch; the reference integrates each
-trajectory with ``solve_ivp`` (DOP853, rtol = atol = 1e-9) and draws each trajectory's
-frames with NumPy over the full image. The script checks that the two agree, then prints
-trajectories per second of both and their ratio. hgn is timed twice: the in-memory work
-the reference also does, and the whole ``hgn.data.generate`` including writing to disk.
-
-``--full`` runs ``hgn data generate`` for 50,000 + 10,000 pendulum trajectories at 64x64
-(about 23 GB) in a child process into a temporary directory (deleted afterwards) and
-reports its wall time and peak resident memory (the child's VmHWM, polled).
+1. **Generation.** The reference integrates each pendulum trajectory with ``solve_ivp``
+   (DOP853, rtol = atol = 1e-9) and draws its frames with NumPy over the full image,
+   keeping them in memory (it writes nothing). It runs on ``--ref-n`` trajectories (its
+   rate per trajectory does not depend on how many); the script first checks on the same
+   initial states and noise that hgn's frames agree with it. hgn is timed end to end as a
+   user runs it: ``python -m hgn data generate --train N --test 1 --size 64`` in a child
+   process, start-up, simulation, rendering, compression and writing included. Both
+   rates, wall and CPU, are printed side by side with their ratio.
+2. **Reading.** On the store just written: decoding a whole split (what ``hgn train``
+   does when a split fits in memory) and random batches of 16 sequences through the
+   trainer's own ``Batches`` with the in-memory path switched off (what it does for a
+   larger split), next to the training step's consumption (sequences per second of the
+   ``small`` and ``paper`` profiles on this CPU, from ``benchmarks/bench_train.py``).
+3. **``--full``**: the paper-scale pendulum (50,000 + 10,000 trajectories, 31 frames,
+   64×64) with the CLI into ``--dir``: wall time, the child's peak resident memory
+   (VmHWM, polled) and the size on disk against the raw 22.9 GB. The store is deleted
+   afterwards (only the temporary folder the script made).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,33 +44,8 @@ from scipy.integrate import solve_ivp
 from hgn import data
 from hgn.physics.systems import BACKGROUND, get_system, one_thread
 
-N, STEPS, DT, SIZE, SEED = 2000, 30, 0.125, 64, 0
-REPEATS = 3
-"""hgn is timed as the median of this many runs (the machine is shared and noisy); the
-reference, at about half a minute a run, once."""
-
-
-def frames_buffer(n: int = N) -> np.ndarray:
-    """An output array with its pages already touched, so that neither side is timed
-    on the operating system's first-touch page faults for 760 MB."""
-    images = np.empty((n, STEPS + 1, SIZE, SIZE, 3), np.uint8)
-    images.fill(0)
-    return images
-
-
-def hgn_in_memory(system, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """hgn's per-block work (sampling, simulation, noise, rendering), without the disk."""
-    rng = np.random.default_rng(SEED)
-    n = len(images)
-    with one_thread():
-        q, p = system.sample_trajectories(n, rng, DT, STEPS)
-        q_noisy = (q + system.noise * torch.from_numpy(rng.standard_normal(q.shape))).float()
-        p_noisy = (p + system.noise * torch.from_numpy(rng.standard_normal(p.shape))).float()
-        chunk = max(1, data.CHUNK_PIXELS // ((STEPS + 1) * SIZE * SIZE))
-        for i in range(0, n, chunk):
-            images[i : i + chunk] = system.render(q_noisy[i : i + chunk], SIZE).numpy()
-    del p_noisy  # produced for parity with the reference, not compared
-    return q.numpy(), p.numpy(), images
+STEPS, DT, SIZE, SEED = 30, 0.125, 64, 0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference(
@@ -68,6 +53,7 @@ def reference(
 ) -> tuple:
     """One solve_ivp per trajectory, then NumPy discs drawn over whole frames."""
     g, m, length = (system.constants[k] for k in ("g", "m", "l"))
+    factor = system.constants["factor"]
     info = system.render_info()
     extent, radius = info["extent"], info["radius"]
     scale = SIZE / (2 * extent)
@@ -77,7 +63,7 @@ def reference(
     times = np.arange(STEPS + 1) * DT
 
     def field(_t: float, y: np.ndarray) -> list[float]:
-        return [y[1] / (m * length**2), -2.0 * m * g * length * np.sin(y[0])]
+        return [y[1] / (m * length**2), -factor * m * g * length * np.sin(y[0])]
 
     states = np.empty((len(q0), STEPS + 1))
     for k in range(len(q0)):
@@ -98,84 +84,18 @@ def reference(
 
 
 def timed(fn, *args, **kwargs) -> tuple[tuple[float, float], object]:
-    """((wall seconds, CPU seconds of this process), result). On a shared machine the
-    CPU time is the steadier figure: it does not count time spent waiting for a core."""
+    """((wall seconds, CPU seconds of this process), result)."""
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn(*args, **kwargs)
     return (time.perf_counter() - wall, time.process_time() - cpu), result
 
 
-def compare(system) -> None:
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared)")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    hgn_in_memory(system, frames_buffer(64))  # warm-up: first calls initialise libraries
-    buffer = frames_buffer()
-    runs = [timed(hgn_in_memory, system, buffer) for _ in range(REPEATS)]
-    t_hgn, (q_hgn, p_hgn, img_hgn) = sorted(runs, key=lambda run: run[0][0])[REPEATS // 2]
-
-    # the reference starts from hgn's initial states and noise draws
-    rng = np.random.default_rng(SEED)
-    system.sample_trajectories(N, rng, DT, STEPS)  # advance the stream identically
-    noise = system.noise * rng.standard_normal((N, STEPS + 1, 1))
-    t_ref, (q_ref, img_ref) = timed(
-        reference, system, q_hgn[:, 0, 0], p_hgn[:, 0, 0], noise[..., 0], frames_buffer()
-    )
-    print(f"states agree to {np.abs(q_ref - q_hgn[..., 0]).max():.1e} (max abs)")
-    diff = [np.abs(a.astype(np.int16) - b) for a, b in zip(img_ref, img_hgn, strict=True)]
-    worst, off = max(d.max() for d in diff), sum(int((d > 1).sum()) for d in diff)
-    print(f"images agree: max diff {worst} levels, {off} values differ by more than 1")
-    del diff, img_ref, img_hgn, buffer
-
-    disk = []
-    for _ in range(REPEATS):
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = {"n_train": N, "n_test": 1, "size": SIZE, "seed": SEED, "progress": False}
-            disk.append(timed(data.generate, Path(tmp) / "d", **settings)[0])
-    t_disk = sorted(disk)[REPEATS // 2]  # median by wall time
-    rows = [
-        ("reference (solve_ivp + NumPy)", t_ref),
-        ("hgn, in memory", t_hgn),
-        ("hgn data.generate, to disk", t_disk),
-    ]
-    print(f"{'':32s} {'wall traj/s':>12s} {'CPU traj/s':>12s}   (seconds for {N}: wall, CPU)")
-    for name, (wall, cpu) in rows:
-        print(f"{name:32s} {N / wall:12.1f} {N / cpu:12.1f}   ({wall:.2f}, {cpu:.2f})")
-    for name, (wall, cpu) in rows[1:]:
-        print(f"speed-up of {name}: {t_ref[0] / wall:.1f}x wall, {t_ref[1] / cpu:.1f}x CPU")
-
-
-def full(out_dir: str) -> None:
-    need = 60_000 * (STEPS + 1) * SIZE * SIZE * 3
-    free = shutil.disk_usage(out_dir).free
-    print(f"paper-scale pendulum: needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free in {out_dir}")
-    if free < need * 1.05:
-        print("not enough disk; measure throughput on a smaller N instead")
-        return
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        command = [sys.executable, "-m", "hgn", "data", "generate", "--system", "pendulum"]
-        command += ["--train", "50000", "--test", "10000", "--size", str(SIZE)]
-        command += ["--out", str(Path(tmp) / "pendulum"), "--no-progress"]
-        print(" ".join(command[1:]))
-        start = time.perf_counter()
-        child = subprocess.Popen(command)
-        peak = 0
-        while child.poll() is None:
-            peak = max(peak, peak_rss_kib(child.pid))
-            time.sleep(0.2)
-        seconds = time.perf_counter() - start
-        if child.returncode:
-            raise SystemExit(f"generation failed with exit status {child.returncode}")
-        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-    print(
-        f"60,000 trajectories in {seconds:.1f} s ({60_000 / seconds:.0f} traj/s), "
-        f"{size / 1e9:.1f} GB written, peak RSS {peak / 1024:.0f} MiB, "
-        f"load average after {os.getloadavg()[0]:.1f}"
-    )
+def machine() -> str:
+    return f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
 
 
 def peak_rss_kib(pid: int) -> int:
-    """The child's own high-water resident memory (VmHWM). getrusage(RUSAGE_CHILDREN)
-    would also count the parent's memory that the child shared before exec."""
+    """The child's own high-water resident memory (VmHWM)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -186,15 +106,148 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
+def cli(args: list[str]) -> dict[str, float]:
+    """Run ``python -m hgn ARGS``: wall and CPU seconds (the child's user + system) and
+    its peak resident memory."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "hgn", *args], stderr=subprocess.PIPE)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, peak_rss_kib(child.pid))
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    err = child.stderr.read().decode() if child.stderr else ""
+    if child.returncode:
+        raise SystemExit(f"hgn {' '.join(args)} failed ({child.returncode}): {err}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "peak_mib": peak / 1024, "stderr": err.strip()}
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def generation(n: int, ref_n: int, out: Path) -> None:
+    """Reference and CLI rates, side by side, after checking they draw the same."""
+    system = get_system("pendulum")
+    print(f"machine: {machine()}, torch {torch.__version__} (shared: see load average)")
+    rng = np.random.default_rng(SEED)
+    with one_thread():
+        q, p = system.sample_trajectories(ref_n, rng, DT, STEPS)
+        noise = system.noise * rng.standard_normal((ref_n, STEPS + 1, 1))
+        q_noisy = (q + torch.from_numpy(noise)).float()
+        check = min(ref_n, 200)
+        hgn_frames = system.render(q_noisy[:check], SIZE).numpy()
+    frames = np.zeros((ref_n, STEPS + 1, SIZE, SIZE, 3), np.uint8)  # pages touched up front
+    t_ref, (states, ref_frames) = timed(
+        reference, system, q[:, 0, 0].numpy(), p[:, 0, 0].numpy(), noise[..., 0], frames
+    )
+    worst = np.abs(states - q[..., 0].numpy()).max()
+    diff = np.abs(ref_frames[:check].astype(np.int16) - hgn_frames)
+    print(
+        f"agreement on {check} trajectories: states to {worst:.1e}, images within "
+        f"{diff.max()} grey level(s), {int((diff > 1).sum())} values off by more than 1"
+    )
+    del frames, ref_frames, hgn_frames
+    args = ["data", "generate", "--system", "pendulum", "--train", str(n), "--test", "1"]
+    args += ["--size", str(SIZE), "--seed", str(SEED), "--out", str(out), "--no-progress"]
+    run = cli(args)
+    print(f"command: hgn {' '.join(args)}")
+    print(f"  {run['stderr']}")
+    raw = (n + 1) * (STEPS + 1) * SIZE * SIZE * 3
+    print(
+        f"  {disk_bytes(out) / 1e6:.1f} MB on disk, raw frames {raw / 1e9:.2f} GB "
+        f"(1/{raw / disk_bytes(out):.0f}); peak RSS {run['peak_mib']:.0f} MiB"
+    )
+    rows = [
+        (f"reference (solve_ivp + NumPy), {ref_n} traj", ref_n, t_ref[0], t_ref[1]),
+        (f"hgn data generate (CLI, end to end), {n + 1} traj", n + 1, run["wall"], run["cpu"]),
+    ]
+    print(f"{'':52s} {'wall traj/s':>12s} {'CPU traj/s':>12s}   (seconds: wall, CPU)")
+    for name, count, wall, cpu in rows:
+        print(f"{name:52s} {count / wall:12.1f} {count / cpu:12.1f}   ({wall:.2f}, {cpu:.2f})")
+    (_, rn, rw, rc), (_, hn, hw, hc) = rows
+    print(
+        f"speed-up of the CLI: {(hn / hw) / (rn / rw):.1f}x wall, {(hn / hc) / (rn / rc):.1f}x CPU"
+    )
+
+
+def train_rate(profile: str) -> float:
+    """Sequences per second one training step of ``profile`` consumes (bench_train)."""
+    child = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--one", profile]
+    child += ["--steps", "2"]
+    result = json.loads(subprocess.run(child, check=True, capture_output=True).stdout)
+    return float(result["seq_per_s"])
+
+
+def reading(path: Path, batches: int = 40) -> None:
+    """Whole-split decode and random training batches against the training step."""
+    import hgn.training.train as training
+
+    split = data.load(path)
+    (wall, _), whole = timed(np.asarray, split.images)
+    print(
+        f"whole split into memory: {len(split)} sequences in {wall:.2f} s "
+        f"({len(split) / wall:,.0f} seq/s, {whole.nbytes / wall / 1e9:.1f} GB/s decoded)"
+    )
+    del whole
+    training.IN_MEMORY_BYTES = 0  # the path of a split larger than memory
+    torch.manual_seed(0)
+    frames = split.meta["steps"] + 1
+    draw = training.Batches(data.load(path), frames, 16, torch.device("cpu"))
+    draw()
+    (wall, _), _ = timed(lambda: [draw() for _ in range(batches)])
+    loader = batches * 16 / wall
+    print(
+        f"random batches of 16 (Batches, lazy path, to float frames): {loader:,.0f} seq/s "
+        f"({wall / batches * 1e3:.1f} ms a batch)"
+    )
+    for profile in ("small", "paper"):
+        rate = train_rate(profile)
+        print(
+            f"  training step, profile {profile} on this CPU: {rate:.2f} seq/s -> loader is "
+            f"{loader / rate:,.0f}x faster"
+        )
+
+
+def full(out_dir: Path) -> None:
+    """The paper-scale pendulum through the CLI."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = 60_000 * (STEPS + 1) * SIZE * SIZE * 3
+    free = shutil.disk_usage(out_dir).free
+    print(f"paper scale: raw frames {raw / 1e9:.1f} GB, {free / 1e9:.0f} GB free in {out_dir}")
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix="bench-data-") as tmp:
+        target = Path(tmp) / "pendulum"
+        args = ["data", "generate", "--system", "pendulum", "--train", "50000"]
+        args += ["--test", "10000", "--size", str(SIZE), "--out", str(target), "--no-progress"]
+        print(f"command: hgn {' '.join(args)}  (machine: {machine()})")
+        run = cli(args)
+        size = disk_bytes(target)
+    print(f"  {run['stderr']}")
+    print(
+        f"  60,000 trajectories in {run['wall']:.1f} s wall, {run['cpu']:.1f} s CPU "
+        f"({60_000 / run['wall']:,.0f} traj/s); {size / 1e9:.2f} GB on disk = 1/"
+        f"{raw / size:.0f} of raw; peak RSS {run['peak_mib']:.0f} MiB; load average after "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="trajectories for the CLI run")
+    parser.add_argument("--ref-n", type=int, default=1_000, help="trajectories for the reference")
     parser.add_argument("--full", action="store_true", help="also the 60,000-trajectory run")
-    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where --full writes")
+    parser.add_argument("--dir", default="/work/data", help="where --full writes")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    compare(get_system("pendulum"))
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        out = Path(tmp) / "pendulum"
+        generation(args.n, args.ref_n, out)
+        reading(out)
     if args.full:
-        full(args.dir)
+        full(Path(args.dir))
 
 
 if __name__ == "__main__":

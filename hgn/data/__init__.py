@@ -6,7 +6,7 @@ Modules, in the order data flows through them:
 - :mod:`hgn.data.store`: the on-disk format (zarr v3, chunked by groups of
   trajectories, Blosc-compressed), where it lives (local or fsspec URL), completion
   markers, lazily read arrays;
-- :mod:`hgn.data.generate`: simulating and rendering a system into a store, sharded;
+- :mod:`hgn.data.generation`: simulating and rendering a system into a store, sharded;
 - :mod:`hgn.data.presets`: named settings (the paper's datasets, the DeepMind suite's);
 - :mod:`hgn.data.sources`: importing ``.npy``/``.npz`` arrays, folders of frames, videos;
 - :mod:`hgn.data.dataset`: :func:`load`, :class:`Split`, :class:`SequenceDataset` and
@@ -24,7 +24,7 @@ from hgn.data.dataset import (
     system_of,
     to_frames,
 )
-from hgn.data.generate import BLOCK, SIZES, generate, parse_shard
+from hgn.data.generation import BLOCK, SIZES, generate, parse_shard
 from hgn.data.presets import PRESETS, preset
 from hgn.data.preview import show
 from hgn.data.sources import import_sequences

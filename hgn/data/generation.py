@@ -15,6 +15,7 @@ them. Memory stays at a few chunks whatever the dataset's size.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -279,6 +280,12 @@ def _check_space(
         )
 
 
+def _draw(system: System, q: torch.Tensor, out: np.ndarray) -> np.ndarray:
+    """Render on a writer thread, one intra-op thread each (see :func:`one_thread`)."""
+    torch.set_num_threads(1)
+    return system.render(q, out.shape[2], out=out)
+
+
 def _write(
     loc: Location,
     sim: System,
@@ -288,7 +295,7 @@ def _write(
     progress: bool,
 ) -> None:
     """Simulate, render and store this job's rows of every split."""
-    block, steps, dt, size = meta["block"], meta["steps"], meta["dt"], meta["size"]
+    block, steps, dt = meta["block"], meta["steps"], meta["dt"]
     writer = store.ChunkWriter(loc)
     total = sum(hi - lo for lo, hi in ranges.values())
     image_rows = specs["train/images"].rows
@@ -317,10 +324,14 @@ def _write(
                     for first in range(0, stop - start, image_rows):
                         last = min(first + image_rows, stop - start)
                         slot, buffer = ring.take()
-                        view = buffer[: last - first]
-                        bound.subset(slice(first, last)).render(q_drawn[first:last], size, out=view)
+                        draw = functools.partial(
+                            _draw,
+                            bound.subset(slice(first, last)),
+                            q_drawn[first:last],
+                            buffer[: last - first],
+                        )
                         chunk = (start + first) // image_rows
-                        ring.busy[slot] = writer.put(f"{split}/images", spec, chunk, view)
+                        ring.busy[slot] = writer.put(f"{split}/images", spec, chunk, draw)
                         bar.update(last - first)
             writer.drain()
     finally:

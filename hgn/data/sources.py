@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from hgn import __version__
 from hgn.data import store
-from hgn.data.generate import SIZES
+from hgn.data.generation import SIZES
 from hgn.data.store import SPLITS, ArraySpec
 from hgn.plots import require_video
 from hgn.utils import UserError, numpy_rng, positive_int
