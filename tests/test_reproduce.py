@@ -1,5 +1,6 @@
-"""`hgn reproduce`: the smoke profile end to end, resuming, refusals, and the report
-rendered in headless Chromium."""
+"""`hgn reproduce`: the smoke profile end to end (both data regimes, the extrapolation
+table, sample physics), resuming, refusals, datasets reused (also in the old .npy
+layout), the bars, and the report rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from hgn.utils import OUTPUT_MARKER, UserError
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+CELLS = len(rep.SYSTEM_ORDER) * len(rep.MODEL_ORDER)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One smoke run over all four systems and six models, shared by the tests below."""
+    """One smoke run over all four systems and every model, shared by the tests below."""
     out = tmp_path_factory.mktemp("smoke") / "results"
     torch.manual_seed(0)
     assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--no-progress"]) == 0
@@ -40,40 +44,88 @@ def _numbers(value: Any) -> list[float]:
     return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
 
 
+def _table_rows(text: str) -> list[list[str]]:
+    """The Markdown tables of ``text``, as lists of lines that start with '| '."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("| "):
+            current.append(line)
+        elif line.startswith("|---"):
+            continue
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
 def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
     summary = json.loads((smoke / "results.json").read_text())
-    assert summary["requested_cells"] == summary["finished_cells"] == 24
+    assert summary["requested_cells"] == summary["finished_cells"] == CELLS
     cells = summary["cells"]
     assert sorted(cells) == sorted(rep.SYSTEM_ORDER)
+    profile = rep.PROFILES["smoke"]
     for system in rep.SYSTEM_ORDER:
         assert sorted(cells[system]) == sorted(rep.MODEL_ORDER)
         for model, record in cells[system].items():
-            for split in ("train", "test"):
-                stats = record["paper"][split]
-                assert len(stats["mse_per_step"]) == rep.PROFILES["smoke"].steps + 1
-                assert stats["mse"] > 0
-            prefix = record["prefix"]
-            assert len(prefix["mse_per_step"]) == rep.PROFILES["smoke"].horizon
-            assert 0 <= prefix["vpt"] <= prefix["horizon"]
+            for regime in rep.REGIMES:
+                for split in ("train", "test"):
+                    stats = record["paper"][regime][split]
+                    assert len(stats["mse_per_step"]) == profile.steps + 1
+                    assert stats["mse"] > 0
+                    assert stats["excess"] == pytest.approx(stats["mse"] - stats["noise_floor_mse"])
+                floor = record["paper"][regime]["test"]["noise_floor_mse"]
+                assert (floor > 0) == (regime == "noisy")
+            ex = record["extrapolation"]
+            assert set(ex["rollouts"]) == {"forward", "backward", "2x", "half"}
+            assert ex["state_frame"] == profile.start + (4 if model == "hgn++" else 0)
+            assert ex["noise"] == 0 and ex["noise_floor_mse_x1e4"] == 0
+            for r in ex["rollouts"].values():
+                assert 0 <= r["vpt_mean"] <= r["steps"]
             values = _numbers(record)
             assert values and all(math.isfinite(v) for v in values), (system, model)
-    for table, extra in (("table1.md", 1), ("table2.md", 0), ("prefix.md", 0)):
-        rows = [line for line in (smoke / table).read_text().splitlines() if line.startswith("| ")]
-        assert len(rows) == 1 + len(rep.MODEL_ORDER) + extra  # header, models, reference
-        assert not any("—" in row or "n/a" in row for row in rows[1:]), table
+        assert "skipped" in cells[system]["hnn"]["samples"]["clean"]
+        assert "samples" in cells[system]["hgn"]["samples"]["clean"]
+    assert all(d["profile_settings"] for s in summary["datasets"].values() for d in s.values())
+    models = len(rep.MODEL_ORDER)
+    for name, sizes in (
+        ("table1.md", [1 + models + 1] * 2),  # header, models, mean image; noisy, clean
+        ("table2.md", [1 + models] * 2),
+        ("extrapolation.md", [1 + models] * len(rep.SYSTEM_ORDER)),
+    ):
+        tables = _table_rows((smoke / name).read_text())
+        assert [len(t) for t in tables] == sizes, name
+        for rows in tables:
+            assert not any("—" in row or "n/a" in row for row in rows[1:]), name
+    samples = (smoke / "samples.md").read_text()
+    assert samples.count("| ground truth (test) |") == 2 * len(rep.SYSTEM_ORDER)
+    assert "| HGN deterministic |" not in samples and "| HNN |" not in samples
 
 
-def test_tables_carry_the_published_values(smoke: Path) -> None:
+def test_tables_carry_the_floor_the_excess_and_the_bars(smoke: Path) -> None:
     table = (smoke / "table1.md").read_text()
-    hgn_row = next(line for line in table.splitlines() if line.startswith("| HGN |"))
+    noisy, clean = _table_rows(table)
+    assert "mass-spring floor" in noisy[0] and "mass-spring excess" in noisy[0]
+    assert "floor" not in clean[0]
+    hgn_row = next(line for line in noisy if line.startswith("| HGN |"))
     assert "[3.84]" in hgn_row and "[9.80]" in hgn_row  # mass-spring train, three-body test
+    assert "[" not in next(line for line in clean if line.startswith("| HGN |"))
+    summary = json.loads((smoke / "results.json").read_text())
+    for regime in rep.REGIMES:
+        assert sorted(summary["checks"]["bars"][regime]) == sorted(rep.SYSTEM_ORDER)
+        for system, bar in summary["checks"]["bars"][regime].items():
+            line = next(x for x in table.splitlines() if x.startswith(f"- {system}, {regime}"))
+            if bar["passed"] is False:
+                assert f"MISSED by a factor {bar['missed_by']:.1f}" in line
+    extrapolation = (smoke / "extrapolation.md").read_text()
+    assert "(integrator not reversible)" in extrapolation  # HNN integrates with RK4
 
 
 def test_report_references_only_files_that_exist(smoke: Path) -> None:
     page = (smoke / "report.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert len([x for x in links if x.endswith(".gif")]) == 24
-    assert any("fig6" in x for x in links) and any("fig8" in x for x in links)
+    assert len([x for x in links if x.endswith(".gif")]) == CELLS
+    for name in ("fig6", "fig7", "fig8", "figures/extrapolation.png", "extrapolate-rollouts"):
+        assert any(name in x for x in links), name
     for link in links:
         assert not re.match(r"^[a-z]+:|^/", link), f"non-relative link {link}"
         assert (smoke / link).is_file(), f"report.html references missing {link}"
@@ -87,7 +139,7 @@ def test_rerun_skips_finished_cells(smoke: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(cells, "run_cell", no_training)
     summary = rep.reproduce(smoke, "smoke", progress=False)
-    assert summary["finished_cells"] == 24
+    assert summary["finished_cells"] == CELLS
     assert {p: p.stat().st_mtime_ns for p in smoke.glob("cells/*/*/result.json")} == before
 
 
@@ -152,7 +204,6 @@ def test_interrupted_cell_resumes_and_is_recorded_only_when_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "r"
-    real = cells._paper_metrics
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
@@ -161,13 +212,22 @@ def test_interrupted_cell_resumes_and_is_recorded_only_when_done(
     with pytest.raises(KeyboardInterrupt):
         rep.reproduce(out, "smoke", systems="pendulum", models="hnn", progress=False)
     cell = out / "cells" / "pendulum" / "hnn"
-    assert (cell / "run" / "checkpoint.pt").is_file()
+    assert (cell / "run-noisy" / "checkpoint.pt").is_file()
     assert not (cell / "result.json").exists()
-    monkeypatch.setattr(cells, "_paper_metrics", real)
+    monkeypatch.undo()
+    monkeypatch.setattr(cells, "_extrapolation", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rep.reproduce(out, "smoke", systems="pendulum", models="hnn", progress=False)
+    assert (cell / "stage-paper-noisy.json").is_file()
+    assert (cell / "stage-paper-clean.json").is_file()
+    assert not (cell / "result.json").exists()
+    monkeypatch.undo()  # the real extrapolation again; the finished stages are read back:
+    monkeypatch.setattr(cells, "_paper_metrics", crash)  # recomputing one would crash
     summary = rep.reproduce(out, "smoke", systems="pendulum", models="hnn", progress=False)
     assert summary["finished_cells"] == 1
     record = json.loads((cell / "result.json").read_text())
-    assert record["train"]["paper"]["steps"] == rep.PROFILES["smoke"].train_steps
+    for regime in rep.REGIMES:
+        assert record["train"][regime]["steps"] == rep.PROFILES["smoke"].train_steps
 
 
 def test_parallel_jobs_fill_cells_and_keep_logs(tmp_path: Path) -> None:
@@ -194,49 +254,100 @@ def test_partial_report_is_labelled(tmp_path: Path) -> None:
     assert "—" in (out / "table1.md").read_text()
 
 
-class _Oracle(torch.nn.Module):
-    """A stand-in model whose prediction is a fixed answer: the truth or the mean frame."""
+def _fake_cells(
+    hgn: float, hnn: float, hnn_ac: float, floor: float = 0.0, std: float = 0.0
+) -> dict[str, Any]:
+    """Cells of one system holding only what the bars read: test MSEs and the floor."""
 
-    def __init__(self, answer: torch.Tensor) -> None:
-        super().__init__()
-        self.answer = answer
-        self.seen = 0
+    def record(mse: float) -> dict[str, Any]:
+        test = {
+            "mse": mse,
+            "mse_std": std,
+            "sequences": 100,
+            "noise_floor_mse": floor,
+            "excess": mse - floor,
+        }
+        return {"paper": {regime: {"test": test} for regime in rep.REGIMES}}
 
-    def predict(self, frames: torch.Tensor, steps: int, dt: float | None = None) -> dict:
-        batch = self.answer[self.seen : self.seen + frames.shape[0], : steps + 1]
-        self.seen += frames.shape[0]
-        return {"images": batch, "energy": torch.zeros(batch.shape[:2])}
+    return {"s": {"hgn": record(hgn), "hnn": record(hnn), "hnn-ac": record(hnn_ac)}}
 
 
-def test_valid_prediction_time_of_perfect_and_collapsed_models(tmp_path: Path) -> None:
+def test_bars_judge_against_the_strongest_baseline_and_say_by_how_much() -> None:
+    from hgn.experiments.reproduce.tables import bar_text, checks
+
+    passed = checks(_fake_cells(hgn=1.0, hnn=20.0, hnn_ac=6.0))["bars"]["clean"]["s"]
+    assert passed["baseline"] == "hnn-ac" and passed["ratio"] == pytest.approx(6.0)
+    assert passed["passed"] and passed["ratios"]["hnn"] == pytest.approx(20.0)
+    missed = checks(_fake_cells(hgn=1.0, hnn=20.0, hnn_ac=2.0))["bars"]["clean"]["s"]
+    assert missed["passed"] is False and missed["missed_by"] == pytest.approx(2.5)
+    assert "MISSED by a factor 2.5" in bar_text("s", "clean", missed)
+    # noisy data: the excess over the floor is compared ...
+    noisy = checks(_fake_cells(hgn=1.1, hnn=2.0, hnn_ac=2.0, floor=1.0))["bars"]["noisy"]["s"]
+    assert noisy["ratio"] == pytest.approx(10.0) and noisy["passed"]
+    # ... unless the floor leaves no room to measure it (excess needed < its resolution)
+    tight = checks(_fake_cells(hgn=1.0, hnn=1.1, hnn_ac=1.1, floor=1.0))["bars"]["noisy"]["s"]
+    assert tight["applies"] is False and tight["passed"] is None
+    assert "bar does not apply" in bar_text("s", "noisy", tight)
+
+
+def _as_legacy(source: Path, target: Path) -> None:
+    """Copy a dataset into the first (.npy) layout, which nothing writes any more."""
     from hgn import data
 
-    profile = rep.PROFILES["smoke"]
-    path = data.generate(
-        tmp_path / "d",
-        system="mass-spring",
-        n_train=1,
-        n_test=6,
-        steps=profile.context + profile.horizon - 1,
-        size=16,
-        progress=False,
+    meta = {**data.info(source), "format": 1, "shard": None}
+    meta["splits"] = {
+        s: {"start": 0, "stop": v["n"], "n": v["n"]} for s, v in meta["splits"].items()
+    }
+    for name in data.SPLITS:
+        split = data.load(source, name)
+        (target / name).mkdir(parents=True)
+        for array in ("images", *data.STATES):
+            np.save(target / name / f"{array}.npy", np.array(getattr(split, array)))
+    (target / "meta.json").write_text(json.dumps(meta))
+
+
+def test_data_root_datasets_are_used_as_they_are_even_in_the_old_layout(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    rep.reproduce(first, "smoke", systems="pendulum", models="hgn-determ", progress=False)
+    root = tmp_path / "old-data"
+    for name in ("pendulum", "pendulum-clean", "pendulum-clean-long"):
+        _as_legacy(first / "data" / name, root / name)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    out = tmp_path / "second"
+    summary = rep.reproduce(
+        out, "smoke", systems="pendulum", models="hgn-determ", data_root=root, progress=False
     )
-    split = data.load(path, "test")
-    truth = torch.from_numpy(np.array(split.images)).permute(0, 1, 4, 2, 3).float() / 255
-    mean = truth.mean((0, 1))
-    cpu = torch.device("cpu")
-    perfect = cells._prefix_metrics(_Oracle(truth), split, mean, profile, cpu)
-    assert perfect["mse"] == 0 and perfect["vpt"] == profile.horizon
-    assert len(perfect["mse_per_step"]) == profile.horizon
-    collapsed = cells._prefix_metrics(_Oracle(mean.expand_as(truth)), split, mean, profile, cpu)
-    assert collapsed["vpt"] == 0
-    assert collapsed["mse"] == pytest.approx(collapsed["mean_frame_mse"])
-    floor, c = collapsed["noise_floor_mse"], profile.context
-    mean_image = float((truth[:, c:] - mean).square().mean())
-    assert 0 < floor < mean_image
-    assert collapsed["threshold"] == pytest.approx(
-        floor + rep.VPT_FRACTION * (mean_image - floor), rel=1e-5
+    assert summary["finished_cells"] == 1
+    described = summary["datasets"]["pendulum"]
+    assert {d["layout"] for d in described.values()} == {"npy (legacy)"}
+    assert all(d["profile_settings"] for d in described.values())
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    old = json.loads((first / "results.json").read_text())["cells"]["pendulum"]["hgn-determ"]
+    new = summary["cells"]["pendulum"]["hgn-determ"]
+    assert new["paper"]["noisy"]["test"]["mse"] == pytest.approx(
+        old["paper"]["noisy"]["test"]["mse"], rel=1e-5
     )
+
+
+def test_wrong_datasets_under_data_root_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hgn import data
+
+    root = tmp_path / "data"
+    data.generate(root / "pendulum", system="mass-spring", n_train=2, n_test=2, steps=4,
+                  size=16, progress=False)  # fmt: skip
+    argv = ["reproduce", "--systems", "pendulum", "--data-root", str(root), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a mass-spring dataset, not pendulum" in err
+    (root / "pendulum").rename(root / "elsewhere")
+    data.generate(root / "pendulum-clean", system="pendulum", n_train=2, n_test=2, steps=4,
+                  size=16, progress=False)  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be noise-free" in err
+    assert not list((tmp_path / "b").glob("cells/*/*/result.json"))
 
 
 def test_choose_validates_and_orders() -> None:
@@ -250,8 +361,8 @@ def test_paper_profile_is_the_published_scale() -> None:
     paper = rep.PROFILES["paper"]
     assert (paper.size, paper.steps, paper.n_train, paper.n_test) == (64, 30, 50_000, 10_000)
     assert (paper.batch_size, paper.lr, paper.dt) == (16, 1.5e-4, 0.125)
-    assert not paper.hgn and not paper.hnn  # the models' own (paper) defaults
-    assert (paper.context, paper.horizon) == (5, 60)
+    assert dict(paper.hgn) == {"separable": True} and not paper.hnn  # the paper's networks
+    assert (paper.long_steps, paper.start) == (90, 30)
 
 
 def test_report_renders_in_headless_chromium(smoke: Path, tmp_path: Path) -> None:

@@ -12,11 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     cmd = sub.add_parser(
         "reproduce",
-        help="train and evaluate HNN and the HGN variants on the four systems; "
-        "write tables, figures and report.html",
-        description="Generate (or reuse) the datasets, train every model on every system, "
-        "evaluate them, and write results.json, table1.md, table2.md, prefix.md, figures "
-        "and a static report.html into --out. Rerunning resumes: finished cells are kept. "
+        help="train and evaluate HNN and the HGN variants on the four systems, on noisy and "
+        "clean data; write tables, figures and report.html",
+        description="Generate (or reuse) the datasets (the paper's noisy data, the same "
+        "without noise, and clean long test sets), train every model on every system on "
+        "both, evaluate them, run the extrapolation protocol, and write results.json, "
+        "table1.md, table2.md, extrapolation.md, samples.md, figures/ and a static "
+        "report.html into --out. Rerunning resumes: finished cells are kept. "
         "Profiles: " + "; ".join(f"{name}: {p.description}" for name, p in PROFILES.items()),
     )
     cmd.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES)}")
@@ -35,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data-root",
         default=None,
         metavar="DIR",
-        help="where datasets are generated or reused (default: DIR/data)",
+        help="where datasets are generated or reused (default: DIR/data): SYSTEM (the "
+        "paper's noisy data), SYSTEM-clean and SYSTEM-clean-long; a complete dataset "
+        "already there (hgn data generate --preset, hgn data import, an older .npy "
+        "layout) is used as it is",
     )
     cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     cmd.add_argument(

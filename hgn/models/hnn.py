@@ -19,6 +19,22 @@ an approximation of a symplectic method (see :mod:`hgn.physics.integrators`), wh
 fourth-order accurate reference, and HNN's own code integrates with an RK scheme. The
 integrator is a config option for those who want leapfrog.
 
+Against collapse (HNN's failure mode from pixels, and the paper's: the dynamics losses are
+zero for a constant latent, so an encoder that maps every pair to the same ``z`` and a
+decoder that draws the mean image is a minimum the losses pull towards), three opt-in
+config keys give the baseline an honest best effort, each off by default so that the
+paper's recipe stays the default:
+
+* ``ae_warmup``: train the autoencoder alone for this many steps, then ramp the dynamics
+  losses in linearly over as many again, so the latent describes the frames before it
+  is asked to be predictable;
+* ``normalise_latent``: standardise ``q`` over the batch (no learned scale; running
+  statistics at evaluation), so its spread cannot shrink to nothing; ``p`` is left free,
+  because the auxiliary loss ties its scale to that of dq/dt;
+* ``hnn_weight`` / ``aux_weight``: the dynamics losses' weights, which the reproduction
+  searches on a small grid (their raw scale is that of latent derivatives, orders of
+  magnitude above a per-pixel MSE).
+
 ``HNN Conv`` swaps the MLPs of the autoencoder for HGN's convolutional encoder and
 decoder (imported from :mod:`hgn.models`, not copied), with linear maps between their
 feature maps and the low-dimensional latent.
@@ -79,6 +95,12 @@ class HNNConfig:
     ae_weight: float = 1.0
     hnn_weight: float = 1.0
     aux_weight: float = 1.0
+    ae_warmup: int = 0
+    """Steps of autoencoder-only training before the dynamics losses ramp in (linearly,
+    over another ``ae_warmup`` steps); 0 = the paper's recipe, all losses from step 0."""
+    normalise_latent: bool = False
+    """Standardise ``q`` over each batch (running statistics at evaluation) so that the
+    encoder cannot collapse it to a constant."""
 
     def __post_init__(self) -> None:
         for key in (
@@ -104,6 +126,11 @@ class HNNConfig:
             )
         for key in ("ae_weight", "hnn_weight", "aux_weight"):
             check_range(getattr(self, key), f"model.{key}", ge=0)
+        check_range(self.ae_warmup, "model.ae_warmup", ge=0)
+        if not isinstance(self.normalise_latent, bool):
+            raise UserError(
+                f"model.normalise_latent must be true or false, got {self.normalise_latent!r}"
+            )
 
     def hgn_config(self) -> HGNConfig:
         """The HGN config whose encoder reads one frame pair and whose decoder draws one
@@ -222,6 +249,36 @@ class HNN(SequenceModel):
             self.encoder = MLPEncoder(config)
             self.decoder = MLPDecoder(config)
         self.hamiltonian = HamiltonianMLP(config.dof, config.hamiltonian_hidden)
+        self.norm = (
+            nn.BatchNorm1d(config.dof, affine=False, momentum=0.01)
+            if config.normalise_latent
+            else None
+        )
+        # training steps taken, for the autoencoder warm-up; a buffer, so checkpoints
+        # resume it (checkpoints written before it existed load with 0)
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Accept checkpoints from before the ``trained_steps`` buffer (a fresh 0)."""
+        state_dict.setdefault(prefix + "trained_steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def encode_pairs(self, pairs: Tensor) -> Tensor:
+        """Latents ``(N, 2 dof)`` of stacked frame pairs ``(N, 6, H, W)``, with ``q``
+        standardised when ``normalise_latent`` is set."""
+        z = self.encoder(pairs)
+        if self.norm is None:
+            return z
+        q, p = z.split(self.dof, dim=-1)
+        return torch.cat([self.norm(q), p], dim=-1)
+
+    def dynamics_scale(self) -> float:
+        """The factor on the dynamics losses at the current step: 0 during the
+        autoencoder warm-up, then a linear ramp to 1 over as many steps again."""
+        warm = self.config.ae_warmup
+        if not warm:
+            return 1.0
+        return min(1.0, max(0.0, (float(self.trained_steps) - warm) / warm))
 
     def init_from_data(self, mean_frame: Tensor) -> None:
         self.decoder.init_output(mean_frame)
@@ -241,7 +298,10 @@ class HNN(SequenceModel):
         if frames.shape[1] < 3:
             raise UserError("HNN needs sequences of at least 3 frames (two frame pairs)")
         pairs = torch.cat([frames[:, :-1], frames[:, 1:]], dim=2).flatten(0, 1)
-        z_flat = self.encoder(pairs)
+        scale = self.dynamics_scale()
+        if self.training:
+            self.trained_steps += 1
+        z_flat = self.encode_pairs(pairs)
         ae = F.mse_loss(self.decoder(z_flat), pairs)
         z = z_flat.view(frames.shape[0], -1, 2 * self.dof)
         dz_dt = (z[:, 1:] - z[:, :-1]) / self.config.dt
@@ -249,8 +309,10 @@ class HNN(SequenceModel):
         hnn = F.mse_loss(self.field(midpoint), dz_dt)
         aux = F.mse_loss(dz_dt[..., : self.dof], midpoint[..., self.dof :])
         c = self.config
-        total = c.ae_weight * ae + c.hnn_weight * hnn + c.aux_weight * aux
+        total = c.ae_weight * ae + scale * (c.hnn_weight * hnn + c.aux_weight * aux)
         metrics = {"loss": total.item(), "mse": ae.item(), "hnn": hnn.item(), "aux": aux.item()}
+        if c.ae_warmup:
+            metrics["dynamics_scale"] = scale
         return total, metrics
 
     def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
@@ -264,7 +326,7 @@ class HNN(SequenceModel):
         if frames.shape[1] < 2:
             raise UserError("HNN infers its state from a frame pair: give at least 2 frames")
         dt = self.config.dt if dt is None else float(dt)
-        q0, p0 = self.encoder(frames[:, :2].flatten(1, 2)).split(self.dof, dim=-1)
+        q0, p0 = self.encode_pairs(frames[:, :2].flatten(1, 2)).split(self.dof, dim=-1)
         grad_fn = integrators.grad_of(self.hamiltonian)
         qs, ps = integrators.rollout(grad_fn, q0, p0, dt, steps, method=self.config.integrator)
         qs, ps = qs.transpose(0, 1), ps.transpose(0, 1)  # (B, steps+1, dof)

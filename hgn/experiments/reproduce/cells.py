@@ -1,9 +1,13 @@
-"""One cell of the comparison, a ``(system, model)`` pair: train it with ``hgn train``'s
-code, evaluate it with ``hgn evaluate``'s, draw its rollouts, and record the result.
+"""One cell of the comparison, a ``(system, model)`` pair: train it on the paper's noisy
+data and on clean data with ``hgn train``'s code, evaluate both with ``hgn evaluate``'s
+(Tables 1–2, sample physics), run the extrapolation protocol
+(:mod:`hgn.evaluation.extrapolate`) on the clean long test set, draw its rollouts, and
+record the result.
 
 A cell lives in ``DIR/cells/SYSTEM/MODEL/``. Its ``result.json`` is written atomically
 and last, so its existence means 'finished': a finished cell is never recomputed or
-overwritten, and an interrupted one resumes from its training checkpoint.
+overwritten. An interrupted one resumes: a training run from its checkpoint, and every
+finished stage (``stage-*.json``, written atomically) is read back instead of redone.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +24,25 @@ import numpy as np
 import torch
 
 from hgn import plots
-from hgn.experiments.reproduce.profiles import HNN_MODELS, Profile
+from hgn.experiments.reproduce.profiles import HNN_MODELS, REGIMES, Profile, registry_name
 from hgn.training import config as hgn_config
 from hgn.training import train as hgn_train
 from hgn.utils import UserError, atomic_path, resolve_device, write_json
 
 VPT_FRACTION = 0.5
-"""Valid prediction time: the number of predicted steps before the per-frame MSE first
-exceeds a threshold ``VPT_FRACTION`` of the way from the noise floor to the MSE of
-always predicting the mean training frame (``hgn evaluate``'s definition,
-:func:`hgn.evaluation.evaluate.vpt_threshold`): before the prediction has lost half of
-what separates a perfect model from the 'average image' a collapsed model (the paper's
-failure mode of HNN) produces. A fixed absolute threshold would mean different things
-for the four systems, whose discs cover different fractions of the frame, and one
-without the floor can lie below what a perfect model scores on noisy data."""
+"""Valid prediction time: the number of predicted steps before a frame's MSE first
+exceeds a threshold ``VPT_FRACTION`` of the way from the noise floor to that frame's
+mean-image MSE (the extrapolation protocol's definition,
+:func:`hgn.evaluation.extrapolate.score`; on the clean long test sets the floor is 0)."""
 
 TRAINED = "trained.json"
 """Written beside a run's checkpoint when its training budget is spent: a later resume
 of the cell then evaluates the model as it is instead of training it further."""
 
 
-def model_config(profile: Profile, model: str, meta: Mapping[str, Any], prefix: bool) -> dict:
-    """The config overrides of one model on one dataset: the profile's widths plus what
-    the data fixes (image size, sequence length, time step; HNN also needs ``dof``)."""
+def model_config(profile: Profile, model: str, meta: Mapping[str, Any]) -> dict:
+    """The config overrides of one table row on one dataset: the profile's widths plus
+    what the data fixes (image size, sequence length, time step; HNN also needs ``dof``)."""
     values: dict[str, Any] = {
         "image_size": meta["size"],
         "frames": meta["steps"] + 1,
@@ -50,10 +50,31 @@ def model_config(profile: Profile, model: str, meta: Mapping[str, Any], prefix: 
     }
     if model in HNN_MODELS:
         values.update(profile.hnn, dof=meta["dof"])
+        if model.endswith("-ac"):
+            values.update(profile.hnn_ac)
+    elif model == "hgn++":
+        values.update(profile.hgnpp)
     else:
         values.update(profile.hgn)
-        if prefix:
-            values["context_frames"] = profile.context
+    return values
+
+
+def train_settings(profile: Profile, model: str) -> dict[str, Any]:
+    """The ``train`` section of one row's runs: the profile's, HGN++'s own batch and
+    learning rate where it has them, and the baselines' shorter time cap."""
+    minutes = profile.max_minutes
+    if model in HNN_MODELS and profile.baseline_minutes is not None:
+        minutes = profile.baseline_minutes
+    values = {
+        "steps": profile.train_steps,
+        "batch_size": profile.batch_size,
+        "lr": profile.lr,
+        "seed": profile.seed,
+        "max_minutes": minutes,
+        "image_every": 0,
+    }
+    if model == "hgn++":
+        values.update(profile.hgnpp_train)
     return values
 
 
@@ -76,15 +97,8 @@ def _trained(
         if not resume:
             config = hgn_config.RunConfig.from_dict(
                 {
-                    "model": {"name": model, **values},
-                    "train": {
-                        "steps": profile.train_steps,
-                        "batch_size": profile.batch_size,
-                        "lr": profile.lr,
-                        "seed": profile.seed,
-                        "max_minutes": profile.max_minutes,
-                        "image_every": 0,
-                    },
+                    "model": {"name": registry_name(model), **values},
+                    "train": train_settings(profile, model),
                 }
             )
         result = hgn_train.train(
@@ -98,9 +112,20 @@ def _trained(
     return net, json.loads(marker.read_text())
 
 
+def _stage(cell: Path, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A stage's numbers: read back from ``stage-NAME.json`` if an earlier, interrupted
+    run of the cell finished it, else computed and saved there (atomically)."""
+    path = cell / f"stage-{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    write_json(path, value)
+    return value
+
+
 def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, device: str) -> dict:
-    """Tables 1–2 and Figure 6 numbers of both splits, from ``hgn evaluate`` itself
-    (its full output stays in ``out`` for inspection)."""
+    """Tables 1–2, Figure 6 and sample-physics numbers of both splits, from ``hgn
+    evaluate`` itself (its full output stays in ``out`` for inspection)."""
     from hgn.evaluation import evaluate as hgn_eval
 
     metrics = hgn_eval.evaluate(
@@ -112,7 +137,7 @@ def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, devi
         device=device,
         progress=False,
     )
-    return {
+    splits = {
         split: {
             "sequences": s["n"],
             "mse": s["mse"]["mean"],
@@ -122,48 +147,55 @@ def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, devi
             "energy_var_std": s["energy"]["var_std"],
             "energy_relative_std": s["energy"]["relative_std"],
             "mean_image_mse": s["baseline_mse"]["mean"],
+            "noise_floor_mse": s["noise_floor_mse"],
+            "excess": s["mse"]["mean"] - s["noise_floor_mse"],
+            "first_scored_frame": metrics["first_scored_frame"],
         }
         for split, s in metrics["splits"].items()
     }
+    return {**splits, "samples": _finite_or_none(metrics["samples"])}
 
 
-def _prefix_metrics(
-    net: Any, split: Any, mean: torch.Tensor, profile: Profile, device: Any
-) -> dict:
-    """Prefix protocol with ``hgn evaluate``'s metric functions: the model sees the first
-    ``context`` frames (HNN: its first pair), predicts the rest of the long test
-    sequences; per-step error over the ``horizon`` predicted frames, and the valid
-    prediction time between the noise floor and the mean training frame's error over
-    those frames (see :data:`VPT_FRACTION`)."""
-    from hgn.evaluation.evaluate import (
-        baseline_errors,
-        error_stats,
-        noise_floor,
-        rollout_errors,
-        valid_prediction_time,
-        vpt_threshold,
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with NaN/Inf replaced by None: a sample-physics number that could not be
+    measured (no body found in any frame) is missing, not a failed cell."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _extrapolation(
+    net: Any, paths: Mapping[str, Path], out: Path, profile: Profile, device: torch.device
+) -> dict[str, Any]:
+    """The extrapolation protocol (:func:`hgn.evaluation.extrapolate.run_protocol`) of the
+    clean-data model on the clean long test set, against the clean training set's mean
+    image; its table and pictures (forward/backward/2×/½× strip, error curves, learned-H
+    drift) are written into ``out`` by the protocol's own writer."""
+    from hgn import data
+    from hgn.data import mean_frame
+    from hgn.evaluation import extrapolate
+
+    long = data.load(paths["long"], "test")
+    mean = mean_frame(data.load(paths["clean"], "train")).to(device)
+    results, pictures = extrapolate.run_protocol(
+        net,
+        long,
+        mean,
+        start=profile.start,
+        max_sequences=profile.extrapolation_sequences,
+        batch_size=profile.batch_size,
+        vpt_fraction=VPT_FRACTION,
+        drift_steps=profile.drift_steps,
+        progress=False,
     )
-
-    n, c = len(split), profile.context
-    mse, _ = rollout_errors(net, split, n, profile.batch_size, device, progress=False)
-    base = baseline_errors(split, mean.cpu(), n)
-    floor = noise_floor(split, min(n, 200))
-    threshold = vpt_threshold(float(base[:, c:].mean()), floor, VPT_FRACTION)
-    vpt = valid_prediction_time(mse, c, threshold)
-    stats = error_stats(mse[:, c:])
-    return {
-        "context": c,
-        "horizon": profile.horizon,
-        "sequences": n,
-        "mse": stats["mean"],
-        "mse_std": stats["std"],
-        "mse_per_step": stats["per_step_mean"],
-        "vpt": float(vpt.mean()),
-        "vpt_std": float(vpt.std()),
-        "threshold": threshold,
-        "mean_frame_mse": float(base[:, c:].mean()),
-        "noise_floor_mse": floor,
-    }
+    out.mkdir(parents=True, exist_ok=True)
+    files = extrapolate.write(results, pictures, out)
+    results["files"] = {key: path.name for key, path in files.items()}
+    return _finite_or_none(results)
 
 
 def _uint8(images: torch.Tensor) -> np.ndarray:
@@ -173,17 +205,20 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def _rollout_pictures(
-    net: Any, data_path: Path, profile: Profile, device: torch.device
+    nets: Mapping[str, Any], paths: Mapping[str, Path], profile: Profile, device: torch.device
 ) -> dict[str, np.ndarray]:
-    """Arrays for Figures 7–8 and the animation: one train and up to four test sequences,
-    rolled out forward, backward, at double and at half speed; prior samples if any."""
+    """Arrays for Figures 7–8 and the animation: one train and up to four test sequences
+    of the paper's (noisy) data, rolled out by the noisy-data model forward, backward, at
+    double and at half speed; prior samples of the clean-data model (whose sample
+    physics samples.md reports), if it has a prior."""
     from hgn import data
     from hgn.data import to_frames
 
+    net = nets["noisy"]
     dt = net.config.dt
     arrays: dict[str, np.ndarray] = {}
     for name in ("train", "test"):
-        split = data.load(data_path, name)
+        split = data.load(paths["noisy"], name)
         steps = split.meta["steps"]
         frames = to_frames(np.asarray(split.images[:4]), device)
         arrays[f"{name}_truth"] = _uint8(frames[0])
@@ -192,8 +227,10 @@ def _rollout_pictures(
         if name == "test":
             pred = net.predict(frames, steps)["images"]
             arrays["animation"] = np.stack([_uint8(frames), _uint8(pred)], axis=1)
-    with contextlib.suppress(UserError):  # HNN and the deterministic HGN have no prior
-        arrays["samples"] = _uint8(net.sample(3, profile.steps))
+    # HNN and the deterministic HGN have no prior; the profile's seed, global RNG untouched
+    with contextlib.suppress(UserError), torch.random.fork_rng():
+        torch.manual_seed(profile.seed)
+        arrays["samples"] = _uint8(nets["clean"].sample(3, profile.steps))
     return arrays
 
 
@@ -208,28 +245,49 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train, evaluate and draw one ``(system, model)`` cell; write its result last.
 
-    Training resumes from the cell's checkpoint if an earlier run was interrupted. The
-    result file is written atomically at the very end, so its existence means 'done'.
+    ``paths``: the system's ``noisy`` and ``clean`` datasets and its clean ``long`` test
+    set. Training resumes from the cell's checkpoints and finished stages are read back
+    if an earlier run was interrupted. The result file is written atomically at the very
+    end, so its existence means 'done'.
     """
     from hgn import data
-    from hgn.data import mean_frame
 
     cell = out / "cells" / system / model
     cell.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    meta = data.info(paths["main"])
-    values = model_config(profile, model, meta, prefix=False)
-    net, trained = _trained(cell / "run", model, values, paths["main"], profile, device, progress)
+    nets: dict[str, Any] = {}
     record: dict[str, Any] = {
         "system": system,
         "model": model,
+        "registered_model": registry_name(model),
         "profile": profile.name,
-        "config": dataclasses.asdict(net.config),
-        "train": {"paper": trained},
-        "paper": _paper_metrics(cell / "run", paths["main"], cell / "evaluate", profile, device),
-        "prefix": None,
+        "config": {},
+        "train": {},
+        "paper": {},
+        "samples": {},
     }
-    arrays = _rollout_pictures(net, paths["main"], profile, dev)
+    for regime in REGIMES:
+        values = model_config(profile, model, data.info(paths[regime]))
+        run = cell / f"run-{regime}"
+        nets[regime], record["train"][regime] = _trained(
+            run, model, values, paths[regime], profile, device, progress
+        )
+        record["config"][regime] = dataclasses.asdict(nets[regime].config)
+        metrics = _stage(
+            cell,
+            f"paper-{regime}",
+            lambda run=run, regime=regime: _paper_metrics(
+                run, paths[regime], cell / f"evaluate-{regime}", profile, device
+            ),
+        )
+        record["samples"][regime] = metrics.pop("samples")
+        record["paper"][regime] = metrics
+    record["extrapolation"] = _stage(
+        cell,
+        "extrapolation",
+        lambda: _extrapolation(nets["clean"], paths, cell / "extrapolate", profile, dev),
+    )
+    arrays = _rollout_pictures(nets, paths, profile, dev)
     animation = arrays.pop("animation")  # (n, 2, T+1, H, W, 3): truth | prediction
     frames = np.stack([plots.grid(animation[:, :, t]) for t in range(animation.shape[2])])
     plots.save_animation(
@@ -237,21 +295,15 @@ def run_cell(
     )
     with atomic_path(cell / "rollouts.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
+    files = record["extrapolation"]["files"]
     record["files"] = {
         "rollouts": f"cells/{system}/{model}/rollouts.npz",
         "animation": f"cells/{system}/{model}/test.gif",
+        **{
+            f"extrapolation_{key}": f"cells/{system}/{model}/extrapolate/{name}"
+            for key, name in files.items()
+        },
     }
-    if model in profile.prefix_models:
-        if model in HNN_MODELS:  # reads only the first frame pair: no retraining needed
-            prefix_net = net
-        else:
-            values = model_config(profile, model, meta, prefix=True)
-            prefix_net, record["train"]["prefix"] = _trained(
-                cell / "run-prefix", model, values, paths["main"], profile, device, progress
-            )
-        mean = mean_frame(data.load(paths["main"], "train"))
-        long = data.load(paths["long"], "test")
-        record["prefix"] = _prefix_metrics(prefix_net, long, mean, profile, dev)
     _require_finite(record, f"{system} × {model}")
     write_json(cell / "result.json", record)
     return record

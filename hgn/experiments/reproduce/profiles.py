@@ -1,5 +1,5 @@
-"""What a reproduction compares and at what size: the paper's rows and columns, and the
-profiles (smoke, small, paper) that size a run.
+"""What a reproduction compares and at what size: the paper's rows and columns, the
+HNN baselines' anti-collapse rows, and the profiles (smoke, small, paper) that size a run.
 
 ``small`` and ``paper`` take their networks, optimiser and budgets from ``hgn train``'s
 profiles of the same names, so that one definition of 'small' serves both commands.
@@ -17,22 +17,60 @@ from typing import Any
 from hgn.training import config as hgn_config
 from hgn.utils import UserError
 
-MODEL_ORDER = ("hnn", "hnn-conv", "hgn", "hgn-euler", "hgn-no-fpsi", "hgn-determ")
-"""Rows of the paper's tables, in the paper's order."""
+MODEL_ORDER = (
+    "hnn",
+    "hnn-conv",
+    "hnn-ac",
+    "hnn-conv-ac",
+    "hgn",
+    "hgn-euler",
+    "hgn-no-fpsi",
+    "hgn-determ",
+    "hgn++",
+)
+"""Rows of the tables: the paper's, in its order, with each HNN baseline's anti-collapse
+row beside the paper's recipe, and HGN++ (SPEC.md §3b) last."""
 
 MODEL_LABELS = {
     "hnn": "HNN",
     "hnn-conv": "HNN Conv",
+    "hnn-ac": "HNN (anti-collapse)",
+    "hnn-conv-ac": "HNN Conv (anti-collapse)",
     "hgn": "HGN",
     "hgn-euler": "HGN Euler",
     "hgn-no-fpsi": "HGN no f_ψ",
     "hgn-determ": "HGN deterministic",
+    "hgn++": "HGN++",
 }
 SYSTEM_ORDER = ("mass-spring", "pendulum", "two-body", "three-body")
 """Columns of the paper's tables, in the paper's order."""
 
-HNN_MODELS = ("hnn", "hnn-conv")
-"""The baselines: they read a frame pair, so the prefix protocol needs no retraining."""
+REGISTRY = {"hnn-ac": "hnn", "hnn-conv-ac": "hnn-conv"}
+"""Rows that are a registered model with other settings (the profile's ``hnn_ac``);
+every other row is the registered model of its own name (:mod:`hgn.models`)."""
+
+HNN_MODELS = ("hnn", "hnn-conv", "hnn-ac", "hnn-conv-ac")
+"""The baselines: HNN's config (frame pairs, ``dof`` from the data), no prior."""
+
+REGIMES = ("noisy", "clean")
+"""The two datasets every model is trained and evaluated on: the paper's, with fresh
+observation noise in every frame, and the same system without it (``--noise 0``,
+SPEC.md §3d). Table 1 is given on both; learned dynamics are judged on clean data."""
+
+ANTI_COLLAPSE = {
+    "ae_warmup": 1000,
+    "normalise_latent": True,
+    "hnn_weight": 0.01,
+    "aux_weight": 0.01,
+}
+"""The HNN baselines' best effort against collapse (hgn.models.hnn): the autoencoder
+alone first, a standardised q, and dynamics losses weighted down; chosen from the
+trials on mass-spring recorded in docs/RESULTS.md, "Reproduction (issue 12)"."""
+
+
+def registry_name(model: str) -> str:
+    """The registered model (``hgn train --model``) a table row trains."""
+    return REGISTRY.get(model, model)
 
 
 @dataclass(frozen=True)
@@ -55,16 +93,26 @@ class Profile:
     """Wall-clock cap per training run (None: none); the steps done are recorded."""
     eval_sequences: int
     """Sequences of each split evaluated for Tables 1–2 (at most the split's size)."""
-    context: int
-    """Prefix protocol: frames the encoder sees."""
-    horizon: int
-    """Prefix protocol: further frames predicted."""
-    prefix_models: tuple[str, ...]
-    """Models evaluated on the prefix protocol (HGN variants listed here are retrained)."""
+    long_steps: int
+    """Steps of the clean long test sequences of the extrapolation protocol."""
+    start: int
+    """Extrapolation protocol: first frame of the window the model reads."""
+    extrapolation_sequences: int
+    """Long test sequences the extrapolation protocol scores."""
+    drift_steps: int
+    """Length of the rollout along which the learned H's drift is measured."""
+    baseline_minutes: float | None = None
+    """Wall-clock cap of the HNN baselines' training runs (None: ``max_minutes``)."""
     hgn: Mapping[str, Any] = field(default_factory=dict)
     """Config overrides shared by the HGN variants (network widths)."""
     hnn: Mapping[str, Any] = field(default_factory=dict)
     """Config overrides shared by HNN and HNN Conv."""
+    hnn_ac: Mapping[str, Any] = field(default_factory=lambda: dict(ANTI_COLLAPSE))
+    """What the anti-collapse rows add to ``hnn`` (see :data:`ANTI_COLLAPSE`)."""
+    hgnpp: Mapping[str, Any] = field(default_factory=dict)
+    """Config overrides of HGN++ (network widths)."""
+    hgnpp_train: Mapping[str, Any] = field(default_factory=dict)
+    """Batch size and learning rate of HGN++ where they differ from the profile's."""
     dt: float = 0.125
     seed: int = 0
 
@@ -93,6 +141,24 @@ _TINY_HNN = {
     "decoder_filters": [8],
 }
 
+_TINY_HGNPP = {
+    "state_dim": 4,
+    "encoder_filters": [8, 8, 8],
+    "fpsi_hidden": 16,
+    "energy_hidden": 16,
+    "energy_layers": 2,
+    "latent_channels": 4,
+    "decoder_filters": [8],
+}
+
+
+def _own(model: str, section: str) -> dict[str, Any]:
+    """What ``hgn train --profile small`` sets for one model (its ``own`` entry), less
+    what the data fixes."""
+    values = hgn_config.PROFILES["small"].get("own", {}).get(model, {}).get(section, {})
+    return {k: v for k, v in values.items() if k not in ("name", "image_size", "frames")}
+
+
 _SMALL_NETS = {
     key: value
     for key, value in hgn_config.PROFILES["small"]["model"].items()
@@ -114,17 +180,22 @@ PROFILES: dict[str, Profile] = {
         lr=1e-3,
         max_minutes=None,
         eval_sequences=4,
-        context=3,
-        horizon=8,
-        prefix_models=MODEL_ORDER,
+        long_steps=16,
+        start=4,
+        extrapolation_sequences=4,
+        drift_steps=20,
         hgn=_TINY_HGN,
         hnn=_TINY_HNN,
+        hnn_ac={**ANTI_COLLAPSE, "ae_warmup": 1},
+        hgnpp=_TINY_HGNPP,
     ),
     "small": Profile(
         name="small",
-        description="a CPU-sized comparison (2 cores, 1–2 hours with --jobs 2): 32×32 images, the "
-        "paper's 30-step sequences, 1,000 training sequences per system, the narrower "
-        "networks and 5-minute training budget of `hgn train --profile small`",
+        description="a CPU-sized comparison (2 cores, about 2¼ hours with --jobs 2): 32×32 "
+        "images, the paper's 30-step sequences with and without its observation noise, "
+        "1,000 training sequences per system, 90-step clean test sequences for "
+        "extrapolation, the narrower networks of `hgn train --profile small`; 3 minutes "
+        "per HGN training run, 2 per HNN run (72 runs)",
         size=32,
         steps=30,
         n_train=1000,
@@ -132,17 +203,21 @@ PROFILES: dict[str, Profile] = {
         train_steps=3000,
         batch_size=hgn_config.PROFILES["small"]["train"]["batch_size"],
         lr=hgn_config.PROFILES["small"]["train"]["lr"],
-        max_minutes=hgn_config.PROFILES["small"]["train"]["max_minutes"],
+        max_minutes=3.0,
+        baseline_minutes=2.0,
         eval_sequences=200,
-        context=5,
-        horizon=60,
-        prefix_models=("hnn", "hnn-conv", "hgn"),
+        long_steps=90,
+        start=30,
+        extrapolation_sequences=100,
+        drift_steps=1000,
         hgn=_SMALL_NETS,
         hnn={
             "frames": 8,
             "encoder_filters": _SMALL_NETS["encoder_filters"],
             "decoder_filters": _SMALL_NETS["decoder_filters"],
         },
+        hgnpp=_own("hgn++", "model"),
+        hgnpp_train=_own("hgn++", "train"),
     ),
     "paper": Profile(
         name="paper",
@@ -158,9 +233,13 @@ PROFILES: dict[str, Profile] = {
         lr=1.5e-4,
         max_minutes=None,
         eval_sequences=10_000,
-        context=5,
-        horizon=60,
-        prefix_models=("hnn", "hnn-conv", "hgn"),
+        long_steps=90,
+        start=30,
+        extrapolation_sequences=1000,
+        drift_steps=1000,
+        hgn={"separable": True},  # as `hgn train --profile paper`
+        hgnpp={"encoder_filters": [32, 64, 64, 64, 64]},  # 64×64 down to 4×4
+        hgnpp_train=dict(hgn_config.PROFILES["paper"]["own"]["hgn++"]["train"]),
     ),
 }
 """Reproduction profiles. ``small`` takes its networks, batch size, learning rate and

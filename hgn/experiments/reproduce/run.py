@@ -8,6 +8,7 @@ interrupted one resumes from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hgn.data import legacy
 from hgn.experiments.reproduce import cells, report
 from hgn.experiments.reproduce.profiles import (
     MODEL_ORDER,
@@ -77,37 +79,100 @@ def _claim(out: Path, profile: Profile) -> None:
         write_json(saved_path, profile.settings())
 
 
-def datasets(
-    profile: Profile, systems: Sequence[str], root: Path, progress: bool = True
-) -> dict[str, dict[str, Path]]:
-    """Generate (or reuse, when identical) each system's paper-protocol dataset and its
-    longer test set for the prefix protocol, under ``root/SYSTEM`` and ``root/SYSTEM-long``.
+DATASET_NAMES = {"noisy": "{system}", "clean": "{system}-clean", "long": "{system}-clean-long"}
+"""Where each system's datasets live under the data root: the paper's noisy data, the
+same without noise, and the clean long test set of the extrapolation protocol."""
+
+
+def _wanted(profile: Profile, kind: str) -> dict[str, Any]:
+    """The settings the profile generates a dataset of ``kind`` with."""
+    if kind == "long":  # only the test split is used; one training row keeps the format
+        return {
+            "n_train": 1,
+            "n_test": min(profile.n_test, profile.extrapolation_sequences),
+            "steps": profile.long_steps,
+            "noise": 0.0,
+        }
+    noise = None if kind == "noisy" else 0.0  # None: the paper's noise of each system
+    return {
+        "n_train": profile.n_train,
+        "n_test": profile.n_test,
+        "steps": profile.steps,
+        "noise": noise,
+    }
+
+
+def _dataset(
+    path: Path, system: str, kind: str, profile: Profile, progress: bool
+) -> tuple[Path, dict[str, Any]]:
+    """One dataset: a complete one already at ``path`` is used as it is (made by an
+    earlier run, by ``hgn data generate --preset``, or in the first ``.npy`` layout,
+    which :mod:`hgn.data.legacy` reads); otherwise it is generated with the profile's
+    settings (an interrupted generation resumes; anything else at ``path`` is refused
+    with one line and left alone). Returns its path and a description for results.json.
     """
     from hgn import data
 
+    wanted = _wanted(profile, kind)
+    meta = None
+    if path.exists():
+        with contextlib.suppress(UserError):  # incomplete, or not a dataset: generate decides
+            meta = data.info(path)
+    if meta is None:
+        common = {"dt": profile.dt, "size": profile.size, "seed": profile.seed}
+        data.generate(path, system=system, progress=progress, **common, **wanted)
+        meta = data.info(path)
+    found = meta.get("system")
+    if found is not None and found != system:
+        raise UserError(f"{path} holds a {found} dataset, not {system}; use another --data-root")
+    if kind != "noisy" and float(meta.get("noise") or 0) > 0:
+        raise UserError(
+            f"{path} has observation noise {meta['noise']}; the {kind} dataset must be "
+            "noise-free (hgn data generate --noise 0)"
+        )
+    n = {
+        s: meta.get("splits", {}).get(s, {}).get("n", meta.get(f"n_{s}")) for s in ("train", "test")
+    }
+    described = {
+        "path": str(path),
+        "system": found,
+        "source": meta.get("source"),
+        "train": n["train"],
+        "test": n["test"],
+        "steps": meta["steps"],
+        "size": meta["size"],
+        "dt": meta["dt"],
+        "noise": meta.get("noise"),
+        "layout": "npy (legacy)" if legacy.is_legacy(path) else "zarr",
+    }
+    mine = (
+        described["steps"] == wanted["steps"]
+        and described["size"] == profile.size
+        and described["dt"] == profile.dt
+        and described["train"] == wanted["n_train"]
+        and described["test"] == wanted["n_test"]
+        and (wanted["noise"] is None or described["noise"] == wanted["noise"])
+    )
+    described["profile_settings"] = bool(mine)
+    return path, described
+
+
+def datasets(
+    profile: Profile, systems: Sequence[str], root: Path, progress: bool = True
+) -> tuple[dict[str, dict[str, Path]], dict[str, dict[str, Any]]]:
+    """Each system's noisy and clean datasets and clean long test set under ``root``
+    (:data:`DATASET_NAMES`), generated or reused; returns their paths and descriptions."""
     root.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    common = {"dt": profile.dt, "size": profile.size, "seed": profile.seed, "progress": progress}
+    paths: dict[str, dict[str, Path]] = {}
+    described: dict[str, dict[str, Any]] = {}
     for system in systems:
-        main = data.generate(
-            root / system,
-            system=system,
-            n_train=profile.n_train,
-            n_test=profile.n_test,
-            steps=profile.steps,
-            **common,
-        )
-        # only the test split of the long set is used; one training row keeps the format
-        long = data.generate(
-            root / f"{system}-long",
-            system=system,
-            n_train=1,
-            n_test=min(profile.n_test, profile.eval_sequences),
-            steps=profile.context + profile.horizon - 1,
-            **common,
-        )
-        paths[system] = {"main": main, "long": long}
-    return paths
+        paths[system], described[system] = {}, {}
+        for kind, name in DATASET_NAMES.items():
+            where = root / name.format(system=system)
+            paths[system][kind], described[system][kind] = _dataset(
+                where, system, kind, profile, progress
+            )
+    return paths, described
 
 
 def reproduce(
@@ -166,7 +231,8 @@ def _run(
 
     _claim(out, chosen)
     command = command or f"hgn reproduce --profile {chosen.name} --out {out}"
-    paths = datasets(chosen, systems, Path(data_root) if data_root else out / "data", progress)
+    root = Path(data_root) if data_root else out / "data"
+    paths, described = datasets(chosen, systems, root, progress)
     requested = [(s, m) for s in systems for m in models]
     done = cells.finished_cells(out)
     todo = [(s, m) for s, m in requested if m not in done.get(s, {})]
@@ -183,7 +249,7 @@ def _run(
                 bar.update(1)
         else:
             _run_parallel(out, chosen, todo, paths, device, jobs, say, bar)
-    summary = report.build_outputs(out, chosen, requested, command)
+    summary = report.build_outputs(out, chosen, requested, command, described)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary
 
