@@ -133,3 +133,47 @@ def test_hnn_cannot_sample_and_rejects_bad_input() -> None:
         HNNConfig(integrator="rk5")
     with pytest.raises(UserError, match=r"unknown config key model\.latent"):
         get_model("hnn")({"latent": 3})
+
+
+def test_autoencoder_warmup_switches_the_dynamics_losses_in_gradually() -> None:
+    """``ae_warmup`` steps of autoencoder alone, then a linear ramp over as many again."""
+    model = _model("hnn", ae_warmup=2)
+    frames = torch.rand(2, 5, 3, SIZE, SIZE)
+    seen = []
+    for _ in range(5):
+        loss, metrics = model.loss(frames)
+        seen.append(metrics["dynamics_scale"])
+        if metrics["dynamics_scale"] == 0:
+            assert loss.item() == pytest.approx(metrics["mse"])
+    assert seen == [0.0, 0.0, 0.0, 0.5, 1.0]
+    model.eval()
+    model.loss(frames)  # evaluation does not advance the schedule
+    assert int(model.trained_steps) == 5
+
+
+def test_normalised_latent_standardises_q_over_the_batch() -> None:
+    model = _model("hnn-conv", dof=2, normalise_latent=True)
+    pairs = torch.rand(16, 6, SIZE, SIZE)
+    raw_q, raw_p = model.encoder(pairs).split(2, dim=-1)
+    q, p = model.encode_pairs(pairs).split(2, dim=-1)
+    eps = model.norm.eps
+    expected = (raw_q - raw_q.mean(0)) / (raw_q.var(0, unbiased=False) + eps).sqrt()
+    torch.testing.assert_close(q, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p, raw_p)  # p is left free
+    model.eval()  # running statistics at evaluation: one pair is enough
+    assert model.predict(torch.rand(1, 2, 3, SIZE, SIZE), steps=2)["q"].shape == (1, 3, 2)
+
+
+def test_checkpoints_from_before_the_step_counter_still_load() -> None:
+    model = _model("hnn")
+    state = {k: v for k, v in model.state_dict().items() if k != "trained_steps"}
+    fresh = _model("hnn")
+    fresh.load_state_dict(state)
+    assert int(fresh.trained_steps) == 0
+
+
+def test_anti_collapse_keys_are_validated() -> None:
+    with pytest.raises(UserError, match=r"model\.ae_warmup"):
+        HNNConfig(ae_warmup=-1)
+    with pytest.raises(UserError, match=r"model\.normalise_latent"):
+        HNNConfig(normalise_latent="yes")  # type: ignore[arg-type]
