@@ -670,7 +670,7 @@ class DoublePendulum(System):
     default_noise = 0.05
     canvas = 1.2
     disc = 0.15
-    phase_per_substep = 0.02
+    phase_per_substep = 0.01
     mass_keys = ("m1", "m2")
 
     def _parts(self, q: Tensor, p: Tensor) -> dict[str, Any]:
