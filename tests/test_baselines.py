@@ -172,8 +172,19 @@ def test_checkpoints_from_before_the_step_counter_still_load() -> None:
     assert int(fresh.trained_steps) == 0
 
 
+def test_detached_dynamics_losses_train_the_hamiltonian_only() -> None:
+    model = _model("hnn", dynamics_detach=True, ae_weight=0.0)
+    loss, metrics = model.loss(torch.rand(2, 5, 3, SIZE, SIZE))
+    loss.backward()
+    assert metrics["hnn"] > 0 and metrics["aux"] > 0  # still measured
+    assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.hamiltonian.parameters())
+
+
 def test_anti_collapse_keys_are_validated() -> None:
     with pytest.raises(UserError, match=r"model\.ae_warmup"):
         HNNConfig(ae_warmup=-1)
     with pytest.raises(UserError, match=r"model\.normalise_latent"):
         HNNConfig(normalise_latent="yes")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r"model\.dynamics_detach"):
+        HNNConfig(dynamics_detach=1)  # type: ignore[arg-type]

@@ -33,7 +33,12 @@ paper's recipe stays the default:
   because the auxiliary loss ties its scale to that of dq/dt;
 * ``hnn_weight`` / ``aux_weight``: the dynamics losses' weights, which the reproduction
   searches on a small grid (their raw scale is that of latent derivatives, orders of
-  magnitude above a per-pixel MSE).
+  magnitude above a per-pixel MSE);
+* ``dynamics_detach``: the dynamics losses train H only, not the encoder, so that the
+  latent is whatever the autoencoder needs and cannot be pulled to a constant (measured:
+  with a standardised q the encoder still collapses *in time*, each sequence to its own
+  constant, which zeroes both dynamics losses). The auxiliary loss then trains nothing
+  and is only reported.
 
 ``HNN Conv`` swaps the MLPs of the autoencoder for HGN's convolutional encoder and
 decoder (imported from :mod:`hgn.models`, not copied), with linear maps between their
@@ -101,6 +106,8 @@ class HNNConfig:
     normalise_latent: bool = False
     """Standardise ``q`` over each batch (running statistics at evaluation) so that the
     encoder cannot collapse it to a constant."""
+    dynamics_detach: bool = False
+    """The dynamics losses train the Hamiltonian only (the latent is the autoencoder's)."""
 
     def __post_init__(self) -> None:
         for key in (
@@ -127,10 +134,9 @@ class HNNConfig:
         for key in ("ae_weight", "hnn_weight", "aux_weight"):
             check_range(getattr(self, key), f"model.{key}", ge=0)
         check_range(self.ae_warmup, "model.ae_warmup", ge=0)
-        if not isinstance(self.normalise_latent, bool):
-            raise UserError(
-                f"model.normalise_latent must be true or false, got {self.normalise_latent!r}"
-            )
+        for key in ("normalise_latent", "dynamics_detach"):
+            if not isinstance(getattr(self, key), bool):
+                raise UserError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
 
     def hgn_config(self) -> HGNConfig:
         """The HGN config whose encoder reads one frame pair and whose decoder draws one
@@ -304,6 +310,8 @@ class HNN(SequenceModel):
         z_flat = self.encode_pairs(pairs)
         ae = F.mse_loss(self.decoder(z_flat), pairs)
         z = z_flat.view(frames.shape[0], -1, 2 * self.dof)
+        if self.config.dynamics_detach:
+            z = z.detach()
         dz_dt = (z[:, 1:] - z[:, :-1]) / self.config.dt
         midpoint = 0.5 * (z[:, 1:] + z[:, :-1])
         hnn = F.mse_loss(self.field(midpoint), dz_dt)
