@@ -9,11 +9,8 @@ import numpy as np
 
 from hgn import plots as viz
 from hgn.data.dataset import load
+from hgn.data.store import PREVIEW
 from hgn.utils import UserError, positive_int
-
-PREVIEW = "preview-{split}"
-"""Default name of the pictures inside a local dataset directory; hgn's own, so
-replaced without asking."""
 
 
 def show(

@@ -71,6 +71,9 @@ ATTRS = "hgn"
 SPLITS = ("train", "test")
 STATES = ("q", "p", "q_noisy", "p_noisy")
 PART = "hgn-part-{index:04d}-of-{count:04d}.json"
+PREVIEW = "preview-{split}"
+"""Name of ``hgn data show``'s pictures inside a local dataset directory (+ .png/.gif):
+hgn's own, so replaced without asking, and removed with the dataset."""
 CHUNK_BYTES = 8 << 20
 """Raw bytes per image chunk to aim for: big enough that per-file costs vanish, small
 enough that a random batch does not decode much more than it needs."""
@@ -528,6 +531,7 @@ def owned_keys(loc: Location) -> list[str]:
     """The names under ``loc`` that an hgn dataset consists of (present ones only)."""
     names = loc.listing()
     ours = {"zarr.json", *SPLITS}
+    ours |= {PREVIEW.format(split=split) + end for split in SPLITS for end in (".png", ".gif")}
     return [n for n in names if n in ours or (n.startswith("hgn-part-") and n.endswith(".json"))]
 
 
