@@ -74,7 +74,7 @@ def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
                     assert stats["mse"] > 0
                     assert stats["excess"] == pytest.approx(stats["mse"] - stats["noise_floor_mse"])
                 floor = record["paper"][regime]["test"]["noise_floor_mse"]
-                assert (floor > 0) == (regime == "noisy")
+                assert (floor > 1e-6) == (regime == "noisy")  # clean: round-off only
             ex = record["extrapolation"]
             assert set(ex["rollouts"]) == {"forward", "backward", "2x", "half"}
             assert ex["state_frame"] == profile.start + (4 if model == "hgn++" else 0)

@@ -264,7 +264,8 @@ def _markdown(out: Path, summary: Mapping[str, Any], profile: Profile, command: 
         out / "table2.md",
         "# Table 2: the learned Hamiltonian along a test rollout\n\n"
         + made
-        + "var = variance over time, ×1e4; std/|mean| = its scale-free relative spread.\n\n"
+        + "var = variance over time, ×1e4; rel. spread = std(H) / abs(mean H), its "
+        "scale-free form.\n\n"
         + "".join(
             f"## On {REGIME_TITLES[regime]}\n\n"
             + markdown_table(*table2_rows(cells, systems, regime))

@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hgn.evaluation.evaluate import SCALE
-from hgn.experiments.reproduce.profiles import HNN_MODELS, MODEL_LABELS, MODEL_ORDER, REGIMES
+from hgn.experiments.reproduce.profiles import (
+    HNN_MODELS,
+    MODEL_LABELS,
+    MODEL_ORDER,
+    REGIMES,
+    SYSTEM_ORDER,
+)
 
 PUBLISHED_MSE: dict[str, dict[str, tuple[float, float]]] = {
     "hgn": {
@@ -133,7 +139,7 @@ def table2_rows(
     """Table 2 on one regime's data: the variance of the learned H along a test rollout
     (×1e4, mean ± sd over sequences) and its scale-free relative spread std(H)/|mean H|
     (a learned H's scale is arbitrary, so the variance alone can flatter any model)."""
-    header = ["model"] + [f"{s} {c}" for s in systems for c in ("var ×1e4", "std/|mean|")]
+    header = ["model"] + [f"{s} {c}" for s in systems for c in ("var ×1e4", "rel. spread")]
     rows = []
     for model in MODEL_ORDER:
         row = [MODEL_LABELS[model]]
@@ -355,7 +361,8 @@ def checks(cells: Cells) -> dict[str, dict[str, Any]]:
         "leapfrog_vs_euler": {},
         "hgnpp_extrapolation": {},
     }
-    for system, row in cells.items():
+    for system in [s for s in SYSTEM_ORDER if s in cells] + sorted(set(cells) - set(SYSTEM_ORDER)):
+        row = cells[system]
         for regime in REGIMES:
             entry = _bar(row, regime)
             if entry is not None:
