@@ -111,6 +111,7 @@ def _bad(argv: list[str], capsys) -> str:
 def test_bad_input_one_line_errors(run: str, tmp_path, capsys) -> None:
     train = ["flow", "train", "--out", str(tmp_path / "r"), "--steps", "2", *TINY]
     assert "unknown target 'nope'" in _bad([*train, "--target", "nope"], capsys)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
     for name, array in {
         "nan.npy": np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, 1.0]]),
         "one.npy": np.zeros((1, 2)),
@@ -170,6 +171,11 @@ def test_commands_never_replace_what_they_did_not_write(run: str, tmp_path, caps
     ):
         assert "hgn did not write" in _bad(argv, capsys)
     assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    hgn_run = tmp_path / "hgn-run"  # another command's checkpoint is not resumed
+    hgn_run.mkdir()
+    torch.save({"config": {"model": {"name": "hgn"}}, "state": {}}, hgn_run / "checkpoint.pt")
+    resume = ["flow", "train", "--target", "moons", "--out", str(hgn_run), "--resume", *TINY]
+    assert "not a flow run" in _bad(resume, capsys)
     assert "holds the output of `hgn flow train`" in _bad(
         ["flow", "compare", "--target", "moons", "--out", run, "--minutes", "0.01", *TINY], capsys
     )
@@ -241,6 +247,7 @@ def test_progress_against_the_budget_that_ends_the_run(tmp_path, capsys) -> None
     assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2", "--no-progress"]) == 0
     assert main(["flow", "evaluate", str(tmp_path / "b"), "--n-importance", "256",
                  "--n-test", "2000", "--no-progress"]) == 0  # fmt: skip
+    assert main(["flow", "plot", str(tmp_path / "b"), "--no-progress"]) == 0
     assert "it/s" not in capsys.readouterr().err
 
 

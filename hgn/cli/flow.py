@@ -198,7 +198,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
         out = found
     path = plot_run(
         model, reference, data.image_shape, out, title=f"{Path(args.run).name} on {data.name}",
-        step=args.step, n_importance=args.n_importance,
+        step=args.step, n_importance=args.n_importance, progress=not args.no_progress,
     )  # fmt: skip
     print(f"written {path}")
 
@@ -285,6 +285,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, default=-1, help="flow step whose K, V to draw (last)")
     p.add_argument("--n-importance", type=int, default=32, help="K for the density (%(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
+    p.add_argument("--no-progress", **no_progress)
     p.set_defaults(func=cmd_plot)
 
     p = fsub.add_parser(

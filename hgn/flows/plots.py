@@ -126,6 +126,7 @@ def figure9(
     resolution: int = 120,
     n_paths: int = 300,
     seed: int = 0,
+    progress: bool = True,
 ) -> Path:
     """The paper's Figure 9 for a 2-D NHF, left to right: target density (histogram of
     ``reference`` samples), learned density (exp of the IWAE bound on a grid), K(p) and
@@ -143,7 +144,7 @@ def figure9(
     extent = (-lim, lim, -lim, lim)
     z = (x - model.loc) / model.scale
 
-    density = model.log_prob(x, n_importance).exp().numpy()
+    density = model.log_prob(x, n_importance, "density" if progress else None).exp().numpy()
     p_lim = 3.0
     _, p_grid = _grid(p_lim, resolution)
     kinetic = flow_step.kinetic(p_grid).numpy()

@@ -109,13 +109,20 @@ class Snapshot:
     state: dict[str, Tensor]
 
 
-def _claim_run(out: Path, resume: bool) -> None:
-    """``out`` must be new, empty or a flow run; a run written before hgn marked its
-    directories (a flow checkpoint, no marker) is adopted on ``--resume``."""
-    legacy = resume and (out / CHECKPOINT).is_file() and not (out / OUTPUT_MARKER).exists()
-    if legacy and "model" in load_checkpoint(out / CHECKPOINT).get("config", {}):
+def _saved_run(out: Path) -> dict[str, Any] | None:
+    """The config of the flow run in ``out`` to resume, or None for a new run. A directory
+    hgn did not write as a flow run is refused before anything is read or written; a run
+    from before hgn marked its directories (a flow checkpoint, no marker) is adopted."""
+    check = out / CHECKPOINT
+    if check.is_file() and not (out / OUTPUT_MARKER).exists():
+        saved = load_checkpoint(check).get("config", {})
+        if not {"model", "target", "train", "standardise"} <= set(saved):
+            raise UserError(
+                f"{out} holds a checkpoint that is not a flow run; choose another --out"
+            )
         mark_output_dir(out, TRAIN_KIND)
-    claim_output_dir(out, TRAIN_KIND)
+    check_output_dir(out, TRAIN_KIND)
+    return load_checkpoint(check)["config"] if check.is_file() else None
 
 
 def train(
@@ -145,8 +152,8 @@ def train(
     """
     out = Path(out)
     budget_from_now = cfg.max_minutes is not None
-    if resume and (out / CHECKPOINT).exists():
-        saved = load_checkpoint(out / CHECKPOINT)["config"]
+    saved = _saved_run(out) if resume else None
+    if saved is not None:
         if target != saved["target"]:
             raise UserError(
                 f"{out} was trained on {saved['target']!r}; --resume continues on it, "
@@ -157,11 +164,11 @@ def train(
         if budget_from_now:
             budgets["max_minutes"] = cfg.max_minutes
         cfg = config_from_dict(FlowTrainConfig, {**saved["train"], **budgets}, "train")
-    _claim_run(out, resume)
     data = data_source(target, cfg.seed)
     model_config = {**model_config, "dim": data.dim}
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build(model_config)
+    claim_output_dir(out, TRAIN_KIND)  # only now: a bad target or config writes nothing
     _prepare(model, data, standardise)
     adam = optimiser(model, cfg.lr)
     params = list(model.parameters())
