@@ -25,6 +25,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"hgn: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (sets ``args.progress`` to False), one definition for every
+    command that draws a progress bar, so that the flag reads and behaves the same
+    everywhere: logs and scripts turn the bars off without learning a variant."""
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (for logs and scripts)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hgn.cli import data, flow, model, reproduce
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from hgn import data
+from hgn.cli import add_progress_flag
 from hgn.data.presets import PRESETS, preset
 from hgn.physics.systems import STYLES, SYSTEMS
 from hgn.utils import UserError
@@ -83,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--overwrite", action="store_true", help="replace a different hgn dataset at --out"
     )
-    gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_flag(gen)
     gen.set_defaults(func=_generate)
 
     presets = commands.add_parser("presets", help="list the named dataset settings")
@@ -111,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--dt", type=float, default=None, help="time between frames [1/fps]")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split [0]")
     imp.add_argument("--overwrite", action="store_true", help="replace an hgn dataset at --out")
-    imp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_flag(imp)
     imp.set_defaults(func=_import)
 
     show = commands.add_parser("show", help="write a PNG grid and a GIF of some trajectories")
@@ -194,7 +195,7 @@ def _generate(args: argparse.Namespace) -> None:
         args.out or f"data/{name}",
         seed=args.seed,
         shard=args.shard,
-        progress=not args.no_progress,
+        progress=args.progress,
         overwrite=args.overwrite,
         report=_echo,
         **settings,
@@ -223,7 +224,7 @@ def _import(args: argparse.Namespace) -> None:
         dt=args.dt,
         seed=args.seed,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=args.progress,
         report=_echo,
     )
     print(f"dataset at {out}")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import torch
 
 from hgn.checks import check_range
+from hgn.cli import add_progress_flag
 from hgn.utils import UserError, positive_int
 
 
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
-    _no_progress(p)
+    add_progress_flag(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -95,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="extrapolate: first frame of the window the model reads (default 30)",
     )
     p.add_argument("--device", default="auto")
-    _no_progress(p)
+    add_progress_flag(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -111,10 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--speed", type=float, default=1.0, help="multiplies dt")
     p.add_argument("--backward", action="store_true", help="negate dt: run back in time")
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help=".gif, .mp4 or .png (a strip)")
-    _overwrite(p)
+    _picture_args(p, "(a strip)")
     p.set_defaults(func=_rollout)
 
     p = sub.add_parser(
@@ -126,29 +125,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help=".gif, .mp4 or .png")
-    _overwrite(p)
+    _picture_args(p, "(one row per sample)")
     p.set_defaults(func=_sample)
 
 
-def _no_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bar (for logs and scripts)",
-    )
-
-
-def _overwrite(p: argparse.ArgumentParser) -> None:
+def _picture_args(p: argparse.ArgumentParser, png: str) -> None:
+    """What ``rollout`` and ``sample`` share: they write one picture, so they take it and
+    its options alike (read back by :func:`_picture_options`)."""
+    p.add_argument("--fps", type=int, default=8, help="frames per second of a .gif/.mp4")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help=f".gif, .mp4 or .png {png}")
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --out if it exists (refused otherwise: hgn cannot tell its own "
         "earlier picture from a file of yours)",
     )
+
+
+def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`_picture_args`, checked, as keyword arguments."""
+    return {
+        "fps": positive_int(args.fps, "--fps"),
+        "device": args.device,
+        "overwrite": args.overwrite,
+    }
 
 
 def _threads(requested: int = 1) -> None:
@@ -206,22 +207,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     from hgn.evaluation.evaluate import evaluate
 
     _threads()
+    # what both protocols take, given once so that they cannot drift apart
+    common = {
+        "max_sequences": args.max_sequences,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "vpt_fraction": args.vpt_fraction,
+        "progress": args.progress,
+        "warn": lambda message: print(f"hgn: warning: {message}", file=sys.stderr),
+    }
     if args.protocol == "extrapolate":
-        _extrapolate(args)
+        _extrapolate(args, common)
         return
     if args.start is not None:
         raise UserError("--start belongs to --protocol extrapolate")
-    metrics = evaluate(
-        args.run,
-        args.data,
-        args.out,
-        max_sequences=args.max_sequences,
-        batch_size=args.batch_size,
-        device=args.device,
-        vpt_fraction=args.vpt_fraction,
-        progress=args.progress,
-        warn=lambda message: print(f"hgn: warning: {message}", file=sys.stderr),
-    )
+    metrics = evaluate(args.run, args.data, args.out, **common)
     for name, s in metrics["splits"].items():
         print(
             f"{name}: MSE ×1e4 {s['mse']['mean_x1e4']:.2f} ± {s['mse']['std_x1e4']:.2f} "
@@ -232,21 +232,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/metrics.md, metrics.json and plots")
 
 
-def _extrapolate(args: argparse.Namespace) -> None:
+def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
     from hgn.evaluation.extrapolate import DEFAULT_START, FILES, extrapolate
 
-    results = extrapolate(
-        args.run,
-        args.data,
-        args.out,
-        start=DEFAULT_START if args.start is None else args.start,
-        max_sequences=args.max_sequences,
-        batch_size=args.batch_size,
-        device=args.device,
-        vpt_fraction=args.vpt_fraction,
-        progress=args.progress,
-        warn=lambda message: print(f"hgn: warning: {message}", file=sys.stderr),
-    )
+    start = DEFAULT_START if args.start is None else args.start
+    results = extrapolate(args.run, args.data, args.out, start=start, **common)
     for name, r in results["rollouts"].items():
         print(
             f"{name:>8}: {r['steps']} steps, ratio to mean image {r['ratio']:.3f}, valid "
@@ -268,9 +258,7 @@ def _rollout(args: argparse.Namespace) -> None:
         speed=args.speed,
         backward=args.backward,
         split=args.split,
-        fps=positive_int(args.fps, "--fps"),
-        device=args.device,
-        overwrite=args.overwrite,
+        **_picture_options(args),
     )
     print(f"wrote {path}")
 
@@ -285,8 +273,6 @@ def _sample(args: argparse.Namespace) -> None:
         n=args.n,
         steps=args.steps,
         seed=args.seed,
-        fps=positive_int(args.fps, "--fps"),
-        device=args.device,
-        overwrite=args.overwrite,
+        **_picture_options(args),
     )
     print(f"wrote {path}")

@@ -27,6 +27,11 @@ three-body, where even a perfect model would score 0.
 A run records the data it was trained on; evaluating it on data of another system,
 size, time step or noise still computes the numbers, but says so on the terminal and on
 the first line of metrics.md.
+
+Imported data (``hgn data import``) has frames but no true states: the numbers that need
+them (the noise floor, physical position errors, the physics of prior samples) are
+skipped, the valid-prediction threshold falls back to a floor of 0, and evaluate says so
+once on the terminal and once in metrics.md (:data:`NO_STATES`).
 """
 
 from __future__ import annotations
@@ -46,9 +51,8 @@ from hgn import data as hgn_data
 from hgn import plots as viz
 from hgn.checks import check_range
 from hgn.data import mean_frame, to_frames
-from hgn.evaluation.physics import samples_markdown, score_samples
+from hgn.evaluation.physics import bind_rows, samples_markdown, score_samples
 from hgn.models import SequenceModel
-from hgn.physics.systems import get_system
 from hgn.plots import check_output, hwc, plot_energy, plot_mse
 from hgn.training.config import load_model
 from hgn.training.train import data_mismatch
@@ -64,6 +68,12 @@ from hgn.utils import (
 
 SCALE = 1e4
 """The paper reports MSE and energy variance multiplied by 1e4."""
+
+NO_STATES = (
+    "the data has no true states (imported): the metrics that need them (noise floor, "
+    "physical position error, sample physics) are skipped"
+)
+"""What ``hgn evaluate`` says, once, about imported data."""
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -107,9 +117,16 @@ def noise_floor(split: hgn_data.Split, n: int, draws: int = 32, seed: int = 0) -
     predict; the optimal prediction under squared error given the true clean states is
     E_ε[render(q + ε)], estimated here from ``draws`` noisy renders (the estimate is
     biased up by about 1/draws of itself). Any model's MSE is at least this number.
+
+    The frames are redrawn by the dataset's own simulator (:func:`hgn.data.system_of`:
+    picture style, random colours, varied constants and canvas shifts bound per
+    sequence), since any other renderer would put its own differences into the floor.
+    Imported data has no states to redraw: a one-line :class:`UserError`.
     """
     meta = split.meta
-    system = get_system(meta["system"], noise=meta["noise"], **meta["constants"])
+    if split.q is None:
+        raise UserError(f"{split.path}: {NO_STATES}")
+    system = bind_rows(hgn_data.system_of(meta), split, slice(0, n))
     q = torch.from_numpy(np.array(split.q[:n])).double()
     rng = numpy_rng(seed, "noise-floor", meta["system"])
     expected = torch.zeros((*q.shape[:2], meta["size"], meta["size"], 3))
@@ -202,16 +219,11 @@ def evaluate(
     batch_size = positive_int(batch_size, "--batch-size")
     check_range(vpt_fraction, "--vpt-fraction", gt=0, le=1)
     out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
-    check_output_dir(out, "evaluate")
     dev = resolve_device(device)
-    model, saved = load_model(run, dev)
-    splits = {name: hgn_data.load(data, name) for name in hgn_data.SPLITS}
-    _check_compatible(model, splits["train"])
-    mismatch = data_mismatch(saved.get("trained_on"), splits["test"].meta)
-    if mismatch and warn is not None:
-        warn(mismatch)
+    model, saved, splits, mismatch = open_run(run, data, out, dev, warn)
+    states = splits["test"].has_states
+    if not states and warn is not None:
+        warn(NO_STATES)
     mean = mean_frame(splits["train"])
     steps = splits["test"].meta["steps"]
     context = context_frames(model, steps + 1)
@@ -219,7 +231,7 @@ def evaluate(
     metrics: dict[str, Any] = {
         "run": str(run),
         "data": str(data),
-        "system": splits["test"].meta["system"],
+        "system": data_name(splits["test"].meta),
         "model": saved["config"]["model"]["name"],
         "trained_steps": int(saved["step"]),
         "trained_seconds": float(saved["seconds"]),
@@ -230,6 +242,7 @@ def evaluate(
         "vpt_fraction": vpt_fraction,
         "trained_on": saved.get("trained_on"),
         "data_mismatch": mismatch,
+        "skipped": None if states else NO_STATES,
         "splits": {},
     }
     curves: dict[str, np.ndarray] = {}
@@ -238,7 +251,7 @@ def evaluate(
         n = min(max_sequences, len(split))
         mse, energy = rollout_errors(model, split, n, batch_size, dev, progress)
         base = baseline_errors(split, mean, n)
-        floor = noise_floor(split, min(n, 200))
+        floor = noise_floor(split, min(n, 200)) if states else None
         base_mean = float(base[:, first:].mean())
         result: dict[str, Any] = {
             "n": n,
@@ -246,7 +259,7 @@ def evaluate(
             "baseline_mse": error_stats(base, first),
             "ratio_to_baseline": float(mse[:, first:].mean()) / base_mean,
             "noise_floor_mse": floor,
-            "noise_floor_ratio": floor / base_mean,
+            "noise_floor_ratio": None if floor is None else floor / base_mean,
             "energy": energy_stats(energy),
             "vpt": None,
         }
@@ -263,7 +276,7 @@ def evaluate(
         curves[name], curves[f"{name} mean image"] = mse.mean(0), base.mean(0)
         if name == "test":
             energies = energy
-    metrics["samples"] = score_samples(model, splits["test"])
+    metrics["samples"] = score_samples(model, splits["test"]) if states else None
     claim_output_dir(out, "evaluate")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -276,7 +289,39 @@ def evaluate(
     return metrics
 
 
-def _check_compatible(model: SequenceModel, split: hgn_data.Split) -> None:
+def data_name(meta: dict[str, Any]) -> str:
+    """What the data is, for reports: its system, or where it was imported from."""
+    return str(meta.get("system") or meta.get("source") or "unknown data")
+
+
+def open_run(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    out: Path,
+    device: torch.device,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[SequenceModel, dict[str, Any], dict[str, hgn_data.Split], str | None]:
+    """The start both protocols of ``hgn evaluate`` share, so that they refuse and warn
+    alike: ``out`` is checked before any work (a new or empty directory, or an earlier
+    ``hgn evaluate`` output), the run is loaded onto ``device`` and both splits of
+    ``data`` are opened (lazily); images of another size are refused; ``warn`` hears at
+    once when the data is not what the run was trained on. Returns the model, its
+    checkpoint, the splits and the mismatch sentence (None when the data matches)."""
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
+    check_output_dir(out, "evaluate")
+    model, saved = load_model(run, device)
+    splits = {name: hgn_data.load(data, name) for name in hgn_data.SPLITS}
+    check_compatible(model, splits["test"])
+    mismatch = data_mismatch(saved.get("trained_on"), splits["test"].meta)
+    if mismatch and warn is not None:
+        warn(mismatch)
+    return model, saved, splits, mismatch
+
+
+def check_compatible(model: SequenceModel, split: hgn_data.Split) -> None:
+    """Refuse (one line) a split whose images are not the size the model was built for:
+    the networks would fail deep inside with a shape error."""
     size, want = split.meta["size"], getattr(model.config, "image_size", split.meta["size"])
     if size != want:
         raise UserError(
@@ -293,6 +338,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     first, steps = metrics.get("first_scored_frame", 0), metrics["unroll_steps"]
     mismatch = metrics.get("data_mismatch")
     lines = [f"**Warning: {mismatch}.**", ""] if mismatch else []
+    if metrics.get("skipped"):
+        lines += [f"**Note: {metrics['skipped']}.**", ""]
     lines += [
         f"# Evaluation of `{metrics['run']}`",
         "",
@@ -306,8 +353,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         "×1e4, mean ± std over sequences; ratio = model MSE / mean-image MSE; noise "
         "floor = MSE of the best possible prediction given the true clean states (the "
         "data's per-frame observation noise is unpredictable), as a ratio to the "
-        "mean-image MSE; energy variance = variance of the learned H along a rollout, "
-        "×1e4, averaged over sequences.",
+        "mean-image MSE (n/a without true states); energy variance = variance of the "
+        "learned H along a rollout, ×1e4, averaged over sequences.",
         "",
         "| split | sequences | MSE ×1e4 | mean-image MSE ×1e4 | ratio | noise floor ratio "
         "| H variance ×1e4 | H std / abs(mean H) | valid prediction time |",
@@ -319,9 +366,11 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             v = s["vpt"]
             vpt = f"{v['steps_mean']:.1f} ± {v['steps_std']:.1f} of {v['of']} steps"
         e = s["energy"]
+        floor = s["noise_floor_ratio"]
+        floor_text = "n/a" if floor is None else f"{floor:.3f}"
         lines.append(
             f"| {name} | {s['n']} | {_pm(s['mse'])} | {_pm(s['baseline_mse'])} "
-            f"| {s['ratio_to_baseline']:.3f} | {s['noise_floor_ratio']:.3f} "
+            f"| {s['ratio_to_baseline']:.3f} | {floor_text} "
             f"| {e['var_mean_x1e4']:.3g} "
             f"| {e['relative_std']:.2e} | {vpt} |"
         )
@@ -346,7 +395,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             "",
             "Valid prediction time: predicted frames after the prefix before the per-frame "
             f"MSE first exceeds noise floor + {metrics['vpt_fraction']} × (the split's "
-            "mean-image MSE − noise floor), both over the predicted frames.",
+            "mean-image MSE − noise floor), both over the predicted frames"
+            + (" (floor 0 without true states)." if metrics.get("skipped") else "."),
         ]
     if metrics.get("samples"):
         lines += ["", samples_markdown(metrics["samples"])]
@@ -387,7 +437,7 @@ def render_rollout(
     dev = resolve_device(device)
     model, _ = load_model(run, dev)
     seqs = hgn_data.load(data, split)
-    _check_compatible(model, seqs)
+    check_compatible(model, seqs)
     if not 0 <= index < len(seqs):
         raise UserError(f"--index {index} is out of range: the {split} split has {len(seqs)}")
     from hgn.evaluation.extrapolate import rollout_with_truth  # it imports this module

@@ -50,21 +50,32 @@ from hgn import plots as viz
 from hgn.checks import check_range
 from hgn.data import mean_frame, to_frames
 from hgn.evaluation import physics
-from hgn.evaluation.evaluate import SCALE, _check_compatible, noise_floor, vpt_threshold
+from hgn.evaluation.evaluate import (
+    SCALE,
+    data_name,
+    noise_floor,
+    open_run,
+    vpt_threshold,
+)
 from hgn.models import SequenceModel, State
 from hgn.physics import integrators
 from hgn.physics.systems import System
-from hgn.training.config import load_model
-from hgn.training.train import data_mismatch
 from hgn.utils import (
     UserError,
     atomic_path,
-    check_output_dir,
     claim_output_dir,
     numpy_rng,
     positive_int,
     resolve_device,
 )
+
+NO_STATES_EXTRAPOLATE = (
+    "the data has no true states (imported): rollouts are compared with the stored frames "
+    "only (½ speed on every other step), with a noise floor of 0 and no physical position "
+    "error"
+)
+"""What the protocol says, once, about imported data (evaluate's :data:`NO_STATES`
+names metrics this protocol does not have)."""
 
 DEFAULT_START = 30
 DRIFT_STEPS = 1000
@@ -124,28 +135,37 @@ def check_start(start: Any) -> int:
     return int(start)
 
 
-def plan(frames: int, start: int, context: int, offset: int) -> dict[str, int]:
+LONGER_GENERATED = "hgn data generate --steps 90"
+LONGER_IMPORTED = "hgn data import with longer sequences, e.g. --frames 91 for a video"
+"""How to get a longer test set, for the refusals of :func:`plan`: generated data is
+regenerated; imported data has no simulator to extend it."""
+
+
+def plan(
+    frames: int, start: int, context: int, offset: int, longer: str = LONGER_GENERATED
+) -> dict[str, int]:
     """Check that the protocol fits a test set of ``frames`` frames and return the state
-    frame ``s0`` and the steps of each rollout; a one-line :class:`UserError` otherwise."""
+    frame ``s0`` and the steps of each rollout; a one-line :class:`UserError` otherwise,
+    whose hint ends in ``longer`` (how to make a longer test set)."""
     last = frames - 1
     start = check_start(start)
     if start > last:
         raise UserError(
             f"--start {start} is past the last frame ({last}) of the test set; "
-            f"use a smaller --start or a longer test set (hgn data generate --steps 90)"
+            f"use a smaller --start or a longer test set ({longer})"
         )
     if start + context - 1 > last:
         raise UserError(
             f"the model reads {context} frames, so a window from --start {start} runs past "
             f"the last frame ({last}); use --start ≤ {max(0, last - context + 1)} or a "
-            "longer test set (hgn data generate --steps 90)"
+            f"longer test set ({longer})"
         )
     s0 = start + offset
     if last - s0 < 2:
         raise UserError(
             f"the test set is too short for the protocol: the inferred state is at frame "
             f"{s0} and the last frame is {last}; forward and 2× rollouts need at least 2 "
-            "frames after it (generate a longer test set, e.g. --steps 90)"
+            f"frames after it (make a longer test set: {longer})"
         )
     if s0 < 1:
         raise UserError(
@@ -189,10 +209,7 @@ class Truth:
         """The simulator with the per-trajectory values (varied constants, colours,
         canvas shifts) of sequences ``rows`` bound, if the data has any."""
         assert self.system is not None
-        values = getattr(self.split, "values", None) or {}
-        if not values:
-            return self.system
-        return self.system.bind({k: torch.as_tensor(np.array(v[rows])) for k, v in values.items()})
+        return physics.bind_rows(self.system, self.split, rows)
 
     @property
     def resimulates(self) -> bool:
@@ -402,13 +419,14 @@ def run_protocol(
     meta = split.meta
     context = int(getattr(model, "context_frames", None) or meta["steps"] + 1)
     offset = int(getattr(model, "state_offset", 0))
-    p = plan(meta["steps"] + 1, start, context, offset)
+    longer = LONGER_GENERATED if split.has_states else LONGER_IMPORTED
+    p = plan(meta["steps"] + 1, start, context, offset, longer)
     s0 = p["s0"]
     n = min(positive_int(max_sequences, "--max-sequences"), len(split))
     batch_size = positive_int(batch_size, "--batch-size")
     truth = Truth(split)
     floor = 0.0
-    if meta.get("noise", 0) > 0 and truth.system is not None:
+    if (meta.get("noise") or 0) > 0 and truth.system is not None:
         floor = noise_floor(split, min(n, 50))
     dt = float(model.config.dt)
     mse = {r.name: [] for r in ROLLOUTS}
@@ -494,7 +512,8 @@ def run_protocol(
     system = reader
     results: dict[str, Any] = {
         "protocol": "extrapolate",
-        "system": meta.get("system"),
+        "system": data_name(meta),
+        "has_states": split.has_states,
         "frames": meta["steps"] + 1,
         "noise": meta.get("noise"),
         "sequences": n,
@@ -572,17 +591,9 @@ def extrapolate(
     check_range(vpt_fraction, "--vpt-fraction", gt=0, le=1)
     drift_steps = positive_int(drift_steps, "drift steps")
     out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
-    check_output_dir(out, "evaluate")
     dev = resolve_device(device)
-    model, saved = load_model(run, dev)
-    split = hgn_data.load(data, "test")
-    _check_compatible(model, split)
-    mismatch = data_mismatch(saved.get("trained_on"), split.meta)
-    if mismatch and warn is not None:
-        warn(mismatch)
-    train = hgn_data.load(data, "train")
+    model, saved, splits, mismatch = open_run(run, data, out, dev, warn)
+    split, train = splits["test"], splits["train"]
     source = train if len(train) else split
     mean = mean_frame(source).to(dev)
     results, pictures = run_protocol(
@@ -596,6 +607,8 @@ def extrapolate(
         drift_steps=drift_steps,
         progress=progress,
     )
+    if not split.has_states and warn is not None:  # once the protocol is known to fit
+        warn(NO_STATES_EXTRAPOLATE)
     results = {
         "run": str(run),
         "data": str(data),
@@ -661,13 +674,15 @@ def markdown(results: dict[str, Any]) -> str:
     """The protocol's table and what it rests on, for people."""
     rev = results["reversible"]
     unit = results.get("position_units")
-    lines = [
+    noise = "unknown" if results["noise"] is None else results["noise"]
+    lines = [] if results.get("has_states", True) else [f"**Note: {NO_STATES_EXTRAPOLATE}.**", ""]
+    lines += [
         f"# Extrapolation of `{results.get('run', 'model')}`",
         "",
         f"Model `{results.get('model', '?')}` after {results.get('trained_steps', '?')} steps "
         f"on {results['system']}; test data `{results.get('data', '?')}`: "
         f"{results['sequences']} sequences of {results['frames']} frames, observation "
-        f"noise {results['noise']}. The model reads {results['context_frames']} frame(s) "
+        f"noise {noise}. The model reads {results['context_frames']} frame(s) "
         f"from frame {results['start']}; its state describes frame {results['state_frame']}, "
         "and every rollout starts there. Each predicted frame is compared with the "
         "simulator's frame at the same physical time.",

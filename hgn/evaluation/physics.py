@@ -75,6 +75,16 @@ def simulator(split: hgn_data.Split) -> System | None:
         return None
 
 
+def bind_rows(system: System, split: hgn_data.Split, rows: slice) -> System:
+    """``system`` with the per-trajectory values (varied constants, colours, canvas
+    shifts) of sequences ``rows`` of ``split`` bound, or itself where the data has none:
+    a random variant's frames can only be redrawn with each sequence's own values."""
+    values = getattr(split, "values", None) or {}
+    if not values:
+        return system
+    return system.bind({k: torch.as_tensor(np.array(v[rows])) for k, v in values.items()})
+
+
 def readable(split: hgn_data.Split) -> System | None:
     """The simulator if body positions can be read back with one fixed geometry and
     palette for every sequence, else None (random colours, per-trajectory canvas shifts
