@@ -204,6 +204,15 @@ def test_warmup_grows_the_horizon() -> None:
     assert model.eval().loss(x)[1]["horizon"] == 17
 
 
+def test_horizon_zero_autoencodes_the_state_frame() -> None:
+    model = tiny(frames=9, min_horizon=0, warmup=1000).train()
+    loss, metrics = model.loss(frames(batch=2))
+    assert metrics["horizon"] == 0
+    loss.backward()  # the encoder, f_ψ's q and the decoder learn; nothing else is used
+    assert model.encoder.head.weight.grad is not None
+    assert model.kinetic.out.weight.grad is None
+
+
 def test_curriculum_lengthens_the_horizon_once_the_current_one_is_predicted() -> None:
     x = 0.5 + 0.5 * frames(batch=2, length=20)  # bright frames
     model = tiny(frames=20, grow_below=0.9).train()

@@ -100,6 +100,7 @@ class HGNPPConfig:
     under the rollout horizon grows (∝ (step/warmup)²) from ``min_horizon`` to all
     target steps; the horizon may grow faster, see ``grow_below``."""
     min_horizon: int = 1
+    """Shortest trained rollout; 0 starts by autoencoding the state's own frame."""
     grow_below: float = 0.0
     """Curriculum: lengthen the trained horizon by one step whenever the moving average
     of the reconstruction error, as a fraction of the mean frame's error on the same
@@ -112,10 +113,12 @@ class HGNPPConfig:
     def __post_init__(self) -> None:
         for key in (
             "image_size", "context_frames", "state_dim", "fpsi_hidden", "energy_hidden",
-            "energy_layers", "latent_channels", "latent_size", "min_horizon",
+            "energy_layers", "latent_channels", "latent_size",
         ):  # fmt: skip
             if getattr(self, key) <= 0:
                 raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.min_horizon < 0:
+            raise UserError(f"model.min_horizon must be ≥ 0, got {self.min_horizon}")
         if not 0 <= self.grow_below < 1:
             raise UserError(f"model.grow_below must be in [0, 1), got {self.grow_below}")
         if self.frames < self.context_frames + 1:
@@ -171,7 +174,16 @@ class HGNPPConfig:
 class FrameEncoder(nn.Module):
     """``k`` frames stacked on channels ``(B, 3k, S, S)`` → mean, log-variance of z (B, 2n).
 
-    A full-resolution 3×3 convolution, then stride-2 ones down to ``latent_size``, then a
+    The network sees the last frame (whose state it infers) and the differences of the
+    earlier frames from it, ``[x_{k−1}, x_0 − x_{k−1}, …, x_{k−2} − x_{k−1}]``: the same
+    information as the raw stack (an invertible linear map of it), but the position the
+    state needs is in three channels of its own and the motion stands out from a zero
+    background. With the raw stack, an encoder starts by mixing k copies of the scene
+    and learns to pick out one slowly: on the pendulum it did not learn to
+    autoencode the state's frame in 800 steps; with the differences, in under 100
+    (docs/RESULTS.md, "Learned dynamics (issue 10)").
+
+    Then a full-resolution 3×3 convolution, stride-2 ones down to ``latent_size``, and a
     linear map of the flattened features: a flat state has no spatial layout to keep.
     """
 
@@ -190,7 +202,10 @@ class FrameEncoder(nn.Module):
             self.head.bias[z_dim:] = INIT_LOGVAR
 
     def forward(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
-        mean, raw = self.head(self.body(stacked).flatten(1)).chunk(2, dim=1)
+        last = stacked[:, -3:]
+        earlier = stacked[:, :-3] - last.repeat(1, stacked.shape[1] // 3 - 1, 1, 1)
+        features = self.body(torch.cat([last, earlier], dim=1))
+        mean, raw = self.head(features.flatten(1)).chunk(2, dim=1)
         return mean, MAX_LOGVAR - F.softplus(MAX_LOGVAR - raw)
 
 
