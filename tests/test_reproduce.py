@@ -288,6 +288,11 @@ def test_bars_judge_against_the_strongest_baseline_and_say_by_how_much() -> None
     tight = checks(_fake_cells(hgn=1.0, hnn=1.1, hnn_ac=1.1, floor=1.0))["bars"]["noisy"]["s"]
     assert tight["applies"] is False and tight["passed"] is None
     assert "bar does not apply" in bar_text("s", "noisy", tight)
+    # imported data has no states, hence no floor and no excess: no noisy bar at all
+    unknown = _fake_cells(hgn=1.0, hnn=2.0, hnn_ac=2.0)
+    for record in unknown["s"].values():
+        record["paper"]["noisy"]["test"].update(noise_floor_mse=None, excess=None)
+    assert checks(unknown)["bars"]["noisy"] == {}
 
 
 def _as_legacy(source: Path, target: Path) -> None:

@@ -147,8 +147,11 @@ def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, devi
             "energy_var_std": s["energy"]["var_std"],
             "energy_relative_std": s["energy"]["relative_std"],
             "mean_image_mse": s["baseline_mse"]["mean"],
+            # None on imported data (no states, so no floor): no excess either
             "noise_floor_mse": s["noise_floor_mse"],
-            "excess": s["mse"]["mean"] - s["noise_floor_mse"],
+            "excess": None
+            if s["noise_floor_mse"] is None
+            else s["mse"]["mean"] - s["noise_floor_mse"],
             "first_scored_frame": metrics["first_scored_frame"],
         }
         for split, s in metrics["splits"].items()

@@ -50,7 +50,7 @@ def figure_per_step(cells: Cells, systems: Sequence[str], path: Path) -> None:
                 test = record["paper"][regime]["test"]
                 curve = np.asarray(test["mse_per_step"]) * SCALE
                 ax.plot(curve, label=MODEL_LABELS[model], color=COLOURS[model], lw=1.4)
-                floor = test["noise_floor_mse"] * SCALE
+                floor = (test["noise_floor_mse"] or 0.0) * SCALE
             if regime == "noisy" and floor:  # clean data: a round-off 'floor' only
                 ax.axhline(floor, color="k", ls=":", lw=1, label="noise floor")
             ax.set_yscale("log")

@@ -77,6 +77,12 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
+def _scaled(value: float | None) -> str:
+    """A number ×1e4 for a table; n/a where it could not be measured (the noise floor
+    of imported data, which has no states)."""
+    return "n/a" if value is None else fmt(value * SCALE)
+
+
 def _pm(stats: Mapping[str, Any] | None, key: str) -> str:
     """``mean ± sd`` of ``key`` ×1e4, or — for a missing cell."""
     if stats is None:
@@ -116,8 +122,8 @@ def table1_rows(
                 row.append(text if published is None else f"{text} [{published[i]:.2f}]")
             if noisy:
                 test = None if stats is None else stats["test"]
-                row.append("—" if test is None else fmt(test["noise_floor_mse"] * SCALE))
-                row.append("—" if test is None else fmt(test["excess"] * SCALE))
+                row.append("—" if test is None else _scaled(test["noise_floor_mse"]))
+                row.append("—" if test is None else _scaled(test["excess"]))
         rows.append(row)
     row = ["Mean image (reference)"]
     for system in systems:
@@ -126,9 +132,10 @@ def table1_rows(
             row.append("—" if ref is None else fmt(ref[split]["mean_image_mse"] * SCALE))
         if noisy:
             test = None if ref is None else ref["test"]
-            row.append("—" if test is None else fmt(test["noise_floor_mse"] * SCALE))
-            excess = None if test is None else test["mean_image_mse"] - test["noise_floor_mse"]
-            row.append("—" if excess is None else fmt(excess * SCALE))
+            floor = None if test is None else test["noise_floor_mse"]
+            row.append("—" if test is None else _scaled(floor))
+            excess = None if floor is None else test["mean_image_mse"] - floor
+            row.append("—" if test is None else _scaled(excess))
     rows.append(row)
     return header, rows
 
@@ -279,6 +286,8 @@ def _bar(row: Mapping[str, Any], regime: str) -> dict[str, Any] | None:
     key = "mse" if regime == "clean" else "excess"
     hgn = row["hgn"]["paper"][regime]["test"]
     tests = {m: row[m]["paper"][regime]["test"] for m in baselines}
+    if hgn[key] is None or any(t[key] is None for t in tests.values()):
+        return None  # no noise floor (imported data): no excess to compare
     best = min(baselines, key=lambda m: tests[m][key])
     resolution = 0.0
     if regime == "noisy":
