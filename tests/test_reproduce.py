@@ -334,6 +334,35 @@ def test_data_root_datasets_are_used_as_they_are_even_in_the_old_layout(tmp_path
     )
 
 
+def test_imported_datasets_run_without_floor_and_refuse_hnn_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Datasets made by `hgn data import` (no states, no system): HGN rows run, with the
+    floor and excess n/a; HNN rows, which need the true dimension, are refused."""
+    from hgn import data
+
+    root = tmp_path / "root"
+    for name, steps in (("pendulum", 8), ("pendulum-clean", 8), ("pendulum-clean-long", 16)):
+        made = data.generate(tmp_path / f"made-{name}", system="pendulum", n_train=6, n_test=2,
+                             steps=steps, size=16, progress=False)  # fmt: skip
+        frames = [np.array(data.load(made, s).images) for s in data.SPLITS]
+        np.save(tmp_path / f"{name}.npy", np.concatenate(frames).astype(np.float32) / 255)
+        data.import_sequences(tmp_path / f"{name}.npy", root / name, size=16, dt=0.125,
+                              test_fraction=0.25, progress=False)  # fmt: skip
+    out = tmp_path / "r"
+    argv = ["reproduce", "--systems", "pendulum", "--data-root", str(root), "--no-progress"]
+    assert main([*argv, "--models", "hnn", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no degrees of freedom" in err
+    assert main([*argv, "--models", "hgn-determ", "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert not summary["datasets"]["pendulum"]["noisy"]["profile_settings"]
+    test = summary["cells"]["pendulum"]["hgn-determ"]["paper"]["noisy"]["test"]
+    assert test["noise_floor_mse"] is None and test["excess"] is None
+    row = next(x for x in (out / "table1.md").read_text().splitlines() if x.startswith("| HGN det"))
+    assert row.endswith("| n/a | n/a |")
+
+
 def test_wrong_datasets_under_data_root_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,6 +49,12 @@ def model_config(profile: Profile, model: str, meta: Mapping[str, Any]) -> dict:
         "dt": meta["dt"],
     }
     if model in HNN_MODELS:
+        if meta.get("dof") is None:
+            raise UserError(
+                f"{meta.get('path', 'the dataset')} records no degrees of freedom (imported "
+                "data); the HNN rows need them (their latent has the true dimension): "
+                "leave hnn* out of --models"
+            )
         values.update(profile.hnn, dof=meta["dof"])
         if model.endswith("-ac"):
             values.update(profile.hnn_ac)
@@ -270,7 +276,7 @@ def run_cell(
         "samples": {},
     }
     for regime in REGIMES:
-        values = model_config(profile, model, data.info(paths[regime]))
+        values = model_config(profile, model, {**data.info(paths[regime]), "path": paths[regime]})
         run = cell / f"run-{regime}"
         nets[regime], record["train"][regime] = _trained(
             run, model, values, paths[regime], profile, device, progress
