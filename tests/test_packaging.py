@@ -158,4 +158,4 @@ def test_report_template_is_package_data() -> None:
     package_data = PYPROJECT["tool"]["setuptools"]["package-data"]
     assert "report.html.template" in package_data["hgn.experiments.reproduce"]
     template = resources.files("hgn.experiments.reproduce").joinpath("report.html.template")
-    assert "${table1}" in template.read_text(encoding="utf-8")
+    assert "${table1_noisy}" in template.read_text(encoding="utf-8")
