@@ -36,7 +36,14 @@ from torch import Tensor
 from hgn.flows import NHF, NHFConfig, build, n_parameters
 from hgn.flows.nhf import HamiltonianStep
 from hgn.flows.targets import data_source
-from hgn.flows.train import matched, optimiser, seconds_per_step, throughput, time_per_call
+from hgn.flows.train import (
+    FlowTrainConfig,
+    matched,
+    optimiser,
+    seconds_per_step,
+    throughput,
+    time_per_call,
+)
 from hgn.physics.integrators import grad_of, leapfrog, leapfrog_separable
 
 Integrate = Callable[[HamiltonianStep, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -199,7 +206,11 @@ def main() -> None:
     for name, model_config in models.items():
         torch.manual_seed(0)
         model = build(model_config)
-        steps = 1.0 / seconds_per_step(model, data, args.batch_size, rounds=args.rounds)
+        train = FlowTrainConfig()  # NHF's default objective: IWAE with K = 4
+        iwae = train.objective == "iwae"
+        steps = 1.0 / seconds_per_step(
+            model, data, args.batch_size, train.n_samples, args.rounds, iwae=iwae
+        )
         for k in (1, 128) if model_config["kind"] == "nhf" else (1,):
             xs = points if k == 1 else points[: args.n // 16]
             speed = throughput(model, xs, k, args.n)

@@ -37,6 +37,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--quadratic-kinetic", action=argparse.BooleanOptionalAction,
         default=d.quadratic_kinetic, help="K(p) = |p|²/2 + MLP(p) (default: yes)",
     )  # fmt: skip
+    g.add_argument(
+        "--quadratic-potential", action=argparse.BooleanOptionalAction,
+        default=d.quadratic_potential, help="V(q) = |q|²/2 + MLP(q) (default: no)",
+    )  # fmt: skip
     g.add_argument("--prior", choices=PRIORS, default=d.prior, help="prior on (q0, p0)")
     g.add_argument("--sigma", type=float, default=d.sigma, help="soft-uniform width (%(default)s)")
     g.add_argument(
@@ -58,6 +62,7 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
         "dt": args.dt,
         "learn_dt": not args.fixed_dt,
         "quadratic_kinetic": args.quadratic_kinetic,
+        "quadratic_potential": args.quadratic_potential,
         "prior": args.prior,
         "sigma": args.sigma,
         "beta": args.beta,
@@ -84,7 +89,11 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (%(default)s)")
     g.add_argument(
         "--n-samples", type=int, default=d.n_samples,
-        help="momentum samples per point in the ELBO (%(default)s)",
+        help="momentum samples per point in NHF's objective (%(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--objective", choices=("iwae", "elbo"), default=d.objective,
+        help="NHF's training objective: the importance-weighted bound or the ELBO",
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
     g.add_argument(
@@ -109,6 +118,7 @@ def _train_config(args: argparse.Namespace, **override: Any) -> Any:
             "warmup": args.warmup,
             "clip": args.clip,
             "n_samples": args.n_samples,
+            "objective": args.objective,
             "seed": args.seed,
             "compile": args.compile,
             "max_minutes": getattr(args, "max_minutes", None),

@@ -165,7 +165,10 @@ def figure9(
     res = resolution
     axes[0].hist2d(ref[:, 0], ref[:, 1], bins=res, range=[[-lim, lim]] * 2, cmap="magma")
     axes[0].set_title("target density")
-    axes[1].imshow(density.reshape(res, res), extent=extent, origin="lower", cmap="magma")
+    # the IWAE estimate of a density is heavy-tailed upwards (a rare large importance
+    # weight): a few grid points would otherwise set the colour scale and hide the rest
+    top = float(np.quantile(density, 0.995))
+    axes[1].imshow(density.reshape(res, res), extent=extent, origin="lower", cmap="magma", vmax=top)
     axes[1].set_title(f"learned density (IWAE, K={n_importance})")
     k_img = axes[2].imshow(
         kinetic.reshape(res, res), extent=(-p_lim, p_lim, -p_lim, p_lim), origin="lower",
@@ -184,7 +187,12 @@ def figure9(
     axes[4].quiver(xc[:, 0], xc[:, 1], move[:, 0], move[:, 1], angles="xy", color="k", width=0.004)
     axes[4].set_title("one leapfrog step from rest")
     axes[5].imshow(
-        density.reshape(res, res), extent=extent, origin="lower", cmap="Greys", alpha=0.5
+        density.reshape(res, res),
+        extent=extent,
+        origin="lower",
+        cmap="Greys",
+        alpha=0.5,
+        vmax=top,
     )
     for i in range(n_paths):
         axes[5].plot(qs[:, i, 0], qs[:, i, 1], lw=0.4, alpha=0.5, color="tab:blue")
