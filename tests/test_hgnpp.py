@@ -240,7 +240,7 @@ def test_old_input_frames_key_still_reads() -> None:
     assert config.context_frames == 3
     with pytest.raises(UserError, match="old name"):
         get_model("hgn").config({"input_frames": 3, "context_frames": 2})
-    old = resolve("small").to_dict()
+    old = resolve("small", model="hgn").to_dict()
     old["model"]["input_frames"] = old["model"].pop("context_frames")
     assert RunConfig.from_dict(old).model.context_frames is None
 

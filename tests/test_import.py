@@ -124,7 +124,8 @@ def test_imported_data_trains(tmp_path: Path) -> None:
     sets = [arg for item in tiny for arg in ("--set", item)]
     torch.set_num_threads(1)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(out), "--out", str(run), "--steps", "2", *sets]) == 0
+    argv = ["train", "--data", str(out), "--out", str(run), "--steps", "2", "--model", "hgn"]
+    assert main([*argv, *sets]) == 0
     assert (run / "checkpoint.pt").is_file()
 
 

@@ -40,7 +40,8 @@ TINY = [
 
 
 def sets(*extra: str) -> list[str]:
-    return [arg for item in (*TINY, *extra) for arg in ("--set", item)]
+    """The tiny conv HGN (``--model hgn``: the small profile's default is HGN++)."""
+    return ["--model", "hgn", *(arg for item in (*TINY, *extra) for arg in ("--set", item))]
 
 
 @pytest.fixture(scope="session")
@@ -276,8 +277,8 @@ def test_resolve_rejects_unknown_profile_and_section(tmp_path: Path) -> None:
 
 def test_ddp_on_two_cpu_ranks_matches_one_process(dataset: Path, tmp_path: Path) -> None:
     """gloo, 2 ranks × batch 2 == 1 process × batch 4 for the deterministic model."""
-    common = ["-m", "hgn", "train", "--data", str(dataset), "--steps", "2", "--model"]
-    common += ["hgn-determ", *sets("train.image_every=0")]
+    common = ["-m", "hgn", "train", "--data", str(dataset), "--steps", "2"]
+    common += [*sets("train.image_every=0"), "--model", "hgn-determ"]  # the last --model wins
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     torchrun += ["--master-port", str(29500 + os.getpid() % 1000)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

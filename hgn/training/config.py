@@ -65,7 +65,8 @@ class TrainConfig:
 
 # A profile's "model" keys are written for HGN (HNN takes the ones its config has; keys
 # a chosen model's config lacks are skipped) and its "train" keys for every model. A
-# model listed under "own" replaces the "model" keys with its own and updates "train".
+# model listed under "own" replaces the "model" keys with its own and updates "train";
+# "default" names the model used when none is given (else the "model" section's name).
 # Every profile's H is separable, K(p) + V(q): the paper assumes it, and only then is the
 # leapfrog symplectic and exactly reversible (hgn.physics.integrators, measured).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -100,6 +101,10 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup": 1200,
         },
         "train": {"batch_size": 8, "lr": 1e-3, "steps": 100_000, "max_minutes": 5.0},
+        # The model `hgn train` uses when none is named: HGN++, whose rollouts hold far past
+        # the training window, backward and at other speeds (docs/RESULTS.md, "Learned
+        # dynamics (issue 10)"); the conv HGN above stays `--model hgn` for the paper's tables.
+        "default": "hgn++",
         "own": {
             "hgn++": {
                 "model": {
@@ -223,7 +228,7 @@ def resolve(
             user[section].update(values)
     if model is not None:
         user["model"]["name"] = model
-    name = user["model"].get("name", layers["model"]["name"])
+    name = user["model"].get("name", layers.get("default", layers["model"]["name"]))
     spec = get_model(name if isinstance(name, str) else "")
     own = layers.get("own", {}).get(name)
     if own is not None:  # the model's own section of the profile
