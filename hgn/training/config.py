@@ -121,6 +121,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "decode_frames": 8,
                     "kl_weight": 0.01,
                     "warmup": 4000,
+                    "min_horizon": 0,
                     "grow_below": 0.3,
                 },
                 "train": {"batch_size": 16, "lr": 3e-3},
