@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hgn.flows.nhf import EnergyMLP
 from hgn.models.base import SequenceModel, State, check_dt, substeps_for
 from hgn.models.hgn import INIT_LOGVAR, MAX_LOGVAR, Decoder, HGNConfig
+from hgn.nn import EnergyMLP
 from hgn.physics import integrators
 from hgn.utils import UserError
 
@@ -73,7 +73,7 @@ class HGNPPConfig:
     """Width of f_ψ, the two-layer MLP from z (2n numbers) to the state (q, p)."""
     energy_hidden: int = 250
     energy_layers: int = 5
-    """K and V are Softplus MLPs (NHF's :class:`hgn.flows.nhf.EnergyMLP`, whose input
+    """K and V are Softplus MLPs (NHF's :class:`hgn.nn.EnergyMLP`, whose input
     gradient is written in closed form: half the cost of ``torch.func`` per leapfrog
     step, and a rollout is 2·steps of them) of this width and depth."""
     kinetic_quadratic: bool = True
