@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -135,6 +136,26 @@ def test_shard_jobs_write_one_store_equal_to_the_unsharded_one(tmp_path: Path) -
     assert data.generate(shards, shard="1/3", **settings) == str(shards)
     with pytest.raises(UserError, match="already holds a different dataset"):
         data.generate(shards, shard="0/2", **{**settings, "seed": 4})
+
+
+def test_metadata_writers_started_together_all_finish(tmp_path: Path) -> None:
+    """Shard jobs a scheduler starts at the same moment all write the store's metadata;
+    each must write under its own temporary name (a shared one let one job's rename take
+    another's file: FileNotFoundError, seen with six shards on 16 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hgn.data import store
+
+    loc = store.Location(str(tmp_path), fsspec.filesystem("file"), str(tmp_path))
+
+    def write(i: int) -> None:
+        for _ in range(200):
+            loc.write_json({"writer": i % 2}, "zarr.json")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+    assert json.loads((tmp_path / "zarr.json").read_text())["writer"] in (0, 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["zarr.json"]
 
 
 def test_chunked_array_indexes_like_numpy(tmp_path: Path) -> None:

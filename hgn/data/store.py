@@ -46,6 +46,7 @@ import posixpath
 import shutil
 import signal
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -121,7 +122,9 @@ class Location:
         data = (json.dumps(value, indent=2) + "\n").encode()
         target = self.path(*parts)
         if self.local:
-            tmp = f"{target}.partial"
+            # one temporary name per writer: shard jobs started together all write the
+            # same metadata, and a shared name lets one job's rename steal another's file
+            tmp = f"{target}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
