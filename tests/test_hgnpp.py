@@ -257,3 +257,86 @@ def test_profiles_are_separable_and_frames_follow_the_data() -> None:
     # HGN's keys of the profile do not leak into HGN++'s own section
     assert config.model.encoder_filters == resolve("small", model="hgn++").model.encoder_filters
     assert dataclasses.asdict(config.model).keys() == dataclasses.asdict(tiny().config).keys()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def fitted(n: int = 40) -> tuple[HGNPP, Tensor]:
+    """A tiny HGN++ fitted to the aggregate posterior of ``n`` random sequences (in two
+    batches, uint8 like the data on disk) and those sequences' frames."""
+    model = tiny().eval()
+    torch.manual_seed(3)
+    x = (torch.rand(n, 3, 3, 16, 16) * 255).to(torch.uint8)
+    assert model.fit_aggregate_posterior([x[: n // 2], x[n // 2 :]]) == n
+    return model, x
+
+
+def test_unfitted_model_samples_from_the_standard_normal_prior() -> None:
+    model = tiny()
+    assert "N(0, I)" in model.sampling_from
+    g = torch.Generator().manual_seed(5)
+    torch.testing.assert_close(model.sample_z(7, g), torch.randn(7, 8, generator=g.manual_seed(5)))
+
+
+def test_aggregate_posterior_holds_the_posteriors_of_the_fitted_sequences() -> None:
+    model, x = fitted()
+    mean, logvar = model.posterior(x.float() / 255.0)
+    torch.testing.assert_close(model.posterior_means, mean)
+    torch.testing.assert_close(model.posterior_logvars, logvar)
+    assert model.sampling_from == "aggregate posterior of 40 training sequences"
+    assert not model.training  # the mode it was in is kept
+    model.train()
+    model.fit_aggregate_posterior([x])
+    assert model.training
+    with pytest.raises(UserError, match="at least one sequence"):
+        model.fit_aggregate_posterior([])
+
+
+def test_aggregate_posterior_samples_are_reproducible_and_have_its_moments() -> None:
+    """Draws are fixed by the seed (a generator or the global one) and follow the
+    mixture (1/N) Σ N(μᵢ, σᵢ²): its mean and covariance (law of total variance)."""
+    model, _ = fitted()
+    a = model.sample_z(5, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, model.sample_z(5, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, model.sample_z(5, torch.Generator().manual_seed(2)))
+    torch.manual_seed(4)
+    s1 = model.sample(2, 3)
+    torch.manual_seed(4)
+    torch.testing.assert_close(model.sample(2, 3), s1)
+    assert s1.shape == (2, 4, 3, 16, 16)
+
+    mu, var = model.posterior_means.double(), model.posterior_logvars.double().exp()
+    mean, cov = model.aggregate_moments()
+    torch.testing.assert_close(mean, mu.mean(0))
+    expected = torch.cov(mu.T, correction=0) + torch.diag(var.mean(0))
+    torch.testing.assert_close(cov, expected)
+
+    z = model.sample_z(200_000, torch.Generator().manual_seed(0)).double()
+    scale = cov.diagonal().sqrt()
+    assert ((z.mean(0) - mean).abs() / scale).max() < 0.02
+    corr = torch.cov(z.T) / torch.outer(scale, scale)
+    assert (corr - cov / torch.outer(scale, scale)).abs().max() < 0.02
+    # each draw lies near one fitted posterior mean, not in between (not a Gaussian)
+    nearest = torch.cdist(z[:1000], mu).min(1).values
+    assert nearest.median() < 3 * var.sqrt().mean() * (mu.shape[1] ** 0.5)
+
+
+def test_checkpoints_with_and_without_the_aggregate_posterior_load() -> None:
+    """A fitted model's state reloads into a fresh one (any number of sequences) and
+    samples alike; a state saved before the sampler existed (no such keys, as in issue
+    10's pp20b) loads strictly as not fitted, also into a fitted model."""
+    model, _ = fitted()
+    state = model.state_dict()
+    fresh = tiny()
+    fresh.load_state_dict(state)
+    assert fresh.posterior_means.shape == (40, 8)
+    g = torch.Generator()
+    torch.testing.assert_close(
+        fresh.sample_z(3, g.manual_seed(0)), model.sample_z(3, g.manual_seed(0))
+    )
+
+    old = {k: v for k, v in state.items() if not k.startswith("posterior_")}
+    fresh.load_state_dict(old)  # strict
+    assert len(fresh.posterior_means) == 0 and "N(0, I)" in fresh.sampling_from
+    assert "posterior_means" in dict(fresh.named_buffers())

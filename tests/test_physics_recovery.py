@@ -102,3 +102,84 @@ def test_positions_recovered_in_the_suites_picture_style(name: str) -> None:
     error_px = physics.position_rms(rec.bodies(), physics.true_positions(system, q))
     assert (error_px * rec.canvas.scale).mean() < 0.1
     assert rec.right_count().mean() > 0.95
+
+
+def synthetic_energies(
+    levels: np.ndarray, noise: float = 0.01, steps: int = 60, seed: int = 0
+) -> np.ndarray:
+    """Energies ``(N, steps)`` around each level with a drift that, like the recovery
+    from pixels, grows only as √level: relative spread falls as the level rises."""
+    rng = np.random.default_rng(seed)
+    return levels[:, None] + noise * np.sqrt(levels)[:, None] * rng.standard_normal(
+        (len(levels), steps)
+    )
+
+
+def test_matched_spread_ratio_compares_like_with_like() -> None:
+    """The energy-matched ratio is 1 for sequences as well conserved as the data at
+    their own energy, whatever energies they have (where the ratio of median
+    std / |mean| is not: low-energy sequences look worse by it), scales with the drift,
+    and is unchanged by adding a constant to H (the zero of the potential energy is
+    arbitrary) or by H's units."""
+    rng = np.random.default_rng(1)
+    truth = synthetic_energies(rng.uniform(0.1, 1.0, 64), seed=2)
+    low = synthetic_energies(rng.uniform(0.1, 0.3, 64), seed=3)  # physical, little energy
+    matched = physics.matched_spread_ratios(low, truth)
+    assert 0.8 < np.median(matched) < 1.25
+    naive = np.median(physics.relative_spread(low)) / np.median(physics.relative_spread(truth))
+    assert naive > 1.4
+    worse = synthetic_energies(rng.uniform(0.1, 0.3, 64), noise=0.03, seed=4)
+    assert 2.4 < np.median(physics.matched_spread_ratios(worse, truth)) < 3.75
+    for scale, shift in [(1.0, -5.0), (7.0, 0.0), (0.01, 123.0)]:
+        np.testing.assert_allclose(
+            physics.matched_spread_ratios(scale * low + shift, scale * truth + shift),
+            matched,
+            rtol=1e-6,
+        )
+    assert not np.allclose(physics.relative_spread(low - 0.5), physics.relative_spread(low))
+
+
+def test_samples_of_the_data_score_as_the_data() -> None:
+    """Two sets of rendered ground-truth sequences from the same simulator, one read as
+    'samples': both ratios near 1, every body found, energies inside the data's."""
+    system = get_system("mass-spring")
+    q, _ = system.sample_trajectories(48, np.random.default_rng(11), DT, 30)
+    frames = system.render(q, 32)
+    result = physics.samples_physics(frames[:16], frames[16:], system, DT)
+    assert 0.6 < result["energy_matched_ratio"] < 1.6
+    assert 0.5 < result["energy_spread_ratio"] < 2.0
+    assert result["samples"]["right_body_count_fraction"] == 1.0
+    assert result["energy_outside_data_fraction"] <= 0.1
+    assert "energy" not in result["samples"]  # arrays stay out of metrics.json
+    assert "matched energy" in physics.samples_markdown({**result, "seed": 0, "steps": 30})
+
+
+class FakeSplit:
+    """What :func:`physics.fit_sampler` reads of a split: channels-last uint8 images."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def test_fit_sampler_fits_hgnpp_to_its_training_sequences_once() -> None:
+    from hgn.models import MODELS
+
+    torch.manual_seed(0)
+    model = MODELS["hgn++"](
+        {"image_size": 16, "frames": 9, "context_frames": 3, "state_dim": 4,
+         "encoder_filters": [4, 4, 4], "fpsi_hidden": 8, "energy_hidden": 8,
+         "energy_layers": 2, "latent_channels": 4, "decoder_filters": [4]}
+    ).eval()  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (10, 6, 16, 16, 3), dtype=np.uint8)
+    assert physics.fit_sampler(model, FakeSplit(images[:, :, :8, :8])) == 0  # another size
+    assert physics.fit_sampler(model, FakeSplit(images), n=7, batch=3) == 7
+    frames = torch.from_numpy(images[:7]).permute(0, 1, 4, 2, 3).float() / 255.0
+    torch.testing.assert_close(model.posterior_means, model.posterior(frames)[0])
+    assert physics.fit_sampler(model, FakeSplit(images)) == 0  # already fitted: kept
+    assert len(model.posterior_means) == 7
+    assert physics.fit_sampler(torch.nn.Linear(1, 1), FakeSplit(images)) == 0  # nothing to fit
+    assert physics.training_split({}) is None
+    assert physics.training_split({"trained_on": {"path": "/no/such/data"}}) is None
