@@ -60,7 +60,9 @@ def run(root: Path, minutes: float = MINUTES) -> None:
     print("[4/4] samples from the prior, read back as physics")
     samples = render_samples(run_dir, root / "samples.gif", n=6, device="cpu", overwrite=True)
     model, _ = load_model(run_dir, "cpu")
-    physics = score_samples(model, hgn_data.load(long_data, "test"))
+    physics = score_samples(
+        model, hgn_data.load(long_data, "test"), fit_on=hgn_data.load(train_data, "train")
+    )
     print()
     print((eval_dir / FILES["md"]).read_text())
     print(samples_markdown(physics))
