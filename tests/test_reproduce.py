@@ -76,6 +76,15 @@ def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
                 floor = record["paper"][regime]["test"]["noise_floor_mse"]
                 assert (floor > 1e-6) == (regime == "noisy")  # clean: round-off only
             ex = record["extrapolation"]
+            if model in rep.LONG_MODELS:  # its own run on clean long data
+                long = record["paper"][rep.LONG_RUN]["test"]
+                assert len(long["mse_per_step"]) == profile.steps + 1  # the 30-step set
+                assert record["config"][rep.LONG_RUN]["frames"] == profile.hgnpp_steps + 1
+                assert record["train"][rep.LONG_RUN]["steps"] == profile.hgnpp_train_steps
+                assert record["extrapolation_run"] == rep.LONG_RUN
+            else:
+                assert rep.LONG_RUN not in record["train"]
+                assert record["extrapolation_run"] == "clean"
             assert set(ex["rollouts"]) == {"forward", "backward", "2x", "half"}
             assert ex["state_frame"] == profile.start + (4 if model == "hgn++" else 0)
             assert ex["noise"] == 0 and ex["noise_floor_mse_x1e4"] == 0
@@ -86,10 +95,14 @@ def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
         assert "skipped" in cells[system]["hnn"]["samples"]["clean"]
         assert "samples" in cells[system]["hgn"]["samples"]["clean"]
     assert all(d["profile_settings"] for s in summary["datasets"].values() for d in s.values())
+    for datasets in summary["datasets"].values():
+        assert datasets["hgnpp"]["steps"] == profile.hgnpp_steps
+        assert datasets["hgnpp"]["noise"] == 0
     models = len(rep.MODEL_ORDER)
+    long = len(rep.LONG_MODELS)  # HGN++'s own run: a row of the clean tables
     for name, sizes in (
-        ("table1.md", [1 + models + 1] * 2),  # header, models, mean image; noisy, clean
-        ("table2.md", [1 + models] * 2),
+        ("table1.md", [1 + models + 1, 1 + models + long + 1]),  # header, rows, mean image
+        ("table2.md", [1 + models, 1 + models + long]),
         ("extrapolation.md", [1 + models] * len(rep.SYSTEM_ORDER)),
     ):
         tables = _table_rows((smoke / name).read_text())
@@ -99,6 +112,11 @@ def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
     samples = (smoke / "samples.md").read_text()
     assert samples.count("| ground truth (test) |") == 2 * len(rep.SYSTEM_ORDER)
     assert "| HGN deterministic |" not in samples and "| HNN |" not in samples
+    assert samples.count(f"| {rep.LONG_LABEL} |") == len(rep.SYSTEM_ORDER)  # clean only
+    extrapolation = (smoke / "extrapolation.md").read_text()
+    assert extrapolation.count(f"| {rep.LONG_LABEL} |") == len(rep.SYSTEM_ORDER)
+    assert "| HGN++ |" not in extrapolation
+    assert f"clean {profile.hgnpp_steps}-step sequences" in extrapolation
 
 
 def test_tables_carry_the_floor_the_excess_and_the_bars(smoke: Path) -> None:
@@ -236,6 +254,7 @@ def test_parallel_jobs_fill_cells_and_keep_logs(tmp_path: Path) -> None:
         out, "smoke", systems="pendulum", models="hnn,hgn-determ", jobs=2, progress=False
     )
     assert summary["finished_cells"] == 2
+    assert not (out / "data" / "pendulum-clean-hgnpp").exists()  # only made for HGN++
     for model in ("hnn", "hgn-determ"):
         assert "train" in (out / "cells" / "pendulum" / model / "log.txt").read_text()
     with pytest.raises(UserError, match="--jobs must be a positive integer"):
@@ -382,6 +401,42 @@ def test_wrong_datasets_under_data_root_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "must be noise-free" in err
     assert not list((tmp_path / "b").glob("cells/*/*/result.json"))
+
+
+def test_hgnpp_long_run_has_its_own_data_and_budget() -> None:
+    small = rep.PROFILES["small"]
+    assert (small.hgnpp_steps, small.hgnpp_train_steps, small.hgnpp_minutes) == (64, 10_000, 20)
+    assert rep.PROFILES["paper"].hgnpp_steps == 64
+    smoke = rep.PROFILES["smoke"]
+    assert smoke.steps < smoke.hgnpp_steps < 2 * smoke.steps  # stays tiny, but longer
+    # Tables 1–2: HGN++ on the same terms as every row; its own run: its own budget
+    same = cells.train_settings(small, "hgn++")
+    assert (same["steps"], same["max_minutes"]) == (small.train_steps, small.max_minutes)
+    own = cells.train_settings(small, "hgn++", long=True)
+    assert (own["steps"], own["max_minutes"]) == (10_000, 20.0)
+    assert own["batch_size"] == same["batch_size"] == small.hgnpp_train["batch_size"]
+    assert "76 runs" in small.description
+
+
+def test_results_of_a_profile_without_the_hgnpp_run_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "old"
+    out.mkdir()
+    settings = rep.PROFILES["smoke"].settings()
+    for key in ("hgnpp_steps", "hgnpp_train_steps", "hgnpp_minutes"):
+        del settings[key]
+    (out / "profile.json").write_text(json.dumps(settings))
+    assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--no-progress"]) == 2
+    assert "with different settings" in capsys.readouterr().err
+
+
+def test_default_threads() -> None:
+    from hgn.experiments.reproduce import run
+
+    assert run.default_threads("cpu", 1) == run.default_threads("cpu", 4) == 1
+    if torch.cuda.is_available():
+        assert run.default_threads("cuda", 1) >= run.default_threads("cuda", 64) == 1
 
 
 def test_choose_validates_and_orders() -> None:

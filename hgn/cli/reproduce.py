@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from hgn.cli import add_progress_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hgn reproduce`` to the top-level parser."""
@@ -15,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train and evaluate HNN and the HGN variants on the four systems, on noisy and "
         "clean data; write tables, figures and report.html",
         description="Generate (or reuse) the datasets (the paper's noisy data, the same "
-        "without noise, and clean long test sets), train every model on every system on "
-        "both, evaluate them, run the extrapolation protocol, and write results.json, "
+        "without noise, clean long test sets, and clean long training sets for HGN++'s own "
+        "run), train every model on every system on both regimes (HGN++ also on its long "
+        "clean data, for the extrapolation and samples tables), evaluate them, run the "
+        "extrapolation protocol, and write results.json, "
         "table1.md, table2.md, extrapolation.md, samples.md, figures/ and a static "
         "report.html into --out. Rerunning resumes: finished cells are kept. "
         "Profiles: " + "; ".join(f"{name}: {p.description}" for name, p in PROFILES.items()),
@@ -38,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR",
         help="where datasets are generated or reused (default: DIR/data): SYSTEM (the "
-        "paper's noisy data), SYSTEM-clean and SYSTEM-clean-long; a complete dataset "
+        "paper's noisy data), SYSTEM-clean, SYSTEM-clean-long and (for hgn++) "
+        "SYSTEM-clean-hgnpp; a complete dataset "
         "already there (hgn data generate --preset, hgn data import, an older .npy "
         "layout) is used as it is",
     )
@@ -57,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cells trained at once, each in its own process (use the number of cores: "
         "2 on a 2-core machine); their output goes to cells/SYSTEM/MODEL/log.txt",
     )
-    cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_flag(cmd)
     cmd.set_defaults(func=_reproduce)
 
 
@@ -74,7 +79,7 @@ def _reproduce(args: argparse.Namespace) -> None:
         threads=args.threads,
         jobs=args.jobs,
         command=_command(args),
-        progress=not args.no_progress,
+        progress=args.progress,
     )
 
 

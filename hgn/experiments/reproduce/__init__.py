@@ -21,7 +21,10 @@ on clean data there is no floor and the raw MSE is compared. Learned dynamics
 
 The rows are the paper's, plus an anti-collapse row for each HNN baseline (an honest
 best effort: autoencoder warm-up, standardised latent, down-weighted dynamics losses)
-and HGN++ (SPEC.md §3b).
+and HGN++ (SPEC.md §3b). HGN++'s cell trains a third run, its own recipe: clean long
+sequences (the profile's ``hgnpp_steps``) with its own budget; its Tables 1–2 rows are
+the two runs made like every other row's (equal data and budget), its extrapolation and
+samples rows the long run's, labelled so (``profiles.LONG_RUN`` says why).
 
 The modules, in the order data flows through them:
 
@@ -36,6 +39,9 @@ from hgn.experiments.reproduce.cells import VPT_FRACTION, finished_cells, run_ce
 from hgn.experiments.reproduce.profiles import (
     ANTI_COLLAPSE,
     HNN_MODELS,
+    LONG_LABEL,
+    LONG_MODELS,
+    LONG_RUN,
     MODEL_LABELS,
     MODEL_ORDER,
     PROFILES,
@@ -53,6 +59,9 @@ __all__ = [
     "ANTI_COLLAPSE",
     "BAR",
     "HNN_MODELS",
+    "LONG_LABEL",
+    "LONG_MODELS",
+    "LONG_RUN",
     "MODEL_LABELS",
     "MODEL_ORDER",
     "PROFILES",

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from hgn import plots
-from hgn.experiments.reproduce.profiles import HNN_MODELS, REGIMES, Profile, registry_name
+from hgn.experiments.reproduce.profiles import (
+    HNN_MODELS,
+    LONG_MODELS,
+    LONG_RUN,
+    REGIMES,
+    Profile,
+    registry_name,
+)
 from hgn.training import config as hgn_config
 from hgn.training import train as hgn_train
 from hgn.utils import UserError, atomic_path, resolve_device, write_json
@@ -65,14 +72,18 @@ def model_config(profile: Profile, model: str, meta: Mapping[str, Any]) -> dict:
     return values
 
 
-def train_settings(profile: Profile, model: str) -> dict[str, Any]:
+def train_settings(profile: Profile, model: str, long: bool = False) -> dict[str, Any]:
     """The ``train`` section of one row's runs: the profile's, HGN++'s own batch and
-    learning rate where it has them, and the baselines' shorter time cap."""
+    learning rate where it has them, and the baselines' shorter time cap. ``long``: the
+    budget of HGN++'s long-data run (:data:`~hgn.experiments.reproduce.profiles.LONG_RUN`)."""
     minutes = profile.max_minutes
     if model in HNN_MODELS and profile.baseline_minutes is not None:
         minutes = profile.baseline_minutes
+    steps = profile.train_steps
+    if long:
+        minutes, steps = profile.hgnpp_minutes, profile.hgnpp_train_steps
     values = {
-        "steps": profile.train_steps,
+        "steps": steps,
         "batch_size": profile.batch_size,
         "lr": profile.lr,
         "seed": profile.seed,
@@ -92,6 +103,7 @@ def _trained(
     profile: Profile,
     device: str,
     progress: bool = True,
+    long: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (or resume) one run with the shared trainer, then load it for evaluation."""
     from hgn.training.loop import CHECKPOINT
@@ -104,7 +116,7 @@ def _trained(
             config = hgn_config.RunConfig.from_dict(
                 {
                     "model": {"name": registry_name(model), **values},
-                    "train": train_settings(profile, model),
+                    "train": train_settings(profile, model, long),
                 }
             )
         result = hgn_train.train(
@@ -180,10 +192,11 @@ def _finite_or_none(value: Any) -> Any:
 def _extrapolation(
     net: Any, paths: Mapping[str, Path], out: Path, profile: Profile, device: torch.device
 ) -> dict[str, Any]:
-    """The extrapolation protocol (:func:`hgn.evaluation.extrapolate.run_protocol`) of the
-    clean-data model on the clean long test set, against the clean training set's mean
-    image; its table and pictures (forward/backward/2×/½× strip, error curves, learned-H
-    drift) are written into ``out`` by the protocol's own writer."""
+    """The extrapolation protocol (:func:`hgn.evaluation.extrapolate.run_protocol`) of
+    ``net`` (the clean-data model; HGN++'s long-data one) on the clean long test set,
+    against the clean training set's mean image; its table and pictures
+    (forward/backward/2×/½× strip, error curves, learned-H drift) are written into
+    ``out`` by the protocol's own writer."""
     from hgn import data
     from hgn.data import mean_frame
     from hgn.evaluation import extrapolate
@@ -219,7 +232,7 @@ def _rollout_pictures(
     """Arrays for Figures 7–8 and the animation: one train and up to four test sequences
     of the paper's (noisy) data, rolled out by the noisy-data model forward, backward, at
     double and at half speed; prior samples of the clean-data model (whose sample
-    physics samples.md reports), if it has a prior."""
+    physics samples.md reports; HGN++'s long-data model), if it has a prior."""
     from hgn import data
     from hgn.data import to_frames
 
@@ -239,7 +252,8 @@ def _rollout_pictures(
     # HNN and the deterministic HGN have no prior; the profile's seed, global RNG untouched
     with contextlib.suppress(UserError), torch.random.fork_rng():
         torch.manual_seed(profile.seed)
-        arrays["samples"] = _uint8(nets["clean"].sample(3, profile.steps))
+        sampler = nets.get(LONG_RUN, nets["clean"])
+        arrays["samples"] = _uint8(sampler.sample(3, profile.steps))
     return arrays
 
 
@@ -255,7 +269,10 @@ def run_cell(
     """Train, evaluate and draw one ``(system, model)`` cell; write its result last.
 
     ``paths``: the system's ``noisy`` and ``clean`` datasets and its clean ``long`` test
-    set. Training resumes from the cell's checkpoints and finished stages are read back
+    set; for HGN++ also ``hgnpp``, the clean long training set of its own run
+    (:data:`~hgn.experiments.reproduce.profiles.LONG_RUN`: its paper-protocol numbers on
+    the clean test set, its extrapolation and its samples). Training resumes from the
+    cell's checkpoints and finished stages are read back
     if an earlier run was interrupted. The result file is written atomically at the very
     end, so its existence means 'done'.
     """
@@ -291,10 +308,38 @@ def run_cell(
         )
         record["samples"][regime] = metrics.pop("samples")
         record["paper"][regime] = metrics
+    if model in LONG_MODELS:
+        if "hgnpp" not in paths:
+            raise UserError(f"{model} needs its clean long training set (paths['hgnpp'])")
+        meta = {**data.info(paths["hgnpp"]), "path": paths["hgnpp"]}
+        run = cell / f"run-{LONG_RUN}"
+        nets[LONG_RUN], record["train"][LONG_RUN] = _trained(
+            run,
+            model,
+            model_config(profile, model, meta),
+            paths["hgnpp"],
+            profile,
+            device,
+            progress,
+            long=True,
+        )
+        record["config"][LONG_RUN] = dataclasses.asdict(nets[LONG_RUN].config)
+        metrics = _stage(  # the paper's protocol on the clean 30-step test set
+            cell,
+            f"paper-{LONG_RUN}",
+            lambda run=run: _paper_metrics(
+                run, paths["clean"], cell / f"evaluate-{LONG_RUN}", profile, device
+            ),
+        )
+        record["samples"][LONG_RUN] = metrics.pop("samples")
+        record["paper"][LONG_RUN] = metrics
+    record["extrapolation_run"] = LONG_RUN if LONG_RUN in nets else "clean"
     record["extrapolation"] = _stage(
         cell,
         "extrapolation",
-        lambda: _extrapolation(nets["clean"], paths, cell / "extrapolate", profile, dev),
+        lambda: _extrapolation(
+            nets[record["extrapolation_run"]], paths, cell / "extrapolate", profile, dev
+        ),
     )
     arrays = _rollout_pictures(nets, paths, profile, dev)
     animation = arrays.pop("animation")  # (n, 2, T+1, H, W, 3): truth | prediction

@@ -21,6 +21,7 @@ import torch
 from hgn.data import legacy
 from hgn.experiments.reproduce import cells, report
 from hgn.experiments.reproduce.profiles import (
+    LONG_MODELS,
     MODEL_ORDER,
     SYSTEM_ORDER,
     Profile,
@@ -79,9 +80,15 @@ def _claim(out: Path, profile: Profile) -> None:
         write_json(saved_path, profile.settings())
 
 
-DATASET_NAMES = {"noisy": "{system}", "clean": "{system}-clean", "long": "{system}-clean-long"}
+DATASET_NAMES = {
+    "noisy": "{system}",
+    "clean": "{system}-clean",
+    "long": "{system}-clean-long",
+    "hgnpp": "{system}-clean-hgnpp",
+}
 """Where each system's datasets live under the data root: the paper's noisy data, the
-same without noise, and the clean long test set of the extrapolation protocol."""
+same without noise, the clean long test set of the extrapolation protocol, and the clean
+long training set of HGN++'s own run (only made when HGN++ is among the models)."""
 
 
 def _wanted(profile: Profile, kind: str) -> dict[str, Any]:
@@ -97,7 +104,7 @@ def _wanted(profile: Profile, kind: str) -> dict[str, Any]:
     return {
         "n_train": profile.n_train,
         "n_test": profile.n_test,
-        "steps": profile.steps,
+        "steps": profile.hgnpp_steps if kind == "hgnpp" else profile.steps,
         "noise": noise,
     }
 
@@ -158,21 +165,38 @@ def _dataset(
 
 
 def datasets(
-    profile: Profile, systems: Sequence[str], root: Path, progress: bool = True
+    profile: Profile,
+    systems: Sequence[str],
+    root: Path,
+    progress: bool = True,
+    models: Sequence[str] = MODEL_ORDER,
 ) -> tuple[dict[str, dict[str, Path]], dict[str, dict[str, Any]]]:
     """Each system's noisy and clean datasets and clean long test set under ``root``
-    (:data:`DATASET_NAMES`), generated or reused; returns their paths and descriptions."""
+    (:data:`DATASET_NAMES`), and HGN++'s clean long training set if one of ``models``
+    needs it; generated or reused. Returns their paths and descriptions."""
     root.mkdir(parents=True, exist_ok=True)
+    kinds = [k for k in DATASET_NAMES if k != "hgnpp" or any(m in LONG_MODELS for m in models)]
     paths: dict[str, dict[str, Path]] = {}
     described: dict[str, dict[str, Any]] = {}
     for system in systems:
         paths[system], described[system] = {}, {}
-        for kind, name in DATASET_NAMES.items():
-            where = root / name.format(system=system)
+        for kind in kinds:
+            where = root / DATASET_NAMES[kind].format(system=system)
             paths[system][kind], described[system][kind] = _dataset(
                 where, system, kind, profile, progress
             )
     return paths, described
+
+
+def default_threads(device: str, jobs: int) -> int:
+    """Torch's CPU threads per process when ``--threads`` is not given: 1 on CPU (the
+    models are many small convolutions, which on a few shared cores run several times
+    faster on one thread than on two; measured, see docs/RESULTS.md); on a GPU, where the
+    CPU only feeds batches and reads numbers back, the cores shared out among the ``jobs``
+    processes so that they do not oversubscribe them."""
+    if resolve_device(device).type == "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def reproduce(
@@ -192,9 +216,7 @@ def reproduce(
     ``systems`` / ``models``: comma-separated names or sequences (default: all).
     ``data_root``: where datasets live (default ``out/data``); identical datasets there
     are reused, so several output directories of one profile can share them.
-    ``threads``: torch's CPU threads, 1 by default on CPU: the models are many small
-    convolutions, which on a few (shared) cores run several times faster on one thread
-    than on two (measured; see docs/RESULTS.md).
+    ``threads``: torch's CPU threads of each process (:func:`default_threads`).
     ``jobs``: cells run at once, each in its own process with ``threads`` threads and its
     output in ``cells/SYSTEM/MODEL/log.txt`` (``jobs=2`` uses both cores of a 2-core
     machine for nearly twice the throughput of one single-threaded process).
@@ -204,8 +226,8 @@ def reproduce(
     models = choose(models, MODEL_ORDER, "model")
     jobs = positive_int(jobs, "--jobs")
     threads = positive_int(threads, "--threads") if threads is not None else None
-    if threads is None and resolve_device(device).type == "cpu":
-        threads = 1
+    if threads is None:
+        threads = default_threads(device, jobs)
     out = Path(out)
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -232,7 +254,7 @@ def _run(
     _claim(out, chosen)
     command = command or f"hgn reproduce --profile {chosen.name} --out {out}"
     root = Path(data_root) if data_root else out / "data"
-    paths, described = datasets(chosen, systems, root, progress)
+    paths, described = datasets(chosen, systems, root, progress, models)
     requested = [(s, m) for s in systems for m in models]
     done = cells.finished_cells(out)
     todo = [(s, m) for s, m in requested if m not in done.get(s, {})]
@@ -290,6 +312,8 @@ def _cell_process(
 
 
 def _last_line(path: Path) -> str:
+    if not path.is_file():  # the process ended before it could open its log
+        return "(no log: the cell's process ended before it started; see the console)"
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(no output)"
 

@@ -14,6 +14,9 @@ from typing import Any
 from hgn.evaluation.evaluate import SCALE
 from hgn.experiments.reproduce.profiles import (
     HNN_MODELS,
+    LONG_LABEL,
+    LONG_MODELS,
+    LONG_RUN,
     MODEL_LABELS,
     MODEL_ORDER,
     REGIMES,
@@ -92,7 +95,17 @@ def _pm(stats: Mapping[str, Any] | None, key: str) -> str:
 
 def _paper(cells: Cells, system: str, model: str, regime: str) -> Mapping[str, Any] | None:
     record = cells.get(system, {}).get(model)
-    return None if record is None else record["paper"][regime]
+    return None if record is None else record["paper"].get(regime)
+
+
+def _rows(regime: str) -> list[tuple[str, str, str]]:
+    """``(model, run, label)`` of each row of a Table 1–2 on ``regime``'s data: every
+    model's run on that data and, on clean data, HGN++'s own long-data run (its
+    paper-protocol numbers on the same clean 30-step test set) after them."""
+    rows = [(model, regime, MODEL_LABELS[model]) for model in MODEL_ORDER]
+    if regime == "clean":
+        rows += [(model, LONG_RUN, LONG_LABEL) for model in LONG_MODELS]
+    return rows
 
 
 def _reference(cells: Cells, system: str, regime: str) -> Mapping[str, Any] | None:
@@ -112,10 +125,10 @@ def table1_rows(
     columns = ("train", "test", "floor", "excess") if noisy else ("train", "test")
     header = ["model"] + [f"{s} {c}" for s in systems for c in columns]
     rows = []
-    for model in MODEL_ORDER:
-        row = [MODEL_LABELS[model]]
+    for model, run, label in _rows(regime):
+        row = [label]
         for system in systems:
-            stats = _paper(cells, system, model, regime)
+            stats = _paper(cells, system, model, run)
             published = PUBLISHED_MSE.get(model, {}).get(system) if noisy else None
             for i, split in enumerate(("train", "test")):
                 text = _pm(None if stats is None else stats[split], "mse")
@@ -148,10 +161,10 @@ def table2_rows(
     (a learned H's scale is arbitrary, so the variance alone can flatter any model)."""
     header = ["model"] + [f"{s} {c}" for s in systems for c in ("var ×1e4", "rel. spread")]
     rows = []
-    for model in MODEL_ORDER:
-        row = [MODEL_LABELS[model]]
+    for model, run, label in _rows(regime):
+        row = [label]
         for system in systems:
-            stats = _paper(cells, system, model, regime)
+            stats = _paper(cells, system, model, run)
             test = None if stats is None else stats["test"]
             row.append(_pm(test, "energy_var"))
             row.append("—" if test is None else f"{test['energy_relative_std']:.2e}")
@@ -171,6 +184,16 @@ def training_rows(cells: Cells, systems: Sequence[str]) -> tuple[list[str], list
             for regime in REGIMES:
                 info = trained.get(regime)
                 row.append("—" if info is None else f"{info['steps']} ({info['stopped_by']})")
+        rows.append(row)
+    for model in LONG_MODELS:  # its own run is on clean long data only
+        row = [LONG_LABEL]
+        for system in systems:
+            info = (cells.get(system, {}).get(model) or {}).get("train", {}).get(LONG_RUN)
+            for regime in REGIMES:
+                if regime != "clean":
+                    row.append("no run")
+                else:
+                    row.append("—" if info is None else f"{info['steps']} ({info['stopped_by']})")
         rows.append(row)
     return header, rows
 
@@ -199,7 +222,7 @@ def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[
             continue
         ex = record["extrapolation"]
         rev = ex["reversible"]
-        row = [MODEL_LABELS[model]]
+        row = [LONG_LABEL if record.get("extrapolation_run") == LONG_RUN else MODEL_LABELS[model]]
         for name in ROLLOUT_NAMES:
             text = fmt(ex["rollouts"][name]["ratio"])
             if name == "backward" and not rev["reversible"]:
@@ -226,14 +249,17 @@ def samples_rows(
     truth = None
     for model in MODEL_ORDER:
         record = cells.get(system, {}).get(model)
-        result = None if record is None else record["samples"][regime]
+        run = regime
+        if regime == "clean" and record is not None and LONG_RUN in record["samples"]:
+            run = LONG_RUN  # HGN++'s samples: its own long-data run's
+        result = None if record is None else record["samples"][run]
         if result is None or "skipped" in result:
             continue
         s = result["samples"]
         truth = result["ground_truth"]
         rows.append(
             [
-                MODEL_LABELS[model],
+                LONG_LABEL if run == LONG_RUN else MODEL_LABELS[model],
                 f"{fmt(s['energy_spread_median'])} ({fmt(s['energy_spread_p90'])})",
                 fmt(result["energy_spread_ratio"]),
                 f"{100 * s['right_body_count_fraction']:.1f} %"
