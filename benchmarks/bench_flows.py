@@ -3,16 +3,20 @@
 Prints, from one process (same machine state for every row; rounds interleave the
 variants so that a burst of load on a shared machine hits them alike):
 
-1. one NHF training step (loss, backward, Adam) at the ``hgn flow train`` defaults, with
-   each way of integrating and differentiating the flow on the same weights and batch:
+1. one NHF training step (loss, backward, Adam), at two configurations: the one before
+   issue 13 (8 flow steps x 2 leapfrog sub-steps, ELBO with 1 momentum sample, 75,276
+   parameters on 2-D data) and the ``hgn flow train`` defaults (6 x 1, IWAE bound with
+   K = 4); at each, every way of integrating and differentiating the flow on the same
+   weights and batch:
    the implementation before issue 13 (joint ``grad_fn`` leapfrog, ∇K recomputed at the
    start of every sub-step; closed-form ∇E with an autograd backward; foreach Adam),
    ``torch.func.grad`` on K + V, then cumulatively: the first-same-as-last leapfrog, the
    closed-form backward of ∇E, fused Adam (what ``hgn flow train`` runs) and, with
    ``--compile``, ``torch.compile`` (``hgn flow train --compile``; its compilation time
    is printed too);
-2. per model (NHF defaults; zuko's RealNVP and NSF with 2 and 3 layers, widths matched to
-   NHF's parameter count): parameters, training steps/s, samples/s and log_prob/s (NHF's
+2. per model (NHF before issue 13 and at its defaults; zuko's RealNVP and NSF with 2 and
+   3 layers, widths matched to the NHF defaults' parameter count): parameters, training
+   steps/s (each at its own objective), samples/s and log_prob/s (NHF's
    log_prob is the importance-weighted bound: K = 1 is the ELBO, K = 128 what ``hgn flow
    evaluate`` reports).
 
@@ -126,19 +130,21 @@ def _use(integrate: Integrate) -> None:
 
 
 def training_step_variants(
-    config: NHFConfig, x: Tensor, rounds: int, compile_too: bool
+    config: NHFConfig, x: Tensor, rounds: int, compile_too: bool, n_samples: int, iwae: bool
 ) -> dict[str, float]:
     """Median (over rounds) of the best-of-3 seconds per training step, per variant."""
     torch.manual_seed(0)
     model = NHF(config)
     original = HamiltonianStep.forward
 
-    def make_step(loss_fn: Callable[[Tensor, int], Tensor], make: Optimiser) -> Callable[[], None]:
+    def make_step(
+        loss_fn: Callable[[Tensor, int, bool], Tensor], make: Optimiser
+    ) -> Callable[[], None]:
         opt = make(model)
 
         def one() -> None:
             torch.manual_seed(1)
-            loss = loss_fn(x, 1)
+            loss = loss_fn(x, n_samples, iwae)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -185,38 +191,51 @@ def main() -> None:
     print(f"{torch.get_num_threads()} thread(s), target {args.target}, batch {args.batch_size}")
 
     x = data.sample_train(args.batch_size)
-    shape = f"{config.flow_steps} flow steps x {config.leapfrog_steps} leapfrog sub-steps"
-    print(f"\n1. one NHF training step ({shape}, batch {args.batch_size}):")
-    times = training_step_variants(config, x, args.rounds, args.compile)
-    base = next(iter(times.values()))
-    for name, seconds in times.items():
-        print(
-            f"   {name:<58} {1e3 * seconds:7.1f} ms  {1 / seconds:6.1f} steps/s  "
-            f"{base / seconds:5.2f}x"
-        )
+    train = FlowTrainConfig()  # the defaults' objective: IWAE with K = 4
+    before = NHFConfig(data.dim, flow_steps=8, leapfrog_steps=2)
+    configs = {
+        "before issue 13: 8 flow steps x 2 leapfrog, ELBO K=1": (before, 1, False),
+        f"defaults: {config.flow_steps} flow steps x {config.leapfrog_steps} leapfrog, "
+        f"{train.objective.upper()} K={train.n_samples}": (
+            config,
+            train.n_samples,
+            train.objective == "iwae",
+        ),
+    }
+    for i, (label, (cfg, n_samples, iwae)) in enumerate(configs.items(), 1):
+        n = n_parameters(NHF(cfg))
+        print(f"\n1.{i} one NHF training step, {label}, batch {args.batch_size}, {n} params:")
+        times = training_step_variants(cfg, x, args.rounds, args.compile, n_samples, iwae)
+        base = next(iter(times.values()))
+        for name, seconds in times.items():
+            print(
+                f"   {name:<58} {1e3 * seconds:7.1f} ms  {1 / seconds:6.1f} steps/s  "
+                f"{base / seconds:5.2f}x"
+            )
 
     nhf = {"kind": "nhf", **asdict(config)}
     n_nhf = n_parameters(build(nhf))
-    models = {"NHF (defaults)": nhf}
+    models = {
+        "NHF 8x2 ELBO K=1": ({"kind": "nhf", **asdict(before)}, 1, False),
+        "NHF defaults": (nhf, train.n_samples, train.objective == "iwae"),
+    }
     for kind, label in (("realnvp", "RealNVP"), ("nsf", "NSF")):
-        models |= {f"{label}-{k}": matched(kind, k, n_nhf, data.dim) for k in (2, 3)}
+        models |= {f"{label}-{k}": (matched(kind, k, n_nhf, data.dim), 1, False) for k in (2, 3)}
     points = data.test_set()[: args.n]
     print(f"\n2. models at matched parameter counts ({args.n} points per throughput call)")
-    print(f"   {'model':<18}{'params':>8}{'train steps/s':>15}{'samples/s':>12}{'log_prob/s':>14}")
-    for name, model_config in models.items():
+    print(f"   {'model':<34}{'params':>8}{'train steps/s':>15}{'samples/s':>12}{'log_prob/s':>14}")
+    for name, (model_config, n_samples, iwae) in models.items():
         torch.manual_seed(0)
         model = build(model_config)
-        train = FlowTrainConfig()  # NHF's default objective: IWAE with K = 4
-        iwae = train.objective == "iwae"
         steps = 1.0 / seconds_per_step(
-            model, data, args.batch_size, train.n_samples, args.rounds, iwae=iwae
+            model, data, args.batch_size, n_samples, args.rounds, iwae=iwae
         )
         for k in (1, 128) if model_config["kind"] == "nhf" else (1,):
             xs = points if k == 1 else points[: args.n // 16]
             speed = throughput(model, xs, k, args.n)
-            label = name + (f" K={k}" if model_config["kind"] == "nhf" else "")
+            label = name + (f", log_prob K={k}" if model_config["kind"] == "nhf" else "")
             print(
-                f"   {label:<18}{n_parameters(model):>8}{steps:>15.1f}"
+                f"   {label:<34}{n_parameters(model):>8}{steps:>15.1f}"
                 f"{speed['samples_per_s']:>12.0f}{speed['log_prob_per_s']:>14.0f}"
             )
 

@@ -151,6 +151,12 @@ def test_new_targets_bad_input(run: str, tmp_path, capsys) -> None:
     train = ["flow", "train", "--out", str(tmp_path / "r"), "--steps", "2", *TINY]
     assert "NaN or Inf" in _bad([*train, "--target", str(tmp_path / "img_nan.npy")], capsys)
     assert "1 rows" in _bad([*train, "--target", str(tmp_path / "img_one.npy")], capsys)
+    np.save(tmp_path / "nan2.npy", np.array([[0.0, np.nan], [1.0, 2.0], [1.0, 2.0]]))
+    np.save(tmp_path / "one2.npy", np.zeros((1, 2)))
+    for name, message in (("nan2.npy", "NaN or Inf"), ("one2.npy", "1 rows")):
+        for command in (["evaluate", run], ["plot", run]):
+            assert message in _bad(["flow", *command, "--target", str(tmp_path / name)], capsys)
+    assert "unknown target 'gmm11'" in _bad([*train, "--target", "gmm11"], capsys)
     assert "--lr must be" in _bad([*train, "--target", "moons", "--lr", "nan"], capsys)
     assert "--warmup must be" in _bad([*train, "--target", "moons", "--warmup", "1"], capsys)
     assert "--models" in _bad(

@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         keep_steps=args.steps is None,
         standardise=args.standardise,
         tensorboard=not args.no_tensorboard,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     done = result.step - result.start
     print(
@@ -166,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from hgn.flows.train import evaluate
 
     _threads(args)
-    r = evaluate(args.run, args.target, args.n_importance, args.n_test, not args.no_progress)
+    r = evaluate(args.run, args.target, args.n_importance, args.n_test, args.progress)
     se = f" ± {r['nll_se']:.4f}" if r["nll_se"] is not None else ""
     line = f"{r['target']}: test NLL {r['nll']:.4f}{se} nats"
     if r["dim"] > 1:
@@ -208,7 +208,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
         out = found
     path = plot_run(
         model, reference, data.image_shape, out, title=f"{Path(args.run).name} on {data.name}",
-        step=args.step, n_importance=args.n_importance, progress=not args.no_progress,
+        step=args.step, n_importance=args.n_importance, progress=args.progress,
     )  # fmt: skip
     print(f"written {path}")
 
@@ -229,7 +229,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         n_test=args.n_test,
         curve_points=args.curve_points,
         reference=args.reference,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     print(compare_markdown(table))
     print(f"written {out / 'compare.md'}, {out / 'compare.json'} and {out / 'figure10.png'}")
@@ -237,11 +237,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``flow`` group and its sub-commands to the top-level parser."""
+    from hgn.cli import add_progress_flag
     from hgn.flows.train import DEFAULT_MODELS
 
     flow = sub.add_parser("flow", help="Neural Hamiltonian Flows: density estimation")
     fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="COMMAND")
-    no_progress = {"action": "store_true", "help": "no progress bars (e.g. in logs)"}
 
     p = fsub.add_parser("train", help="train an NHF on a target density or a .npy array")
     p.add_argument("--target", required=True, help=_target_help())
@@ -257,7 +257,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="standardise the data to zero mean, unit variance (default: yes)",
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
-    p.add_argument("--no-progress", **no_progress)
+    add_progress_flag(p)
     _model_args(p)
     _train_args(p, with_steps=True)
     p.set_defaults(func=cmd_train)
@@ -270,7 +270,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test points")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
-    p.add_argument("--no-progress", **no_progress)
+    add_progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = fsub.add_parser("sample", help="draw samples into a .npy array or a .png picture")
@@ -295,7 +295,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, default=-1, help="flow step whose K, V to draw (last)")
     p.add_argument("--n-importance", type=int, default=32, help="K for the density (%(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
-    p.add_argument("--no-progress", **no_progress)
+    add_progress_flag(p)
     p.set_defaults(func=cmd_plot)
 
     p = fsub.add_parser(
@@ -321,7 +321,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--n-importance", type=int, default=128, help="K of NHF's bound (%(default)s)")
     p.add_argument("--n-test", type=int, default=2000, help="test points (%(default)s)")
-    p.add_argument("--no-progress", **no_progress)
+    add_progress_flag(p)
     _model_args(p)
     _train_args(p, with_steps=False)
     p.set_defaults(func=cmd_compare)
