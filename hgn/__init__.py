@@ -5,7 +5,16 @@ __version__ = "0.1.0"
 
 def load(run: str, device: str = "cpu"):  # -> hgn.models.SequenceModel, imported lazily
     """The trained model of a run directory, ready for ``encode``, ``rollout``,
-    ``decode``, ``hamiltonian``, ``predict`` and ``sample`` (weights-only loading)."""
+    ``decode``, ``hamiltonian``, ``predict`` and ``sample`` (weights-only loading).
+
+    A model that samples its training data's aggregate posterior (HGN++) is fitted to
+    the training data the run records, as ``hgn sample`` and ``hgn evaluate`` do, so that
+    ``load(run).sample(n, steps)`` draws what the CLI draws; where that data is gone it
+    samples N(0, I), and ``model.sampling_from`` says so."""
+    from hgn.evaluation.physics import fit_sampler, training_split
     from hgn.training.config import load_model
 
-    return load_model(run, device)[0]
+    model, saved = load_model(run, device)
+    if (split := training_split(saved)) is not None:
+        fit_sampler(model, split)
+    return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -340,3 +341,28 @@ def test_checkpoints_with_and_without_the_aggregate_posterior_load() -> None:
     fresh.load_state_dict(old)  # strict
     assert len(fresh.posterior_means) == 0 and "N(0, I)" in fresh.sampling_from
     assert "posterior_means" in dict(fresh.named_buffers())
+
+
+def test_public_load_samples_what_the_cli_samples(tmp_path: Path) -> None:
+    """``hgn.load(run)`` fits the aggregate posterior from the run's recorded training
+    data, as ``hgn sample`` does; with that data gone it samples N(0, I) and says so."""
+    import json
+
+    import hgn
+    from hgn import data as hgn_data
+    from hgn.cli import main
+
+    data = tmp_path / "data"
+    hgn_data.generate(
+        data, "mass-spring", n_train=6, n_test=2, steps=8, size=16, noise=0, progress=False
+    )
+    run = tmp_path / "run"
+    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items() if k != "frames"]
+    argv = ["train", "--data", str(data), "--out", str(run), "--steps", "2", "--no-progress"]
+    argv += ["--model", "hgn++", "--set", "train.batch_size=2"]
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    model = hgn.load(str(run))
+    assert model.sampling_from == "aggregate posterior of 6 training sequences"
+    assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
+    data.rename(tmp_path / "moved")
+    assert "N(0, I)" in hgn.load(str(run)).sampling_from
