@@ -51,8 +51,10 @@ def image_grid(
         panels.insert(0, ("data", reference[: rows * columns]))
     scale = reference if reference is not None else x
     low, high = float(np.quantile(scale, 0.001)), float(np.quantile(scale, 0.999))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
     height, width = shape
+    aspect = (rows * (height + 1) - 1) / (columns * (width + 1) - 1)
+    size = (4.2 * len(panels), 4.2 * aspect + 0.6)  # no blank band above a short grid
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
     for ax, (label, images) in zip(axes[0], panels, strict=True):
         canvas = np.full((rows * (height + 1) - 1, columns * (width + 1) - 1), np.nan)
         for i, image in enumerate(images):
@@ -248,7 +250,7 @@ def figure10(table: dict[str, Any], path: str | Path) -> Path:
             ax_loss.plot(seconds[width - 1 :], smooth, color=c, label=r["model"])
     ax_loss.set_ylim(low - 2 * pad, high + 6 * pad)
     ax_loss.set_xlabel("training time (s)")
-    ax_loss.set_ylabel("training loss (NHF: -ELBO, others: NLL)")
+    ax_loss.set_ylabel("training loss (NHF: -bound on log p, others: NLL)")
     ax_loss.set_title("training")
     ax_loss.legend(fontsize=7)
     return save_figure(fig, path)
