@@ -11,10 +11,9 @@ def load(run: str, device: str = "cpu"):  # -> hgn.models.SequenceModel, importe
     the training data the run records, as ``hgn sample`` and ``hgn evaluate`` do, so that
     ``load(run).sample(n, steps)`` draws what the CLI draws; where that data is gone it
     samples N(0, I), and ``model.sampling_from`` says so."""
-    from hgn.evaluation.physics import fit_sampler, training_split
+    from hgn.evaluation.physics import fit_recorded
     from hgn.training.config import load_model
 
     model, saved = load_model(run, device)
-    if (split := training_split(saved)) is not None:
-        fit_sampler(model, split)
+    fit_recorded(model, saved)
     return model

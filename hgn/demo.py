@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
+import hgn
 from hgn import data as hgn_data
 from hgn.evaluation.evaluate import render_samples
 from hgn.evaluation.extrapolate import FILES, extrapolate
 from hgn.evaluation.physics import samples_markdown, score_samples
-from hgn.training.config import DEFAULT_PROFILE, load_model, resolve
+from hgn.training.config import DEFAULT_PROFILE, resolve
 from hgn.training.loop import CHECKPOINT
 from hgn.training.train import train
 from hgn.utils import UserError, claim_output_dir
@@ -59,10 +60,8 @@ def run(root: Path, minutes: float = MINUTES) -> None:
     extrapolate(run_dir, long_data, eval_dir, start=30, device="cpu", progress=False)
     print("[4/4] samples from the prior, read back as physics")
     samples = render_samples(run_dir, root / "samples.gif", n=6, device="cpu", overwrite=True)
-    model, _ = load_model(run_dir, "cpu")
-    physics = score_samples(
-        model, hgn_data.load(long_data, "test"), fit_on=hgn_data.load(train_data, "train")
-    )
+    model = hgn.load(str(run_dir))  # fitted to its training data, as `hgn sample` is
+    physics = score_samples(model, hgn_data.load(long_data, "test"))
     print()
     print((eval_dir / FILES["md"]).read_text())
     print(samples_markdown(physics))

@@ -51,13 +51,7 @@ from hgn import data as hgn_data
 from hgn import plots as viz
 from hgn.checks import check_range
 from hgn.data import mean_frame, to_frames
-from hgn.evaluation.physics import (
-    bind_rows,
-    fit_sampler,
-    samples_markdown,
-    score_samples,
-    training_split,
-)
+from hgn.evaluation.physics import bind_rows, fit_recorded, samples_markdown, score_samples
 from hgn.models import SequenceModel
 from hgn.plots import check_output, hwc, plot_energy, plot_mse
 from hgn.training.config import load_model
@@ -282,8 +276,8 @@ def evaluate(
         curves[name], curves[f"{name} mean image"] = mse.mean(0), base.mean(0)
         if name == "test":
             energies = energy
-    fit_on = training_split(saved)  # HGN++ samples its training data's aggregate posterior
-    metrics["samples"] = score_samples(model, splits["test"], fit_on=fit_on) if states else None
+    fit_recorded(model, saved)  # HGN++ samples its training data's aggregate posterior
+    metrics["samples"] = score_samples(model, splits["test"]) if states else None
     claim_output_dir(out, "evaluate")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -478,8 +472,7 @@ def render_samples(
     n, steps = positive_int(n, "--n"), positive_int(steps, "--steps")
     dev = resolve_device(device)
     model, saved = load_model(run, dev)
-    if (fit_on := training_split(saved)) is not None:
-        fit_sampler(model, fit_on)  # as hgn evaluate scores them
+    fit_recorded(model, saved)  # as hgn evaluate scores them
     torch.manual_seed(seed)
     with torch.no_grad():
         images = hwc(model.sample(n, steps))  # (n, steps+1, H, W, 3)

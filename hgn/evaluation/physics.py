@@ -307,11 +307,9 @@ def matched_spread_ratios(energy: np.ndarray, reference: np.ndarray) -> np.ndarr
     there are)."""
     mean, spread = reference.mean(-1), reference.std(-1)
     k = min(len(mean), max(MATCHED_MIN, round(MATCHED_FRACTION * len(mean))))
-    ratios = np.empty(len(energy))
-    for i, row in enumerate(energy):
-        nearest = np.argsort(np.abs(mean - row.mean()), kind="stable")[:k]
-        ratios[i] = row.std() / max(float(np.median(spread[nearest])), 1e-300)
-    return ratios
+    distance = np.abs(energy.mean(-1)[:, None] - mean[None, :])  # (N, M)
+    nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
+    return energy.std(-1) / np.maximum(np.median(spread[nearest], axis=1), 1e-300)
 
 
 def sequence_physics(frames: np.ndarray | Tensor, system: System, dt: float) -> dict[str, Any]:
@@ -402,6 +400,14 @@ def training_split(saved: dict[str, Any]) -> hgn_data.Split | None:
         return None
 
 
+def fit_recorded(model: SequenceModel, saved: dict[str, Any]) -> int:
+    """:func:`fit_sampler` on the training split the checkpoint ``saved`` records, where
+    it is still there: the one way ``hgn.load``, ``hgn sample`` and ``hgn evaluate`` fit
+    HGN++'s sampler, so that all three draw alike. Returns the sequences fitted to."""
+    split = training_split(saved)
+    return 0 if split is None else fit_sampler(model, split)
+
+
 SAMPLE_COUNT = 64
 """Prior samples scored by ``hgn evaluate`` (and ground-truth sequences beside them)."""
 
@@ -412,20 +418,17 @@ def score_samples(
     split: hgn_data.Split,
     n: int = SAMPLE_COUNT,
     seed: int = 0,
-    fit_on: hgn_data.Split | None = None,
 ) -> dict[str, Any]:
     """Draw ``n`` sequences from the model (``seed`` fixes the draws, without touching
     the global generator), as long as ``split``'s, and score them with
-    :func:`samples_physics` next to the split's first ``n`` sequences. An HGN++ whose
-    aggregate posterior is not fitted yet is fitted on ``fit_on`` first (its training
-    data, :func:`fit_sampler`); ``"sampled_from"`` records where z came from. A model
-    without a prior, or data of an unknown system, gives ``{"skipped": reason}``."""
+    :func:`samples_physics` next to the split's first ``n`` sequences; ``"sampled_from"``
+    records where z came from (an HGN++ is fitted by :func:`fit_recorded` first where
+    its training data is known). A model without a prior, or data of an unknown system,
+    gives ``{"skipped": reason}``."""
     meta = split.meta
     system = readable(split)
     if system is None:
         return {"skipped": "the data has no simulator or no fixed picture geometry to read"}
-    if fit_on is not None:
-        fit_sampler(model, fit_on)
     device = next(model.parameters()).device
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
