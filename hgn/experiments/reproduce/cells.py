@@ -292,47 +292,28 @@ def run_cell(
         "paper": {},
         "samples": {},
     }
-    for regime in REGIMES:
-        values = model_config(profile, model, {**data.info(paths[regime]), "path": paths[regime]})
-        run = cell / f"run-{regime}"
-        nets[regime], record["train"][regime] = _trained(
-            run, model, values, paths[regime], profile, device, progress
-        )
-        record["config"][regime] = dataclasses.asdict(nets[regime].config)
-        metrics = _stage(
-            cell,
-            f"paper-{regime}",
-            lambda run=run, regime=regime: _paper_metrics(
-                run, paths[regime], cell / f"evaluate-{regime}", profile, device
-            ),
-        )
-        record["samples"][regime] = metrics.pop("samples")
-        record["paper"][regime] = metrics
+    # (run, its training data, the test data of its paper-protocol numbers, own budget)
+    runs = [(regime, paths[regime], paths[regime], False) for regime in REGIMES]
     if model in LONG_MODELS:
         if "hgnpp" not in paths:
             raise UserError(f"{model} needs its clean long training set (paths['hgnpp'])")
-        meta = {**data.info(paths["hgnpp"]), "path": paths["hgnpp"]}
-        run = cell / f"run-{LONG_RUN}"
-        nets[LONG_RUN], record["train"][LONG_RUN] = _trained(
-            run,
-            model,
-            model_config(profile, model, meta),
-            paths["hgnpp"],
-            profile,
-            device,
-            progress,
-            long=True,
+        runs.append((LONG_RUN, paths["hgnpp"], paths["clean"], True))  # clean 30-step test
+    for name, train_data, test_data, long in runs:
+        values = model_config(profile, model, {**data.info(train_data), "path": train_data})
+        run = cell / f"run-{name}"
+        nets[name], record["train"][name] = _trained(
+            run, model, values, train_data, profile, device, progress, long=long
         )
-        record["config"][LONG_RUN] = dataclasses.asdict(nets[LONG_RUN].config)
-        metrics = _stage(  # the paper's protocol on the clean 30-step test set
+        record["config"][name] = dataclasses.asdict(nets[name].config)
+        metrics = _stage(
             cell,
-            f"paper-{LONG_RUN}",
-            lambda run=run: _paper_metrics(
-                run, paths["clean"], cell / f"evaluate-{LONG_RUN}", profile, device
+            f"paper-{name}",
+            lambda run=run, name=name, test_data=test_data: _paper_metrics(
+                run, test_data, cell / f"evaluate-{name}", profile, device
             ),
         )
-        record["samples"][LONG_RUN] = metrics.pop("samples")
-        record["paper"][LONG_RUN] = metrics
+        record["samples"][name] = metrics.pop("samples")
+        record["paper"][name] = metrics
     record["extrapolation_run"] = LONG_RUN if LONG_RUN in nets else "clean"
     record["extrapolation"] = _stage(
         cell,

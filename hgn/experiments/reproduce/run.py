@@ -225,13 +225,12 @@ def reproduce(
     systems = choose(systems, SYSTEM_ORDER, "system")
     models = choose(models, MODEL_ORDER, "model")
     jobs = positive_int(jobs, "--jobs")
-    threads = positive_int(threads, "--threads") if threads is not None else None
     if threads is None:
         threads = default_threads(device, jobs)
+    threads = positive_int(threads, "--threads")
     out = Path(out)
     previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         return _run(out, chosen, systems, models, data_root, device, jobs, command, progress)
     finally:
