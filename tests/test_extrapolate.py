@@ -4,6 +4,7 @@ and the CLI (`hgn evaluate --protocol extrapolate`, `hgn rollout`, samples in me
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -347,9 +348,12 @@ def test_evaluate_reports_sample_physics(
     assert "frames with exactly the right bodies" in (out / "metrics.md").read_text()
 
 
-def test_hgnpp_rolls_out_from_the_last_frame_it_reads(clean: Path) -> None:
-    """HGN++ reads 3 frames here and its state is that of the last one: every rollout
-    starts at start + 2, and its separable leapfrog measures as reversible."""
+def test_hgnpp_is_scored_from_the_window_start_or_from_its_state(clean: Path) -> None:
+    """HGN++ reads 3 frames here and its state is that of the last one. By default it is
+    taken back 2 steps and every rollout starts at the window's first frame, exactly as
+    its ``predict`` does (so Table 1 and this protocol score the same rollout); with
+    ``align="state"`` every rollout starts at start + 2. Its separable leapfrog
+    measures as reversible either way."""
     model = get_model("hgn++")(
         {
             "image_size": 16,
@@ -367,11 +371,23 @@ def test_hgnpp_rolls_out_from_the_last_frame_it_reads(clean: Path) -> None:
     assert model.state_offset == 2
     split = hgn_data.load(clean, "test")
     mean = mean_frame(hgn_data.load(clean, "train"))
-    results, _ = ex.run_protocol(model, split, mean, start=3, drift_steps=10, progress=False)
-    assert results["state_frame"] == 5
+    run = functools.partial(ex.run_protocol, model, split, mean, start=3, drift_steps=10)
+    results, _ = run(progress=False)
+    assert results["state_frame"] == 3 and results["rolled_back_steps"] == 2
+    assert results["rollouts"]["backward"]["steps"] == 3
+    assert results["rollouts"]["forward"]["frames"] == [3.0, 12.0]
+    assert results["reversible"]["reversible"] is True
+    window = to_frames(np.array(split.images[:4, 3:6]), torch.device("cpu"))
+    with torch.no_grad():
+        ours, _ = ex._Rollouts(model, window, back=2)(9, model.config.dt)
+        torch.testing.assert_close(ours, model.predict(window, 9)["images"])
+    results, _ = run(progress=False, align="state")
+    assert results["state_frame"] == 5 and results["rolled_back_steps"] == 0
     assert results["rollouts"]["backward"]["steps"] == 5
     assert results["rollouts"]["forward"]["frames"] == [5.0, 12.0]
     assert results["reversible"]["reversible"] is True
+    with pytest.raises(UserError, match="--align must be one of start, state"):
+        run(progress=False, align="middle")
 
 
 def test_a_model_without_a_state_api_goes_through_predict(clean: Path) -> None:

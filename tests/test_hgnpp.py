@@ -366,3 +366,24 @@ def test_public_load_samples_what_the_cli_samples(tmp_path: Path) -> None:
     assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
     data.rename(tmp_path / "moved")
     assert "N(0, I)" in hgn.load(str(run)).sampling_from
+
+
+def test_colour_weight_counts_only_colour_errors() -> None:
+    """``colour_weight`` adds the error of each pixel's deviation from its grey level:
+    nothing when both the frames and the drawn frames are grey, something as soon as
+    the frames have colour."""
+    grey = frames().mean(2, keepdim=True).expand(-1, -1, 3, -1, -1).contiguous()
+    for x, adds in ((grey, False), (frames(), True)):
+        losses = []
+        for weight in (0.0, 3.0):
+            model = tiny(colour_weight=weight).eval()  # eval: one direction
+            draw = model.decode
+            model.decode = lambda q, draw=draw: (
+                draw(q).mean(-3, keepdim=True).expand(*q.shape[:-1], 3, 16, 16)
+            )
+            torch.manual_seed(1)
+            losses.append(model.loss(x)[0].detach())
+        extra = float(losses[1] - losses[0])
+        assert (extra > 1e-3) if adds else abs(extra) < 1e-7, extra
+    with pytest.raises(UserError, match="colour_weight"):
+        tiny(colour_weight=-1.0)

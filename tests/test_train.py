@@ -17,7 +17,7 @@ import hgn
 from hgn import data as hgn_data
 from hgn.cli import main
 from hgn.models import HGN
-from hgn.training.config import resolve
+from hgn.training.config import EMA_PREFIX, load_model, resolve
 from hgn.training.loop import CHECKPOINT
 from hgn.training.train import Batches
 from hgn.utils import UserError, load_checkpoint
@@ -102,6 +102,31 @@ def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
     b = load_checkpoint(tmp_path / "b" / CHECKPOINT)["state"]["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_moving_average_resumes_exactly_and_is_what_loads(dataset: Path, tmp_path: Path) -> None:
+    """``train.ema``: the average is checkpointed (a resumed run ends with the same one
+    as an uninterrupted run), it is the decay's average of the weights the steps
+    visited, and ``load_model`` returns it unless asked for the last step's weights."""
+    base = ["train", "--data", str(dataset), *sets("model.name=hgn-determ", "train.ema=0.5")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
+    resume = ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "--resume"]
+    assert main([*resume, "--steps", "4"]) == 0
+    a = load_checkpoint(tmp_path / "a" / CHECKPOINT)["state"]
+    b = load_checkpoint(tmp_path / "b" / CHECKPOINT)["state"]
+    for key in a["ema"]:
+        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=1e-6)
+    averaged, _ = load_model(tmp_path / "a")
+    last, _ = load_model(tmp_path / "a", averaged=False)
+    moved = 0
+    for name, weight in averaged.named_parameters():
+        torch.testing.assert_close(weight, a["ema"][EMA_PREFIX + name])
+        torch.testing.assert_close(dict(last.named_parameters())[name], a["model"][name])
+        moved += not torch.equal(weight, a["model"][name])
+    assert moved  # four steps at decay 0.5 leave the average behind the last weights
+    with pytest.raises(UserError, match=r"train\.ema"):
+        resolve("small", None, "hgn", ["train.ema=1"])
 
 
 def test_yaml_config_and_model_flag(dataset: Path, tmp_path: Path) -> None:

@@ -35,7 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"built-in config to start from (default: {DEFAULT_PROFILE})",
     )
     p.add_argument("--config", help="YAML file with 'model:' and 'train:' sections")
-    p.add_argument("--model", choices=list(MODELS), help="model to train (default: hgn)")
+    p.add_argument(
+        "--model",
+        choices=list(MODELS),
+        help="model to train (default: the profile's; small: hgn++, paper: hgn)",
+    )
     p.add_argument(
         "--set",
         dest="sets",
@@ -95,6 +99,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--start",
         type=int,
         help="extrapolate: first frame of the window the model reads (default 30)",
+    )
+    p.add_argument(
+        "--align",
+        choices=["start", "state"],
+        help="extrapolate: start every rollout at the window's first frame (start, the "
+        "default: a model whose state sits later in its window, like HGN++, is first "
+        "taken back there with its own dynamics, so all models are scored on the same "
+        "frames) or at the frame of the inferred state (state: no frame the encoder "
+        "read is scored)",
     )
     p.add_argument("--device", default="auto")
     add_progress_flag(p)
@@ -219,8 +232,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.protocol == "extrapolate":
         _extrapolate(args, common)
         return
-    if args.start is not None:
-        raise UserError("--start belongs to --protocol extrapolate")
+    if args.start is not None or args.align is not None:
+        raise UserError("--start and --align belong to --protocol extrapolate")
     metrics = evaluate(args.run, args.data, args.out, **common)
     for name, s in metrics["splits"].items():
         print(
@@ -236,7 +249,8 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
     from hgn.evaluation.extrapolate import DEFAULT_START, FILES, extrapolate
 
     start = DEFAULT_START if args.start is None else args.start
-    results = extrapolate(args.run, args.data, args.out, start=start, **common)
+    align = "start" if args.align is None else args.align
+    results = extrapolate(args.run, args.data, args.out, start=start, align=align, **common)
     for name, r in results["rollouts"].items():
         print(
             f"{name:>8}: {r['steps']} steps, ratio to mean image {r['ratio']:.3f}, valid "

@@ -3,7 +3,16 @@ training window, backward in time, faster and slower?
 
 On a long test set (e.g. 90 steps), per sequence, in batches: the model reads its
 ``context_frames`` frames from frame ``start`` on, and the state it infers describes
-frame ``s0 = start + model.state_offset``. From that one state it rolls out
+frame ``start + model.state_offset``. By default (``align="start"``) a model whose state
+sits later in its window (HGN++: the last of its k frames) is first taken back to the
+window's first frame with its own dynamics, as its ``predict`` does for the paper's
+protocol, so that every model is scored from the same frame ``s0 = start`` over the
+same frames (issue 10's table: 60 steps forward and 30 backward from frame 30 on a
+90-step set). The frames between ``start`` and the inferred state were read by the
+encoder and are predicted anyway, just as the paper's HGN predicts the 31 frames it
+reads. ``align="state"`` starts every rollout at the inferred state instead
+(``s0 = start + state_offset``): no frame the encoder read is ever scored. From that
+one state at ``s0`` it rolls out
 
 * **forward** to the last frame (dt),
 * **backward** to frame 0 (dt → −dt),
@@ -78,6 +87,8 @@ NO_STATES_EXTRAPOLATE = (
 names metrics this protocol does not have)."""
 
 DEFAULT_START = 30
+ALIGNS = ("start", "state")
+"""Where rollouts start: the window's first frame (default) or the inferred state's."""
 DRIFT_STEPS = 1000
 DRIFT_SEQUENCES = 16
 ROUND_TRIP_STEPS = 30
@@ -322,14 +333,28 @@ def _has_state_api(model: SequenceModel) -> bool:
     return all(callable(getattr(model, name, None)) for name in ("encode", "rollout", "decode"))
 
 
+def rolled_back(model: SequenceModel, align: str) -> int:
+    """Steps the inferred state is taken back before the rollouts start: the model's
+    ``state_offset`` with ``align="start"`` (where it has a state API to do it with),
+    else 0."""
+    if align not in ALIGNS:
+        raise UserError(f"--align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    offset = int(getattr(model, "state_offset", 0))
+    return offset if align == "start" and _has_state_api(model) else 0
+
+
 class _Rollouts:
     """Rollouts of one batch from one inferred state: through ``encode``/``rollout``/
     ``decode``/``hamiltonian`` where the model has them (the state is inferred once for
-    all four rollouts), else through ``predict`` (HNN)."""
+    all four rollouts, then taken ``back`` steps back with the trained −dt), else
+    through ``predict`` (HNN)."""
 
-    def __init__(self, model: SequenceModel, window: Tensor) -> None:
+    def __init__(self, model: SequenceModel, window: Tensor, back: int = 0) -> None:
         self.model, self.window = model, window
         self.state = model.encode(window) if _has_state_api(model) else None
+        if self.state is not None and back:
+            states = model.rollout(self.state, back, -float(model.config.dt))
+            self.state = State(states.q[:, -1], states.p[:, -1])
 
     def __call__(self, steps: int, dt: float, images: bool = True) -> tuple[Tensor | None, Tensor]:
         if self.state is not None:
@@ -411,16 +436,20 @@ def run_protocol(
     batch_size: int = 32,
     vpt_fraction: float = 0.5,
     drift_steps: int = DRIFT_STEPS,
+    align: str = "start",
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the protocol on ``split`` with mean image ``mean (3, H, W)``. Returns the
-    results (JSON-ready) and the arrays the pictures need (the shown sequence)."""
+    """Run the protocol on ``split`` with mean image ``mean (3, H, W)``, the rollouts
+    starting at the window's first frame or at the inferred state (``align``, see the
+    module docs). Returns the results (JSON-ready) and the arrays the pictures need
+    (the shown sequence)."""
     device = mean.device
     meta = split.meta
     context = int(getattr(model, "context_frames", None) or meta["steps"] + 1)
     offset = int(getattr(model, "state_offset", 0))
+    back = rolled_back(model, align)
     longer = LONGER_GENERATED if split.has_states else LONGER_IMPORTED
-    p = plan(meta["steps"] + 1, start, context, offset, longer)
+    p = plan(meta["steps"] + 1, start, context, offset - back, longer)
     s0 = p["s0"]
     n = min(positive_int(max_sequences, "--max-sequences"), len(split))
     batch_size = positive_int(batch_size, "--batch-size")
@@ -446,7 +475,7 @@ def run_protocol(
         q = None if split.q is None else np.array(split.q[lo:hi])
         pm = None if split.p is None else np.array(split.p[lo:hi])
         window = to_frames(images[:, start : start + context], device)
-        roll = _Rollouts(model, window)
+        roll = _Rollouts(model, window, back)
         if lo == 0:  # the picture shows the first batch's liveliest sequence
             shown = int(np.asarray(images, np.float32).std(1).mean((1, 2, 3)).argmax())
             pictures.update(truth=images[shown], index=shown)
@@ -499,7 +528,7 @@ def run_protocol(
     # the long rollout and the round trip on the first few sequences only
     few = min(n, DRIFT_SEQUENCES)
     images = np.array(split.images[:few, start : start + context])
-    roll = _Rollouts(model, to_frames(images, device))
+    roll = _Rollouts(model, to_frames(images, device), back)
     energy = roll(drift_steps, dt, images=False)[1].float().cpu().numpy()
     spread = physics.relative_spread(energy)
     start_level = np.maximum(np.abs(energy[:, :1]), 1e-12)
@@ -520,6 +549,8 @@ def run_protocol(
         "start": start,
         "context_frames": context,
         "state_offset": offset,
+        "align": align,
+        "rolled_back_steps": back,
         "state_frame": s0,
         "dt": dt,
         "vpt_fraction": vpt_fraction,
@@ -579,6 +610,7 @@ def extrapolate(
     device: str = "auto",
     vpt_fraction: float = 0.5,
     drift_steps: int = DRIFT_STEPS,
+    align: str = "start",
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -590,6 +622,8 @@ def extrapolate(
     start = check_start(start)
     check_range(vpt_fraction, "--vpt-fraction", gt=0, le=1)
     drift_steps = positive_int(drift_steps, "drift steps")
+    if align not in ALIGNS:
+        raise UserError(f"--align must be one of {', '.join(ALIGNS)}, got {align!r}")
     out = Path(out)
     dev = resolve_device(device)
     model, saved, splits, mismatch = open_run(run, data, out, dev, warn)
@@ -605,6 +639,7 @@ def extrapolate(
         batch_size=batch_size,
         vpt_fraction=vpt_fraction,
         drift_steps=drift_steps,
+        align=align,
         progress=progress,
     )
     if not split.has_states and warn is not None:  # once the protocol is known to fit
@@ -670,6 +705,23 @@ def _vpt(r: dict[str, Any]) -> str:
     )
 
 
+def _where(results: dict[str, Any]) -> str:
+    """Where the rollouts start, in words."""
+    inferred = results["start"] + results.get("state_offset", 0)
+    back = results.get("rolled_back_steps", 0)
+    if not back:
+        return (
+            f"its state describes frame {results['state_frame']}, and every rollout starts there."
+        )
+    return (
+        f"its state describes frame {inferred} and is first taken {back} steps back with "
+        f"the model's own dynamics to frame {results['state_frame']}, the window's first, "
+        f"where every rollout starts (frames {results['state_frame'] + 1}–{inferred} were "
+        "read by the encoder and are predicted anyway, as the paper's HGN predicts the "
+        "frames it reads; `--align state` starts at the inferred state instead)."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The protocol's table and what it rests on, for people."""
     rev = results["reversible"]
@@ -683,9 +735,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"on {results['system']}; test data `{results.get('data', '?')}`: "
         f"{results['sequences']} sequences of {results['frames']} frames, observation "
         f"noise {noise}. The model reads {results['context_frames']} frame(s) "
-        f"from frame {results['start']}; its state describes frame {results['state_frame']}, "
-        "and every rollout starts there. Each predicted frame is compared with the "
-        "simulator's frame at the same physical time.",
+        f"from frame {results['start']}; {_where(results)} Each predicted frame is compared "
+        "with the simulator's frame at the same physical time.",
         "",
         f"Ratio = model MSE / mean-image MSE on the same frames (mean image: "
         f"{results.get('mean_image', 'the training frames')}); 1.0 is no better than "
@@ -836,7 +887,9 @@ def _labelled_strip(strip: np.ndarray, results: dict[str, Any], path: Path) -> N
     columns = _columns(results["state_frame"], results["frames"] - 1)
     ticks = [1 + cell_w * (j + 0.5) for j in range(cols)]
     ax.set_xticks(ticks, [str(c) for c in columns], fontsize=7)
-    where = f"window from frame {results['start']}, state at frame {results['state_frame']}"
+    where = f"window from frame {results['start']}, rollouts from frame {results['state_frame']}"
+    if results.get("rolled_back_steps"):
+        where += f" (state inferred at {results['state_frame'] + results['rolled_back_steps']})"
     ax.set_xlabel(f"frame ({where})", fontsize=8)
     title = f"{results['system']}: truth and rollouts of test sequence {results['shown']}"
     ax.set_title(title, fontsize=9)

@@ -101,6 +101,16 @@ class HGNPPConfig:
     """β: weight of the KL term (both terms are per pixel and time step)."""
     forward_backward: bool = True
     """Train half of each batch backwards in time (see the module docs)."""
+    colour_weight: float = 0.0
+    """Extra weight on the colour part of the reconstruction error: the squared error
+    of each pixel's deviation from its own grey level (channel mean), added to the
+    plain MSE with this weight (0: off; on grey data it only pulls the drawn colours
+    to grey). Bodies that differ only in colour (two-body's equal masses) are a
+    symmetry of the dynamics: a model can predict every position right with a state
+    that does not say which body is which, and then draws both in their average
+    colour (measured: issue 10). That colour error is small next to position errors
+    early in training, so the state never learns the difference; weighting it makes
+    the identity worth learning."""
     decode_frames: int | None = None
     """Rolled-out states decoded per sequence per training step (None: all): the state's
     own frame and a random subset of the others."""
@@ -151,8 +161,8 @@ class HGNPPConfig:
                 raise UserError(f"model.{key} must be a non-empty list of positive integers")
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
-        if not (self.kl_weight >= 0 and self.warmup >= 0):
-            raise UserError("model.kl_weight and model.warmup must be ≥ 0")
+        if not (self.kl_weight >= 0 and self.warmup >= 0 and self.colour_weight >= 0):
+            raise UserError("model.kl_weight, model.warmup and model.colour_weight must be ≥ 0")
         if self.decode_frames is not None and self.decode_frames <= 0:
             raise UserError(f"model.decode_frames must be positive, got {self.decode_frames}")
 
@@ -430,6 +440,9 @@ class HGNPP(SequenceModel):
         mse = F.mse_loss(recon.float(), target.float())
         pixels = frames[0, 0].numel() * (horizon + 1)
         loss = mse + warm * cfg.kl_weight * kl / pixels
+        if cfg.colour_weight:
+            error = recon.float() - target.float()
+            loss = loss + cfg.colour_weight * (error - error.mean(-3, keepdim=True)).square().mean()
         if self.training and cfg.grow_below:
             self._grow(mse.detach(), target, horizon)
         metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "horizon": horizon}

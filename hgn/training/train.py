@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from hgn import data as hgn_data
 from hgn.checks import config_from_dict
@@ -273,6 +274,9 @@ def train(
     if not resume:
         model.init_from_data(mean_frame(split).to(dev))
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    objects: dict[str, Any] = {"model": model, "optimizer": optimizer}
+    if tc.ema:  # parameters only: buffers (counters, fitted statistics) stay the model's
+        objects["ema"] = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema))
     forward: Any = model
     if torch.distributed.is_initialized():
         forward = torch.nn.parallel.DistributedDataParallel(model)
@@ -309,6 +313,8 @@ def train(
         skipped = not math.isfinite(norm)
         if not skipped:
             optimizer.step()
+            if "ema" in objects:
+                objects["ema"].update_parameters(model)
         skips["n"] += skipped
         if skips["n"]:
             metrics["skipped_steps"] = float(skips["n"])
@@ -341,7 +347,7 @@ def train(
     try:
         return train_loop(
             out,
-            {"model": model, "optimizer": optimizer},
+            objects,
             step_fn,
             loop,
             config.to_dict(),
