@@ -28,10 +28,16 @@ Timings: per round the best of 3 calls, then the median over rounds.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,17 +58,41 @@ from hgn.physics.integrators import grad_of, leapfrog, leapfrog_separable
 
 Integrate = Callable[[HamiltonianStep, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
+BEFORE = "dbc2d2e"
+"""The commit whose ``hgn/nn.py`` the "main before" rows run: the state of the code when
+the work on the ∇E layouts started (23.4 steps/s recorded at the old configuration)."""
+
+
+def _load_before() -> Any:
+    """``hgn/nn.py`` as of :data:`BEFORE`, read from git and imported as its own module,
+    so that the old code is timed in this process beside the new, not remembered."""
+    text = subprocess.run(
+        ["git", "show", f"{BEFORE}:hgn/nn.py"], capture_output=True, text=True, check=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "nn_before.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("nn_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nn_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+OLD = _load_before()
+
 
 def _before(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     """hgn before issue 13: the joint-gradient leapfrog with a memo that skipped repeated
-    ∇V but recomputed ∇K at the start of every sub-step (a third of the forward work)."""
+    ∇V but recomputed ∇K at the start of every sub-step (a third of the forward work),
+    ∇E as plain algebra (the old layouts) differentiated by autograd."""
     memo: dict[str, tuple[Tensor, Tensor]] = {}
 
     def grad_fn(q_: Tensor, p_: Tensor) -> tuple[Tensor, Tensor]:
         if memo.get("q", (None,))[0] is not q_:
-            memo["q"] = (q_, step.potential.grad_autograd(q_))
+            memo["q"] = (q_, OLD.EnergyMLP.grad_autograd(step.potential, q_))
         if memo.get("p", (None,))[0] is not p_:
-            memo["p"] = (p_, step.kinetic.grad_autograd(p_))
+            memo["p"] = (p_, OLD.EnergyMLP.grad_autograd(step.kinetic, p_))
         return memo["q"][1], memo["p"][1]
 
     h = dt / step.substeps
@@ -83,17 +113,37 @@ def _functorch(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple
 def _fsal_autograd(
     step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """First same as last, closed-form ∇E, autograd differentiating it."""
+    """First same as last, closed-form ∇E (the old layouts), autograd differentiating it."""
     return leapfrog_separable(
-        step.kinetic.grad_autograd, step.potential.grad_autograd, q, p, dt, 1,
-        substeps=step.substeps, all_states=False,
+        lambda p_: OLD.EnergyMLP.grad_autograd(step.kinetic, p_),
+        lambda q_: OLD.EnergyMLP.grad_autograd(step.potential, q_),
+        q, p, dt, 1, substeps=step.substeps, all_states=False,
+    )  # fmt: skip
+
+
+def _main_before(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """First same as last, closed-form ∇E and backward as of :data:`BEFORE`."""
+    return leapfrog_separable(
+        lambda p_: OLD.EnergyMLP.grad(step.kinetic, p_),
+        lambda q_: OLD.EnergyMLP.grad(step.potential, q_),
+        q, p, dt, 1, substeps=step.substeps, all_states=False,
     )  # fmt: skip
 
 
 def _default(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    """What hgn.flows runs: first same as last, closed-form ∇E and backward."""
+    """What hgn.flows runs: first same as last, closed-form ∇E and backward, every
+    product in the layout BLAS is fastest at (:func:`hgn.nn._mm`)."""
     return leapfrog_separable(
         step.kinetic.grad, step.potential.grad, q, p, dt, 1,
+        substeps=step.substeps, all_states=False,
+    )  # fmt: skip
+
+
+def _autograd_new(step: HamiltonianStep, q: Tensor, p: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """First same as last, ∇E as plain algebra (new layouts), autograd differentiating it:
+    what ``--compile`` traced before (the compiler derives the backward itself)."""
+    return leapfrog_separable(
+        step.kinetic.grad_autograd, step.potential.grad_autograd, q, p, dt, 1,
         substeps=step.substeps, all_states=False,
     )  # fmt: skip
 
@@ -109,9 +159,17 @@ VARIANTS: dict[str, tuple[Integrate, Optimiser]] = {
     "before issue 13 (joint leapfrog, ∇K twice a sub-step)": (_before, _foreach_adam),
     "torch.func.grad of K + V, joint leapfrog": (_functorch, _foreach_adam),
     "first-same-as-last, closed-form ∇E, autograd backward": (_fsal_autograd, _foreach_adam),
-    "+ closed-form backward of ∇E": (_default, _foreach_adam),
-    "+ fused Adam (the default)": (_default, optimiser),
+    "+ closed-form backward of ∇E": (_main_before, _foreach_adam),
+    f"+ fused Adam (main at {BEFORE})": (_main_before, optimiser),
+    "+ BLAS-friendly layouts (the default now)": (_default, optimiser),
 }
+
+COMPILED: dict[str, Integrate] = {
+    "torch.compile, autograd-derived backward": _autograd_new,
+    "torch.compile, closed-form backward (--compile)": _default,
+}
+"""Ways of running ``hgn flow train --compile``'s step: the compiler deriving the backward
+of plain ∇E algebra, or tracing :class:`hgn.nn._EnergyGrad`'s hand-written one."""
 
 
 def _use(integrate: Integrate) -> None:
@@ -155,13 +213,13 @@ def training_step_variants(
         name: (integrate, make_step(model.loss, make))
         for name, (integrate, make) in VARIANTS.items()
     }
-    if compile_too:  # as hgn flow train --compile does it
-        _use(_default)
+    for name, integrate in COMPILED.items() if compile_too else ():
+        _use(integrate)  # as hgn flow train --compile does it
         compiled = make_step(torch.compile(model.loss, dynamic=False), optimiser)
         t0 = time.perf_counter()
         compiled()
-        print(f"   torch.compile: first step (compilation) {time.perf_counter() - t0:.1f} s")
-        steps["+ torch.compile (--compile)"] = (_default, compiled)
+        print(f"   {name}: first step (compilation) {time.perf_counter() - t0:.1f} s")
+        steps[name] = (integrate, compiled)
     times: dict[str, list[float]] = {name: [] for name in steps}
     try:
         for _ in range(rounds):

@@ -35,6 +35,25 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+NARROW = 16
+"""Products with fewer output columns than this are computed transposed (:func:`_mm`)."""
+
+
+def _mm(a: Tensor, b: Tensor, add: Tensor | None = None) -> Tensor:
+    """``add + a @ b``, computed as ``(bᵀ aᵀ)ᵀ`` when the product is narrow.
+
+    On a CPU, BLAS takes 4× longer over an (N, 64) @ (64, 2) product than over the same
+    arithmetic laid out as (2, 64) @ (64, N); ∇E of a 2-D energy has four such products,
+    forward and backward, as many as its 64 × 64 ones (``benchmarks/bench_flows.py``).
+    Below :data:`NARROW` output columns the transposed form was faster at every width
+    timed (2-10), above it the plain one (16-64).
+    """
+    if b.shape[1] < NARROW:
+        out = (b.t() @ a.t()).t()
+        return out if add is None else out + add
+    return a @ b if add is None else torch.addmm(add, a, b)
+
+
 class _EnergyGrad(torch.autograd.Function):
     """∇E(x) of :class:`EnergyMLP` with a closed-form backward pass.
 
@@ -42,11 +61,13 @@ class _EnergyGrad(torch.autograd.Function):
     forward pass is the hand-written backpropagation ``g_L = w ⊙ σ(a_L)``,
     ``c_k = g_k W_k``, ``g_{k-1} = c_k ⊙ σ(a_{k-1})``, ``∇E = c_1``. Training
     differentiates ∇E once more (the leapfrog moves q and p by it); this class's
-    :meth:`backward` does that by hand too, reusing the forward pass's σ(a_k) and c_k
-    (autograd would recompute σ inside softplus' backward and keep a graph node for
-    every product). Each weight's two gradient terms (through ∇E's path and through the
-    forward activations) share one ``addmm``. It is once differentiable: nothing in hgn
-    takes a third derivative of an energy.
+    :meth:`backward` does that by hand too (a Hessian-vector product and the parameter
+    gradients written out), reusing the forward pass's σ(a_k) and c_k: autograd would
+    recompute σ inside softplus' backward and record a graph node for each of the ~30
+    small products, where this records one. Each weight's two gradient terms (through
+    ∇E's path and through the forward activations) share one product, and every product
+    is laid out the way BLAS is fastest at (:func:`_mm`). It is once differentiable:
+    nothing in hgn takes a third derivative of an energy.
 
     Inputs are ``(x, quadratic, w, W_1, b_1, …, W_L, b_L)``; ``x`` is 2-D.
     """
@@ -58,7 +79,7 @@ class _EnergyGrad(torch.autograd.Function):
         hs, ss = [x], []
         h = x
         for k, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            a = torch.addmm(bias, h, weight.t())
+            a = _mm(h, weight.t(), bias)
             ss.append(torch.sigmoid(a))
             if k < depth - 1:  # the last layer's softplus is not needed for ∇E
                 h = F.softplus(a)
@@ -68,7 +89,7 @@ class _EnergyGrad(torch.autograd.Function):
         cs: list[Tensor] = [g] * depth
         for k in range(depth - 1, -1, -1):
             gs[k] = g
-            cs[k] = g @ weights[k]
+            cs[k] = _mm(g, weights[k])
             if k > 0:
                 g = cs[k] * ss[k - 1]
         ctx.quadratic, ctx.depth = quadratic, depth
@@ -86,32 +107,31 @@ class _EnergyGrad(torch.autograd.Function):
         ss = saved[1 + 2 * depth : 1 + 3 * depth]
         gs = saved[1 + 3 * depth : 1 + 4 * depth]
         cs = (None, *saved[1 + 4 * depth :])
-        d_weights: list[Tensor] = []
+        d_cs: list[Tensor] = []  # ∂L/∂c_k, down ∇E's path
         d_pre: list[Tensor] = []  # ∂L/∂a_k through σ(a_k) on ∇E's path
         d_c = grad_out
         d_w = w
-        for k in range(depth):  # down ∇E's path: c_k = g_k W_k
-            d_g = d_c @ weights[k].t()
-            d_weights.append(gs[k].t() @ d_c)
-            if k < depth - 1:  # g_k = c_{k+1} ⊙ σ(a_k)
-                d_c = d_g * ss[k]
+        for k in range(depth):  # c_k = g_k W_k, then g_k = c_{k+1} ⊙ σ(a_k) or w ⊙ σ(a_L)
+            d_cs.append(d_c)
+            d_g = _mm(d_c, weights[k].t())
+            s = ss[k]
+            if k < depth - 1:
+                d_c = d_g * s
                 d_s = d_g * cs[k + 1]
-            else:  # g_L = w ⊙ σ(a_L)
-                d_w = (d_g * ss[k]).sum(0)
+            else:
+                d_w = (d_g * s).sum(0)
                 d_s = d_g * w
-            d_pre.append(d_s * (ss[k] - ss[k] * ss[k]))
-        d_x = grad_out if ctx.quadratic else None
-        d_biases: list[Tensor] = [d_w] * depth
+            d_pre.append(d_s * torch.addcmul(s, s, s, value=-1))  # σ' = σ - σ²
+        grads: list[Tensor | None] = [None] * (3 + 2 * depth)
+        grads[2] = d_w
         d_h = None
         for k in range(depth - 1, -1, -1):  # back up the forward activations
-            d_a = d_pre[k] if d_h is None else d_pre[k] + d_h * ss[k]
-            d_weights[k] = torch.addmm(d_weights[k], d_a.t(), hs[k])
-            d_biases[k] = d_a.sum(0)
-            d_h = d_a @ weights[k]
-        d_x = d_h if d_x is None else d_x + d_h
-        grads: list[Tensor | None] = [d_x, None, d_w]
-        for d_weight, d_bias in zip(d_weights, d_biases, strict=True):
-            grads += [d_weight, d_bias]
+            d_a = d_pre[k] if d_h is None else torch.addcmul(d_pre[k], d_h, ss[k])
+            # ∂L/∂W_k = g_kᵀ ∂L/∂c_k + (∂L/∂a_k)ᵀ h_{k-1}
+            d_weight = _mm(d_a.t(), hs[k], _mm(gs[k].t(), d_cs[k]))
+            grads[3 + 2 * k], grads[4 + 2 * k] = d_weight, d_a.sum(0)
+            d_h = _mm(d_a, weights[k])
+        grads[0] = d_h + grad_out if ctx.quadratic else d_h
         return tuple(grads)
 
 
@@ -148,10 +168,11 @@ class EnergyMLP(nn.Module):
         """∇E(x) for x of shape (..., dim), differentiable once (closed-form backward).
 
         Under autocast the ops' dtypes are autocast's to choose, which a hand-written
-        backward cannot follow, and under ``torch.compile`` the compiler derives and fuses
-        the backward of plain tensor algebra better than it traces a custom one: there
-        autograd differentiates :meth:`grad_autograd` instead."""
-        if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
+        backward cannot follow: there autograd differentiates :meth:`grad_autograd`
+        instead. ``torch.compile`` traces :class:`_EnergyGrad` forward and backward as
+        they are, which keeps the product layouts of :func:`_mm` in the backward pass
+        (autograd's own backward of a matrix product cannot choose them)."""
+        if torch.is_autocast_enabled(x.device.type):
             return self.grad_autograd(x)
         params: list[Tensor] = []
         for layer in self.layers:
@@ -163,11 +184,13 @@ class EnergyMLP(nn.Module):
     def grad_autograd(self, x: Tensor) -> Tensor:
         """The same ∇E as plain tensor algebra, for autograd to differentiate (any order):
         the reference :meth:`grad` is tested and benchmarked against."""
-        pre, h = [], x
+        flat = x.reshape(-1, x.shape[-1])
+        pre, h = [], flat
         for layer in self.layers:
-            pre.append(layer(h))
+            pre.append(_mm(h, layer.weight.t(), layer.bias))
             h = F.softplus(pre[-1])
         g = self.out.weight[0]
         for layer, a in zip(reversed(self.layers), reversed(pre), strict=True):
-            g = (g * torch.sigmoid(a)) @ layer.weight
+            g = _mm(g * torch.sigmoid(a), layer.weight)
+        g = g.reshape(x.shape)
         return g + x if self.quadratic else g

@@ -332,13 +332,18 @@ def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:
 
 @pytest.mark.parametrize("quadratic", [False, True])
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_energy_gradient_backward_in_closed_form_is_exact(quadratic: bool, layers: int) -> None:
-    """EnergyMLP.grad's hand-written backward against autograd's second derivatives."""
+@pytest.mark.parametrize(("dim", "hidden"), [(3, 7), (2, 20), (17, 18)])
+def test_energy_gradient_backward_in_closed_form_is_exact(
+    quadratic: bool, layers: int, dim: int, hidden: int
+) -> None:
+    """EnergyMLP.grad's hand-written backward against autograd's second derivatives, with
+    every product narrow (transposed layout), the NHF mix (narrow input, wide hidden
+    layers) and every product wide (plain layout): see hgn.nn._mm."""
     torch.manual_seed(layers)
-    net = perturb(EnergyMLP(3, 7, layers, quadratic=quadratic).double())
-    x = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    net = perturb(EnergyMLP(dim, hidden, layers, quadratic=quadratic).double())
+    x = torch.randn(4, 5, dim, dtype=torch.float64, requires_grad=True)
     assert torch.allclose(net.grad(x), net.grad_autograd(x), atol=1e-12)
-    weights = torch.randn(4, 5, 3, dtype=torch.float64)
+    weights = torch.randn(4, 5, dim, dtype=torch.float64)
     inputs = [x, *net.parameters()]
     fast = torch.autograd.grad((net.grad(x) * weights).sum(), inputs)
     reference = torch.autograd.grad((net.grad_autograd(x) * weights).sum(), inputs)
