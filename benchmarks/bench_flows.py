@@ -11,9 +11,12 @@ variants so that a burst of load on a shared machine hits them alike):
    the implementation before issue 13 (joint ``grad_fn`` leapfrog, ∇K recomputed at the
    start of every sub-step; closed-form ∇E with an autograd backward; foreach Adam),
    ``torch.func.grad`` on K + V, then cumulatively: the first-same-as-last leapfrog, the
-   closed-form backward of ∇E, fused Adam (what ``hgn flow train`` runs) and, with
-   ``--compile``, ``torch.compile`` (``hgn flow train --compile``; its compilation time
-   is printed too);
+   closed-form backward of ∇E, fused Adam (these four run ``hgn/nn.py`` as of commit
+   :data:`BEFORE`, read from git), every product in BLAS's fast layout with an in-place
+   backward (what ``hgn flow train`` runs now) and, with ``--compile``, two ways of
+   ``torch.compile``: deriving the backward of plain ∇E algebra (what ``--compile`` did
+   before) and tracing the closed-form one (``hgn flow train --compile`` now); their
+   compilation times are printed too;
 2. per model (NHF before issue 13 and at its defaults; zuko's RealNVP and NSF with 2 and
    3 layers, widths matched to the NHF defaults' parameter count): parameters, training
    steps/s (each at its own objective), samples/s and log_prob/s (NHF's
@@ -161,7 +164,7 @@ VARIANTS: dict[str, tuple[Integrate, Optimiser]] = {
     "first-same-as-last, closed-form ∇E, autograd backward": (_fsal_autograd, _foreach_adam),
     "+ closed-form backward of ∇E": (_main_before, _foreach_adam),
     f"+ fused Adam (main at {BEFORE})": (_main_before, optimiser),
-    "+ BLAS-friendly layouts (the default now)": (_default, optimiser),
+    "+ BLAS layouts, in-place backward (the default now)": (_default, optimiser),
 }
 
 COMPILED: dict[str, Integrate] = {

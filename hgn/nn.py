@@ -80,18 +80,16 @@ class _EnergyGrad(torch.autograd.Function):
         h = x
         for k, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             a = _mm(h, weight.t(), bias)
-            ss.append(torch.sigmoid(a))
             if k < depth - 1:  # the last layer's softplus is not needed for ∇E
                 h = F.softplus(a)
                 hs.append(h)
-        g = ss[-1] * w
-        gs: list[Tensor] = [g] * depth
-        cs: list[Tensor] = [g] * depth
-        for k in range(depth - 1, -1, -1):
-            gs[k] = g
-            cs[k] = _mm(g, weights[k])
-            if k > 0:
-                g = cs[k] * ss[k - 1]
+            ss.append(a.sigmoid_())  # a_k is not needed again
+        # c_L = (σ(a_L) ⊙ w) W_L = σ(a_L) (diag(w) W_L): w scales a small matrix, not a batch
+        gs: list[Tensor] = []
+        cs: list[Tensor] = [_mm(ss[-1], w[:, None] * weights[-1])]
+        for k in range(depth - 2, -1, -1):
+            gs.insert(0, cs[0] * ss[k])
+            cs.insert(0, _mm(gs[0], weights[k]))
         ctx.quadratic, ctx.depth = quadratic, depth
         ctx.save_for_backward(w, *weights, *hs, *ss, *gs, *cs[1:])
         return cs[0] + x if quadratic else cs[0]
@@ -105,8 +103,8 @@ class _EnergyGrad(torch.autograd.Function):
         weights = saved[1 : 1 + depth]
         hs = saved[1 + depth : 1 + 2 * depth]
         ss = saved[1 + 2 * depth : 1 + 3 * depth]
-        gs = saved[1 + 3 * depth : 1 + 4 * depth]
-        cs = (None, *saved[1 + 4 * depth :])
+        gs = saved[1 + 3 * depth : 4 * depth]  # g_1 … g_{L-1}; g_L = σ(a_L) ⊙ w is not kept
+        cs = (None, *saved[4 * depth :])
         d_cs: list[Tensor] = []  # ∂L/∂c_k, down ∇E's path
         d_pre: list[Tensor] = []  # ∂L/∂a_k through σ(a_k) on ∇E's path
         d_c = grad_out
@@ -115,23 +113,30 @@ class _EnergyGrad(torch.autograd.Function):
             d_cs.append(d_c)
             d_g = _mm(d_c, weights[k].t())
             s = ss[k]
+            # in place wherever a temporary is not needed again: on a CPU a fresh batch-sized
+            # tensor costs page faults, which took more time than the arithmetic at 2,048 rows
             if k < depth - 1:
-                d_c = d_g * s
                 d_s = d_g * cs[k + 1]
+                d_c = d_g.mul_(s)
             else:
-                d_w = (d_g * s).sum(0)
                 d_s = d_g * w
-            d_pre.append(d_s * torch.addcmul(s, s, s, value=-1))  # σ' = σ - σ²
+                d_w = d_g.mul_(s).sum(0)
+            d_s.mul_(s)
+            d_pre.append(d_s.addcmul_(d_s, s, value=-1))  # ⊙ σ' = σ - σ²
         grads: list[Tensor | None] = [None] * (3 + 2 * depth)
         grads[2] = d_w
         d_h = None
         for k in range(depth - 1, -1, -1):  # back up the forward activations
-            d_a = d_pre[k] if d_h is None else torch.addcmul(d_pre[k], d_h, ss[k])
-            # ∂L/∂W_k = g_kᵀ ∂L/∂c_k + (∂L/∂a_k)ᵀ h_{k-1}
-            d_weight = _mm(d_a.t(), hs[k], _mm(gs[k].t(), d_cs[k]))
-            grads[3 + 2 * k], grads[4 + 2 * k] = d_weight, d_a.sum(0)
+            d_a = d_pre[k] if d_h is None else d_pre[k].addcmul_(d_h, ss[k])
+            # ∂L/∂W_k = g_kᵀ ∂L/∂c_k + (∂L/∂a_k)ᵀ h_{k-1}; g_Lᵀ ∂L/∂c_L = diag(w) σ(a_L)ᵀ ∂L/∂c_L
+            if k == depth - 1:
+                path = _mm(ss[k].t(), d_cs[k]).mul_(w[:, None])
+            else:
+                path = _mm(gs[k].t(), d_cs[k])
+            grads[3 + 2 * k] = _mm(d_a.t(), hs[k], path)
+            grads[4 + 2 * k] = d_a.sum(0)
             d_h = _mm(d_a, weights[k])
-        grads[0] = d_h + grad_out if ctx.quadratic else d_h
+        grads[0] = d_h.add_(grad_out) if ctx.quadratic else d_h
         return tuple(grads)
 
 

@@ -352,6 +352,25 @@ def test_energy_gradient_backward_in_closed_form_is_exact(
     assert torch.autograd.gradcheck(lambda x_: net.grad(x_), (x[0],))
 
 
+def test_compiled_closed_form_backward_matches_eager() -> None:
+    """``--compile`` traces _EnergyGrad's hand-written backward (in-place steps included):
+    its gradients must be the eager ones."""
+    torch.manual_seed(0)
+    net = perturb(EnergyMLP(2, 20, 2, quadratic=True).double())
+    x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(6, 2, dtype=torch.float64)
+    inputs = [x, *net.parameters()]
+
+    def loss(x_: torch.Tensor) -> torch.Tensor:
+        return (net.grad(x_) * weights).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.autograd.grad(torch.compile(loss, dynamic=False)(x), inputs)
+    eager = torch.autograd.grad(loss(x), inputs)
+    for a, b in zip(compiled, eager, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_no_gradient_computed_twice(monkeypatch) -> None:
     """A flow step of n leapfrog sub-steps evaluates ∇K n times and ∇V n + 1 times
     (first same as last), forward and backward alike."""
