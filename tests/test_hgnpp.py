@@ -387,3 +387,17 @@ def test_colour_weight_counts_only_colour_errors() -> None:
         assert (extra > 1e-3) if adds else abs(extra) < 1e-7, extra
     with pytest.raises(UserError, match="colour_weight"):
         tiny(colour_weight=-1.0)
+
+
+def test_encoder_colour_gain_amplifies_colour_only() -> None:
+    """The encoder's colour gain is an invertible per-pixel map that leaves grey frames
+    as they are: same weights, same posterior on grey frames, another on coloured ones."""
+    plain, gained = tiny().eval(), tiny(encoder_colour_gain=5.0).eval()
+    gained.load_state_dict(plain.state_dict())
+    grey = frames(length=3).mean(2, keepdim=True).expand(-1, -1, 3, -1, -1)
+    with torch.no_grad():
+        for x, same in ((grey, True), (frames(length=3), False)):
+            a, b = plain.posterior(x)[0], gained.posterior(x)[0]
+            assert torch.allclose(a, b, atol=1e-6) == same
+    with pytest.raises(UserError, match="encoder_colour_gain"):
+        tiny(encoder_colour_gain=-0.5)

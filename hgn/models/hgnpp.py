@@ -101,6 +101,11 @@ class HGNPPConfig:
     """β: weight of the KL term (both terms are per pixel and time step)."""
     forward_backward: bool = True
     """Train half of each batch backwards in time (see the module docs)."""
+    encoder_colour_gain: float = 0.0
+    """The encoder sees each pixel's deviation from its grey level amplified by
+    ``1 + encoder_colour_gain`` (0: the frames as they are; an invertible per-pixel map,
+    so no information is lost). Its convolutions then tell bodies apart by colour from
+    the first step, before position alone has shaped them (see ``colour_weight``)."""
     colour_weight: float = 0.0
     """Extra weight on the colour part of the reconstruction error: the squared error
     of each pixel's deviation from its own grey level (channel mean), added to the
@@ -161,8 +166,11 @@ class HGNPPConfig:
                 raise UserError(f"model.{key} must be a non-empty list of positive integers")
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
-        if not (self.kl_weight >= 0 and self.warmup >= 0 and self.colour_weight >= 0):
-            raise UserError("model.kl_weight, model.warmup and model.colour_weight must be ≥ 0")
+        if min(self.kl_weight, self.warmup, self.colour_weight, self.encoder_colour_gain) < 0:
+            raise UserError(
+                "model.kl_weight, model.warmup, model.colour_weight and "
+                "model.encoder_colour_gain must be ≥ 0"
+            )
         if self.decode_frames is not None and self.decode_frames <= 0:
             raise UserError(f"model.decode_frames must be positive, got {self.decode_frames}")
 
@@ -217,10 +225,15 @@ class FrameEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         z_dim = 2 * cfg.state_dim
         self.head = nn.Linear(width * cfg.latent_size**2, 2 * z_dim)
+        self.colour_gain = cfg.encoder_colour_gain
         with torch.no_grad():  # nearly deterministic at first, as HGN's (INIT_LOGVAR)
             self.head.bias[z_dim:] = INIT_LOGVAR
 
     def forward(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
+        if self.colour_gain:
+            frames = stacked.unflatten(1, (-1, 3))
+            chroma = frames - frames.mean(2, keepdim=True)
+            stacked = (frames + self.colour_gain * chroma).flatten(1, 2)
         last = stacked[:, -3:]
         earlier = stacked[:, :-3] - last.repeat(1, stacked.shape[1] // 3 - 1, 1, 1)
         features = self.body(torch.cat([last, earlier], dim=1))
