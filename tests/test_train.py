@@ -19,7 +19,7 @@ from hgn.cli import main
 from hgn.models import HGN
 from hgn.training.config import EMA_PREFIX, load_model, resolve
 from hgn.training.loop import CHECKPOINT
-from hgn.training.train import Batches
+from hgn.training.train import Batches, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
 torch.set_num_threads(1)
@@ -127,6 +127,16 @@ def test_moving_average_resumes_exactly_and_is_what_loads(dataset: Path, tmp_pat
     assert moved  # four steps at decay 0.5 leave the average behind the last weights
     with pytest.raises(UserError, match=r"train\.ema"):
         resolve("small", None, "hgn", ["train.ema=1"])
+
+
+def test_moving_average_decay_warms_up() -> None:
+    """After n updates the average moves by 1 − min(decay, (1 + n) / (10 + n)) towards
+    the weights: fast at first, the plain moving average later."""
+    update = ema_with_warmup(0.99)
+    for n, decay in ((1, 2 / 11), (100, 101 / 110), (2000, 0.99)):
+        avg, cur = [torch.zeros(3)], [torch.ones(3)]
+        update(avg, cur, torch.tensor(n))
+        torch.testing.assert_close(avg[0], torch.full((3,), 1 - decay))
 
 
 def test_yaml_config_and_model_flag(dataset: Path, tmp_path: Path) -> None:
