@@ -65,8 +65,9 @@ class _EnergyGrad(torch.autograd.Function):
     gradients written out), reusing the forward pass's σ(a_k) and c_k: autograd would
     recompute σ inside softplus' backward and record a graph node for each of the ~30
     small products, where this records one. Each weight's two gradient terms (through
-    ∇E's path and through the forward activations) share one product, and every product
-    is laid out the way BLAS is fastest at (:func:`_mm`). It is once differentiable:
+    ∇E's path and through the forward activations) are summed by one ``addmm`` where the
+    layout allows, and every product is laid out the way BLAS is fastest at
+    (:func:`_mm`). It is once differentiable:
     nothing in hgn takes a third derivative of an energy.
 
     Inputs are ``(x, quadratic, w, W_1, b_1, …, W_L, b_L)``; ``x`` is 2-D.
