@@ -114,8 +114,8 @@ class _EnergyGrad(torch.autograd.Function):
             d_cs.append(d_c)
             d_g = _mm(d_c, weights[k].t())
             s = ss[k]
-            # in place wherever a temporary is not needed again: on a CPU a fresh batch-sized
-            # tensor costs page faults, which took more time than the arithmetic at 2,048 rows
+            # in place wherever a temporary is not needed again: at 2,048 rows a fresh
+            # batch-sized tensor cost more than its arithmetic (benchmarks/bench_flows.py)
             if k < depth - 1:
                 d_s = d_g * cs[k + 1]
                 d_c = d_g.mul_(s)
