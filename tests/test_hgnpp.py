@@ -13,6 +13,7 @@ from torch import Tensor
 
 from hgn.models import HGNPP, MODELS, State, get_model
 from hgn.models.base import substeps_for
+from hgn.models.hgnpp import SEVERAL_BODIES
 from hgn.training.config import RunConfig, follow_data, resolve
 from hgn.utils import UserError
 
@@ -258,6 +259,20 @@ def test_profiles_are_separable_and_frames_follow_the_data() -> None:
     # HGN's keys of the profile do not leak into HGN++'s own section
     assert config.model.encoder_filters == resolve("small", model="hgn++").model.encoder_filters
     assert dataclasses.asdict(config.model).keys() == dataclasses.asdict(tiny().config).keys()
+
+
+def test_colour_identity_follows_the_number_of_bodies() -> None:
+    """The small profile leaves HGN++'s colour settings to the data: on with two or
+    more bodies, off with one or where the data does not say; a value the user set
+    stays; the paper profile is HGN++ as published (off)."""
+    config = resolve("small", model="hgn++")
+    for meta, expected in (({"bodies": 2}, SEVERAL_BODIES), ({"bodies": 1}, None), ({}, None)):
+        model = follow_data(config, {"steps": 64, "dt": 0.125, **meta}).model
+        for key, value in SEVERAL_BODIES.items():
+            assert getattr(model, key) == (value if expected else 0.0)
+    mine = resolve("small", model="hgn++", sets=["model.colour_weight=1.5"])
+    assert follow_data(mine, {"steps": 64, "dt": 0.1, "bodies": 2}).model.colour_weight == 1.5
+    assert resolve("paper", model="hgn++").model.colour_weight == 0.0
 
 
 # ----------------------------------------------------------------------------- sampling

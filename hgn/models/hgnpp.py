@@ -57,6 +57,13 @@ from hgn.nn import EnergyMLP
 from hgn.physics import integrators
 from hgn.utils import UserError
 
+SEVERAL_BODIES = {"encoder_colour_gain": 5.0, "colour_weight": 4.0}
+"""What ``encoder_colour_gain`` and ``colour_weight`` left at None become on data that
+shows two or more bodies (its metadata's ``bodies``; 0 on one body or where the data
+does not say). Needed there: without both, two-body's state never tells its bodies
+apart. Harmful on one: the pendulum's 20-minute run fell from 0.13 to 0.46 of the mean
+image forward with them (docs/RESULTS.md, issue 10)."""
+
 
 @dataclass
 class HGNPPConfig:
@@ -101,12 +108,13 @@ class HGNPPConfig:
     """β: weight of the KL term (both terms are per pixel and time step)."""
     forward_backward: bool = True
     """Train half of each batch backwards in time (see the module docs)."""
-    encoder_colour_gain: float = 0.0
+    encoder_colour_gain: float | None = 0.0
     """The encoder sees each pixel's deviation from its grey level amplified by
     ``1 + encoder_colour_gain`` (0: the frames as they are; an invertible per-pixel map,
     so no information is lost). Its convolutions then tell bodies apart by colour from
-    the first step, before position alone has shaped them (see ``colour_weight``)."""
-    colour_weight: float = 0.0
+    the first step, before position alone has shaped them (see ``colour_weight``).
+    None: follow the data (:data:`SEVERAL_BODIES`)."""
+    colour_weight: float | None = 0.0
     """Extra weight on the colour part of the reconstruction error: the squared error
     of each pixel's deviation from its own grey level (channel mean), added to the
     plain MSE with this weight (0: off; on grey data it only pulls the drawn colours
@@ -115,7 +123,7 @@ class HGNPPConfig:
     that does not say which body is which, and then draws both in their average
     colour (measured: issue 10). That colour error is small next to position errors
     early in training, so the state never learns the difference; weighting it makes
-    the identity worth learning."""
+    the identity worth learning. None: follow the data (:data:`SEVERAL_BODIES`)."""
     decode_frames: int | None = None
     """Rolled-out states decoded per sequence per training step (None: all): the state's
     own frame and a random subset of the others."""
@@ -166,7 +174,8 @@ class HGNPPConfig:
                 raise UserError(f"model.{key} must be a non-empty list of positive integers")
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
-        if min(self.kl_weight, self.warmup, self.colour_weight, self.encoder_colour_gain) < 0:
+        colour = (self.colour_weight or 0.0, self.encoder_colour_gain or 0.0)
+        if min(self.kl_weight, self.warmup, *colour) < 0:
             raise UserError(
                 "model.kl_weight, model.warmup, model.colour_weight and "
                 "model.encoder_colour_gain must be ≥ 0"
@@ -225,7 +234,7 @@ class FrameEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         z_dim = 2 * cfg.state_dim
         self.head = nn.Linear(width * cfg.latent_size**2, 2 * z_dim)
-        self.colour_gain = cfg.encoder_colour_gain
+        self.colour_gain = cfg.encoder_colour_gain or 0.0
         with torch.no_grad():  # nearly deterministic at first, as HGN's (INIT_LOGVAR)
             self.head.bias[z_dim:] = INIT_LOGVAR
 

@@ -26,6 +26,7 @@ import yaml
 
 from hgn.checks import check_range, config_from_dict
 from hgn.models import SequenceModel, get_model
+from hgn.models.hgnpp import SEVERAL_BODIES
 from hgn.training.loop import CHECKPOINT
 from hgn.utils import UserError, load_checkpoint
 
@@ -132,10 +133,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "warmup": 4000,
                     "min_horizon": 0,
                     "grow_below": 0.3,
-                    # two-body's equal masses: without both, the state never says which
-                    # body is which and both are drawn brown (docs/RESULTS.md, issue 10)
-                    "encoder_colour_gain": 5.0,
-                    "colour_weight": 4.0,
+                    # on data with two or more bodies (hgnpp.SEVERAL_BODIES): without
+                    # them two-body's state never says which body is which and both are
+                    # drawn brown; on one body they hurt (docs/RESULTS.md, issue 10)
+                    "encoder_colour_gain": None,
+                    "colour_weight": None,
                 },
                 # evaluation uses the weights' moving average: pendulum 0.21 -> 0.13
                 # forward in the same 20-minute run (docs/RESULTS.md, issue 10)
@@ -318,10 +320,16 @@ of degrees of freedom (HNN needs it) and the time between frames (the latent ste
 
 def follow_data(config: RunConfig, meta: Mapping[str, Any]) -> RunConfig:
     """``config`` with :data:`DATA_KEYS` the model has, and the user did not set, taken
-    from the data; and a training window (``frames``) the user did not set shortened to
-    the data's sequences (HGN++ asks for 65 frames, "as many as the data allows")."""
+    from the data; a training window (``frames``) the user did not set shortened to
+    the data's sequences (HGN++ asks for 65 frames, "as many as the data allows"); and
+    HGN++'s colour-identity settings left at None set by the number of bodies the data
+    shows (:data:`hgn.models.hgnpp.SEVERAL_BODIES`)."""
     fields = {f.name for f in dataclasses.fields(config.model)}
     found = {k: meta[k] for k in DATA_KEYS if k in fields and k not in config.explicit}
+    several = int(meta.get("bodies") or 0) >= 2
+    for key, value in SEVERAL_BODIES.items():  # None: the profile leaves it to the data
+        if key in fields and getattr(config.model, key) is None:
+            found[key] = value if several else 0.0
     longest = int(meta["steps"]) + 1
     if "frames" in fields and "frames" not in config.explicit and config.model.frames > longest:
         found["frames"] = longest
