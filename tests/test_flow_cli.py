@@ -12,11 +12,13 @@ import torch
 
 from hgn.cli import main
 from hgn.flows import load
+from hgn.flows.train import FlowTrainConfig
 
 TINY = [
     "--flow-steps", "2", "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "32",
-    "--no-progress",
+    "--no-progress", "--no-compile",
 ]  # fmt: skip
+"""Tiny models, eager: compiling (the default of flow train) costs 15-50 s a run."""
 
 
 @pytest.fixture(scope="module")
@@ -244,13 +246,14 @@ def test_max_minutes_on_resume_counts_from_this_invocation(tmp_path, capsys) -> 
 
 def test_progress_against_the_budget_that_ends_the_run(tmp_path, capsys) -> None:
     """Issue 9, defect 11: a time-limited flow run shows its bar in seconds of budget, not
-    an ETA for 9,000 steps; --no-progress shows none (train, evaluate, compare)."""
+    an ETA for the default steps; --no-progress shows none (train, evaluate, compare)."""
     base = ["flow", "train", "--target", "moons", "--no-tensorboard", "--flow-steps", "1",
-            "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "16"]  # fmt: skip
+            "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "16",
+            "--no-compile"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "a"), "--max-minutes", "0.002"]) == 0
     err = capsys.readouterr().err
     # the bar counts seconds of budget; the step count only appears in its postfix
-    assert "s budget" in err and "/9000 [" not in err
+    assert "s budget" in err and f"/{FlowTrainConfig.steps} [" not in err
     assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2", "--no-progress"]) == 0
     assert main(["flow", "evaluate", str(tmp_path / "b"), "--n-importance", "256",
                  "--n-test", "2000", "--no-progress"]) == 0  # fmt: skip
@@ -268,3 +271,26 @@ def test_digits_train_evaluate_and_sample_grid(tmp_path, capsys) -> None:
     assert main(["flow", "plot", out]) == 0
     assert (Path(out) / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "expects (N, 64)" in _bad(["flow", "evaluate", out, "--target", "gmm"], capsys)
+
+
+def test_train_compiles_by_default_and_falls_back_to_eager(tmp_path, monkeypatch, capsys) -> None:
+    """`flow train` compiles unless --no-compile; a compiler that fails (here: a stub, so
+    the test costs no compilation) gives one warning line and an eager run that succeeds.
+    The saved config records what was asked for, so --resume keeps it."""
+
+    def broken(fn, **kwargs):
+        def fail(*args, **kw):
+            raise RuntimeError("no working C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    small = [a for a in TINY if a != "--no-compile"]
+    for name, extra in (("default", []), ("compile", ["--compile"]), ("eager", ["--no-compile"])):
+        out = tmp_path / name
+        args = ["flow", "train", "--target", "moons", "--out", str(out), "--steps", "2"]
+        assert main([*args, *small, *extra, "--no-tensorboard"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("torch.compile failed") == (0 if extra == ["--no-compile"] else 1)
+        saved = torch.load(out / "checkpoint.pt", weights_only=True)["config"]["train"]
+        assert saved["compile"] is (extra != ["--no-compile"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -268,7 +269,7 @@ def test_unknown_target_rejected() -> None:
 def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
     torch.set_num_threads(1)
     config = {"kind": "nhf", "flow_steps": 2, "hidden": 16, "posterior_hidden": 16}
-    cfg = FlowTrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3)
+    cfg = FlowTrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3, compile=False)
     x = data_source("gmm").test_set()[:500]
 
     def test_elbo(model: torch.nn.Module) -> float:
@@ -286,15 +287,15 @@ def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
     assert np.mean(losses[-2:]) < losses[0]  # the training objective (-ELBO) went down
 
     # a run stopped by its time budget and resumed lands on exactly the same weights
-    short = FlowTrainConfig(steps=20, batch_size=32, seed=3)
+    short = FlowTrainConfig(steps=20, batch_size=32, seed=3, compile=False)
     train("gmm", tmp_path / "a", config, short, tensorboard=False)
-    stopped = FlowTrainConfig(steps=20, batch_size=32, seed=3, max_minutes=1e-6)
+    stopped = FlowTrainConfig(steps=20, batch_size=32, seed=3, max_minutes=1e-6, compile=False)
     assert train("gmm", tmp_path / "b", config, stopped, tensorboard=False).step < 20
     # no budget given: what is left of the saved one (nothing) applies; one given on
     # resume counts from the resume (issue 9, defect 4)
     again = train("gmm", tmp_path / "b", config, short, resume=True, tensorboard=False)
     assert again.stopped_by == "time" and again.step == again.start
-    longer = FlowTrainConfig(steps=20, batch_size=32, seed=3, max_minutes=10.0)
+    longer = FlowTrainConfig(steps=20, batch_size=32, seed=3, max_minutes=10.0, compile=False)
     train("gmm", tmp_path / "b", config, longer, resume=True, tensorboard=False)
     a, b = load(tmp_path / "a").state_dict(), load(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -315,7 +316,7 @@ def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:
         str(tmp_path / "d.npy"),
         tmp_path / "run",
         config,
-        FlowTrainConfig(steps=5, batch_size=16),
+        FlowTrainConfig(steps=5, batch_size=16, compile=False),
         tensorboard=False,
     )
     model = load(tmp_path / "run")
@@ -369,6 +370,31 @@ def test_compiled_closed_form_backward_matches_eager() -> None:
     eager = torch.autograd.grad(loss(x), inputs)
     for a, b in zip(compiled, eager, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_failed_compilation_falls_back_to_eager(tmp_path, monkeypatch, capsys) -> None:
+    """Compiling is the default, so a machine without a C++ compiler must still train: a
+    compiler failure (raised lazily, at the first compiled call) costs one warning line
+    and the run goes on eager, to the same weights as a --no-compile run."""
+
+    def broken(fn, **kwargs):  # what inductor raises without a C++ compiler, in spirit
+        def fail(*args, **kw):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.set_num_threads(1)
+    config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
+    cfg = FlowTrainConfig(steps=3, batch_size=16, seed=1)
+    assert cfg.compile  # the default
+    assert train("gmm", tmp_path / "a", config, cfg, tensorboard=False).step == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    warnings = [line for line in err if "torch.compile failed" in line]
+    assert len(warnings) == 1 and "training eager" in warnings[0] and "more" not in warnings[0]
+    train("gmm", tmp_path / "b", config, replace(cfg, compile=False), tensorboard=False)
+    a, b = load(tmp_path / "a").state_dict(), load(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_no_gradient_computed_twice(monkeypatch) -> None:
@@ -436,12 +462,18 @@ def test_train_config_range_checked(values: dict, message: str) -> None:
 
 def test_resumed_run_refuses_unknown_saved_keys(tmp_path) -> None:
     config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
-    train("gmm", tmp_path / "r", config, FlowTrainConfig(steps=2, batch_size=8), tensorboard=False)
+    train(
+        "gmm",
+        tmp_path / "r",
+        config,
+        FlowTrainConfig(steps=2, batch_size=8, compile=False),
+        tensorboard=False,
+    )
     saved = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     saved["config"]["train"]["momentum"] = 0.9
     torch.save(saved, tmp_path / "r" / "checkpoint.pt")
     with pytest.raises(UserError, match=r"unknown config key train\.momentum"):
-        train("gmm", tmp_path / "r", config, FlowTrainConfig(steps=4), resume=True)
+        train("gmm", tmp_path / "r", config, FlowTrainConfig(steps=4, compile=False), resume=True)
 
 
 # --- models as distributions, NSF -------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -52,10 +53,12 @@ class FlowTrainConfig:
     ``max_minutes`` is the run's wall-clock budget (``None``: steps only).
     """
 
-    steps: int = 9000
-    """9,000 steps take ~9 minutes on one shared core (docs/RESULTS.md, issue 13): the
-    checkerboard gap falls with steps (0.155 after 8,000, 0.139 after 12,000 on seed 0),
-    so the default fills the 10-minute budget the faster step left room for."""
+    steps: int = 10500
+    """Compiled, 10,500 steps take ~8-9 minutes on one shared core, compilation included
+    (22.4 steps/s after a ~21 s compilation, the other core busy; docs/RESULTS.md, issue
+    13): the checkerboard gap falls with steps (seed 0: 0.155 after 8,000, 0.146 after
+    9,000, 0.139 after 12,000), so the default fills the 10-minute budget with a margin
+    for a busier machine or a cold compilation cache."""
     batch_size: int = 512
     lr: float = 1e-2
     warmup: float = 0.02
@@ -67,9 +70,13 @@ class FlowTrainConfig:
     clip: float = 10.0
     seed: int = 0
     max_minutes: float | None = None
-    compile: bool = False
-    """Train through ``torch.compile`` (NHF: fuses the element-wise work of the leapfrog
-    and its backward; costs a compilation at the first step, see docs/RESULTS.md)."""
+    compile: bool = True
+    """Train through ``torch.compile``: it fuses the element-wise work of the leapfrog and
+    its hand-written backward, which is most of an eager NHF step (43.6 against 51.3 ms at
+    the defaults, one thread); the 15-50 s compilation at the first step is repaid within
+    a few minutes, so a 10-minute default run gets more steps (docs/RESULTS.md, issue 13).
+    If compiling fails (no C++ compiler, an unsupported build) training warns once and
+    goes on eager; ``--no-compile`` skips it (short runs, tests)."""
 
     def __post_init__(self) -> None:
         check_int(self.steps, "--steps", 1, 10**9)
@@ -181,18 +188,27 @@ def train(
     _prepare(model, data, standardise)
     adam = optimiser(model, cfg.lr)
     params = list(model.parameters())
-    loss_fn = torch.compile(model.loss, dynamic=False) if cfg.compile else model.loss
     iwae = cfg.objective == "iwae"
     clock: dict[str, float] = {}
+
+    def loss_and_grad(loss_fn: Callable[..., Tensor], batch: Tensor) -> Tensor:
+        loss = loss_fn(batch, cfg.n_samples, iwae)
+        adam.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
+    compiled = _Compiled(model.loss) if cfg.compile else None
 
     def step_fn(step: int) -> dict[str, float]:
         start = clock.setdefault("start", time.perf_counter())
         lr = cfg.lr_at(step)
         for group in adam.param_groups:
             group["lr"] = lr
-        loss = loss_fn(data.sample_train(cfg.batch_size), cfg.n_samples, iwae)
-        adam.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = data.sample_train(cfg.batch_size)
+        if compiled is not None and compiled.usable:
+            loss = compiled.run(loss_and_grad, batch, model.loss)
+        else:
+            loss = loss_and_grad(model.loss, batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         if torch.isfinite(grad_norm):  # a rare non-finite gradient skips the step
             adam.step()
@@ -231,6 +247,45 @@ def train(
         if last != result.step:
             snapshots.append(Snapshot(time.perf_counter() - clock["start"], result.step, state))
     return result
+
+
+class _Compiled:
+    """``loss`` through ``torch.compile``, or eager from the moment compiling fails.
+
+    ``torch.compile`` compiles lazily (the forward at the first call, the backward at the
+    first ``backward``), so a missing C++ compiler or an unsupported build only shows in
+    the first step: that step is guarded and, if it fails, redone eager after a one-line
+    warning, and every later step runs eager. Once a compiled step has succeeded the
+    graphs exist and later steps are not guarded, so a genuine error is not hidden.
+    """
+
+    def __init__(self, loss: Callable[..., Tensor]) -> None:
+        self.compiled = torch.compile(loss, dynamic=False)
+        self.usable = True
+        self.proven = False
+
+    def run(
+        self,
+        loss_and_grad: Callable[[Callable[..., Tensor], Tensor], Tensor],
+        batch: Tensor,
+        eager: Callable[..., Tensor],
+    ) -> Tensor:
+        if self.proven:
+            return loss_and_grad(self.compiled, batch)
+        try:
+            loss = loss_and_grad(self.compiled, batch)
+        except Exception as exc:  # any compiler failure: train eager
+            self.usable = False
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            print(
+                f"hgn: warning: torch.compile failed ({type(exc).__name__}: {reason}); "
+                "training eager (--no-compile skips compiling)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return loss_and_grad(eager, batch)
+        self.proven = True
+        return loss
 
 
 def run_config(run: str | Path) -> dict[str, Any]:
