@@ -308,3 +308,14 @@ def test_usage_mistakes_are_one_line_too(capsys: pytest.CaptureFixture) -> None:
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hgn: error: hgn train: argument --max-minutes")
+
+
+def test_data_from_before_friction_and_offset_is_not_another_dataset() -> None:
+    """Datasets written before the shared constants existed lack friction and offset:
+    they were 0, so the same constants with them spelled out are no difference; a
+    different friction still is."""
+    old = {"system": "mass-spring", "constants": {"k": 2.0, "m": 0.5}, "noise": 0.0}
+    new = {**old, "constants": {"k": 2.0, "m": 0.5, "friction": 0.0, "offset": 0.0}}
+    assert hgn_train.data_mismatch(old, new) is None
+    damped = {**old, "constants": {"k": 2.0, "m": 0.5, "friction": 0.05, "offset": 0.0}}
+    assert "constants" in (hgn_train.data_mismatch(old, damped) or "")

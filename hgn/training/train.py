@@ -35,6 +35,7 @@ from hgn import data as hgn_data
 from hgn.checks import config_from_dict
 from hgn.data import mean_frame, to_frames
 from hgn.models import get_model
+from hgn.physics.systems import System
 from hgn.training.config import (
     RunConfig,
     TrainConfig,
@@ -130,10 +131,17 @@ def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | 
     (``record``, see :func:`trained_on`), or None when it does not (or is not known)."""
     if not record:
         return None
+
+    def known(key: str, values: Any) -> Any:
+        # datasets written before friction and offset existed hold neither: they are 0
+        if key == "constants" and isinstance(values, dict):
+            return {**System.shared, **values}
+        return values
+
     diffs = [
         f"{key} {meta.get(key)!r} (trained on {record.get(key)!r})"
         for key in TRAINED_ON_KEYS
-        if record.get(key) != meta.get(key)
+        if known(key, record.get(key)) != known(key, meta.get(key))
     ]
     if not diffs:
         return None
