@@ -13,9 +13,9 @@ variants so that a burst of load on a shared machine hits them alike):
    ``torch.func.grad`` on K + V, then cumulatively: the first-same-as-last leapfrog, the
    closed-form backward of ∇E, fused Adam (these four run ``hgn/nn.py`` as of commit
    :data:`BEFORE`, read from git), every product in BLAS's fast layout with an in-place
-   backward (what ``hgn flow train`` runs now) and, with ``--compile``, two ways of
+   backward (what ``hgn flow train --no-compile`` runs) and, with ``--compile``, two ways of
    ``torch.compile``: deriving the backward of plain ∇E algebra (what ``--compile`` did
-   before) and tracing the closed-form one (``hgn flow train --compile`` now); their
+   before) and tracing the closed-form one (``hgn flow train``'s default); their
    compilation times are printed too;
 2. per model (NHF before issue 13 and at its defaults; zuko's RealNVP and NSF with 2 and
    3 layers, widths matched to the NHF defaults' parameter count): parameters, training
@@ -164,15 +164,16 @@ VARIANTS: dict[str, tuple[Integrate, Optimiser]] = {
     "first-same-as-last, closed-form ∇E, autograd backward": (_fsal_autograd, _foreach_adam),
     "+ closed-form backward of ∇E": (_main_before, _foreach_adam),
     f"+ fused Adam (main at {BEFORE})": (_main_before, optimiser),
-    "+ BLAS layouts, in-place backward (the default now)": (_default, optimiser),
+    "+ BLAS layouts, in-place backward (--no-compile)": (_default, optimiser),
 }
 
 COMPILED: dict[str, Integrate] = {
     "torch.compile, autograd-derived backward": _autograd_new,
-    "torch.compile, closed-form backward (--compile)": _default,
+    "torch.compile, closed-form backward (the default)": _default,
 }
-"""Ways of running ``hgn flow train --compile``'s step: the compiler deriving the backward
-of plain ∇E algebra, or tracing :class:`hgn.nn._EnergyGrad`'s hand-written one."""
+"""Ways of running ``hgn flow train``'s compiled step (its default): the compiler deriving
+the backward of plain ∇E algebra, or tracing :class:`hgn.nn._EnergyGrad`'s hand-written
+one."""
 
 
 def _use(integrate: Integrate) -> None:
@@ -217,7 +218,7 @@ def training_step_variants(
         for name, (integrate, make) in VARIANTS.items()
     }
     for name, integrate in COMPILED.items() if compile_too else ():
-        _use(integrate)  # as hgn flow train --compile does it
+        _use(integrate)  # as hgn flow train (compiled by default) does it
         compiled = make_step(torch.compile(model.loss, dynamic=False), optimiser)
         t0 = time.perf_counter()
         compiled()
