@@ -402,6 +402,8 @@ def test_colour_weight_counts_only_colour_errors() -> None:
         assert (extra > 1e-3) if adds else abs(extra) < 1e-7, extra
     with pytest.raises(UserError, match="colour_weight"):
         tiny(colour_weight=-1.0)
+    with pytest.raises(UserError, match="kl_weight"):  # NaN is no weight either
+        tiny(kl_weight=float("nan"))
 
 
 def test_encoder_colour_gain_amplifies_colour_only() -> None:

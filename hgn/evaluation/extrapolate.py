@@ -333,12 +333,18 @@ def _has_state_api(model: SequenceModel) -> bool:
     return all(callable(getattr(model, name, None)) for name in ("encode", "rollout", "decode"))
 
 
+def check_align(align: str) -> str:
+    """``--align`` as given, or a one-line error naming the choices."""
+    if align not in ALIGNS:
+        raise UserError(f"--align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    return align
+
+
 def rolled_back(model: SequenceModel, align: str) -> int:
     """Steps the inferred state is taken back before the rollouts start: the model's
     ``state_offset`` with ``align="start"`` (where it has a state API to do it with),
     else 0."""
-    if align not in ALIGNS:
-        raise UserError(f"--align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    check_align(align)
     offset = int(getattr(model, "state_offset", 0))
     return offset if align == "start" and _has_state_api(model) else 0
 
@@ -622,8 +628,7 @@ def extrapolate(
     start = check_start(start)
     check_range(vpt_fraction, "--vpt-fraction", gt=0, le=1)
     drift_steps = positive_int(drift_steps, "drift steps")
-    if align not in ALIGNS:
-        raise UserError(f"--align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    check_align(align)  # before the run is opened
     out = Path(out)
     dev = resolve_device(device)
     model, saved, splits, mismatch = open_run(run, data, out, dev, warn)

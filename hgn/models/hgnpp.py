@@ -175,7 +175,7 @@ class HGNPPConfig:
         if self.dt == 0 or not math.isfinite(self.dt):
             raise UserError(f"model.dt must be a finite non-zero number, got {self.dt}")
         colour = (self.colour_weight or 0.0, self.encoder_colour_gain or 0.0)
-        if min(self.kl_weight, self.warmup, *colour) < 0:
+        if not all(value >= 0 for value in (self.kl_weight, self.warmup, *colour)):  # NaN too
             raise UserError(
                 "model.kl_weight, model.warmup, model.colour_weight and "
                 "model.encoder_colour_gain must be ≥ 0"
