@@ -96,18 +96,15 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
         help="NHF's training objective: the importance-weighted bound or the ELBO",
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
-    if with_steps:  # train: compiled by default (it pays within a 10-minute run)
-        g.add_argument(
-            "--compile", action=argparse.BooleanOptionalAction, default=d.compile,
-            help="train through torch.compile: ~15%% faster steps after a 15-50 s "
-            "compilation at the start, eager if compiling fails (default: on; "
-            "--no-compile for short runs)",
-        )  # fmt: skip
-    else:  # compare: eager unless asked, its throughput probe times eager steps
-        g.add_argument(
-            "--compile", action=argparse.BooleanOptionalAction, default=False,
-            help="train through torch.compile (faster steps after a compilation at the start)",
-        )  # fmt: skip
+    # train: compiled by default (it pays within a 10-minute run); compare: eager unless
+    # asked, its throughput probe times eager steps
+    g.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction,
+        default=d.compile if with_steps else False,
+        help="train through torch.compile: ~15%% faster steps after a 15-50 s compilation "
+        "at the start, eager if compiling fails (default: %(default)s; --no-compile for "
+        "short runs)",
+    )  # fmt: skip
     g.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS,
         help="torch CPU threads (%(default)s: these small networks gain little from more)",
