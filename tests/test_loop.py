@@ -33,8 +33,16 @@ def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, poison_at: int 
     return step
 
 
-def _run(run_dir: Path, steps: int, resume: bool = False, **kw) -> tuple[torch.nn.Module, object]:
+def _run(
+    run_dir: Path, steps: int, resume: bool = False, warm_down: bool = False, **kw
+) -> tuple[torch.nn.Module, object]:
     model, opt = _problem()
+
+    def schedule(fraction: float) -> None:  # lr 0.05 → 0 over the run
+        opt.param_groups[0]["lr"] = 0.05 * (1 - fraction)
+        seen.append(fraction)
+
+    seen: list[float] = []
     result = train_loop(
         run_dir,
         {"model": model, "optimizer": opt},
@@ -42,7 +50,9 @@ def _run(run_dir: Path, steps: int, resume: bool = False, **kw) -> tuple[torch.n
         LoopConfig(steps=steps, seed=3, checkpoint_every=4, log_every=2, tensorboard=False),
         {"lr": 0.05},
         resume=resume,
+        schedule=schedule if warm_down else None,
     )
+    result.fractions = seen  # type: ignore[attr-defined]
     return model, result
 
 
@@ -59,6 +69,20 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     _run(tmp_path / "b", 6)  # "killed" after 6 steps
     resumed, result = _run(tmp_path / "b", 12, resume=True)
     assert result.step == 12
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_schedule_sees_the_run_share_and_resumes_exactly(tmp_path: Path) -> None:
+    """A schedule is called with the share of the run done before each step (by the
+    step budget here), and a run interrupted mid-schedule and resumed ends with the
+    same weights as an uninterrupted one."""
+    whole, result = _run(tmp_path / "a", 12, warm_down=True)
+    assert result.fractions == [i / 12 for i in range(12)]
+    with pytest.raises(UserError):  # "killed" at step 6: the last checkpoint is step 4
+        _run(tmp_path / "b", 12, warm_down=True, poison_at=6)
+    resumed, result = _run(tmp_path / "b", 12, resume=True, warm_down=True)
+    assert result.fractions == [i / 12 for i in range(4, 12)]
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 

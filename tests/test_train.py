@@ -19,7 +19,7 @@ from hgn.cli import main
 from hgn.models import HGN
 from hgn.training.config import EMA_PREFIX, load_model, resolve
 from hgn.training.loop import CHECKPOINT
-from hgn.training.train import Batches, ema_with_warmup
+from hgn.training.train import Batches, decay_factor, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
 torch.set_num_threads(1)
@@ -326,3 +326,13 @@ def test_ddp_on_two_cpu_ranks_matches_one_process(dataset: Path, tmp_path: Path)
     assert a["step"] == b["step"] == 2
     for key, value in a["state"]["model"].items():
         torch.testing.assert_close(value, b["state"]["model"][key], rtol=0, atol=1e-6)
+
+
+def test_learning_rate_warm_down() -> None:
+    """``train.lr_decay``: constant until the last share of the run, then linear to 0."""
+    assert decay_factor(0.5, 0.0) == 1.0 and decay_factor(1.0, 0.0) == 1.0
+    assert decay_factor(0.6, 0.3) == 1.0
+    assert decay_factor(0.85, 0.3) == pytest.approx(0.5)
+    assert decay_factor(1.0, 0.3) == 0.0
+    with pytest.raises(UserError, match=r"train\.lr_decay"):
+        resolve("small", None, "hgn", ["train.lr_decay=1.5"])

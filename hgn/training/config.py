@@ -57,6 +57,10 @@ class TrainConfig:
     saved in the checkpoint (0: off). Small batches and a high learning rate leave the
     weights of the last step noisy; the average over the last ~1/(1 − ema) steps is
     what :func:`load_model` (so ``hgn.load``, evaluation, sampling) returns."""
+    lr_decay: float = 0.0
+    """Share of the run, at its end, over which the learning rate falls linearly from
+    ``lr`` to 0 (0: constant). The share is of whichever budget ends the run, steps or
+    ``max_minutes``, so a time-budgeted run still ends on a fully decayed step."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -66,6 +70,7 @@ class TrainConfig:
         check_range(self.lr, "train.lr", gt=0)
         check_range(self.max_minutes, "train.max_minutes", gt=0)
         check_range(self.ema, "train.ema", ge=0, lt=1)
+        check_range(self.lr_decay, "train.lr_decay", ge=0, le=1)
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"train.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
 

@@ -176,6 +176,7 @@ def train_loop(
     log_images_every: int = 0,
     agree: Callable[[bool], bool] | None = None,
     extra: Mapping[str, Any] | None = None,
+    schedule: Callable[[float], None] | None = None,
 ) -> LoopResult:
     """Run ``step_fn(step)`` for ``step = start … loop.steps - 1`` and checkpoint.
 
@@ -188,6 +189,9 @@ def train_loop(
     steps. ``agree(stop)`` turns this process's wall-clock verdict into one shared by
     all distributed ranks (e.g. an all-reduce), so that they stop at the same step.
     ``extra`` adds plain entries to every checkpoint (e.g. what the run was trained on).
+    ``schedule(fraction)`` is called before every step with the share of the run done,
+    by whichever budget ends it first (steps or wall-clock time), so that a learning-rate
+    schedule ends when the run does, also under a time budget and across resumes.
     A checkpoint whose state holds a non-finite tensor is never written: the run stops
     with a :class:`UserError` and the last good checkpoint stays on disk.
     """
@@ -251,6 +255,9 @@ def train_loop(
             if out_of_time:
                 result.stopped_by = "time"
                 break
+            if schedule is not None:
+                by_time = used / budget if budget else 0.0
+                schedule(min(1.0, max(step / loop.steps, by_time)))
             torch.manual_seed(derive_seed(loop.seed, "step", step))
             metrics = dict(step_fn(step))
             loss = metrics.get("loss", 0.0)

@@ -241,6 +241,16 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
     return update
 
 
+def decay_factor(fraction: float, decay: float) -> float:
+    """The learning rate's factor at ``fraction`` of the run: 1 until the last ``decay``
+    of it, then falling linearly to 0 at its end (a warm-down; with a time budget the
+    end is known in advance, and a model that has been averaged while the steps shrink
+    ends where its noise has settled rather than wherever the last step landed)."""
+    if decay <= 0 or fraction <= 1 - decay:
+        return 1.0
+    return max(0.0, (1.0 - fraction) / decay)
+
+
 def train(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -356,6 +366,12 @@ def train(
             pred = model.predict(preview, preview.shape[1] - 1)["images"]
         tb.add_image("rollout", comparison_strip(preview, pred), step, dataformats="HWC")
 
+    def schedule(fraction: float) -> None:
+        if torch.distributed.is_initialized():  # one learning rate on every rank
+            fraction = float(_all_mean(torch.tensor([fraction], device=dev))[0])
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr * decay_factor(fraction, tc.lr_decay)
+
     loop = LoopConfig(
         steps=tc.steps,
         seed=tc.seed,
@@ -379,6 +395,7 @@ def train(
             log_images_every=tc.image_every,
             agree=_agree_on(dev) if torch.distributed.is_initialized() else None,
             extra={"trained_on": trained_on(split, data)},
+            schedule=schedule if tc.lr_decay else None,
         )
     finally:
         if torch.distributed.is_initialized():
