@@ -228,6 +228,34 @@ def test_curriculum_lengthens_the_horizon_once_the_current_one_is_predicted() ->
     assert {model.loss(x)[1]["horizon"] for _ in range(8)} == {1}
 
 
+def test_consistency_term_trains_the_dynamics_towards_the_encoder_states() -> None:
+    """``consistency_weight``: the rolled-out state at a target frame is pulled towards
+    the encoder's state of the frames ending there; the encoder is its target, not
+    trained by it. It is zero for a rollout that lands on the encoder's states, and does
+    not change when every state is scaled (a shrinking state cannot lower it)."""
+    model = tiny(consistency_weight=1.0).train()
+    x = frames(batch=4)
+    loss, metrics = model.loss(x)
+    assert metrics["consistency"] > 0 and loss.item() > metrics["mse"]
+    model.zero_grad()
+    rows = torch.arange(4)[:, None]
+    with torch.no_grad():  # the start held fixed: any encoder gradient would be the target's
+        start = model.encode(x[:, :3])
+    states = model._integrate(start.q, start.p, 0.125, 6)
+    times = 2 + torch.arange(7).expand(4, -1)
+    model._consistency(x, states, times, rows).backward()
+    assert model.encoder.head.weight.grad is None  # the target: no gradient
+    assert model.kinetic.out.weight.grad is not None and model.potential.out.weight.grad is not None
+    with torch.no_grad():  # a rollout that is the encoder's own states scores 0
+        encoded = [model.encode(x[:, t - 2 : t + 1]) for t in range(2, 9)]
+        exact = State(
+            torch.stack([e.q for e in encoded], 1), torch.stack([e.p for e in encoded], 1)
+        )
+        assert model._consistency(x, exact, times, rows).item() == pytest.approx(0, abs=1e-10)
+    with pytest.raises(UserError, match=r"model\.consistency_weight"):
+        tiny(consistency_weight=-1.0)
+
+
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(UserError, match=r"model\.frames"):
         tiny(frames=3)
