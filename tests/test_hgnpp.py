@@ -252,6 +252,14 @@ def test_consistency_term_trains_the_dynamics_towards_the_encoder_states() -> No
             torch.stack([e.q for e in encoded], 1), torch.stack([e.p for e in encoded], 1)
         )
         assert model._consistency(x, exact, times, rows).item() == pytest.approx(0, abs=1e-10)
+        off = State(exact.q + 0.1, exact.p - 0.2)  # every state, and its target, three times
+        torch.manual_seed(5)  # the same target frames in both calls
+        before = model._consistency(x, off, times, rows).item()  # as large: the same score
+        model.fpsi.net[-1].weight.mul_(3)
+        model.fpsi.net[-1].bias.mul_(3)
+        scaled = State(3 * off.q, 3 * off.p)
+        torch.manual_seed(5)
+        assert model._consistency(x, scaled, times, rows).item() == pytest.approx(before, rel=1e-5)
     with pytest.raises(UserError, match=r"model\.consistency_weight"):
         tiny(consistency_weight=-1.0)
 
