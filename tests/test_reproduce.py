@@ -99,6 +99,7 @@ def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
     assert all(d["profile_settings"] for s in summary["datasets"].values() for d in s.values())
     for datasets in summary["datasets"].values():
         assert datasets["hgnpp"]["steps"] == profile.hgnpp_steps
+        assert datasets["hgnpp"]["train"] == profile.hgnpp_sequences != profile.n_train
         assert datasets["hgnpp"]["noise"] == 0
     models = len(rep.MODEL_ORDER)
     long = len(rep.LONG_MODELS)  # HGN++'s own run: a row of the clean tables
@@ -261,6 +262,15 @@ def test_parallel_jobs_fill_cells_and_keep_logs(tmp_path: Path) -> None:
         assert "train" in (out / "cells" / "pendulum" / model / "log.txt").read_text()
     with pytest.raises(UserError, match="--jobs must be a positive integer"):
         rep.reproduce(out, "smoke", jobs=0)
+
+
+def test_parallel_jobs_start_the_longest_cells_first() -> None:
+    from hgn.experiments.reproduce import run
+
+    small = rep.PROFILES["small"]
+    minutes = {m: run._expected_minutes(small, m) for m in ("hnn", "hgn", "hgn++")}
+    # HNN: two 2-minute runs; HGN: two 3-minute runs; HGN++: those and its 20-minute run
+    assert minutes == {"hnn": 4.0, "hgn": 6.0, "hgn++": 26.0}
 
 
 def test_partial_report_is_labelled(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from hgn.experiments.reproduce import cells, report
 from hgn.experiments.reproduce.profiles import (
     LONG_MODELS,
     MODEL_ORDER,
+    REGIMES,
     SYSTEM_ORDER,
     Profile,
     choose,
@@ -101,8 +102,9 @@ def _wanted(profile: Profile, kind: str) -> dict[str, Any]:
             "noise": 0.0,
         }
     noise = None if kind == "noisy" else 0.0  # None: the paper's noise of each system
+    own = kind == "hgnpp" and profile.hgnpp_sequences is not None
     return {
-        "n_train": profile.n_train,
+        "n_train": profile.hgnpp_sequences if own else profile.n_train,
         "n_test": profile.n_test,
         "steps": profile.hgnpp_steps if kind == "hgnpp" else profile.steps,
         "noise": noise,
@@ -269,10 +271,22 @@ def _run(
                 cells.run_cell(out, chosen, system, model, paths[system], device, progress)
                 bar.update(1)
         else:
+            todo = sorted(todo, key=lambda cell: -_expected_minutes(chosen, cell[1]))
             _run_parallel(out, chosen, todo, paths, device, jobs, say, bar)
     summary = report.build_outputs(out, chosen, requested, command, described)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary
+
+
+def _expected_minutes(profile: Profile, model: str) -> float:
+    """A cell's training budget in minutes (its runs' caps; a run capped by steps alone
+    counts its steps / 1,000), to start the longest cells first: with several jobs, a
+    long cell started last (HGN++'s, with its own long run) would leave the other cores
+    idle at the end."""
+    runs = [cells.train_settings(profile, model)] * len(REGIMES)
+    if model in LONG_MODELS:
+        runs.append(cells.train_settings(profile, model, long=True))
+    return sum(r["max_minutes"] or r["steps"] / 1000 for r in runs)
 
 
 def _announce(say: Any, bar: Any, running: Sequence[tuple[str, str]], queued: Sequence) -> None:
