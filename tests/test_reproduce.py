@@ -285,6 +285,26 @@ def test_partial_report_is_labelled(tmp_path: Path) -> None:
     assert "—" in (out / "table1.md").read_text()
 
 
+def test_a_cell_with_missing_numbers_still_gets_its_report(tmp_path: Path) -> None:
+    """An Euler rollout's learned H can overflow along the 1,000-step drift rollout; the
+    cell records it as missing (None), and the tables, figures and report say so instead
+    of failing at the end of a long run (as the first full small run did)."""
+    out = tmp_path / "r"
+    rep.reproduce(out, "smoke", systems="pendulum", models="hgn-euler", progress=False)
+    path = out / "cells" / "pendulum" / "hgn-euler" / "result.json"
+    record = json.loads(path.read_text())
+    ex = record["extrapolation"]
+    ex["energy_drift"]["relative_spread_mean"] = None
+    ex["rollouts"]["forward"]["vpt_mean"] = None
+    ex["reversible"]["round_trip_relative_error"] = None
+    path.write_text(json.dumps(record))
+    summary = rep.build_outputs(out, rep.PROFILES["smoke"], [("pendulum", "hgn-euler")], "t")
+    assert summary["finished_cells"] == 1
+    row = next(r for r in (out / "extrapolation.md").read_text().splitlines() if "HGN Euler" in r)
+    assert "not finite" in row and "n/a/" in row
+    assert (out / "report.html").is_file()
+
+
 def _fake_cells(
     hgn: float, hnn: float, hnn_ac: float, floor: float = 0.0, std: float = 0.0
 ) -> dict[str, Any]:

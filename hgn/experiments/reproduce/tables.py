@@ -199,7 +199,15 @@ def training_rows(cells: Cells, systems: Sequence[str]) -> tuple[list[str], list
 
 
 def _vpt(r: Mapping[str, Any]) -> str:
-    return f"{r['vpt_mean']:.1f}/{r['steps']}"
+    vpt = r["vpt_mean"]
+    return f"{'n/a' if vpt is None else f'{vpt:.1f}'}/{r['steps']}"
+
+
+def _sci(value: float | None, digits: int = 1) -> str:
+    """A number in scientific notation, or 'not finite' where the cell recorded none: an
+    Euler rollout's learned H can overflow over 1,000 steps, and the cell keeps that as a
+    missing value (:func:`hgn.experiments.reproduce.cells._finite_or_none`)."""
+    return "not finite" if value is None else f"{value:.{digits}e}"
 
 
 def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[str]]]:
@@ -229,9 +237,9 @@ def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[
                 text += " (integrator not reversible)"
             row.append(text)
         row += [_vpt(ex["rollouts"][name]) for name in ROLLOUT_NAMES]
-        row.append(f"{ex['energy_drift']['relative_spread_mean']:.1e}")
+        row.append(_sci(ex["energy_drift"]["relative_spread_mean"]))
         trip = rev.get("round_trip_relative_error")
-        how = "" if trip is None else f" (round trip {trip:.0e})"
+        how = "" if trip is None else f" (round trip {_sci(trip, 0)})"
         row.append(("yes" if rev["reversible"] else "no") + how)
         rows.append(row)
     return header, rows
