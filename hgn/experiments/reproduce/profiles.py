@@ -235,7 +235,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "small": Profile(
         name="small",
-        description="a CPU-sized comparison (2 cores: 2 h 33 min with --jobs 2, measured): "
+        description="a CPU-sized comparison (2 cores: 2 h 34 min with --jobs 2, measured): "
         "32×32 images, the paper's 30-step sequences with and without its observation "
         "noise, 1,000 training sequences per system, 90-step clean test sequences for "
         "extrapolation, the narrower networks of `hgn train --profile small`; 3 minutes "
