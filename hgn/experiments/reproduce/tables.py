@@ -203,11 +203,11 @@ def _vpt(r: Mapping[str, Any]) -> str:
     return f"{'n/a' if vpt is None else f'{vpt:.1f}'}/{r['steps']}"
 
 
-def _sci(value: float | None, digits: int = 1) -> str:
+def _sci(value: float | None) -> str:
     """A number in scientific notation, or 'not finite' where the cell recorded none: an
     Euler rollout's learned H can overflow over 1,000 steps, and the cell keeps that as a
     missing value (:func:`hgn.experiments.reproduce.cells._finite_or_none`)."""
-    return "not finite" if value is None else f"{value:.{digits}e}"
+    return "not finite" if value is None else f"{value:.1e}"
 
 
 def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[str]]]:
@@ -239,7 +239,7 @@ def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[
         row += [_vpt(ex["rollouts"][name]) for name in ROLLOUT_NAMES]
         row.append(_sci(ex["energy_drift"]["relative_spread_mean"]))
         trip = rev.get("round_trip_relative_error")
-        how = "" if trip is None else f" (round trip {_sci(trip, 0)})"
+        how = "" if trip is None else f" (round trip {trip:.0e})"
         row.append(("yes" if rev["reversible"] else "no") + how)
         rows.append(row)
     return header, rows
