@@ -35,7 +35,7 @@ from hgn.flows.targets import (
     load_array,
 )
 from hgn.flows.train import evaluate, matched, time_to_level, train
-from hgn.utils import UserError, derive_seed
+from hgn.utils import UserError, derive_seed, load_checkpoint
 
 
 def small_nhf(dim: int = 2, **kw) -> NHF:
@@ -301,6 +301,30 @@ def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="already holds a run"):
         train("gmm", tmp_path / "a", config, short, tensorboard=False)
+
+
+def test_time_budget_schedule_warms_up_and_ends_decayed(tmp_path) -> None:
+    """Without --steps the run is its time budget and the cosine follows the clock: the
+    first step is the smallest rate, the warm-up counts from the end of the first
+    (compiling) step, the rate ends near zero when the budget does, and a resumed run
+    does not warm up again (its Adam moments are restored)."""
+    cfg = FlowTrainConfig(lr=1e-2, warmup=0.1, compile=False)
+    assert cfg.steps is None and cfg.max_minutes is None  # train() gives DEFAULT_MINUTES
+    assert cfg.lr_at(0, 0.0, math.inf) == pytest.approx(1e-5)
+    assert cfg.lr_at(1, 0.3, 0.3) == pytest.approx(1e-5 * 0.5 * (1 + math.cos(0.3 * math.pi)))
+    assert cfg.lr_at(9, 0.35, 0.3) == pytest.approx(0.5e-2 * (1 + math.cos(0.35 * math.pi)) / 2)
+    assert cfg.lr_at(99, 0.5, 0.3) == pytest.approx(0.5e-2)
+    assert cfg.lr_at(99, 0.05, None) == pytest.approx(0.5e-2 * (1 + math.cos(0.05 * math.pi)))
+    assert cfg.lr_at(99, 1.0, 0.3) == pytest.approx(0.0, abs=1e-12)
+
+    config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
+    timed = FlowTrainConfig(batch_size=16, max_minutes=0.03, warmup=0.3, compile=False)
+    result = train("gmm", tmp_path / "t", config, timed, tensorboard=False)
+    lrs = [h["lr"] for h in result.history]
+    assert result.stopped_by == "time" and result.step > 10
+    assert lrs[0] < 0.5 * max(lrs) and lrs[-1] < 0.1 * max(lrs)  # warmed up, decayed
+    saved = load_checkpoint(tmp_path / "t" / "checkpoint.pt")["config"]["train"]
+    assert saved["steps"] is None and saved["max_minutes"] == 0.03
 
 
 def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:

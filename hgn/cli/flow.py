@@ -71,14 +71,16 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
-    from hgn.flows.train import FlowTrainConfig
+    from hgn.flows.train import DEFAULT_MINUTES, FlowTrainConfig
 
     d = FlowTrainConfig()
     g = p.add_argument_group("training")
     if with_steps:  # compare sets each model's steps from its time budget
         g.add_argument(
             "--steps", type=int, default=None,
-            help=f"training steps ({d.steps}; on --resume: the run's own)",
+            help="train exactly this many steps (the schedule follows the steps: "
+            "reproducible to the bit); default: a time budget (--max-minutes, "
+            f"{DEFAULT_MINUTES:g} if neither is given); on --resume: the run's own",
         )  # fmt: skip
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (%(default)s)")
@@ -243,7 +245,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``flow`` group and its sub-commands to the top-level parser."""
     from hgn.cli import add_progress_flag
-    from hgn.flows.train import DEFAULT_MODELS
+    from hgn.flows.train import DEFAULT_MINUTES, DEFAULT_MODELS
 
     flow = sub.add_parser("flow", help="Neural Hamiltonian Flows: density estimation")
     fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="COMMAND")
@@ -253,8 +255,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoint, TensorBoard)")
     p.add_argument(
         "--max-minutes", type=float, default=None,
-        help="wall-clock budget of this invocation (on --resume without it: what is left "
-        "of the run's saved budget)",
+        help="wall-clock budget of this invocation, compilation included; without --steps "
+        "the learning-rate schedule follows the clock and ends with it (default: "
+        f"{DEFAULT_MINUTES:g} minutes when --steps is not given either; on --resume "
+        "without it: what is left of the run's saved budget)",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(

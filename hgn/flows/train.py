@@ -40,6 +40,10 @@ from hgn.utils import (
 )
 
 EVAL_FILE = "eval.json"
+DEFAULT_MINUTES = 9.5
+"""The budget of a flow run given neither steps nor minutes (:class:`FlowTrainConfig`)."""
+STEP_CAP = 10**9
+"""The step budget of a run given in minutes alone: never the one that ends it."""
 TRAIN_KIND = "flow train"
 COMPARE_KIND = "flow compare"
 
@@ -49,16 +53,20 @@ class FlowTrainConfig:
     """Optimisation settings of one flow run (the architecture is the model's own config).
 
     The learning rate warms up linearly for ``warmup`` of the run, then follows a cosine
-    to zero at ``steps``: a function of the step alone, so resumed runs match.
-    ``max_minutes`` is the run's wall-clock budget (``None``: steps only).
+    to zero at its end. The run is ``steps`` steps when they are given (the schedule is
+    then a function of the step alone: bit-exact on any machine and across resumes;
+    ``max_minutes``, if also given, only stops it), else ``max_minutes`` of wall-clock
+    time, and the schedule follows the clock so that it ends, fully decayed, when the
+    budget does, on a fast machine or a slow one.
     """
 
-    steps: int = 10500
-    """Compiled, 10,500 steps take ~8-9 minutes on one shared core, compilation included
-    (22.4 steps/s after a ~21 s compilation, the other core busy; docs/RESULTS.md, issue
-    13): the checkerboard gap falls with steps (seed 0: 0.155 after 8,000, 0.146 after
-    9,000, 0.139 after 12,000), so the default fills the 10-minute budget with a margin
-    for a busier machine or a cold compilation cache."""
+    steps: int | None = None
+    max_minutes: float | None = None
+    """Neither budget given: :data:`DEFAULT_MINUTES` of training, compilation included,
+    whatever that buys on the machine. The checkerboard gap is training-limited (seed 0: 0.155 after
+    8,000 steps, 0.146 after 9,000, 0.139 after 12,000; docs/RESULTS.md, issue 13), and a
+    fixed step count that fits 10 minutes on a slow shared core wastes half of them on a
+    fast one. ``--steps N`` trains exactly N steps instead (reproducible to the bit)."""
     batch_size: int = 512
     lr: float = 1e-2
     warmup: float = 0.02
@@ -69,7 +77,6 @@ class FlowTrainConfig:
     NLL after 3,000 steps from 3.787 (ELBO, K = 1) to 3.710 for 2.2 × the time a step."""
     clip: float = 10.0
     seed: int = 0
-    max_minutes: float | None = None
     compile: bool = True
     """Train through ``torch.compile``: it fuses the element-wise work of the leapfrog and
     its hand-written backward, which is most of an eager NHF step (43.6 against 51.3 ms at
@@ -79,7 +86,8 @@ class FlowTrainConfig:
     goes on eager; ``--no-compile`` skips it (short runs, tests)."""
 
     def __post_init__(self) -> None:
-        check_int(self.steps, "--steps", 1, 10**9)
+        if self.steps is not None:
+            check_int(self.steps, "--steps", 1, 10**9)
         check_int(self.batch_size, "--batch-size", 1, 1 << 20)
         check_int(self.n_samples, "--n-samples", 1, 4096)
         check_int(self.seed, "--seed", 0, 2**63 - 1)
@@ -92,7 +100,18 @@ class FlowTrainConfig:
         if not isinstance(self.compile, bool):
             raise UserError(f"compile must be true or false, got {self.compile!r}")
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, fraction: float = 0.0, warm_from: float | None = None) -> float:
+        """The learning rate of ``step``. In a run of ``max_minutes`` alone (no ``steps``)
+        it follows ``fraction``, the share of the time budget spent: a cosine over the
+        budget, times a linear warm-up over ``warmup`` of it counted from ``warm_from``,
+        the share spent when the first step (and with it the compilation) ended; at that
+        first step ``warm_from`` is not known yet (the smallest rate), and a resumed run,
+        whose Adam moments are restored, passes ``warm_from=None`` for no warm-up."""
+        if self.steps is None:
+            cosine = 0.5 * self.lr * (1 + math.cos(math.pi * min(fraction, 1.0)))
+            if warm_from is None or not self.warmup:
+                return cosine
+            return cosine * min(1.0, max((fraction - warm_from) / self.warmup, 1e-3))
         warm = max(1, round(self.warmup * self.steps))
         if step < warm:
             return self.lr * (step + 1) / warm
@@ -180,6 +199,8 @@ def train(
         if budget_from_now:
             budgets["max_minutes"] = cfg.max_minutes
         cfg = config_from_dict(FlowTrainConfig, {**saved["train"], **budgets}, "train")
+    elif cfg.steps is None and cfg.max_minutes is None:
+        cfg = replace(cfg, max_minutes=DEFAULT_MINUTES)
     data = data_source(target, cfg.seed)
     model_config = {**model_config, "dim": data.dim}
     torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -201,7 +222,12 @@ def train(
 
     def step_fn(step: int) -> dict[str, float]:
         start = clock.setdefault("start", time.perf_counter())
-        lr = cfg.lr_at(step)
+        fraction = clock.get("fraction", 0.0)
+        if clock.setdefault("first", step) == 0:  # a fresh run warms up (lr_at)
+            warm_from = clock.setdefault("warm_from", fraction) if step > 0 else math.inf
+        else:
+            warm_from = None
+        lr = cfg.lr_at(step, fraction, warm_from)
         for group in adam.param_groups:
             group["lr"] = lr
         batch = data.sample_train(cfg.batch_size)
@@ -228,8 +254,12 @@ def train(
         "standardise": standardise,
         "parameters": n_parameters(model),
     }
+
+    def schedule(fraction: float) -> None:  # the share of the run done, by either budget
+        clock["fraction"] = fraction
+
     loop = LoopConfig(
-        steps=cfg.steps,
+        steps=STEP_CAP if cfg.steps is None else cfg.steps,
         seed=cfg.seed,
         max_minutes=cfg.max_minutes,
         log_every=25,
@@ -239,8 +269,9 @@ def train(
         budget_from_now=budget_from_now,
     )
     result = train_loop(
-        out, {"model": model, "optimiser": adam}, step_fn, loop, config, resume=resume
-    )
+        out, {"model": model, "optimiser": adam}, step_fn, loop, config, resume=resume,
+        schedule=schedule,
+    )  # fmt: skip
     if "start" in clock and snapshots is not None:  # the trained model, at its own time
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         last = snapshots[-1].step if snapshots else -1

@@ -477,19 +477,24 @@ class HGNPP(SequenceModel):
             loss = loss + cfg.colour_weight * (error - error.mean(-3, keepdim=True)).square().mean()
         metrics = {"mse": mse.item(), "kl": kl.item(), "horizon": horizon}
         if cfg.consistency_weight and horizon > 0:
-            consistency = self._consistency(frames, states, times, rows)
+            distance = self._consistency(frames, states, times, rows)
+            consistency = distance.clamp(max=1.0).mean()
             loss = loss + warm * cfg.consistency_weight * consistency
-            metrics["consistency"] = consistency.item()
+            metrics["consistency"] = distance.mean().item()
         if self.training and cfg.grow_below:
             self._grow(mse.detach(), target, horizon)
         return loss, {"loss": loss.item(), **metrics}
 
     def _consistency(self, frames: Tensor, states: State, times: Tensor, rows: Tensor) -> Tensor:
-        """The latent consistency term (``consistency_weight``): at one random rolled-out
-        step per sequence, the squared distance of the state to the encoder's state of
-        the k frames ending at that frame (no gradient into the encoder: it is the
-        target), summed over the state's numbers, over the same sum of the targets'
-        variances in the batch (so shrinking the state's scale cannot lower it)."""
+        """Per sequence ``(B,)``, the distance the latent consistency term
+        (``consistency_weight``) penalises: at one random rolled-out step, the squared
+        distance of the state to the encoder's state of the k frames ending at that frame
+        (no gradient into the encoder: it is the target), summed over the state's
+        numbers, over the same sum of the targets' variances in the batch (so shrinking
+        the state's scale cannot lower it). :meth:`loss` caps it at 1 per sequence: a
+        rollout further from its target than a random other state is has lost the
+        sequence (chaos: three-body), and pulling it back drove the latent scale up
+        until training diverged (measured: issue 12)."""
         k = self.context_frames
         horizon = states.q.shape[1] - 1
         pick = torch.randint(1, horizon + 1, (len(frames), 1), device=frames.device)
@@ -500,7 +505,7 @@ class HGNPP(SequenceModel):
             target = torch.cat([target.q, target.p], dim=-1)
         rolled = torch.cat([states.q[rows, pick], states.p[rows, pick]], dim=-1)[:, 0]
         spread = target.var(0).sum().clamp_min(1e-8) if len(target) > 1 else 1.0
-        return (rolled.float() - target.float()).square().sum(1).mean() / spread
+        return (rolled.float() - target.float()).square().sum(1) / spread
 
     def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
         """Images at the times of frames ``0, dt, 2dt, …`` of ``frames``, like every
