@@ -243,7 +243,7 @@ def test_consistency_term_trains_the_dynamics_towards_the_encoder_states() -> No
         start = model.encode(x[:, :3])
     states = model._integrate(start.q, start.p, 0.125, 6)
     times = 2 + torch.arange(7).expand(4, -1)
-    model._consistency(x, states, times, rows).backward()
+    model._consistency(x, states, times, rows).sum().backward()
     assert model.encoder.head.weight.grad is None  # the target: no gradient
     assert model.kinetic.out.weight.grad is not None and model.potential.out.weight.grad is not None
     with torch.no_grad():  # a rollout that is the encoder's own states scores 0
@@ -251,15 +251,26 @@ def test_consistency_term_trains_the_dynamics_towards_the_encoder_states() -> No
         exact = State(
             torch.stack([e.q for e in encoded], 1), torch.stack([e.p for e in encoded], 1)
         )
-        assert model._consistency(x, exact, times, rows).item() == pytest.approx(0, abs=1e-10)
+        assert model._consistency(x, exact, times, rows).abs().max().item() < 1e-10
         off = State(exact.q + 0.1, exact.p - 0.2)  # every state, and its target, three times
         torch.manual_seed(5)  # the same target frames in both calls
-        before = model._consistency(x, off, times, rows).item()  # as large: the same score
+        before = model._consistency(x, off, times, rows)  # as large: the same score
         model.fpsi.net[-1].weight.mul_(3)
         model.fpsi.net[-1].bias.mul_(3)
         scaled = State(3 * off.q, 3 * off.p)
         torch.manual_seed(5)
-        assert model._consistency(x, scaled, times, rows).item() == pytest.approx(before, rel=1e-5)
+        after = model._consistency(x, scaled, times, rows)
+        assert torch.allclose(after, before, rtol=1e-5)
+
+    # the loss caps each sequence's distance at 1 (past the spread of the encoder's
+    # states a rollout has lost its sequence: pulling it back made three-body diverge)
+    distance = torch.tensor([0.5, 3.0, 0.25, 7.0], requires_grad=True)
+    model._consistency = lambda *args: distance  # type: ignore[method-assign]
+    loss, metrics = model.loss(x)
+    loss.backward()
+    assert metrics["consistency"] == pytest.approx(distance.mean().item())  # logged uncapped
+    warm = model._schedule()[1]
+    assert torch.allclose(distance.grad, warm * torch.tensor([0.25, 0.0, 0.25, 0.0]))
     with pytest.raises(UserError, match=r"model\.consistency_weight"):
         tiny(consistency_weight=-1.0)
 
