@@ -15,7 +15,7 @@ import numpy as np
 from hgn import plots
 from hgn.evaluation.evaluate import SCALE
 from hgn.experiments.reproduce.profiles import HNN_MODELS, MODEL_LABELS, MODEL_ORDER, REGIMES
-from hgn.experiments.reproduce.tables import ROLLOUT_NAMES, Cells
+from hgn.experiments.reproduce.tables import ROLLOUT_NAMES, Cells, extrapolation_label
 
 COLOURS = {
     "hnn": "#7f7f7f",
@@ -158,7 +158,8 @@ def figure_extrapolation(cells: Cells, systems: Sequence[str], path: Path) -> No
                 ratio = _curve(r["per_step_mse"]) / np.maximum(
                     _curve(r["per_step_mean_image_mse"]), 1e-30
                 )
-                ax.plot(when, ratio, color=COLOURS[model], lw=1.2, label=MODEL_LABELS[model])
+                label = extrapolation_label(record, model)
+                ax.plot(when, ratio, color=COLOURS[model], lw=1.2, label=label)
             ax.axhline(0.5, color="k", ls=":", lw=1)
             ax.axhline(1.0, color="0.5", ls="--", lw=0.8)
             ax.set_yscale("log")

@@ -210,6 +210,12 @@ def _sci(value: float | None) -> str:
     return "not finite" if value is None else f"{value:.1e}"
 
 
+def extrapolation_label(record: Mapping[str, Any], model: str) -> str:
+    """A model's name in the extrapolation table and figure: HGN++'s says when its
+    numbers come from its own long-data run rather than the 30-step one."""
+    return LONG_LABEL if record.get("extrapolation_run") == LONG_RUN else MODEL_LABELS[model]
+
+
 def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[str]]]:
     """The extrapolation protocol on ``system``'s clean long test set: per model, each
     rollout's MSE as a fraction of the mean image's on the same frames, its valid
@@ -230,7 +236,7 @@ def extrapolation_rows(cells: Cells, system: str) -> tuple[list[str], list[list[
             continue
         ex = record["extrapolation"]
         rev = ex["reversible"]
-        row = [LONG_LABEL if record.get("extrapolation_run") == LONG_RUN else MODEL_LABELS[model]]
+        row = [extrapolation_label(record, model)]
         for name in ROLLOUT_NAMES:
             text = fmt(ex["rollouts"][name]["ratio"])
             if name == "backward" and not rev["reversible"]:
