@@ -63,10 +63,14 @@ class FlowTrainConfig:
     steps: int | None = None
     max_minutes: float | None = None
     """Neither budget given: :data:`DEFAULT_MINUTES` of training, compilation included,
-    whatever that buys on the machine. The checkerboard gap is training-limited (seed 0: 0.155 after
-    8,000 steps, 0.146 after 9,000, 0.139 after 12,000; docs/RESULTS.md, issue 13), and a
-    fixed step count that fits 10 minutes on a slow shared core wastes half of them on a
-    fast one. ``--steps N`` trains exactly N steps instead (reproducible to the bit)."""
+    whatever that buys on the machine. The checkerboard gap is training-limited (seed 0:
+    0.155 after 8,000 steps, 0.143 after 10,500, 0.122 after the 17,642 that 9.5 minutes
+    bought on the 2-core machine of 2026-12-06; docs/RESULTS.md, issue 13), and a fixed
+    count sized for a slower shared core (the earlier default, 10,500 steps) is 60 % of
+    what 9.5 minutes buy on that machine. ``--steps N`` trains exactly N steps instead
+    (reproducible to the bit). ``--resume --max-minutes M`` continues for M minutes on
+    a schedule of its own (from the peak rate: the Adam moments are restored, so
+    without a warm-up)."""
     batch_size: int = 512
     lr: float = 1e-2
     warmup: float = 0.02
