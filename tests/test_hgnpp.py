@@ -114,6 +114,21 @@ def test_substeps_never_exceed_the_trained_step() -> None:
         substeps_for(float("nan"), 0.125)
 
 
+def test_training_substeps_set_the_trained_integration_step() -> None:
+    """``model.substeps = 2``: training integrates two leapfrog steps per frame, and a
+    rollout at the frame rate is the same as a 1-substep model's at half the frame
+    step, every other state; the loss trains with it."""
+    fine = tiny(substeps=2).double()
+    s = State(torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64))
+    half = fine._integrate(s.q, s.p, fine.config.dt / 2, 12)
+    torch.testing.assert_close(fine.rollout(s, 6).q, half.q[:, ::2], atol=1e-12, rtol=0)
+    torch.testing.assert_close(fine.rollout(s, 3, 2 * fine.config.dt).q, half.q[:, ::4])
+    loss, _ = tiny(substeps=2).train().loss(frames())
+    assert torch.isfinite(loss)
+    with pytest.raises(UserError, match=r"model\.substeps must be positive"):
+        tiny(substeps=0)
+
+
 @pytest.mark.parametrize("name", ["hgn++", "hgn"])
 def test_faster_rollout_takes_trained_steps(name: str) -> None:
     """2× speed = every other state of the trained-step rollout, for both models (the

@@ -103,7 +103,10 @@ class HGNPPConfig:
     decoder_filters: list[int] = field(default_factory=lambda: [64])
     """HGN's decoder widths: stem and up-sampling blocks, coarse to fine (the last repeats)."""
     dt: float = 0.125
-    """The trained time step (follows the data); rollouts never integrate a longer one."""
+    """The time between frames (follows the data)."""
+    substeps: int = 1
+    """Leapfrog steps per frame in training: the trained integration step is
+    ``dt / substeps``, and rollouts at any speed never integrate a longer one."""
     kl_weight: float = 0.1
     """β: weight of the KL term (both terms are per pixel and time step)."""
     forward_backward: bool = True
@@ -154,7 +157,7 @@ class HGNPPConfig:
     def __post_init__(self) -> None:
         for key in (
             "image_size", "context_frames", "state_dim", "fpsi_hidden", "energy_hidden",
-            "energy_layers", "latent_channels", "latent_size",
+            "energy_layers", "latent_channels", "latent_size", "substeps",
         ):  # fmt: skip
             if getattr(self, key) <= 0:
                 raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
@@ -389,9 +392,10 @@ class HGNPP(SequenceModel):
     def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
         """One state per ``dt`` for ``steps`` steps, ``(B, steps+1, n)`` each; dt defaults
         to the trained one, < 0 runs backwards, and no integration step is longer than
-        the trained dt (:func:`hgn.models.base.substeps_for`)."""
-        dt = self.config.dt if dt is None else check_dt(dt)
-        return self._integrate(state.q, state.p, dt, steps, substeps_for(dt, self.config.dt))
+        the trained integration step, ``dt / substeps`` (:func:`hgn.models.base.substeps_for`)."""
+        cfg = self.config
+        dt = cfg.dt if dt is None else check_dt(dt)
+        return self._integrate(state.q, state.p, dt, steps, substeps_for(dt, cfg.dt / cfg.substeps))
 
     def decode(self, q: Tensor) -> Tensor:
         """Images of positions with any leading axes ``(..., n)`` → ``(..., 3, S, S)``."""
@@ -458,7 +462,7 @@ class HGNPP(SequenceModel):
         kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1).mean()
         s0 = self.initial_state(z)
         sign = torch.where(backward, -1.0, 1.0)[:, None]
-        states = self._integrate(s0.q, s0.p, sign * cfg.dt, horizon)  # (B, horizon+1, n)
+        states = self._integrate(s0.q, s0.p, sign * cfg.dt, horizon, cfg.substeps)  # (B, H+1, n)
         offsets = torch.arange(horizon + 1, device=device)
         times = torch.where(backward[:, None], window - 1 - offsets, k - 1 + offsets)
         picked = offsets.expand(batch, -1)
