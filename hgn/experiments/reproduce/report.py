@@ -264,10 +264,13 @@ def write_report(out: Path, summary: Mapping[str, Any], figures: Mapping[str, An
 def _markdown(out: Path, summary: Mapping[str, Any], profile: Profile, command: str) -> None:
     """table1.md, table2.md, extrapolation.md and samples.md."""
     cells, systems = summary["cells"], summary["systems"]
-    made = (
-        f"Profile `{profile.name}`; made by `{command}`. Ours: mean ± sd over sequences, ×1e4. "
-        "— = cell not run yet.\n\n"
+    # every command into a directory rebuilds its outputs from all the finished cells,
+    # including those earlier commands (e.g. of other --systems) computed and left alone
+    provenance = (
+        f"Profile `{profile.name}`; last built by `{command}`, from every finished cell in "
+        "this directory (cells finished by earlier commands are kept, not recomputed)."
     )
+    made = f"{provenance} Ours: mean ± sd over sequences, ×1e4. — = cell not run yet.\n\n"
     checks_md = "\n".join(f"- {line}" for line in check_lines(summary["checks"]))
     write_text(
         out / "table1.md",
@@ -302,7 +305,7 @@ def _markdown(out: Path, summary: Mapping[str, Any], profile: Profile, command: 
     )
     parts = [
         "# Extrapolation (clean long test sequences)\n",
-        f"Profile `{profile.name}`; made by `{command}`.\n",
+        f"{provenance}\n",
         EXTRAPOLATION_NOTE.format(**_hgnpp_notes(profile.settings())) + "\n",
     ]
     for system in systems:
@@ -311,7 +314,7 @@ def _markdown(out: Path, summary: Mapping[str, Any], profile: Profile, command: 
     write_text(out / "extrapolation.md", "\n".join(parts))
     parts = [
         "# Samples read back as physics\n",
-        f"Profile `{profile.name}`; made by `{command}`. Prior samples of every generative "
+        f"{provenance} Prior samples of every generative "
         "model, read back with hgn.evaluation.physics (body positions from colours, "
         "momenta by finite differences, the system's true H); energy spread = std/|mean| "
         "of that H along a sample, median (p90) over samples; ratio 1 = as physical as the "
