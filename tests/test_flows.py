@@ -318,13 +318,13 @@ def test_time_budget_schedule_warms_up_and_ends_decayed(tmp_path) -> None:
     assert cfg.lr_at(99, 1.0, 0.3) == pytest.approx(0.0, abs=1e-12)
 
     config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
-    timed = FlowTrainConfig(batch_size=16, max_minutes=0.03, warmup=0.3, compile=False)
+    timed = FlowTrainConfig(batch_size=16, max_minutes=0.05, warmup=0.5, compile=False)
     result = train("gmm", tmp_path / "t", config, timed, tensorboard=False)
     lrs = [h["lr"] for h in result.history]
     assert result.stopped_by == "time" and result.step > 10
     assert lrs[0] < 0.5 * max(lrs) and lrs[-1] < 0.1 * max(lrs)  # warmed up, decayed
     saved = load_checkpoint(tmp_path / "t" / "checkpoint.pt")["config"]["train"]
-    assert saved["steps"] is None and saved["max_minutes"] == 0.03
+    assert saved["steps"] is None and saved["max_minutes"] == 0.05
 
 
 def test_evaluate_reports_nll_and_checks_dimensions(tmp_path) -> None:
