@@ -227,10 +227,10 @@ def train(
     def step_fn(step: int) -> dict[str, float]:
         start = clock.setdefault("start", time.perf_counter())
         fraction = clock.get("fraction", 0.0)
-        if clock.setdefault("first", step) == 0:  # a fresh run warms up (lr_at)
-            warm_from = clock.setdefault("warm_from", fraction) if step > 0 else math.inf
-        else:
+        if saved is not None:  # resumed: no warm-up (lr_at)
             warm_from = None
+        else:  # fresh: warm up from the end of the first (compiling) step
+            warm_from = clock.setdefault("warm_from", fraction) if step > 0 else math.inf
         lr = cfg.lr_at(step, fraction, warm_from)
         for group in adam.param_groups:
             group["lr"] = lr
