@@ -336,3 +336,43 @@ def test_learning_rate_warm_down() -> None:
     assert decay_factor(1.0, 0.3) == 0.0
     with pytest.raises(UserError, match=r"train\.lr_decay"):
         resolve("small", None, "hgn", ["train.lr_decay=1.5"])
+
+
+def test_prioritised_batches_draw_by_error_and_resume_their_state(dataset: Path) -> None:
+    """``train.prioritize``: a share of the draws follows each sequence's latest error;
+    a sequence drawn twice keeps the mean of its errors; the errors are saved state."""
+    split = hgn_data.load(dataset, "train")
+    batches = Batches(split, 4, 400, torch.device("cpu"), prioritize=0.5)
+    torch.manual_seed(0)
+    batches()
+    assert set(batches.rows.tolist()) == set(range(len(split)))  # unseen ones come first
+    batches.record(torch.where(batches.rows == 3, 0.5, 0.01))
+    expect = torch.full((8,), 0.01, dtype=torch.float64)
+    expect[3] = 0.5
+    torch.testing.assert_close(batches.errors, expect)
+    batches()
+    share = float((batches.rows == 3).double().mean())
+    expected = 0.5 / 8 + 0.5 * 0.5 / (0.5 + 7 * 0.01)  # uniform share + error share
+    assert abs(share - expected) < 0.08, (share, expected)
+    batches.rows = torch.tensor([2, 2])
+    batches.record(torch.tensor([0.1, 0.3]))
+    assert float(batches.errors[2]) == pytest.approx(0.2)
+    again = Batches(split, 4, 400, torch.device("cpu"), prioritize=0.5)
+    again.load_state_dict(batches.state_dict())
+    torch.manual_seed(1)
+    first = batches()
+    torch.manual_seed(1)
+    torch.testing.assert_close(again(), first)
+    torch.testing.assert_close(again.rows, batches.rows)
+    with pytest.raises(UserError, match="sampling state covers 3 sequences"):
+        again.load_state_dict({"errors": torch.ones(3)})
+
+
+def test_prioritised_sampling_needs_a_model_that_reports_errors(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train = ["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--steps", "1"]
+    message = error_of([*train, *sets("train.prioritize=0.5")], capsys)
+    assert "train.prioritize needs a model that reports per-sequence errors" in message
+    assert not (tmp_path / "r").exists()
+    assert "train.prioritize" in error_of([*train, *sets("train.prioritize=1.5")], capsys)

@@ -46,6 +46,12 @@ class SequenceModel(nn.Module):
     ``encode`` returns (0: the first, as in the paper's HGN; HGN++ infers the state at
     the last frame it reads). Protocols that call ``encode`` and ``rollout`` align the
     rollout's first state with frame ``state_offset``; ``predict`` does it for them."""
+    reports_sequence_errors: ClassVar[bool] = False
+    """Whether :meth:`loss` sets :attr:`sequence_errors`."""
+    sequence_errors: Tensor | None = None
+    """Set by :meth:`loss` in training where a model supports prioritised sampling
+    (``train.prioritize``): the reconstruction error of each sequence of the batch,
+    ``(B,)``, detached. None: the model does not report it."""
 
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -304,6 +304,7 @@ class HGNPP(SequenceModel):
     both ways in time → decode q; trained forwards and backwards as a temporal VAE."""
 
     Config = HGNPPConfig
+    reports_sequence_errors = True
 
     def __init__(self, config: HGNPPConfig) -> None:
         super().__init__()
@@ -474,6 +475,9 @@ class HGNPP(SequenceModel):
         target = frames[rows, times[rows, picked]]
         recon = self.decode(q)
         mse = F.mse_loss(recon.float(), target.float())
+        if self.training:
+            with torch.no_grad():
+                self.sequence_errors = (recon.float() - target.float()).square().flatten(1).mean(1)
         pixels = frames[0, 0].numel() * (horizon + 1)
         loss = mse + warm * cfg.kl_weight * kl / pixels
         if cfg.colour_weight:

@@ -61,6 +61,13 @@ class TrainConfig:
     """Share of the run, at its end, over which the learning rate falls linearly from
     ``lr`` to 0 (0: constant). The share is of whichever budget ends the run, steps or
     ``max_minutes``, so a time-budgeted run still ends on a fully decayed step."""
+    prioritize: float = 0.0
+    """Share of the sampling probability of training sequences given in proportion to
+    each sequence's latest reconstruction error (0: every sequence equally likely; 1:
+    only by error). Uniform sampling trains the common motions most; the rare ones at
+    the edges of the data's distribution (a pendulum's smallest and largest swings) are
+    then the ones a rollout fails on (measured: issue 10). Needs a model that reports
+    per-sequence errors (``SequenceModel.sequence_errors``)."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -71,6 +78,7 @@ class TrainConfig:
         check_range(self.max_minutes, "train.max_minutes", gt=0)
         check_range(self.ema, "train.ema", ge=0, lt=1)
         check_range(self.lr_decay, "train.lr_decay", ge=0, le=1)
+        check_range(self.prioritize, "train.prioritize", ge=0, le=1)
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"train.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
 

@@ -89,7 +89,12 @@ class Batches:
     """
 
     def __init__(
-        self, split: hgn_data.Split, frames: int, batch_size: int, device: torch.device
+        self,
+        split: hgn_data.Split,
+        frames: int,
+        batch_size: int,
+        device: torch.device,
+        prioritize: float = 0.0,
     ) -> None:
         self.frames, self.batch_size, self.device = frames, batch_size, device
         self.rank, self.world = _rank(), _world()
@@ -97,11 +102,22 @@ class Batches:
         self.length = images.shape[1]
         self.in_memory = int(np.prod(images.shape)) <= IN_MEMORY_BYTES
         self.images = torch.from_numpy(np.array(images)) if self.in_memory else images
+        self.prioritize = prioritize
+        # each sequence's latest error; unseen ones start at 1, above any per-pixel error
+        # of images in [0, 1], so the error-driven share visits every sequence early on
+        self.errors = torch.ones(len(images), dtype=torch.float64)
+        self.rows = torch.zeros(0, dtype=torch.long)
 
     def __call__(self) -> torch.Tensor:
         frames = self.frames
         total = self.batch_size * self.world
-        rows = torch.randint(len(self.images), (total,))
+        if self.prioritize:
+            n, share = len(self.images), self.prioritize
+            weights = (1 - share) / n + share * self.errors / self.errors.sum()
+            rows = torch.multinomial(weights, total, replacement=True)
+        else:
+            rows = torch.randint(len(self.images), (total,))
+        self.rows = rows
         starts = torch.randint(self.length - frames + 1, (total,))
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         rows, starts = rows[mine], starts[mine]
@@ -113,6 +129,33 @@ class Batches:
             seqs = torch.from_numpy(np.asarray(self.images[unique]))
             window = seqs[torch.from_numpy(inverse)[:, None], times]
         return to_frames(window, self.device)
+
+    def record(self, errors: Tensor) -> None:
+        """Store this rank's per-sequence errors ``(batch_size,)`` of the last batch (all
+        ranks': the global batch's rows are the same everywhere). A sequence drawn twice
+        keeps the mean of its errors, so the result does not depend on their order."""
+        errors = errors.detach().float().reshape(-1)
+        if torch.distributed.is_initialized():
+            gathered = [torch.empty_like(errors) for _ in range(self.world)]
+            torch.distributed.all_gather(gathered, errors)
+            errors = torch.cat(gathered)
+        values = errors.cpu().double().nan_to_num(1.0).clamp(1e-12, 1.0)
+        sums = torch.zeros_like(self.errors).index_add_(0, self.rows, values)
+        counts = torch.zeros_like(self.errors).index_add_(0, self.rows, torch.ones_like(values))
+        seen = counts > 0
+        self.errors[seen] = sums[seen] / counts[seen]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"errors": self.errors.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        errors = state["errors"]
+        if errors.shape != self.errors.shape:
+            raise UserError(
+                f"the saved sampling state covers {len(errors)} sequences, the data "
+                f"{len(self.errors)}: --resume continues a run on the data it was trained on"
+            )
+        self.errors = errors.to(torch.float64).clone()
 
 
 TRAINED_ON_KEYS = ("system", "constants", "noise", "dt", "size")
@@ -316,7 +359,14 @@ def train(
     if tc.compile:
         forward = torch.compile(forward)
     frames = getattr(config.model, "frames", split.meta["steps"] + 1)
-    batches = Batches(split, frames, tc.batch_size, dev)
+    batches = Batches(split, frames, tc.batch_size, dev, tc.prioritize)
+    if tc.prioritize:
+        if not model.reports_sequence_errors:
+            raise UserError(
+                f"train.prioritize needs a model that reports per-sequence errors; "
+                f"{config.name} does not (hgn++ does): drop it or use --model hgn++"
+            )
+        objects["sampler"] = batches  # its errors are saved: a resumed run draws the same
     writer = _rank() == 0
     if writer:
         _claim_out(out, resume)
@@ -335,6 +385,9 @@ def train(
         metrics["loss"] = float(shared[0])
         if not math.isfinite(metrics["loss"]):
             return metrics  # the loop stops the run; the weights stay the last good ones
+        if tc.prioritize:
+            assert model.sequence_errors is not None
+            batches.record(model.sequence_errors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # the norm is always measured (an infinite bound clips nothing: its factor is 1)
