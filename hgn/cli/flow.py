@@ -91,7 +91,9 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (%(default)s)")
     g.add_argument(
         "--n-samples", type=int, default=d.n_samples,
-        help="momentum samples per point in NHF's objective (%(default)s)",
+        help="momentum samples per point in NHF's objective (%(default)s); a step costs "
+        "about K times one sample's, so in many dimensions 1 trains further in a fixed time "
+        "(digits: docs/RESULTS.md)",
     )  # fmt: skip
     g.add_argument(
         "--objective", choices=("iwae", "elbo"), default=d.objective,
