@@ -86,6 +86,11 @@ class Batches:
     (seed, step): resumed and uninterrupted runs see the same data. Every DDP rank
     draws the same global batch and keeps its own slice of it. Windows start anywhere
     in a sequence; the dynamics do not depend on the starting time.
+
+    With ``prioritize`` > 0 (``train.prioritize``) that share of the draws follows each
+    sequence's latest error (:meth:`record`, part of the saved state), the rest stays
+    uniform; the draw still comes from the reseeded global RNG, so it stays exact on
+    resume and the same on every rank.
     """
 
     def __init__(
