@@ -162,7 +162,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 # mass-spring 0.008 -> 0.002 in 20 minutes; and 80 % of each batch is
                 # drawn by each sequence's latest error: the pendulum's smallest and
                 # largest swings, rare in the data, are where rollouts failed (forward
-                # valid time 58.2-58.7 -> 59.1 and 59.3 of 60, two seeds), mass-spring
+                # valid time 58.2-58.7 -> 59.1-59.3 of 60, four seeds), mass-spring
                 # and two-body still meet their targets (docs/RESULTS.md, issue 10)
                 "train": {
                     "batch_size": 16,
