@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hgn.data import dataset as D
-from hgn.evaluation.evaluate import vpt_threshold
+from hgn.evaluation.evaluate import valid_prediction_time, vpt_threshold
 
 
 def main() -> None:
@@ -69,8 +69,7 @@ def main() -> None:
         qs, _ = system.simulate(q, p * scale[:, None], split.meta["dt"], args.steps)
         drawn = D.to_frames(system.render(qs.numpy(), split.meta["size"]), "cpu").numpy()
         mse = ((drawn - truth) ** 2).mean((2, 3, 4))
-        bad = (mse > limit)[:, 1:]
-        vpt = np.where(bad.any(1), bad.argmax(1), args.steps)
+        vpt = valid_prediction_time(mse, 1, limit[:, 1:])  # step 0 is the start state
         top = ", ".join(str(int(v)) for v in vpt[order[-args.show :]][::-1])
         print(
             f"| {delta:+.4%} | {vpt.mean():.1f} of {args.steps} | "

@@ -50,6 +50,15 @@ def tiny(**overrides: object) -> HGNPP:
     return MODELS["hgn++"]({**TINY, **overrides})
 
 
+def tiny_cli(*extra: str) -> list[str]:
+    """``--set`` arguments for the tiny HGN++ on the command line (``frames`` follows the
+    data), plus ``extra`` keys."""
+    import json
+
+    keys = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items() if k != "frames"]
+    return [arg for key in (*keys, *extra) for arg in ("--set", key)]
+
+
 def frames(batch: int = 4, length: int = 9, size: int = 16) -> Tensor:
     return torch.rand(batch, length, 3, size, size)
 
@@ -427,7 +436,6 @@ def test_checkpoints_with_and_without_the_aggregate_posterior_load() -> None:
 def test_public_load_samples_what_the_cli_samples(tmp_path: Path) -> None:
     """``hgn.load(run)`` fits the aggregate posterior from the run's recorded training
     data, as ``hgn sample`` does; with that data gone it samples N(0, I) and says so."""
-    import json
 
     import hgn
     from hgn import data as hgn_data
@@ -438,10 +446,9 @@ def test_public_load_samples_what_the_cli_samples(tmp_path: Path) -> None:
         data, "mass-spring", n_train=6, n_test=2, steps=8, size=16, noise=0, progress=False
     )
     run = tmp_path / "run"
-    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items() if k != "frames"]
     argv = ["train", "--data", str(data), "--out", str(run), "--steps", "2", "--no-progress"]
     argv += ["--model", "hgn++", "--set", "train.batch_size=2"]
-    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert main([*argv, *tiny_cli()]) == 0
     model = hgn.load(str(run))
     assert model.sampling_from == "aggregate posterior of 6 training sequences"
     assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
@@ -490,7 +497,6 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
     """``train.prioritize`` with HGN++: each sequence's error is recorded from the loss,
     saved in the checkpoint, and a resumed run draws and trains exactly as an
     uninterrupted one."""
-    import json
 
     from hgn import data as hgn_data
     from hgn.cli import main
@@ -501,10 +507,8 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
     hgn_data.generate(
         data, "mass-spring", n_train=6, n_test=2, steps=8, size=16, noise=0, progress=False
     )
-    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items() if k != "frames"]
-    sets += ["train.batch_size=2", "train.prioritize=0.5", "train.checkpoint_every=2"]
     base = ["train", "--data", str(data), "--no-progress", "--model", "hgn++"]
-    base += [a for s in sets for a in ("--set", s)]
+    base += tiny_cli("train.batch_size=2", "train.prioritize=0.5", "train.checkpoint_every=2")
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
     assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
     resume = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--resume"]
@@ -521,7 +525,6 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
 def test_prioritised_training_under_two_ranks_records_the_global_batch(tmp_path: Path) -> None:
     """gloo, 2 ranks × batch 2: each rank scores its own half of the global batch, and
     the errors are gathered so that every rank (and the checkpoint) holds all of them."""
-    import json
     import os
     import subprocess
     import sys
@@ -534,12 +537,11 @@ def test_prioritised_training_under_two_ranks_records_the_global_batch(tmp_path:
     hgn_data.generate(
         data, "mass-spring", n_train=40, n_test=2, steps=8, size=16, noise=0, progress=False
     )
-    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items() if k != "frames"]
-    sets += ["train.batch_size=2", "train.prioritize=0.5", "train.image_every=0"]
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     argv += ["--master-port", str(30500 + os.getpid() % 1000), "-m", "hgn", "train"]
     argv += ["--data", str(data), "--out", str(tmp_path / "ddp"), "--steps", "1"]
-    argv += ["--model", "hgn++", "--no-progress", *(a for s in sets for a in ("--set", s))]
+    argv += ["--model", "hgn++", "--no-progress"]
+    argv += tiny_cli("train.batch_size=2", "train.prioritize=0.5", "train.image_every=0")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(argv, check=True, env=env, capture_output=True, timeout=300)
     errors = load_checkpoint(tmp_path / "ddp" / CHECKPOINT)["state"]["sampler"]["errors"]

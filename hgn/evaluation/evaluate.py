@@ -184,9 +184,12 @@ def vpt_threshold(baseline_mse: float, floor: float | None, fraction: float = 0.
     return floor + fraction * (baseline_mse - floor)
 
 
-def valid_prediction_time(mse: np.ndarray, context: int, threshold: float) -> np.ndarray:
+def valid_prediction_time(
+    mse: np.ndarray, context: int, threshold: float | np.ndarray
+) -> np.ndarray:
     """Predicted frames after the first ``context`` before the MSE first exceeds
-    ``threshold`` (all of them if it never does), per sequence."""
+    ``threshold`` (all of them if it never does), per sequence. ``threshold`` is one
+    number or one per predicted frame (broadcast against ``mse[:, context:]``)."""
     predicted = mse[:, context:]
     bad = predicted > threshold
     return np.where(bad.any(1), bad.argmax(1), predicted.shape[1]).astype(np.int64)

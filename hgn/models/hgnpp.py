@@ -474,14 +474,14 @@ class HGNPP(SequenceModel):
         q = states.q[rows, picked]
         target = frames[rows, times[rows, picked]]
         recon = self.decode(q)
-        mse = F.mse_loss(recon.float(), target.float())
+        error = recon.float() - target.float()  # one difference serves every term below
+        per_sequence = error.square().flatten(1).mean(1)  # equal pixels per sequence
+        mse = per_sequence.mean()
         if self.training:
-            with torch.no_grad():
-                self.sequence_errors = (recon.float() - target.float()).square().flatten(1).mean(1)
+            self.sequence_errors = per_sequence.detach()
         pixels = frames[0, 0].numel() * (horizon + 1)
         loss = mse + warm * cfg.kl_weight * kl / pixels
         if cfg.colour_weight:
-            error = recon.float() - target.float()
             loss = loss + cfg.colour_weight * (error - error.mean(-3, keepdim=True)).square().mean()
         metrics = {"mse": mse.item(), "kl": kl.item(), "horizon": horizon}
         if cfg.consistency_weight and horizon > 0:
