@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -522,13 +523,11 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
 
 
-def test_prioritised_training_under_two_ranks_records_the_global_batch(tmp_path: Path) -> None:
+def test_prioritised_training_under_two_ranks_records_the_global_batch(
+    tmp_path: Path, torchrun: Callable[..., None]
+) -> None:
     """gloo, 2 ranks × batch 2: each rank scores its own half of the global batch, and
     the errors are gathered so that every rank (and the checkpoint) holds all of them."""
-    import os
-    import subprocess
-    import sys
-
     from hgn import data as hgn_data
     from hgn.training.loop import CHECKPOINT
     from hgn.utils import load_checkpoint
@@ -537,13 +536,11 @@ def test_prioritised_training_under_two_ranks_records_the_global_batch(tmp_path:
     hgn_data.generate(
         data, "mass-spring", n_train=40, n_test=2, steps=8, size=16, noise=0, progress=False
     )
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    argv += ["--master-port", str(30500 + os.getpid() % 1000), "-m", "hgn", "train"]
+    argv = ["-m", "hgn", "train"]
     argv += ["--data", str(data), "--out", str(tmp_path / "ddp"), "--steps", "1"]
     argv += ["--model", "hgn++", "--no-progress"]
     argv += tiny_cli("train.batch_size=2", "train.prioritize=0.5", "train.image_every=0")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(argv, check=True, env=env, capture_output=True, timeout=300)
+    torchrun(argv)
     errors = load_checkpoint(tmp_path / "ddp" / CHECKPOINT)["state"]["sampler"]["errors"]
     # one step of a global batch of 4 drawn from 40 unseen sequences: 4 distinct rows
     # (nearly always) are scored, the rest keep the unseen level 1

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -310,15 +311,14 @@ def test_resolve_rejects_unknown_profile_and_section(tmp_path: Path) -> None:
         resolve("small", bad)
 
 
-def test_ddp_on_two_cpu_ranks_matches_one_process(dataset: Path, tmp_path: Path) -> None:
+def test_ddp_on_two_cpu_ranks_matches_one_process(
+    dataset: Path, tmp_path: Path, torchrun: Callable[..., None]
+) -> None:
     """gloo, 2 ranks × batch 2 == 1 process × batch 4 for the deterministic model."""
     common = ["-m", "hgn", "train", "--data", str(dataset), "--steps", "2"]
     common += [*sets("train.image_every=0"), "--model", "hgn-determ"]  # the last --model wins
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    torchrun += ["--master-port", str(29500 + os.getpid() % 1000)]
+    torchrun([*common, "--set", "train.batch_size=2", "--out", str(tmp_path / "ddp")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = [*torchrun, *common, "--set", "train.batch_size=2", "--out", str(tmp_path / "ddp")]
-    subprocess.run(ddp, check=True, env=env, capture_output=True, timeout=300)
     one = [sys.executable, *common, "--set", "train.batch_size=4", "--out", str(tmp_path / "one")]
     subprocess.run(one, check=True, env=env, capture_output=True, timeout=300)
     a = load_checkpoint(tmp_path / "ddp" / CHECKPOINT)

@@ -1,0 +1,33 @@
+"""Fixtures shared by more than one test module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+
+def _torchrun(args: list[str], ranks: int = 2) -> None:
+    """Run ``python -m <args>`` under ``torchrun`` on ``ranks`` CPU ranks (gloo).
+
+    ``--standalone`` lets the rendezvous take a free port of its own: a port chosen
+    from the process id collided on a shared CI machine. A failure carries the ranks'
+    own output, which ``capture_output`` would otherwise hide.
+    """
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    argv += ["--nproc-per-node", str(ranks), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        output = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        pytest.fail(f"torchrun exited {done.returncode}:\n{output}")
+
+
+@pytest.fixture
+def torchrun() -> Callable[..., None]:
+    """``torchrun(["-m", "hgn", "train", ...])``: launch on two gloo ranks or fail with
+    the ranks' output."""
+    return _torchrun
