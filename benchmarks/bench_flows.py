@@ -25,7 +25,9 @@ variants so that a burst of load on a shared machine hits them alike):
 
 Usage: .venv/bin/python benchmarks/bench_flows.py [--threads 1] [--batch-size 512]
        [--rounds 7] [--compile]
-Timings: per round the best of 3 calls, then the median over rounds.
+Timings: per round the best of 3 calls, then the median over rounds; the training-step
+table adds each variant's speed-up over the first row within every round (median, and
+the least and most over the rounds), the figure that load changes least.
 """
 
 from __future__ import annotations
@@ -193,8 +195,11 @@ def _use(integrate: Integrate) -> None:
 
 def training_step_variants(
     config: NHFConfig, x: Tensor, rounds: int, compile_too: bool, n_samples: int, iwae: bool
-) -> dict[str, float]:
-    """Median (over rounds) of the best-of-3 seconds per training step, per variant."""
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Per variant: the median (over rounds) of the best-of-3 seconds per training step,
+    and each round's speed-up over the first variant, timed in the same round (paired:
+    on this shared machine the load moves by ±10 % between rounds, and a ratio within a
+    round cancels most of it)."""
     torch.manual_seed(0)
     model = NHF(config)
     original = HamiltonianStep.forward
@@ -233,7 +238,8 @@ def training_step_variants(
                 times[name].append(time_per_call(one))
     finally:
         HamiltonianStep.forward = original  # type: ignore[method-assign]
-    return {name: float(np.median(t)) for name, t in times.items()}
+    first = np.asarray(next(iter(times.values())))
+    return {name: (float(np.median(t)), first / np.asarray(t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -268,11 +274,13 @@ def main() -> None:
         n = n_parameters(NHF(cfg))
         print(f"\n1.{i} one NHF training step, {label}, batch {args.batch_size}, {n} params:")
         times = training_step_variants(cfg, x, args.rounds, args.compile, n_samples, iwae)
-        base = next(iter(times.values()))
-        for name, seconds in times.items():
+        base = next(iter(times.values()))[0]
+        print(f"   {'':<58} {'':>7}     {'':>6}          median  paired per round")
+        for name, (seconds, paired) in times.items():
             print(
                 f"   {name:<58} {1e3 * seconds:7.1f} ms  {1 / seconds:6.1f} steps/s  "
-                f"{base / seconds:5.2f}x"
+                f"{base / seconds:5.2f}x  {np.median(paired):5.2f}x "
+                f"[{paired.min():.2f}-{paired.max():.2f}]"
             )
 
     nhf = {"kind": "nhf", **asdict(config)}

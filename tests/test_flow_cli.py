@@ -271,6 +271,12 @@ def test_digits_train_evaluate_and_sample_grid(tmp_path, capsys) -> None:
     assert main(["flow", "plot", out]) == 0
     assert (Path(out) / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "expects (N, 64)" in _bad(["flow", "evaluate", out, "--target", "gmm"], capsys)
+    assert load(out).logit == 1e-6  # the digits' own logit map, saved with the run
+    bad = ["flow", "train", "--target", "moons", "--out", str(tmp_path / "m"), "--logit", "0.1"]
+    assert "--logit maps data in [0, 1]" in _bad([*bad, "--steps", "1", *TINY], capsys)
+    bad[-1] = "0.5"
+    assert "--logit must be" in _bad([*bad, "--steps", "1", *TINY], capsys)
+    assert not (tmp_path / "m").exists()  # refused before anything was written
 
 
 def test_train_compiles_by_default_and_falls_back_to_eager(tmp_path, monkeypatch, capsys) -> None:

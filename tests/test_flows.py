@@ -170,6 +170,34 @@ def test_standardisation_shifts_log_prob_by_constant() -> None:
     assert torch.allclose(shifted, base - math.log(2.0 * 0.5), atol=1e-6)
 
 
+def test_logit_map_is_a_change_of_variables_with_its_jacobian() -> None:
+    """With ``set_logit`` the density is still one on x in (0, 1)^d: log p(x) is the
+    flow's density of z plus log |det ∂z/∂x| (here against autograd's Jacobian); samples
+    come back in (0, 1); the map travels with the model's config."""
+    torch.manual_seed(0)
+    model = RealNVP(RealNVPConfig(3, transforms=2, hidden=16)).double()
+    model.set_logit(0.05)
+    model.set_standardisation(torch.tensor([0.1, -0.2, 0.3]), torch.tensor([1.5, 0.7, 2.0]))
+    x = torch.rand(4, 3, dtype=torch.float64)
+
+    def to_z(point: torch.Tensor) -> torch.Tensor:
+        return model._to_model(point)[0]
+
+    for row in x:
+        jac = torch.autograd.functional.jacobian(to_z, row)
+        z = to_z(row)
+        expect = model.flow().log_prob(z) + torch.linalg.slogdet(jac)[1]
+        torch.testing.assert_close(model.log_prob(row[None])[0], expect)
+    torch.manual_seed(1)
+    samples = model.sample(2000)
+    assert samples.min() > -0.06 and samples.max() < 1.06  # (σ(u) - α)/(1 - 2α)
+    torch.testing.assert_close(model.to_unbounded(torch.full((1,), 0.5)), torch.zeros(1))
+    again = build(model.config())
+    assert again.logit == 0.05 and "logit" not in RealNVP(RealNVPConfig(3)).config()
+    with pytest.raises(UserError, match="--logit"):
+        model.set_logit(0.5)
+
+
 def test_realnvp_wrapper_and_parameter_matching() -> None:
     model = RealNVP(RealNVPConfig(2, transforms=2, hidden=32))
     x = torch.randn(10, 2)

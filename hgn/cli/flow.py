@@ -99,6 +99,12 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
         "--objective", choices=("iwae", "elbo"), default=d.objective,
         help="NHF's training objective: the importance-weighted bound or the ELBO",
     )  # fmt: skip
+    g.add_argument(
+        "--logit", type=float, default=None, metavar="ALPHA",
+        help="map data in [0, 1] through logit(ALPHA + (1 - 2 ALPHA) x) before standardising "
+        "(densities stay those of x); default: the target's own (digits 1e-6, else none), "
+        "0: none",
+    )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
     # train: compiled by default (it pays within a 10-minute run); compare: eager unless
     # asked, its throughput probe times eager steps
@@ -160,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         keep_steps=args.steps is None,
         standardise=args.standardise,
+        logit=args.logit,
         tensorboard=not args.no_tensorboard,
         progress=args.progress,
     )
@@ -239,6 +246,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         curve_points=args.curve_points,
         reference=args.reference,
         progress=args.progress,
+        logit=args.logit,
     )
     print(compare_markdown(table))
     print(f"written {out / 'compare.md'}, {out / 'compare.json'} and {out / 'figure10.png'}")

@@ -64,6 +64,7 @@ from hgn.evaluation.evaluate import (
     data_name,
     noise_floor,
     open_run,
+    valid_prediction_time,
     vpt_threshold,
 )
 from hgn.models import SequenceModel, State
@@ -300,9 +301,8 @@ def score(
     use[0] = False
     model_mean, base_mean = float(mse[:, use].mean()), float(baseline[:, use].mean())
     limit = vpt_threshold(baseline, floor, fraction)
-    bad = (mse > limit) & use
-    bad = bad[:, 1:]
-    vpt = np.where(bad.any(1), bad.argmax(1), steps)
+    # frames without truth (and step 0) can never end the valid time: an infinite limit
+    vpt = valid_prediction_time(mse, 1, np.where(use, limit, np.inf)[:, 1:])
     curve = np.where(available, mse.mean(0), np.nan)
     threshold_curve = limit.mean(0)
     base_curve = np.where(available, baseline.mean(0), np.nan)

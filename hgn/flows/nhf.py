@@ -225,11 +225,15 @@ class FlowDistribution(Distribution):
 
 
 class DensityModel(nn.Module):
-    """What every flow model shares: a fixed data standardisation and a distribution's API.
+    """What every flow model shares: a fixed map of the data into the model's
+    coordinates, and a distribution's API.
 
-    The model works on z = (x - loc) / scale; ``loc`` and ``scale`` are buffers set once
-    from training data (identity by default). This is a fixed affine bijection with
-    constant log-determinant -Σ log scale, added to every log-density.
+    The model works on z = (u - loc) / scale with u = x, or, for data in the unit box
+    (``set_logit``), u = logit(α + (1 - 2α) x), the usual map of dequantised images
+    (Dinh et al., 2017) that turns each pixel's bounded, peaked marginal into one on the
+    whole line. ``loc`` and ``scale`` are buffers set once from training data (identity by
+    default). The map is a fixed bijection whose log-determinant enters every
+    log-density, so every density stays one on x.
     """
 
     kind: str
@@ -237,6 +241,7 @@ class DensityModel(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
+        self.logit = 0.0
         self.register_buffer("loc", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
 
@@ -248,20 +253,38 @@ class DensityModel(nn.Module):
         """The model's density as a ``torch.distributions.Distribution`` (as in zuko)."""
         return FlowDistribution(self, n_importance)
 
+    def set_logit(self, alpha: float) -> None:
+        """Map data in [0, 1]^d through u = logit(α + (1 - 2α) x) first (0: no map).
+        Saved with the model's config (:meth:`config`)."""
+        check_range(alpha, "--logit", ge=0, lt=0.5)
+        self.logit = float(alpha)
+
     def set_standardisation(self, loc: Tensor, scale: Tensor) -> None:
         self.loc.copy_(loc)
         self.scale.copy_(scale.clamp_min(1e-6))
 
-    def _to_model(self, x: Tensor) -> Tensor:
-        return (x - self.loc) / self.scale
+    def to_unbounded(self, x: Tensor) -> Tensor:
+        """u: x itself, or its logit (:meth:`set_logit`); standardisation starts here."""
+        if not self.logit:
+            return x
+        return torch.logit(self.logit + (1 - 2 * self.logit) * x)
 
-    def _log_scale(self) -> Tensor:
-        return self.scale.log().sum()
+    def _to_model(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """z for data x (..., d), and log |det ∂z/∂x| per point (...,)."""
+        u = self.to_unbounded(x)
+        log_det = -self.scale.log().sum()
+        if self.logit:  # du/dx = (1 - 2α) / (s (1 - s)), s = σ(u): -log s(1-s) = sp(u) + sp(-u)
+            log_det = log_det + (F.softplus(u) + F.softplus(-u) + math.log1p(-2 * self.logit)).sum(
+                -1
+            )
+        return (u - self.loc) / self.scale, log_det
 
     def rsample(self, sample_shape: Shape = _SCALAR) -> Tensor:
         shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
-        z = self._rsample_model(shape.numel())
-        return (self.loc + self.scale * z).reshape(*shape, self.dim)
+        u = self.loc + self.scale * self._rsample_model(shape.numel())
+        if self.logit:
+            u = (torch.sigmoid(u) - self.logit) / (1 - 2 * self.logit)
+        return u.reshape(*shape, self.dim)
 
     @torch.no_grad()
     def sample(self, sample_shape: Shape = _SCALAR) -> Tensor:
@@ -290,8 +313,13 @@ class DensityModel(nn.Module):
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        """Everything :func:`build` needs to rebuild this model (saved with each run)."""
-        return {"kind": self.kind, **asdict(self.cfg)}
+        """Everything :func:`build` needs to rebuild this model (saved with each run);
+        ``logit`` only where it is set, so that runs from before it load unchanged."""
+        return {
+            "kind": self.kind,
+            **asdict(self.cfg),
+            **({"logit": self.logit} if self.logit else {}),
+        }
 
 
 @dataclass
@@ -389,12 +417,12 @@ class NHF(DensityModel):
 
     def log_weights(self, x: Tensor, n: int) -> Tensor:
         """(n, B) terms log π(F⁻¹(x, p_k)) - log f_ψ(p_k | x), p_k ~ f_ψ(· | x), in data space."""
-        z = self._to_model(x)
+        z, log_det = self._to_model(x)
         posterior = self.posterior(z)
         p = posterior.rsample((n,))
         q0, p0 = self.inverse(z.expand(n, *z.shape), p)
         log_pi = self.prior.log_prob(torch.cat([q0, p0], -1))
-        return log_pi - posterior.log_prob(p) - self._log_scale()
+        return log_pi - posterior.log_prob(p) + log_det
 
     def elbo(self, x: Tensor, n_samples: int = 1) -> Tensor:
         """Per-point ELBO (B,), averaged over ``n_samples`` momentum draws."""
@@ -468,7 +496,8 @@ class ZukoFlow(DensityModel):
         raise NotImplementedError
 
     def _log_prob_rows(self, x: Tensor, n_importance: int) -> Tensor:
-        return self.flow().log_prob(self._to_model(x)) - self._log_scale()
+        z, log_det = self._to_model(x)
+        return self.flow().log_prob(z) + log_det
 
     def loss(self, x: Tensor, n_samples: int = 1, iwae: bool = False) -> Tensor:
         """NLL (``n_samples`` and ``iwae`` are NHF's and ignored: the density is exact)."""
@@ -523,8 +552,11 @@ def build(config: dict[str, Any]) -> DensityModel:
     kind = config.pop("kind", "nhf")
     if kind not in MODELS:
         raise UserError(f"unknown model kind {kind!r}; choose one of {', '.join(MODELS)}")
+    logit = config.pop("logit", 0.0)
     model_cls, config_cls = MODELS[kind]
-    return model_cls(config_from_dict(config_cls, config, kind))
+    model = model_cls(config_from_dict(config_cls, config, kind))
+    model.set_logit(logit)
+    return model
 
 
 def n_parameters(model: nn.Module) -> int:

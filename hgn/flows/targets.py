@@ -312,13 +312,16 @@ class DataSource:
     """Training batches, a fixed test set and (where known) the entropy of one target.
 
     ``image_shape`` is (height, width) when each point is a flattened grey image (the
-    digits, an (N, H, W) array): plots then draw samples as a grid of images.
+    digits, an (N, H, W) array): plots then draw samples as a grid of images. ``logit``
+    is the α of the logit map that models of this target apply before standardising
+    (:meth:`hgn.flows.nhf.DensityModel.set_logit`; 0: none), for data in [0, 1]^d.
     """
 
     name: str
     dim: int
     entropy: float | None = None
     image_shape: tuple[int, int] | None = None
+    logit: float = 0.0
 
     def sample_train(self, n: int) -> Tensor:
         raise NotImplementedError
@@ -382,6 +385,10 @@ DIGITS_LEVELS = 17
 """Grey levels of sklearn's digits: integers 0 … 16."""
 
 
+DIGITS_LOGIT = 1e-6
+"""α of the digits' logit map (docs/RESULTS.md, issue 13: digits)."""
+
+
 class DigitsSource(DataSource):
     """scikit-learn's handwritten digits (``load_digits``: 1,797 images of 8 × 8 pixels,
     integers 0 … 16; shipped with the package, no download), as 64-dimensional densities.
@@ -391,12 +398,15 @@ class DigitsSource(DataSource):
     images' log-likelihood is at least that of y minus 64 ln 17 nats). Training batches
     draw fresh u every step; the test set (360 images, 20 %, a fixed split independent of
     the run's seed so that every model is scored on the same points) and the reference
-    set (the training images) are dequantised once with fixed seeds. The models then
-    standardise y per pixel as any target (``--standardise``).
+    set (the training images) are dequantised once with fixed seeds. The models then map
+    y through u = logit(α + (1 - 2α) y) with α = :data:`DIGITS_LOGIT` (RealNVP's map of
+    dequantised images; ``--logit`` changes α) and standardise u per pixel as any target
+    (``--standardise``); every density is still one on y, the Jacobian included.
     """
 
     name, dim, image_shape = "digits", 64, (8, 8)
     n_test = 360
+    logit = DIGITS_LOGIT
 
     def __init__(self) -> None:
         images = _load_digits()

@@ -130,11 +130,20 @@ def optimiser(model: torch.nn.Module, lr: float = 1e-3) -> torch.optim.Adam:
 
 
 def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
-    """Fix the model's data standardisation from training data. A volume-preserving flow
-    cannot rescale, so data at the prior's scale is much easier: on checkerboard it took
-    the test NLL of seeds 1-2 from 3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, NHF)."""
+    """Fix the model's data standardisation from training data, after the model's logit
+    map if it has one. A volume-preserving flow cannot rescale, so data at the prior's
+    scale is much easier: on checkerboard it took the test NLL of seeds 1-2 from
+    3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, NHF)."""
+    ref = data.reference(100_000)
+    if model.logit:
+        low, high = float(ref.min()), float(ref.max())
+        if low < 0 or high > 1:
+            raise UserError(
+                f"--logit maps data in [0, 1]; {data.name} spans [{low:.3g}, {high:.3g}] "
+                "(use --logit 0)"
+            )
+        ref = model.to_unbounded(ref)
     if standardise:
-        ref = data.reference(100_000)
         scale = ref.std(0) if len(ref) > 1 else torch.ones(data.dim)
         model.set_standardisation(ref.mean(0), torch.where(scale > 0, scale, 1.0))
 
@@ -173,6 +182,7 @@ def train(
     resume: bool = False,
     keep_steps: bool = False,
     standardise: bool = True,
+    logit: float | None = None,
     desc: str = "flow",
     tensorboard: bool = True,
     progress: bool = True,
@@ -185,7 +195,9 @@ def train(
     On ``resume`` the run's saved model, target and settings are used; of ``cfg`` only
     the budgets apply: ``steps`` (unless ``keep_steps``, which keeps the saved ones) and
     ``max_minutes``, which, given, counts from this call (otherwise what is left of the
-    saved budget applies). Every ``snapshot_seconds`` of training (this call's clock)
+    saved budget applies). ``logit`` is the α of the model's logit map (None: the
+    target's own, :attr:`DataSource.logit`; a resumed run keeps its own). Every
+    ``snapshot_seconds`` of training (this call's clock)
     a copy of the weights is appended to ``snapshots``: ``hgn flow compare`` scores them
     afterwards, so that scoring costs no training time.
     """
@@ -207,10 +219,14 @@ def train(
         cfg = replace(cfg, max_minutes=DEFAULT_MINUTES)
     data = data_source(target, cfg.seed)
     model_config = {**model_config, "dim": data.dim}
+    if saved is None:
+        alpha = data.logit if logit is None else logit
+        model_config.pop("logit", None)
+        model_config |= {"logit": alpha} if alpha else {}
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build(model_config)
-    claim_output_dir(out, TRAIN_KIND)  # only now: a bad target or config writes nothing
     _prepare(model, data, standardise)
+    claim_output_dir(out, TRAIN_KIND)  # only now: a bad target or config writes nothing
     adam = optimiser(model, cfg.lr)
     params = list(model.parameters())
     iwae = cfg.objective == "iwae"
@@ -549,6 +565,7 @@ def compare(
     curve_points: int = 8,
     reference: str = "RealNVP-3",
     progress: bool = True,
+    logit: float | None = None,
 ) -> dict[str, Any]:
     """Train each of ``models`` for ``minutes`` of wall-clock time on ``target`` and
     compare them at equal time and at matched parameter counts.
@@ -586,7 +603,7 @@ def compare(
         snapshots: list[Snapshot] = []
         result = train(
             target, out / name, spec, run_cfg, desc=name, resume=True, keep_steps=True,
-            progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
+            logit=logit, progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
             snapshots=snapshots,
         )  # fmt: skip
         model = load(out / name)
