@@ -154,6 +154,35 @@ def test_samples_of_the_data_score_as_the_data() -> None:
     assert "matched energy" in physics.samples_markdown({**result, "seed": 0, "steps": 30})
 
 
+def test_sequences_with_undefined_energy_are_counted_not_averaged(monkeypatch) -> None:
+    """Where read-back bodies coincide the true H is infinite (1/r at r = 0): those
+    sequences are counted as undefined and the spreads are those of the rest, without
+    numpy's inf - inf warnings; with none left, the statistics are NaN (n/a)."""
+    system = get_system("mass-spring")
+    q, _ = system.sample_trajectories(8, np.random.default_rng(3), DT, 12)  # 11 energies each
+    frames = system.render(q, 32)
+    real = physics.energy_along
+
+    def with_collisions(system_, q_, dt):  # two sampled sequences "collide"
+        energy = real(system_, q_, dt)
+        if len(energy) == 4:  # the samples; the ground truth has 4 sequences more
+            energy[:2, 3] = np.inf
+        return energy
+
+    monkeypatch.setattr(physics, "energy_along", with_collisions)
+    with np.errstate(all="raise"):
+        result = physics.samples_physics(frames[:4], frames[:8], system, DT)
+    assert result["samples"]["energy_defined_fraction"] == 0.5
+    assert result["ground_truth"]["energy_defined_fraction"] == 1.0
+    assert np.isfinite(result["energy_spread_ratio"]) and result["samples"]["sequences"] == 4
+    text = physics.samples_markdown({**result, "seed": 0, "steps": 12})
+    assert "undefined" in text and "50 % of the sampled" in text
+    monkeypatch.setattr(physics, "energy_along", lambda s_, q_, dt: np.full((len(q_), 11), np.inf))
+    none_left = physics.samples_physics(frames[:4], frames[4:], system, DT)
+    assert np.isnan(none_left["energy_matched_ratio"])
+    assert np.isnan(none_left["samples"]["energy_spread_median"])
+
+
 class FakeSplit:
     """What :func:`physics.fit_sampler` reads of a split: channels-last uint8 images."""
 
