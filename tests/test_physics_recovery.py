@@ -181,6 +181,7 @@ def test_sequences_with_undefined_energy_are_counted_not_averaged(monkeypatch) -
     none_left = physics.samples_physics(frames[:4], frames[4:], system, DT)
     assert np.isnan(none_left["energy_matched_ratio"])
     assert np.isnan(none_left["samples"]["energy_spread_median"])
+    assert "drifts n/a×" in physics.samples_markdown({**none_left, "seed": 0, "steps": 12})
 
 
 class FakeSplit:

@@ -345,6 +345,11 @@ def _statistic(stat: Callable[[np.ndarray], Any], values: np.ndarray) -> float:
     return float(stat(values)) if values.size else math.nan
 
 
+def _shown(value: float, spec: str) -> str:
+    """``value`` formatted by ``spec`` for a report, or n/a where it is not a number."""
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
 def samples_physics(
     samples: np.ndarray | Tensor, truth: np.ndarray | Tensor, system: System, dt: float
 ) -> dict[str, Any]:
@@ -474,14 +479,16 @@ def samples_markdown(result: dict[str, Any]) -> str:
             "| sequences | true-energy spread, median (p90) "
             "| frames with exactly the right bodies |",
             "|---|---|---|",
-            f"| sampled | {s['energy_spread_median']:.3f} ({s['energy_spread_p90']:.3f}) "
+            f"| sampled | {_shown(s['energy_spread_median'], '.3f')} "
+            f"({_shown(s['energy_spread_p90'], '.3f')}) "
             f"| {100 * s['right_body_count_fraction']:.1f} % |",
-            f"| ground truth (test) | {g['energy_spread_median']:.3f} "
-            f"({g['energy_spread_p90']:.3f}) | {100 * g['right_body_count_fraction']:.1f} % |",
+            f"| ground truth (test) | {_shown(g['energy_spread_median'], '.3f')} "
+            f"({_shown(g['energy_spread_p90'], '.3f')}) "
+            f"| {100 * g['right_body_count_fraction']:.1f} % |",
             "",
             f"Energy spread = std / abs(mean) of H along a sequence; the samples' median is "
-            f"{result['energy_spread_ratio']:.2f}× the ground truth's (1 = as physical as the "
-            "data, read through the same recovery).",
+            f"{_shown(result['energy_spread_ratio'], '.2f')}× the ground truth's (1 = as "
+            "physical as the data, read through the same recovery).",
             *undefined_lines(result),
             *matched_lines(result),
         ]
@@ -510,9 +517,10 @@ def matched_lines(result: dict[str, Any]) -> list[str]:
         "",
         f"At matched energy (hgn.evaluation.physics.matched_spread_ratios: each "
         f"sample's std of H over that of the ground-truth sequences nearest in mean H), "
-        f"the median sample drifts {result['energy_matched_ratio']:.2f}× as much as the data "
-        f"(p90 {result['energy_matched_ratio_p90']:.2f}×); median H "
-        f"{result['energy_level_median']:.3g} sampled vs {result['truth_energy_level_median']:.3g} "
-        f"in the data, {100 * result['energy_outside_data_fraction']:.0f} % of samples outside "
+        f"the median sample drifts {_shown(result['energy_matched_ratio'], '.2f')}× as much as "
+        f"the data (p90 {_shown(result['energy_matched_ratio_p90'], '.2f')}×); median H "
+        f"{_shown(result['energy_level_median'], '.3g')} sampled vs "
+        f"{_shown(result['truth_energy_level_median'], '.3g')} in the data, "
+        f"{_shown(100 * result['energy_outside_data_fraction'], '.0f')} % of samples outside "
         "the data's range of H.",
     ]
