@@ -272,8 +272,11 @@ def test_digits_train_evaluate_and_sample_grid(tmp_path, capsys) -> None:
     assert (Path(out) / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "expects (N, 64)" in _bad(["flow", "evaluate", out, "--target", "gmm"], capsys)
     assert load(out).logit == 1e-6  # the digits' own logit map, saved with the run
+    np.save(tmp_path / "wide.npy", np.full((4, 64), 2.0))  # right shape, outside [0, 1]
+    wide = ["flow", "evaluate", out, "--target", str(tmp_path / "wide.npy")]
+    assert "needs points in [0, 1]" in _bad(wide, capsys)
     bad = ["flow", "train", "--target", "moons", "--out", str(tmp_path / "m"), "--logit", "0.1"]
-    assert "--logit maps data in [0, 1]" in _bad([*bad, "--steps", "1", *TINY], capsys)
+    assert "needs points in [0, 1]" in _bad([*bad, "--steps", "1", *TINY], capsys)
     bad[-1] = "0.5"
     assert "--logit must be" in _bad([*bad, "--steps", "1", *TINY], capsys)
     assert not (tmp_path / "m").exists()  # refused before anything was written

@@ -273,10 +273,9 @@ class DensityModel(nn.Module):
         """z for data x (..., d), and log |det ∂z/∂x| per point (...,)."""
         u = self.to_unbounded(x)
         log_det = -self.scale.log().sum()
-        if self.logit:  # du/dx = (1 - 2α) / (s (1 - s)), s = σ(u): -log s(1-s) = sp(u) + sp(-u)
-            log_det = log_det + (F.softplus(u) + F.softplus(-u) + math.log1p(-2 * self.logit)).sum(
-                -1
-            )
+        if self.logit:  # du/dx = (1 - 2α) / (s (1 - s)), s = σ(u); -log s(1 - s) = sp(u) + sp(-u)
+            per_dim = F.softplus(u) + F.softplus(-u) + math.log1p(-2 * self.logit)
+            log_det = log_det + per_dim.sum(-1)
         return (u - self.loc) / self.scale, log_det
 
     def rsample(self, sample_shape: Shape = _SCALAR) -> Tensor:

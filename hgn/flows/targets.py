@@ -399,9 +399,10 @@ class DigitsSource(DataSource):
     draw fresh u every step; the test set (360 images, 20 %, a fixed split independent of
     the run's seed so that every model is scored on the same points) and the reference
     set (the training images) are dequantised once with fixed seeds. The models then map
-    y through u = logit(α + (1 - 2α) y) with α = :data:`DIGITS_LOGIT` (RealNVP's map of
-    dequantised images; ``--logit`` changes α) and standardise u per pixel as any target
-    (``--standardise``); every density is still one on y, the Jacobian included.
+    y through u = logit(α + (1 - 2α) y), the usual map of dequantised images (RealNVP's,
+    with MAF's α = :data:`DIGITS_LOGIT`; ``--logit`` changes α), and standardise u per
+    pixel as any target (``--standardise``); every density is still one on y, the
+    Jacobian included.
     """
 
     name, dim, image_shape = "digits", 64, (8, 8)
@@ -471,12 +472,18 @@ def load_array(path: str | Path) -> tuple[Tensor, tuple[int, int] | None]:
     return torch.as_tensor(data, dtype=torch.float32), image_shape
 
 
-def check_points(x: Tensor, dim: int, what: str) -> Tensor:
-    """Refuse points a model of dimension ``dim`` cannot score: wrong shape or non-finite."""
+def check_points(x: Tensor, dim: int, what: str, unit_box: bool = False) -> Tensor:
+    """Refuse points a model of dimension ``dim`` cannot score: wrong shape, non-finite,
+    or, for a model with a logit map (``unit_box``), outside [0, 1]."""
     if x.ndim != 2 or x.shape[1] != dim:
         raise UserError(f"{what} has shape {tuple(x.shape)}; the model expects (N, {dim})")
     if not torch.isfinite(x).all():
         raise UserError(f"{what} contains NaN or Inf")
+    if unit_box and (x.min() < 0 or x.max() > 1):
+        raise UserError(
+            f"{what} spans [{float(x.min()):.3g}, {float(x.max()):.3g}]; a logit map "
+            "(--logit) needs points in [0, 1] (train with --logit 0 for other data)"
+        )
     return x
 
 

@@ -136,12 +136,7 @@ def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
     3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, NHF)."""
     ref = data.reference(100_000)
     if model.logit:
-        low, high = float(ref.min()), float(ref.max())
-        if low < 0 or high > 1:
-            raise UserError(
-                f"--logit maps data in [0, 1]; {data.name} spans [{low:.3g}, {high:.3g}] "
-                "(use --logit 0)"
-            )
+        check_points(ref, data.dim, f"training data of {data.name}", unit_box=True)
         ref = model.to_unbounded(ref)
     if standardise:
         scale = ref.std(0) if len(ref) > 1 else torch.ones(data.dim)
@@ -394,7 +389,9 @@ def evaluate(
     ``RUN/eval.json`` when ``RUN`` is a run directory."""
     n_importance = check_int(n_importance, "--n-importance", 1, 1 << 20)
     model, data = run_data(run, target)
-    x = check_points(data.test_set(), model.dim, f"test data of {data.name}")
+    x = check_points(
+        data.test_set(), model.dim, f"test data of {data.name}", unit_box=bool(model.logit)
+    )
     if n_test is not None:
         x = x[: check_int(n_test, "--n-test", 1, 1 << 30)]
     nll = -model.log_prob(x, n_importance, "evaluate" if progress else None).double()
