@@ -320,8 +320,7 @@ def sequence_physics(frames: np.ndarray | Tensor, system: System, dt: float) -> 
     recovered energies ``(N, T−1)`` (an array, not reported)."""
     rec = recover(frames, system)
     q = positions_to_q(system, rec.bodies())
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        energy = energy_along(system, q, dt)
+    energy = energy_along(system, q, dt)
     # H is undefined where the read-back bodies coincide (an n-body 1/r at r = 0) or a
     # body is missing: such sequences are counted, not averaged as inf or NaN
     defined = np.isfinite(energy).all(-1)
