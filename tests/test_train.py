@@ -328,6 +328,31 @@ def test_ddp_on_two_cpu_ranks_matches_one_process(
         torch.testing.assert_close(value, b["state"]["model"][key], rtol=0, atol=1e-6)
 
 
+_TEARDOWN = """
+import os, sys, torch
+from hgn.training.train import _leave_distributed, _setup_distributed
+_setup_distributed("cpu")
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+ddp(torch.ones(4, 3)).sum().backward()
+ddp = None
+_leave_distributed()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+left = [name for name in names if "gloo" in name]
+sys.exit(f"gloo threads outlive the process group: {left}" if left else 0)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's thread list")
+def test_leaving_distributed_joins_gloo_threads(
+    tmp_path: Path, torchrun: Callable[..., None]
+) -> None:
+    """The group dies before interpreter shutdown: a gloo worker still alive then can
+    abort a rank whose training succeeded (seen on CI)."""
+    script = tmp_path / "teardown.py"
+    script.write_text(_TEARDOWN)
+    torchrun([str(script)])
+
+
 def test_learning_rate_warm_down() -> None:
     """``train.lr_decay``: constant until the last share of the run, then linear to 0."""
     assert decay_factor(0.5, 0.0) == 1.0 and decay_factor(1.0, 0.0) == 1.0

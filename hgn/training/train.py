@@ -18,6 +18,8 @@ before hgn marked its directories (a checkpoint but no marker) is recognised on
 from __future__ import annotations
 
 import dataclasses
+import gc
+import importlib
 import math
 import os
 import time
@@ -237,9 +239,29 @@ def _setup_distributed(device: str) -> torch.device:
             resolved = torch.device("cuda", local)
             torch.cuda.set_device(resolved)
         backend = "nccl" if resolved.type == "cuda" else "gloo"
+        # DDP imports this module lazily; its functions take ``group=group.WORLD`` as a
+        # default, so imported after the group exists they would hold it for good and
+        # ``_leave_distributed`` could not destroy it. Imported first, the default is None.
+        importlib.import_module("torch.distributed.nn.functional")
         torch.distributed.init_process_group(backend)
         return resolved
     return resolve_device(device)
+
+
+def _leave_distributed() -> None:
+    """Destroy the process group, its worker threads joined, while Python is alive.
+
+    gloo joins its worker threads only in the group's destructor, and
+    ``destroy_process_group`` merely drops the registry's references: a group that
+    anything still holds (a DDP wrapper, a default argument) lives on until interpreter
+    shutdown. A worker that then releases the last reference to a tensor Python gave up
+    needs the GIL during finalization, and the rank aborts with "terminate called
+    without an active exception" after a run that succeeded (CI saw it once). So the
+    caller drops its DDP wrapper first, the collector clears any cycle, and the group
+    dies here.
+    """
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def _all_mean(values: torch.Tensor) -> torch.Tensor:
@@ -457,4 +479,5 @@ def train(
         )
     finally:
         if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            forward = None  # empties the closures' cell: the DDP wrapper holds the group
+            _leave_distributed()
