@@ -13,6 +13,8 @@ import torch
 from hgn.cli import main
 from hgn.flows import load
 from hgn.flows.train import STEP_CAP
+from hgn.training.loop import CHECKPOINT
+from hgn.utils import load_checkpoint
 
 TINY = [
     "--flow-steps", "2", "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "32",
@@ -93,6 +95,8 @@ def test_compare_writes_table_time_to_nll_and_figure10(tmp_path, capsys) -> None
         times = [point[0] for point in row["curve"]]
         assert times and times == sorted(times)  # test NLL against training time
         assert row["curve"][-1][1] == row["steps"]  # the last point is the trained model
+        saved = load_checkpoint(out / row["model"] / CHECKPOINT)["config"]["train"]
+        assert saved["steps"] is None and saved["max_minutes"] == 0.01  # all on the clock
     assert table["level_of"] == "RealNVP-2" and table["level"] == table["rows"][2]["nll"]
     assert table["rows"][2]["time_to_level"] is not None and table["first"] in names
     assert (out / "figure10.png").exists() and "| NHF-LF1 |" in (out / "compare.md").read_text()

@@ -107,7 +107,7 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
     # train: compiled by default (it pays within a 10-minute run); compare: eager unless
-    # asked, its throughput probe times eager steps
+    # asked (its models train on the clock, so a compilation is paid out of their minutes)
     g.add_argument(
         "--compile", action=argparse.BooleanOptionalAction,
         default=d.compile if with_steps else False,

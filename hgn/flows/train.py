@@ -495,16 +495,6 @@ def seconds_per_step(
     return _median_time(one, rounds)
 
 
-def _steps_for(model_config: dict, data: DataSource, cfg: FlowTrainConfig, minutes: float) -> int:
-    """How many training steps fit in ``minutes``, from timing a few steps: every model
-    then runs its full learning-rate schedule within the same wall-clock budget."""
-    torch.manual_seed(derive_seed(cfg.seed, "probe"))
-    model = build({**model_config, "dim": data.dim})
-    iwae = cfg.objective == "iwae"
-    per_step = seconds_per_step(model, data, cfg.batch_size, cfg.n_samples, iwae=iwae)
-    return max(1, int(60.0 * minutes / per_step))
-
-
 def matched(kind: str, transforms: int, n_params: int, dim: int, layers: int = 2) -> dict:
     """The ``kind`` (realnvp | nsf) config of ``transforms`` layers whose hidden width
     brings its parameter count closest to ``n_params`` (counts grow with the width)."""
@@ -567,8 +557,9 @@ def compare(
     """Train each of ``models`` for ``minutes`` of wall-clock time on ``target`` and
     compare them at equal time and at matched parameter counts.
 
-    Every model's step count is set from a throughput probe, so that its cosine schedule
-    ends on time (and ``1.2 × minutes`` stops it regardless). Test NLL is measured at
+    Every model trains on the clock (:meth:`FlowTrainConfig.lr_at`): its cosine schedule
+    follows the share of ``minutes`` spent, so each ends fully decayed on time, whatever
+    its speed, and a compiled model pays for its compilation. Test NLL is measured at
     ``curve_points`` moments of training (weights copied as it runs, scored afterwards on
     the same ``n_test`` points) and at the end: the time-to-NLL view. The common level is
     ``reference``'s final NLL (the worst final NLL when it is not among the models); the
@@ -594,13 +585,15 @@ def compare(
         if row_file.is_file():  # finished by an earlier, interrupted compare
             rows.append(json.loads(row_file.read_text()))
             continue
-        run_cfg = replace(
-            cfg, steps=_steps_for(spec, data, cfg, minutes), max_minutes=1.2 * minutes
-        )
+        # on the clock: each model's schedule spans ``minutes`` of its own training,
+        # compilation included; a model an interrupted compare left half-trained gets
+        # what is left of its saved budget (max_minutes None), not a new one
+        fresh = _saved_run(out / name) is None
+        run_cfg = replace(cfg, steps=None, max_minutes=minutes if fresh else None)
         snapshots: list[Snapshot] = []
         result = train(
-            target, out / name, spec, run_cfg, desc=name, resume=True, keep_steps=True,
-            logit=logit, progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
+            target, out / name, spec, run_cfg, desc=name, resume=True, logit=logit,
+            progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
             snapshots=snapshots,
         )  # fmt: skip
         model = load(out / name)
