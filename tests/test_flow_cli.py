@@ -286,6 +286,32 @@ def test_digits_train_evaluate_and_sample_grid(tmp_path, capsys) -> None:
     assert not (tmp_path / "m").exists()  # refused before anything was written
 
 
+def test_a_compiled_gradient_unlike_eager_falls_back_to_eager(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """The first compiled step is checked against eager on the same batch and draws: a
+    compiler that runs but computes another gradient (here: a stub scaling the loss by
+    1.5; inductor did so for zuko's NSF) gives one warning and an eager run that trains
+    on eager's gradients, the same weights as --no-compile; a faithful one gives none."""
+    small = [a for a in TINY if a != "--no-compile"]
+    args = ["flow", "train", "--target", "moons", "--steps", "3", *small, "--no-tensorboard"]
+    assert main([*args, "--out", str(tmp_path / "eager"), "--no-compile"]) == 0
+    for name, stub in (
+        ("wrong", lambda fn, **kw: lambda *a: fn(*a) * 1.5),
+        ("faithful", lambda fn, **kw: fn),
+    ):
+        monkeypatch.setattr(torch, "compile", stub)
+        capsys.readouterr()
+        assert main([*args, "--out", str(tmp_path / name), "--compile"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("differs from eager's") == (name == "wrong"), err
+    eager = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)["state"]["model"]
+    for name in ("wrong", "faithful"):
+        ran = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["state"]["model"]
+        for key, value in eager.items():
+            torch.testing.assert_close(ran[key], value, rtol=0, atol=0)
+
+
 def test_train_compiles_by_default_and_falls_back_to_eager(tmp_path, monkeypatch, capsys) -> None:
     """`flow train` compiles unless --no-compile; a compiler that fails (here: a stub, so
     the test costs no compilation) gives one warning line and an eager run that succeeds.
