@@ -112,8 +112,8 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
         "--compile", action=argparse.BooleanOptionalAction,
         default=d.compile if with_steps else False,
         help="train through torch.compile: ~15%% faster steps after a 15-50 s compilation "
-        "at the start, eager if compiling fails (default: %(default)s; --no-compile for "
-        "short runs)",
+        "at the start, eager if compiling fails or the first compiled gradient differs "
+        "from eager's (default: %(default)s; --no-compile for short runs)",
     )  # fmt: skip
     g.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS,
