@@ -134,6 +134,8 @@ def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
     map if it has one. A volume-preserving flow cannot rescale, so data at the prior's
     scale is much easier: on checkerboard it took the test NLL of seeds 1-2 from
     3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, NHF)."""
+    if not (standardise or model.logit):
+        return
     ref = data.reference(100_000)
     if model.logit:
         check_points(ref, data.dim, f"training data of {data.name}", unit_box=True)
@@ -353,8 +355,11 @@ class _Compiled:
         compiled = [p.grad for p in self.params]
         torch.set_rng_state(rng)  # the same draws (NHF samples momenta) for eager
         loss = loss_and_grad(eager, batch)  # this step trains on eager's gradient
-        pairs = [(c, p.grad) for c, p in zip(compiled, self.params, strict=True)]
-        pairs = [(c, e) for c, e in pairs if c is not None and e is not None]
+        pairs = [
+            (c, p.grad)
+            for c, p in zip(compiled, self.params, strict=True)
+            if c is not None and p.grad is not None
+        ]
         difference = math.sqrt(sum(float((c - e).square().sum()) for c, e in pairs))
         scale = math.sqrt(sum(float(e.square().sum()) for _, e in pairs))
         relative = difference / max(scale, 1e-30)
@@ -505,28 +510,6 @@ def _median_time(fn: Callable[[], Any], rounds: int) -> float:
     """Median over ``rounds`` of the best-of-3 wall time of ``fn``: a burst of load on a
     shared machine spoils a call, rarely a whole round."""
     return float(np.median([time_per_call(fn) for _ in range(rounds)]))
-
-
-def seconds_per_step(
-    model: DensityModel,
-    data: DataSource,
-    batch_size: int,
-    n_samples: int = 1,
-    rounds: int = 5,
-    iwae: bool = False,
-) -> float:
-    """Wall time of one training step (loss, backward, fused Adam) on a throwaway
-    optimiser, after two warm-up steps (:func:`_median_time`)."""
-    opt = optimiser(model)
-
-    def one() -> None:
-        loss = model.loss(data.sample_train(batch_size), n_samples, iwae)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    one(), one()
-    return _median_time(one, rounds)
 
 
 def matched(kind: str, transforms: int, n_params: int, dim: int, layers: int = 2) -> dict:
