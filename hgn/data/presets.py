@@ -1,11 +1,11 @@
 """Named dataset settings: ``hgn data generate --preset NAME`` (listed by
 ``hgn data presets``).
 
-``paper-*``: the HGN paper's four datasets (SPEC.md §2): 64×64, Δt 0.125, 31 frames,
+``paper-*``: the HGN paper's four datasets (docs/SCIENCE.md §2): 64×64, Δt 0.125, 31 frames,
 50,000 + 10,000 trajectories, per-frame observation noise.
 
 ``dm-*``: the DeepMind Hamiltonian dynamics suite's settings where they are public
-(SPEC.md §3e): Δt 0.05, 32×32, no noise, 50,000 + 20,000 trajectories, the suite's
+(docs/SCIENCE.md §2): Δt 0.05, 32×32, no noise, 50,000 + 20,000 trajectories, the suite's
 pictures (soft discs with a sigmoid edge, radius √(m/π), hues on dark grey), its
 pendulum Hamiltonian (m g l (1 − cos q), no factor 2) and 64 frames (the 4 context + 60
 target frames its HGN++ trains on). Each system comes in variants:

@@ -1,4 +1,4 @@
-"""The extrapolation protocol (SPEC.md §3c): do the learned dynamics hold far past the
+"""The extrapolation protocol (docs/SCIENCE.md §5a): do the learned dynamics hold far past the
 training window, backward in time, faster and slower?
 
 On a long test set (e.g. 90 steps), per sequence, in batches: the model reads its
@@ -386,7 +386,7 @@ class _Rollouts:
 def declared_reversible(model: SequenceModel) -> bool | None:
     """What the model's integrator says, where its config names one: implicit midpoint
     is reversible for any H, leapfrog and its composition only for a separable H
-    (SPEC.md §3), Euler and RK4 never. None when the config names no integrator (HGN++
+    (docs/SCIENCE.md §5a), Euler and RK4 never. None when the config names no integrator (HGN++
     always integrates its separable H with leapfrog; its round trip is measured)."""
     config = model.config
     name = getattr(config, "integrator", None)

@@ -1,4 +1,4 @@
-"""Neural Hamiltonian Flows (paper Sec. 3.3, SPEC §6) and the zuko baselines (RealNVP, NSF).
+"""Neural Hamiltonian Flows (paper Sec. 3.3, docs/SCIENCE.md §6) and the zuko baselines (RealNVP, NSF).
 
 An NHF is a normalising flow whose steps are Hamiltonian dynamics. Data x = q_T ∈ R^d is
 the position half of a phase-space state s = (q, p); the momentum p is a latent variable.

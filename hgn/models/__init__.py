@@ -1,5 +1,5 @@
 """The sequence models hgn trains, by CLI name: HGN and its ablations (paper Sec. 3.2, 4),
-HGN++ (the improved HGN of the latent-dynamics benchmark, SPEC.md §3b) and the HNN
+HGN++ (the improved HGN of the latent-dynamics benchmark, docs/SCIENCE.md §3) and the HNN
 baselines (Greydanus et al., 2019). One registry, filled here, in one place."""
 
 from __future__ import annotations

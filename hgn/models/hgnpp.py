@@ -1,4 +1,4 @@
-"""HGN++: the improved HGN of the latent-dynamics benchmark (SPEC.md §3b).
+"""HGN++: the improved HGN of the latent-dynamics benchmark (docs/SCIENCE.md §3a).
 
 Botev et al. (2021, "Which priors matter?") and Higgins et al. (2021, "SyMetric") kept
 HGN's idea and changed what made it fail to extrapolate in time. What they changed, and

@@ -1,7 +1,7 @@
 """The HNN baseline from pixels (Greydanus et al., 2019) and its convolutional variant.
 
 HNN learns a Hamiltonian ``H(q, p)`` by matching its symplectic gradient to observed time
-derivatives. From pixels, following the paper's description (SPEC.md §4):
+derivatives. From pixels, following the paper's description (docs/SCIENCE.md §4):
 
 * an autoencoder takes two consecutive frames ``[x_t, x_{t+1}]`` (flattened for the MLP
   variant, stacked on the channel axis for the conv variant) and maps them to a latent

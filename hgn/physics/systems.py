@@ -199,7 +199,7 @@ class System:
         raise NotImplementedError
 
     def sample_initial(self, n: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-        """``n`` initial states ``(n, dof)`` float64, the paper's way (see SPEC.md §2)."""
+        """``n`` initial states ``(n, dof)`` float64, the paper's way (see docs/SCIENCE.md §2)."""
         raise NotImplementedError
 
     def positions(self, q: Tensor) -> Tensor:

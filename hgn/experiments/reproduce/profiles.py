@@ -29,7 +29,7 @@ MODEL_ORDER = (
     "hgn++",
 )
 """Rows of the tables: the paper's, in its order, with each HNN baseline's anti-collapse
-row beside the paper's recipe, and HGN++ (SPEC.md §3b) last."""
+row beside the paper's recipe, and HGN++ (docs/SCIENCE.md §3a) last."""
 
 MODEL_LABELS = {
     "hnn": "HNN",
@@ -55,7 +55,7 @@ HNN_MODELS = ("hnn", "hnn-conv", "hnn-ac", "hnn-conv-ac")
 REGIMES = ("noisy", "clean")
 """The two datasets every model is trained and evaluated on: the paper's, with fresh
 observation noise in every frame, and the same system without it (``--noise 0``,
-SPEC.md §3d). Table 1 is given on both; learned dynamics are judged on clean data."""
+docs/SCIENCE.md §2, "Noise, decided"). Table 1 is given on both; learned dynamics are judged on clean data."""
 
 ANTI_COLLAPSE = {"ae_warmup": 500, "dynamics_detach": True}
 """The HNN baselines' best effort against collapse (hgn.models.hnn): the autoencoder
@@ -68,7 +68,7 @@ or below the mean image (HNN Conv, 0.995)."""
 
 LONG_RUN = "long"
 """HGN++'s third run in every cell, beside its ``noisy`` and ``clean`` ones: its own
-recipe (SPEC.md §3b), trained on clean long sequences (the profile's ``hgnpp_steps``)
+recipe (docs/SCIENCE.md §3a), trained on clean long sequences (the profile's ``hgnpp_steps``)
 with its own budget (``hgnpp_minutes``, ``hgnpp_train_steps``). Trained like the other
 rows on 30-step data for minutes, HGN++ stays at the mean image (it reads 5 frames and
 learns dynamics from long targets: docs/RESULTS.md, "Learned dynamics (issue 10)").
@@ -132,7 +132,7 @@ class Profile:
     hgnpp_steps: int
     """Steps per trajectory of HGN++'s own training set (``SYSTEM-clean-hgnpp``: clean,
     the profile's ``n_train``/``n_test``), on which its long-data run is trained: HGN++
-    reads 5 frames and needs long targets to learn dynamics (SPEC.md §3b: 60 steps)."""
+    reads 5 frames and needs long targets to learn dynamics (docs/SCIENCE.md §3a: 60 steps)."""
     hgnpp_train_steps: int
     """Optimisation steps of HGN++'s long-data run."""
     hgnpp_minutes: float | None

@@ -63,7 +63,7 @@ EXTRAPOLATION_NOTE = (
     "frame's mean-image MSE / steps taken. H drift: relative spread of the learned H along a "
     "{drift}-step rollout. A model whose integrator is not time-reversible still has its "
     "backward numbers, marked in their cell. "
-    + "HGN++'s row is its own recipe's run (SPEC.md §3b), not the 30-step run of its "
+    + "HGN++'s row is its own recipe's run (docs/SCIENCE.md §3a), not the 30-step run of its "
     "Tables 1–2 rows: trained on clean {hgnpp_steps}-step sequences with a budget of "
     "{hgnpp_budget} (the other rows: the profile's 30-step data and budget; see the "
     "training table)."

@@ -44,7 +44,7 @@ PUBLISHED_MSE: dict[str, dict[str, tuple[float, float]]] = {
     },
 }
 """Table 1 of the paper (×1e4, train / test), as far as our copy of it has the numbers
-(SPEC.md §5): the HNN, HNN Conv and no-f_ψ rows and Table 2 were lost with the tables'
+(docs/SCIENCE.md §5): the HNN, HNN Conv and no-f_ψ rows and Table 2 were lost with the tables'
 layout; the paper says HNN was an order of magnitude worse on all four systems."""
 
 Cells = Mapping[str, Mapping[str, Any]]
