@@ -12,8 +12,8 @@ def load(run: str, device: str = "cpu"):  # -> hgn.models.SequenceModel, importe
     ``load(run).sample(n, steps)`` draws what the CLI draws; where that data is gone it
     samples N(0, I), and ``model.sampling_from`` says so."""
     from hgn.evaluation.physics import fit_recorded
-    from hgn.training.config import load_model
+    from hgn.runs import open_sequence_model
 
-    model, saved = load_model(run, device)
+    model, saved = open_sequence_model(run, device)
     fit_recorded(model, saved)
     return model

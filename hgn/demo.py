@@ -20,8 +20,8 @@ from hgn import data as hgn_data
 from hgn.evaluation.evaluate import render_samples
 from hgn.evaluation.extrapolate import FILES, extrapolate
 from hgn.evaluation.physics import samples_markdown, score_samples
+from hgn.runs import CHECKPOINT
 from hgn.training.config import DEFAULT_PROFILE, resolve
-from hgn.training.loop import CHECKPOINT
 from hgn.training.train import train
 from hgn.utils import UserError, claim_output_dir
 

@@ -52,7 +52,7 @@ def test_conv_variant_reuses_hgn_networks() -> None:
 def test_field_is_the_symplectic_gradient_of_h() -> None:
     model = _model("hnn", dof=2)
     z = torch.randn(5, 4, requires_grad=True)
-    energy = model.hamiltonian(z[:, :2], z[:, 2:]).sum()
+    energy = model.h_net(z[:, :2], z[:, 2:]).sum()
     (grad,) = torch.autograd.grad(energy, z)
     expected = torch.cat([grad[:, 2:], -grad[:, :2]], dim=1)
     torch.testing.assert_close(model.field(z.detach()), expected)
@@ -67,7 +67,7 @@ def test_rollout_conserves_learned_energy_and_reverses() -> None:
         energy = fwd["energy"]
         assert (energy - energy[:, :1]).abs().max() < 1e-4 * (1 + energy.abs().max())
         # integrate back from the end state with -dt: we must land on the start state
-        grad_fn = integrators.grad_of(model.hamiltonian)
+        grad_fn = integrators.grad_of(model.h_net)
         qs, ps = integrators.rollout(
             grad_fn, fwd["q"][:, -1], fwd["p"][:, -1], -0.05, 20, method="rk4"
         )
@@ -102,7 +102,7 @@ def test_loss_terms_have_the_documented_meaning() -> None:
     torch.nn.init.zeros_(last.weight)
     with torch.no_grad():
         last.bias.copy_(torch.tensor([0.3, 0.2]))
-    torch.nn.init.zeros_(model.hamiltonian.net[-1].weight)  # H constant: zero field
+    torch.nn.init.zeros_(model.h_net.net[-1].weight)  # H constant: zero field
     _, metrics = model.loss(frames)
     assert metrics["hnn"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["aux"] == pytest.approx(0.2**2)
@@ -178,7 +178,7 @@ def test_detached_dynamics_losses_train_the_hamiltonian_only() -> None:
     loss.backward()
     assert metrics["hnn"] > 0 and metrics["aux"] > 0  # still measured
     assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
-    assert any(p.grad is not None and p.grad.any() for p in model.hamiltonian.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.h_net.parameters())
 
 
 def test_anti_collapse_keys_are_validated() -> None:

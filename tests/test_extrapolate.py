@@ -390,13 +390,14 @@ def test_hgnpp_is_scored_from_the_window_start_or_from_its_state(clean: Path) ->
         run(progress=False, align="middle")
 
 
-def test_a_model_without_a_state_api_goes_through_predict(clean: Path) -> None:
-    """HNN offers only predict(): it still gets every number, and RK4 is reported as
-    irreversible from its name."""
+def test_hnn_gets_every_number_and_rk4_is_irreversible_by_its_name(clean: Path) -> None:
+    """HNN goes through the same interface as HGN: it gets every number, its round trip
+    is measured, and RK4 is reported as irreversible from its name."""
     model = get_model("hnn")({"image_size": 16, "dof": 1}).eval()
     split = hgn_data.load(clean, "test")
     mean = mean_frame(hgn_data.load(clean, "train"))
     results, _ = ex.run_protocol(model, split, mean, start=3, drift_steps=10, progress=False)
     assert results["reversible"]["how"] == "from the integrator"
     assert results["reversible"]["reversible"] is False
+    assert results["reversible"]["round_trip_relative_error"] is not None
     assert all(np.isfinite(r["ratio"]) for r in results["rollouts"].values())

@@ -13,7 +13,7 @@ import torch
 from hgn.cli import main
 from hgn.flows import load
 from hgn.flows.train import STEP_CAP
-from hgn.training.loop import CHECKPOINT
+from hgn.runs import CHECKPOINT
 from hgn.utils import load_checkpoint
 
 TINY = [

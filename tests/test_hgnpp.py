@@ -73,7 +73,7 @@ def test_public_api_shapes_and_state_offset() -> None:
     states = model.rollout(state, 6, dt=-0.1)
     assert states.q.shape == (4, 7, 4)
     assert model.hamiltonian(states).shape == (4, 7)
-    assert model.decode(states.q).shape == (4, 7, 3, 16, 16)
+    assert model.decode(states).shape == (4, 7, 3, 16, 16)
     out = model.predict(x, 5)
     assert out["images"].shape == (4, 6, 3, 16, 16) and out["energy"].shape == (4, 6)
     assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
@@ -199,7 +199,7 @@ def test_backward_half_is_scored_against_earlier_frames(monkeypatch: pytest.Monk
         rows = torch.arange(4)[:, None].expand(q.shape[:2])
         return x[rows, q[..., 0].round().long()]
 
-    monkeypatch.setattr(model, "decode", decode)
+    monkeypatch.setattr(model, "decode_positions", decode)
     _, metrics = model.loss(x)
     assert metrics["mse"] < 1e-10
 
@@ -250,7 +250,7 @@ def test_curriculum_lengthens_the_horizon_once_the_current_one_is_predicted() ->
     assert int(model.state_dict()["horizon"]) == horizons[-1] + 1  # resumed exactly
     model = tiny(frames=20, grow_below=0.9).train()
     model.init_from_data(x.mean((0, 1)))  # the true mean frame: an untrained model is no better
-    assert {model.loss(x)[1]["horizon"] for _ in range(8)} == {1}
+    assert {int(model.loss(x)[1]["horizon"]) for _ in range(8)} == {1}
 
 
 def test_consistency_term_trains_the_dynamics_towards_the_encoder_states() -> None:
@@ -466,8 +466,8 @@ def test_colour_weight_counts_only_colour_errors() -> None:
         losses = []
         for weight in (0.0, 3.0):
             model = tiny(colour_weight=weight).eval()  # eval: one direction
-            draw = model.decode
-            model.decode = lambda q, draw=draw: (
+            draw = model.decode_positions
+            model.decode_positions = lambda q, draw=draw: (
                 draw(q).mean(-3, keepdim=True).expand(*q.shape[:-1], 3, 16, 16)
             )
             torch.manual_seed(1)
@@ -501,7 +501,7 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
 
     from hgn import data as hgn_data
     from hgn.cli import main
-    from hgn.training.loop import CHECKPOINT
+    from hgn.runs import CHECKPOINT
     from hgn.utils import load_checkpoint
 
     data = tmp_path / "data"
@@ -529,7 +529,7 @@ def test_prioritised_training_under_two_ranks_records_the_global_batch(
     """gloo, 2 ranks × batch 2: each rank scores its own half of the global batch, and
     the errors are gathered so that every rank (and the checkpoint) holds all of them."""
     from hgn import data as hgn_data
-    from hgn.training.loop import CHECKPOINT
+    from hgn.runs import CHECKPOINT
     from hgn.utils import load_checkpoint
 
     data = tmp_path / "data"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgn.training.loop import CHECKPOINT, LoopConfig, _Progress, train_loop
+from hgn.runs import CHECKPOINT
+from hgn.training.loop import LoopConfig, _Progress, train_loop
 from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 

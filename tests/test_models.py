@@ -146,7 +146,7 @@ def test_shapes_of_predict_sample_encode_decode() -> None:
     assert out["images"].min() >= 0 and out["images"].max() <= 1
     assert model.sample(3, 4).shape == (3, 5, 3, 16, 16)
     state = model.encode(x)
-    assert state.q.shape == (2, 4, 4, 4) and model.decode(state.q).shape == (2, 3, 16, 16)
+    assert state.q.shape == (2, 4, 4, 4) and model.decode(state).shape == (2, 3, 16, 16)
     assert model.context_frames == 3
     # the encoder reads only the prefix it was configured for
     y = x.clone()

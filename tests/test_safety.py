@@ -15,12 +15,13 @@ import torch
 from test_train import error_of, sets
 
 from hgn import data as hgn_data
+from hgn import runs
 from hgn.cli import main
 from hgn.evaluation.evaluate import valid_prediction_time, vpt_threshold
 from hgn.models import HGN
+from hgn.runs import CHECKPOINT
 from hgn.training import train as hgn_train
 from hgn.training.config import resolve
-from hgn.training.loop import CHECKPOINT
 from hgn.utils import OUTPUT_MARKER, load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
@@ -316,6 +317,6 @@ def test_data_from_before_friction_and_offset_is_not_another_dataset() -> None:
     different friction still is."""
     old = {"system": "mass-spring", "constants": {"k": 2.0, "m": 0.5}, "noise": 0.0}
     new = {**old, "constants": {"k": 2.0, "m": 0.5, "friction": 0.0, "offset": 0.0}}
-    assert hgn_train.data_mismatch(old, new) is None
+    assert runs.data_mismatch(old, new) is None
     damped = {**old, "constants": {"k": 2.0, "m": 0.5, "friction": 0.05, "offset": 0.0}}
-    assert "constants" in (hgn_train.data_mismatch(old, damped) or "")
+    assert "constants" in (runs.data_mismatch(old, damped) or "")

@@ -18,8 +18,8 @@ import hgn
 from hgn import data as hgn_data
 from hgn.cli import main
 from hgn.models import HGN
-from hgn.training.config import EMA_PREFIX, load_model, resolve
-from hgn.training.loop import CHECKPOINT
+from hgn.runs import CHECKPOINT, open_sequence_model
+from hgn.training.config import resolve
 from hgn.training.train import Batches, decay_factor, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
@@ -108,7 +108,7 @@ def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
 def test_moving_average_resumes_exactly_and_is_what_loads(dataset: Path, tmp_path: Path) -> None:
     """``train.ema``: the average is checkpointed (a resumed run ends with the same one
     as an uninterrupted run), it is the decay's average of the weights the steps
-    visited, and ``load_model`` returns it unless asked for the last step's weights."""
+    visited, and ``open_sequence_model`` returns it unless asked for the last step's weights."""
     base = ["train", "--data", str(dataset), *sets("model.name=hgn-determ", "train.ema=0.5")]
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
     assert main([*base, "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
@@ -116,13 +116,14 @@ def test_moving_average_resumes_exactly_and_is_what_loads(dataset: Path, tmp_pat
     assert main([*resume, "--steps", "4"]) == 0
     a = load_checkpoint(tmp_path / "a" / CHECKPOINT)["state"]
     b = load_checkpoint(tmp_path / "b" / CHECKPOINT)["state"]
-    for key in a["ema"]:
-        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=1e-6)
-    averaged, _ = load_model(tmp_path / "a")
-    last, _ = load_model(tmp_path / "a", averaged=False)
+    for key, value in a["averaged"]["weights"].items():
+        torch.testing.assert_close(value, b["averaged"]["weights"][key], rtol=0, atol=1e-6)
+    assert int(a["averaged"]["n_averaged"]) == int(b["averaged"]["n_averaged"]) == 4
+    averaged, _ = open_sequence_model(tmp_path / "a")
+    last, _ = open_sequence_model(tmp_path / "a", averaged=False)
     moved = 0
     for name, weight in averaged.named_parameters():
-        torch.testing.assert_close(weight, a["ema"][EMA_PREFIX + name])
+        torch.testing.assert_close(weight, a["averaged"]["weights"][name])
         torch.testing.assert_close(dict(last.named_parameters())[name], a["model"][name])
         moved += not torch.equal(weight, a["model"][name])
     assert moved  # four steps at decay 0.5 leave the average behind the last weights
@@ -250,7 +251,7 @@ def test_load_api(run: Path, dataset: Path) -> None:
     frames = hgn_data.SequenceDataset(dataset, "test")[0][None]
     state = model.encode(frames)
     states = model.rollout(state, 4, dt=0.1)
-    assert model.decode(states.q).shape == (1, 5, 3, 16, 16)
+    assert model.decode(states).shape == (1, 5, 3, 16, 16)
     assert model.hamiltonian(states).shape == (1, 5)
     assert model.sample(2, 3).shape == (2, 4, 3, 16, 16)
 

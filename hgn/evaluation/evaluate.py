@@ -54,8 +54,7 @@ from hgn.data import mean_frame, to_frames
 from hgn.evaluation.physics import bind_rows, fit_recorded, samples_markdown, score_samples
 from hgn.models import SequenceModel
 from hgn.plots import check_output, hwc, plot_energy, plot_mse
-from hgn.training.config import load_model
-from hgn.training.train import data_mismatch
+from hgn.runs import data_mismatch, open_sequence_model
 from hgn.utils import (
     UserError,
     atomic_path,
@@ -197,8 +196,7 @@ def valid_prediction_time(
 
 def context_frames(model: SequenceModel, total: int) -> int:
     """How many leading frames the model infers its state from."""
-    seen = getattr(model, "context_frames", None)
-    return total if seen is None else min(int(seen), total)
+    return min(model.context_frames, total)
 
 
 def evaluate(
@@ -314,7 +312,7 @@ def open_run(
     if not out.parent.is_dir():
         raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
     check_output_dir(out, "evaluate")
-    model, saved = load_model(run, device)
+    model, saved = open_sequence_model(run, device)
     splits = {name: hgn_data.load(data, name) for name in hgn_data.SPLITS}
     check_compatible(model, splits["test"])
     mismatch = data_mismatch(saved.get("trained_on"), splits["test"].meta)
@@ -326,7 +324,7 @@ def open_run(
 def check_compatible(model: SequenceModel, split: hgn_data.Split) -> None:
     """Refuse (one line) a split whose images are not the size the model was built for:
     the networks would fail deep inside with a shape error."""
-    size, want = split.meta["size"], getattr(model.config, "image_size", split.meta["size"])
+    size, want = split.meta["size"], model.image_size
     if size != want:
         raise UserError(
             f"{split.path} holds {size}×{size} images but the model was trained on {want}×{want}"
@@ -439,7 +437,7 @@ def render_rollout(
     if not (math.isfinite(speed) and speed > 0):
         raise UserError(f"--speed must be a positive number, got {speed}")
     dev = resolve_device(device)
-    model, _ = load_model(run, dev)
+    model, _ = open_sequence_model(run, dev)
     seqs = hgn_data.load(data, split)
     check_compatible(model, seqs)
     if not 0 <= index < len(seqs):
@@ -474,7 +472,7 @@ def render_samples(
     check_output(out, (".gif", ".mp4", ".png"), overwrite)
     n, steps = positive_int(n, "--n"), positive_int(steps, "--steps")
     dev = resolve_device(device)
-    model, saved = load_model(run, dev)
+    model, saved = open_sequence_model(run, dev)
     fit_recorded(model, saved)  # as hgn evaluate scores them
     torch.manual_seed(seed)
     with torch.no_grad():

@@ -68,7 +68,6 @@ from hgn.evaluation.evaluate import (
     vpt_threshold,
 )
 from hgn.models import SequenceModel, State
-from hgn.physics import integrators
 from hgn.physics.systems import System
 from hgn.utils import (
     UserError,
@@ -329,10 +328,6 @@ def _listed(values: np.ndarray) -> list[float | None]:
 # ----------------------------------------------------------------------------- model
 
 
-def _has_state_api(model: SequenceModel) -> bool:
-    return all(callable(getattr(model, name, None)) for name in ("encode", "rollout", "decode"))
-
-
 def check_align(align: str) -> str:
     """``--align`` as given, or a one-line error naming the choices."""
     if align not in ALIGNS:
@@ -342,37 +337,36 @@ def check_align(align: str) -> str:
 
 def rolled_back(model: SequenceModel, align: str) -> int:
     """Steps the inferred state is taken back before the rollouts start: the model's
-    ``state_offset`` with ``align="start"`` (where it has a state API to do it with),
+    ``state_offset`` with ``align="start"`` (where it can run backwards to do it),
     else 0."""
     check_align(align)
-    offset = int(getattr(model, "state_offset", 0))
-    return offset if align == "start" and _has_state_api(model) else 0
+    return model.state_offset if align == "start" and model.can_run_backwards else 0
 
 
 class _Rollouts:
-    """Rollouts of one batch from one inferred state: through ``encode``/``rollout``/
-    ``decode``/``hamiltonian`` where the model has them (the state is inferred once for
-    all four rollouts, then taken ``back`` steps back with the trained −dt), else
-    through ``predict`` (HNN)."""
+    """Rollouts of one batch from one inferred state: the state is inferred once for all
+    four rollouts, then taken ``back`` steps back with the trained −dt."""
 
     def __init__(self, model: SequenceModel, window: Tensor, back: int = 0) -> None:
-        self.model, self.window = model, window
-        self.state = model.encode(window) if _has_state_api(model) else None
-        if self.state is not None and back:
-            states = model.rollout(self.state, back, -float(model.config.dt))
+        self.model = model
+        self.state = model.encode(window)
+        if back:
+            states = model.rollout(self.state, back, -model.trained_dt)
             self.state = State(states.q[:, -1], states.p[:, -1])
 
     def __call__(self, steps: int, dt: float, images: bool = True) -> tuple[Tensor | None, Tensor]:
-        if self.state is not None:
-            states = self.model.rollout(self.state, steps, dt)
-            energy = self.model.hamiltonian(states)
-            return (self.model.decode(states.q) if images else None), energy
-        out = self.model.predict(self.window, steps, dt)
-        return out["images"], out["energy"]
+        """Images (or None) and energies ``(B, steps + 1)``, NaN where the model has no
+        Hamiltonian."""
+        states = self.model.rollout(self.state, steps, self.model.check_rollout(dt))
+        energy = self.model.hamiltonian(states)
+        if energy is None:
+            energy = torch.full(states.q.shape[:2], math.nan, device=states.q.device)
+        return (self.model.decode(states) if images else None), energy
 
     def round_trip(self, steps: int, dt: float) -> float | None:
-        """Relative error of rolling ``steps`` forward then back (None without states)."""
-        if self.state is None:
+        """Relative error of rolling ``steps`` forward then back (None where the model
+        cannot run backwards)."""
+        if not self.model.can_run_backwards:
             return None
         ahead = self.model.rollout(self.state, steps, dt)
         end = State(ahead.q[:, -1], ahead.p[:, -1])
@@ -381,20 +375,6 @@ class _Rollouts:
         miss = (back.q[:, -1] - q).square().sum() + (back.p[:, -1] - p).square().sum()
         size = q.square().sum() + p.square().sum()
         return float((miss / size.clamp(min=1e-30)).sqrt())
-
-
-def declared_reversible(model: SequenceModel) -> bool | None:
-    """What the model's integrator says, where its config names one: implicit midpoint
-    is reversible for any H, leapfrog and its composition only for a separable H
-    (docs/SCIENCE.md §5a), Euler and RK4 never. None when the config names no integrator (HGN++
-    always integrates its separable H with leapfrog; its round trip is measured)."""
-    config = model.config
-    name = getattr(config, "integrator", None)
-    if name is None:
-        return None
-    if name in integrators.REVERSIBLE_ANY_H:
-        return True
-    return name in ("leapfrog", "yoshida4") and bool(getattr(config, "separable", False))
 
 
 @torch.no_grad()
@@ -411,13 +391,13 @@ def rollout_with_truth(
     the same times: both ``(steps+1, 3, H, W)``, grey where no truth exists. Used by
     ``hgn rollout``: with a known system the truth exists at every time, between stored
     frames and before the first one as well."""
-    context = int(getattr(model, "context_frames", None) or split.meta["steps"] + 1)
+    context = model.context_frames
     images = np.array(split.images[index : index + 1])
     q = None if split.q is None else np.array(split.q[index : index + 1])
     p = None if split.p is None else np.array(split.p[index : index + 1])
     roll = _Rollouts(model, to_frames(images[:, :context], device))
-    pred, _ = roll(steps, float(model.config.dt) * speed)
-    s0 = int(getattr(model, "state_offset", 0))
+    pred, _ = roll(steps, model.trained_dt * speed)
+    s0 = model.state_offset
     rows = slice(index, index + 1)
     frames, _, available = Truth(split).frames(
         images, q, p, s0, speed, steps, f"rollout/{index}", rows
@@ -451,8 +431,7 @@ def run_protocol(
     (the shown sequence)."""
     device = mean.device
     meta = split.meta
-    context = int(getattr(model, "context_frames", None) or meta["steps"] + 1)
-    offset = int(getattr(model, "state_offset", 0))
+    context, offset = model.context_frames, model.state_offset
     back = rolled_back(model, align)
     longer = LONGER_GENERATED if split.has_states else LONGER_IMPORTED
     p = plan(meta["steps"] + 1, start, context, offset - back, longer)
@@ -463,7 +442,7 @@ def run_protocol(
     floor = 0.0
     if (meta.get("noise") or 0) > 0 and truth.system is not None:
         floor = noise_floor(split, min(n, 50))
-    dt = float(model.config.dt)
+    dt = model.trained_dt
     mse = {r.name: [] for r in ROLLOUTS}
     base = {r.name: [] for r in ROLLOUTS}
     pos_err = {r.name: [] for r in ROLLOUTS}
@@ -540,7 +519,7 @@ def run_protocol(
     start_level = np.maximum(np.abs(energy[:, :1]), 1e-12)
     trip_steps = min(ROUND_TRIP_STEPS, p["backward"])
     measured = roll.round_trip(trip_steps, dt)
-    declared = declared_reversible(model)
+    declared = model.exactly_reversible()
     # a slow (e.g. untrained) H barely moves the state, so Euler's round trip can look
     # exact: an integrator that is irreversible by construction stays so
     reversible = declared is not False and (measured is None or measured < REVERSIBLE_TOLERANCE)
@@ -580,7 +559,9 @@ def run_protocol(
             "round_trip_steps": trip_steps if measured is not None else None,
             "integrator": getattr(model.config, "integrator", None),
             "declared": declared,
-            "how": "measured round trip" if measured is not None else "from the integrator",
+            "how": "measured round trip"
+            if measured is not None and declared is not False
+            else "from the integrator",
         },
         "energy_drift": {
             "steps": drift_steps,

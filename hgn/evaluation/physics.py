@@ -390,12 +390,11 @@ def fit_sampler(
     the test set they are scored against), where the model has one to fit
     (``fit_aggregate_posterior``, HGN++) and it is not fitted yet. Reads only the frames
     the encoder reads. Returns the number of sequences fitted to (0: nothing done)."""
-    fit = getattr(model, "fit_aggregate_posterior", None)
-    if fit is None or len(getattr(model, "posterior_means", ())):
+    if model.sampler_fitted:
         return 0
-    if split.images.shape[-2] != getattr(model.config, "image_size", split.images.shape[-2]):
+    if split.images.shape[-2] != model.image_size:
         return 0  # not the data it was trained on (regenerated at another size)
-    k = model.context_frames or split.images.shape[1]
+    k = model.context_frames
     device = next(model.parameters()).device
     n = min(n, len(split))
 
@@ -404,7 +403,7 @@ def fit_sampler(
             x = torch.from_numpy(np.array(split.images[lo : min(n, lo + batch), :k]))
             yield x.permute(0, 1, 4, 2, 3).to(device)  # (B, k, 3, H, W) uint8
 
-    return int(fit(batches()))
+    return model.fit_aggregate_posterior(batches())
 
 
 def training_split(saved: dict[str, Any]) -> hgn_data.Split | None:
@@ -459,7 +458,7 @@ def score_samples(
     truth = np.asarray(split.images[: min(n, len(split))])
     result = samples_physics(hwc(samples), truth, system, meta["dt"])
     result.update(seed=seed, steps=meta["steps"])
-    result["sampled_from"] = getattr(model, "sampling_from", "the model's prior")
+    result["sampled_from"] = model.sampling_from
     return result
 
 

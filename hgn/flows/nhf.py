@@ -1,4 +1,5 @@
-"""Neural Hamiltonian Flows (paper Sec. 3.3, docs/SCIENCE.md §6) and the zuko baselines (RealNVP, NSF).
+"""Neural Hamiltonian Flows (paper Sec. 3.3, docs/SCIENCE.md §6) and the zuko baselines
+(RealNVP, NSF).
 
 An NHF is a normalising flow whose steps are Hamiltonian dynamics. Data x = q_T ∈ R^d is
 the position half of a phase-space state s = (q, p); the momentum p is a latent variable.
@@ -47,10 +48,11 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.utils import broadcast_all
 from tqdm.auto import tqdm
 
+from hgn import runs
 from hgn.checks import check_range, config_from_dict
 from hgn.nn import EnergyMLP, mlp
 from hgn.physics.integrators import leapfrog_separable
-from hgn.utils import UserError, load_checkpoint, save_checkpoint
+from hgn.utils import UserError, save_checkpoint
 
 Shape = int | tuple[int, ...] | torch.Size
 _SCALAR: torch.Size = torch.Size()
@@ -569,19 +571,25 @@ def save(model: DensityModel, path: str | Path, target: str | None = None, seed:
     target's train/test split, as for a run trained with that seed. The keys are those of
     the checkpoint :func:`hgn.flows.train.train` writes (one format, one reader)."""
     config = {"model": model.config(), "target": target, "train": {"seed": seed}}
+    state = {"model": model.state_dict()}
     save_checkpoint(
-        path,
-        {"step": 0, "seconds": 0.0, "config": config, "state": {"model": model.state_dict()}},
+        path, {"kind": runs.FLOW, "step": 0, "seconds": 0.0, "config": config, "state": state}
     )
 
 
-def load(run: str | Path) -> DensityModel:
-    """Load the model of a run directory (or a checkpoint file) in eval mode."""
-    run = Path(run)
-    saved = load_checkpoint(run / "checkpoint.pt" if run.is_dir() else run)
+def open_run(run: str | Path) -> tuple[DensityModel, dict[str, Any]]:
+    """The model of a flow run directory (or a checkpoint file) in eval mode, and its
+    checkpoint (:func:`hgn.runs.read`: weights-only; a sequence run is refused)."""
+    saved = runs.read(run)
+    runs.expect_kind(saved, runs.FLOW, run)
     try:
         model = build(saved["config"]["model"])
         model.load_state_dict(saved["state"]["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"{run} does not hold a flow model ({type(exc).__name__}: {exc})") from None
-    return model.eval()
+    return model.eval(), saved
+
+
+def load(run: str | Path) -> DensityModel:
+    """The model of a flow run directory (or a checkpoint file), in eval mode."""
+    return open_run(run)[0]

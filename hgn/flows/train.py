@@ -25,7 +25,8 @@ from torch import Tensor
 from hgn.checks import check_range, config_from_dict
 from hgn.flows.nhf import NHF, DensityModel, NHFConfig, build, check_int, load, n_parameters
 from hgn.flows.targets import DataSource, check_points, data_source
-from hgn.training.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
+from hgn.runs import CHECKPOINT, FLOW, read
+from hgn.training.loop import LoopConfig, LoopResult, train_loop
 from hgn.utils import (
     OUTPUT_MARKER,
     UserError,
@@ -288,8 +289,8 @@ def train(
         budget_from_now=budget_from_now,
     )
     result = train_loop(
-        out, {"model": model, "optimiser": adam}, step_fn, loop, config, resume=resume,
-        schedule=schedule,
+        out, {"model": model, "optimizer": adam}, step_fn, loop, config, resume=resume,
+        schedule=schedule, extra={"kind": FLOW},
     )  # fmt: skip
     if "start" in clock and snapshots is not None:  # the trained model, at its own time
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -375,8 +376,7 @@ class _Compiled:
 
 def run_config(run: str | Path) -> dict[str, Any]:
     """The config saved with a run (a directory) or a checkpoint file."""
-    run = Path(run)
-    return load_checkpoint(run / CHECKPOINT if run.is_dir() else run)["config"]
+    return read(run)["config"]
 
 
 def run_data(run: str | Path, target: str | None) -> tuple[DensityModel, DataSource]:

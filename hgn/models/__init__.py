@@ -8,30 +8,32 @@ from hgn.models.base import ModelSpec, SequenceModel, State
 from hgn.models.hgn import HGN, HGNConfig
 from hgn.models.hgnpp import HGNPP, HGNPPConfig
 from hgn.models.hnn import HNN, HNNConfig
-from hgn.utils import UserError
+from hgn.registry import Registry
 
-MODELS: dict[str, ModelSpec] = {
-    "hgn": ModelSpec(HGN, {}, "HGN with leapfrog (the paper's full model)"),
-    "hgn-euler": ModelSpec(HGN, {"integrator": "euler"}, "ablation: Euler integrator"),
-    "hgn-determ": ModelSpec(HGN, {"deterministic": True}, "ablation: z = μ, no KL"),
-    "hgn-no-fpsi": ModelSpec(HGN, {"use_fpsi": False}, "ablation: s₀ = z, no f_ψ"),
-    "hgn++": ModelSpec(
-        HGNPP, {}, "HGN++: flat phase space, separable MLP energies, trained forwards and backwards"
-    ),
-    "hnn": ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)"),
-    "hnn-conv": ModelSpec(
-        HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
-    ),
-}
+MODELS: Registry[ModelSpec] = Registry(
+    "model",
+    {
+        "hgn": ModelSpec(HGN, {}, "HGN with leapfrog (the paper's full model)"),
+        "hgn-euler": ModelSpec(HGN, {"integrator": "euler"}, "ablation: Euler integrator"),
+        "hgn-determ": ModelSpec(HGN, {"deterministic": True}, "ablation: z = μ, no KL"),
+        "hgn-no-fpsi": ModelSpec(HGN, {"use_fpsi": False}, "ablation: s₀ = z, no f_ψ"),
+        "hgn++": ModelSpec(
+            HGNPP,
+            {},
+            "HGN++: flat phase space, separable MLP energies, trained forwards and backwards",
+        ),
+        "hnn": ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)"),
+        "hnn-conv": ModelSpec(
+            HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
+        ),
+    },
+)
 """Models by CLI name: a class and a preset over its config's defaults."""
 
 
 def get_model(name: str) -> ModelSpec:
     """Look up a model by its CLI name."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+    return MODELS.lookup(name)
 
 
 __all__ = [

@@ -339,6 +339,8 @@ class HGN(SequenceModel):
     """Encoder → z → f_ψ → s₀ → integrate H_γ → decode q_t, trained as a temporal VAE."""
 
     Config = HGNConfig
+    can_run_backwards = True
+    can_change_speed = True
 
     def __init__(self, config: HGNConfig) -> None:
         super().__init__()
@@ -410,8 +412,9 @@ class HGN(SequenceModel):
             )
         return State(qs.transpose(0, 1), ps.transpose(0, 1))
 
-    def decode(self, q: Tensor) -> Tensor:
-        """Images of positions with any leading axes, decoded in one batched call."""
+    def decode(self, state: State) -> Tensor:
+        """Images of states with any leading axes, decoded from q in one batched call."""
+        q = state.q
         images = self.decoder(q.reshape(-1, *q.shape[-3:]))
         return images.reshape(*q.shape[:-3], *images.shape[1:])
 
@@ -420,7 +423,7 @@ class HGN(SequenceModel):
     def init_from_data(self, mean_frame: Tensor) -> None:
         self.decoder.init_output(mean_frame)
 
-    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO (or its GECO form) per pixel, averaged over the batch.
 
         Likelihood: Gaussian with fixed variance, so -log p(x|q) is the summed squared
@@ -442,27 +445,25 @@ class HGN(SequenceModel):
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
         states = self.rollout(self.initial_state(z), steps)
-        recon = self.decode(states.q)
+        recon = self.decode(states)
         mse = F.mse_loss(recon.float(), target.float())
         pixels = target[0].numel()
         if self.geco is not None:
             loss = self.geco(mse) + warm * kl / pixels
         else:
             loss = mse + warm * self.config.kl_weight * kl / pixels
-        metrics = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "horizon": steps}
+        metrics = {"loss": loss, "mse": mse, "kl": kl, "horizon": torch.tensor(float(steps))}
         if self.geco is not None:
-            metrics["geco_lambda"] = self.geco.lam.item()
-        return loss, metrics
+            metrics["geco_lambda"] = self.geco.lam.clone()  # updated in place next step
+        return loss, {key: value.detach() for key, value in metrics.items()}
 
-    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
-        """Posterior-mean state of the seen frames → ``steps`` steps → images and H."""
-        states = self.rollout(self.encode(frames), steps, dt)
-        return {
-            "images": self.decode(states.q),
-            "energy": self.hamiltonian(states),
-            "q": states.q,
-            "p": states.p,
-        }
+    def exactly_reversible(self) -> bool | None:
+        """Implicit midpoint is reversible for any H, leapfrog and its Yoshida
+        composition only for a separable H (docs/SCIENCE.md §5a), Euler and RK4 never."""
+        name = self.config.integrator
+        if name in integrators.REVERSIBLE_ANY_H:
+            return True
+        return name in ("leapfrog", "yoshida4") and self.config.separable
 
     def sample(self, n: int, steps: int, dt: float | None = None) -> Tensor:
         """New trajectories: z ~ N(0, I) → f_ψ → roll out → decode (paper Fig. 8)."""
@@ -471,4 +472,4 @@ class HGN(SequenceModel):
         c, size = 2 * self.config.latent_channels, self.config.latent_size
         device = next(self.parameters()).device
         z = torch.randn(n, c, size, size, device=device)
-        return self.decode(self.rollout(self.initial_state(z), steps, dt).q)
+        return self.decode(self.rollout(self.initial_state(z), steps, dt))

@@ -305,6 +305,8 @@ class HGNPP(SequenceModel):
 
     Config = HGNPPConfig
     reports_sequence_errors = True
+    can_run_backwards = True
+    can_change_speed = True
 
     def __init__(self, config: HGNPPConfig) -> None:
         super().__init__()
@@ -398,8 +400,13 @@ class HGNPP(SequenceModel):
         dt = cfg.dt if dt is None else check_dt(dt)
         return self._integrate(state.q, state.p, dt, steps, substeps_for(dt, cfg.dt / cfg.substeps))
 
-    def decode(self, q: Tensor) -> Tensor:
-        """Images of positions with any leading axes ``(..., n)`` → ``(..., 3, S, S)``."""
+    def decode(self, state: State) -> Tensor:
+        """Images of states with any leading axes ``(..., n)`` → ``(..., 3, S, S)``: the
+        decoder reads the positions q alone, so p must carry the motion."""
+        return self.decode_positions(state.q)
+
+    def decode_positions(self, q: Tensor) -> Tensor:
+        """Images of positions ``(..., n)`` (the training loss decodes a subset of them)."""
         images = self.decoder(q.reshape(-1, q.shape[-1]))
         return images.reshape(*q.shape[:-1], *images.shape[1:])
 
@@ -432,7 +439,7 @@ class HGNPP(SequenceModel):
         if self.fit < self.config.grow_below and horizon < self.config.target_steps:
             self.horizon.fill_(max(int(self.horizon), horizon) + 1)
 
-    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO per pixel and time step on windows ``(B, W, 3, H, W)``.
 
         Forward half: read frames ``0…k−1``, roll +dt from frame ``k−1`` over the frames
@@ -473,7 +480,7 @@ class HGNPP(SequenceModel):
             picked = torch.cat([picked[:, :1], later[:, : cfg.decode_frames - 1]], dim=1)
         q = states.q[rows, picked]
         target = frames[rows, times[rows, picked]]
-        recon = self.decode(q)
+        recon = self.decode_positions(q)
         error = recon.float() - target.float()  # one difference serves every term below
         per_sequence = error.square().flatten(1).mean(1)  # equal pixels per sequence
         mse = per_sequence.mean()
@@ -483,15 +490,16 @@ class HGNPP(SequenceModel):
         loss = mse + warm * cfg.kl_weight * kl / pixels
         if cfg.colour_weight:
             loss = loss + cfg.colour_weight * (error - error.mean(-3, keepdim=True)).square().mean()
-        metrics = {"mse": mse.item(), "kl": kl.item(), "horizon": horizon}
+        metrics = {"mse": mse, "kl": kl, "horizon": torch.tensor(float(horizon))}
         if cfg.consistency_weight and horizon > 0:
             distance = self._consistency(frames, states, times, rows)
             consistency = distance.clamp(max=1.0).mean()
             loss = loss + warm * cfg.consistency_weight * consistency
-            metrics["consistency"] = distance.mean().item()
+            metrics["consistency"] = distance.mean()
         if self.training and cfg.grow_below:
             self._grow(mse.detach(), target, horizon)
-        return loss, {"loss": loss.item(), **metrics}
+        metrics["loss"] = loss
+        return loss, {key: value.detach() for key, value in metrics.items()}
 
     def _consistency(self, frames: Tensor, states: State, times: Tensor, rows: Tensor) -> Tensor:
         """Per sequence ``(B,)``, the distance the latent consistency term
@@ -515,23 +523,6 @@ class HGNPP(SequenceModel):
         spread = target.var(0).sum().clamp_min(1e-8) if len(target) > 1 else 1.0
         return (rolled.float() - target.float()).square().sum(1) / spread
 
-    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
-        """Images at the times of frames ``0, dt, 2dt, …`` of ``frames``, like every
-        model's ``predict``: the state inferred at frame ``state_offset`` is first taken
-        back to frame 0 with the trained step (exactly reversible), then rolled out."""
-        dt = self.config.dt if dt is None else check_dt(dt)
-        state = self.encode(frames)
-        if self.state_offset:
-            back = self.rollout(state, self.state_offset, -self.config.dt)
-            state = State(back.q[:, -1], back.p[:, -1])
-        states = self.rollout(state, steps, dt)
-        return {
-            "images": self.decode(states.q),
-            "energy": self.hamiltonian(states),
-            "q": states.q,
-            "p": states.p,
-        }
-
     @property
     def sampling_from(self) -> str:
         """Where :meth:`sample` draws z, in words (for reports)."""
@@ -539,6 +530,10 @@ class HGNPP(SequenceModel):
         if count:
             return f"aggregate posterior of {count} training sequences"
         return "prior N(0, I) (aggregate posterior not fitted)"
+
+    @property
+    def sampler_fitted(self) -> bool:
+        return bool(len(self.posterior_means))
 
     @torch.no_grad()
     def fit_aggregate_posterior(self, batches: Iterable[Tensor]) -> int:
@@ -616,4 +611,4 @@ class HGNPP(SequenceModel):
         sequences once fitted, else N(0, I); :attr:`sampling_from` says which) → f_ψ →
         roll out → decode."""
         z = self.sample_z(n)
-        return self.decode(self.rollout(self.initial_state(z), steps, dt).q)
+        return self.decode(self.rollout(self.initial_state(z), steps, dt))

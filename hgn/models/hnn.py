@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hgn.checks import check_range
-from hgn.models.base import SequenceModel
+from hgn.models.base import SequenceModel, State, check_dt
 from hgn.models.hgn import Decoder, Encoder, HGNConfig
 from hgn.nn import mlp
 from hgn.physics import integrators
@@ -241,8 +241,10 @@ class HNN(SequenceModel):
     """HNN from pixels: an autoencoder on frame pairs plus a Hamiltonian on its latent."""
 
     Config = HNNConfig
-    context_frames = 2
+    context_frames = 2  # type: ignore[assignment]
     """The state is inferred from the first frame pair, whatever the sequence length."""
+    can_run_backwards = True
+    can_change_speed = True
 
     def __init__(self, config: HNNConfig) -> None:
         super().__init__()
@@ -254,7 +256,7 @@ class HNN(SequenceModel):
         else:
             self.encoder = MLPEncoder(config)
             self.decoder = MLPDecoder(config)
-        self.hamiltonian = HamiltonianMLP(config.dof, config.hamiltonian_hidden)
+        self.h_net = HamiltonianMLP(config.dof, config.hamiltonian_hidden)
         self.norm = (
             nn.BatchNorm1d(config.dof, affine=False, momentum=0.01)
             if config.normalise_latent
@@ -265,8 +267,13 @@ class HNN(SequenceModel):
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
-        """Accept checkpoints from before the ``trained_steps`` buffer (a fresh 0)."""
+        """Accept checkpoints from before the ``trained_steps`` buffer (a fresh 0), and
+        from when the Hamiltonian sub-module was called ``hamiltonian`` (now the
+        interface's method)."""
         state_dict.setdefault(prefix + "trained_steps", torch.zeros((), dtype=torch.long))
+        old = prefix + "hamiltonian."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "h_net." + key[len(old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def encode_pairs(self, pairs: Tensor) -> Tensor:
@@ -292,10 +299,10 @@ class HNN(SequenceModel):
     def field(self, z: Tensor) -> Tensor:
         """The symplectic gradient ``(dH/dp, -dH/dq)`` at latents ``z (..., 2 dof)``."""
         q, p = z.split(self.dof, dim=-1)
-        dh_dq, dh_dp = integrators.grad_of(self.hamiltonian)(q.flatten(0, -2), p.flatten(0, -2))
+        dh_dq, dh_dp = integrators.grad_of(self.h_net)(q.flatten(0, -2), p.flatten(0, -2))
         return torch.cat([dh_dp, -dh_dq], dim=-1).view_as(z)
 
-    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Autoencoder + HNN + auxiliary loss on a batch of sequences ``(B, T+1, 3, H, W)``.
 
         Every consecutive frame pair of every sequence contributes, in one batched pass.
@@ -318,31 +325,37 @@ class HNN(SequenceModel):
         aux = F.mse_loss(dz_dt[..., : self.dof], midpoint[..., self.dof :])
         c = self.config
         total = c.ae_weight * ae + scale * (c.hnn_weight * hnn + c.aux_weight * aux)
-        metrics = {"loss": total.item(), "mse": ae.item(), "hnn": hnn.item(), "aux": aux.item()}
+        metrics = {"loss": total, "mse": ae, "hnn": hnn, "aux": aux}
         if c.ae_warmup:
-            metrics["dynamics_scale"] = scale
-        return total, metrics
+            metrics["dynamics_scale"] = torch.tensor(scale)
+        return total, {key: value.detach() for key, value in metrics.items()}
 
-    def predict(self, frames: Tensor, steps: int, dt: float | None = None) -> dict[str, Tensor]:
-        """Encode the first frame pair, integrate ``steps`` steps, decode every state.
-
-        ``dt`` defaults to the training step; a negative ``dt`` runs backwards in time and
-        a multiple of it changes the speed. Returns ``images (B, steps+1, 3, H, W)``
-        (the first frame of each decoded pair), ``energy (B, steps+1)`` (the learned H
-        along the rollout), ``q`` and ``p`` ``(B, steps+1, dof)``.
-        """
+    def encode(self, frames: Tensor, sample: bool = False) -> State:
+        """The latent of the first frame pair (the autoencoder is deterministic)."""
         if frames.shape[1] < 2:
             raise UserError("HNN infers its state from a frame pair: give at least 2 frames")
-        dt = self.config.dt if dt is None else float(dt)
-        q0, p0 = self.encode_pairs(frames[:, :2].flatten(1, 2)).split(self.dof, dim=-1)
-        grad_fn = integrators.grad_of(self.hamiltonian)
-        qs, ps = integrators.rollout(grad_fn, q0, p0, dt, steps, method=self.config.integrator)
-        qs, ps = qs.transpose(0, 1), ps.transpose(0, 1)  # (B, steps+1, dof)
-        states = torch.cat([qs, ps], dim=-1)
-        images = self.decoder(states.flatten(0, 1))[:, :3]
-        return {
-            "images": images.view(*states.shape[:2], *images.shape[1:]),
-            "energy": self.hamiltonian(qs, ps),
-            "q": qs,
-            "p": ps,
-        }
+        q, p = self.encode_pairs(frames[:, :2].flatten(1, 2)).split(self.dof, dim=-1)
+        return State(q, p)
+
+    def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
+        """Integrate the learned field ``steps`` steps of ``dt`` (the trained one by
+        default; negative runs backwards) with the configured integrator."""
+        dt = self.trained_dt if dt is None else check_dt(dt)
+        grad_fn = integrators.grad_of(self.h_net)
+        qs, ps = integrators.rollout(grad_fn, state.q, state.p, dt, steps, self.config.integrator)
+        return State(qs.transpose(0, 1), ps.transpose(0, 1))
+
+    def decode(self, state: State) -> Tensor:
+        """The first frame of the pair each state ``(..., 2 dof)`` decodes to."""
+        z = torch.cat([state.q, state.p], dim=-1)
+        images = self.decoder(z.reshape(-1, z.shape[-1]))[:, :3]
+        return images.reshape(*z.shape[:-1], *images.shape[1:])
+
+    def hamiltonian(self, state: State) -> Tensor:
+        """The learned H of states with any leading axes."""
+        lead = state.q.shape[:-1]
+        return self.h_net(state.q.reshape(-1, self.dof), state.p.reshape(-1, self.dof)).view(lead)
+
+    def exactly_reversible(self) -> bool:
+        """Only implicit midpoint is time-reversible for a non-separable learned H."""
+        return self.config.integrator in integrators.REVERSIBLE_ANY_H

@@ -1,5 +1,5 @@
 """A run's configuration: the ``model`` and ``train`` sections, the built-in profiles,
-how they are layered and validated, and :func:`load_model` for a finished run.
+how they are layered and validated. A finished run is opened by :mod:`hgn.runs`.
 
 A run's config has two sections, ``model`` (the registry name plus the model's own
 config, e.g. :class:`hgn.models.HGNConfig`) and ``train`` (:class:`TrainConfig`). It is
@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from hgn.checks import check_range, config_from_dict
-from hgn.models import SequenceModel, get_model
+from hgn.models import get_model
 from hgn.models.hgnpp import SEVERAL_BODIES
-from hgn.training.loop import CHECKPOINT
-from hgn.utils import UserError, load_checkpoint
+from hgn.utils import UserError
 
 SECTIONS = ("model", "train")
 
@@ -56,7 +54,8 @@ class TrainConfig:
     """Decay of an exponential moving average of the weights, kept beside them and
     saved in the checkpoint (0: off). Small batches and a high learning rate leave the
     weights of the last step noisy; the average over the last ~1/(1 − ema) steps is
-    what :func:`load_model` (so ``hgn.load``, evaluation, sampling) returns."""
+    what :func:`hgn.runs.open_sequence_model` (so ``hgn.load``, evaluation, sampling)
+    returns."""
     lr_decay: float = 0.0
     """Share of the run, at its end, over which the learning rate falls linearly from
     ``lr`` to 0 (0: constant). The share is of whichever budget ends the run, steps or
@@ -310,36 +309,6 @@ _Dumper.add_representer(
 def dump_yaml(config: RunConfig) -> str:
     """The config as YAML, loadable again with ``--config``."""
     return yaml.dump(config.to_dict(), Dumper=_Dumper, sort_keys=False)
-
-
-EMA_PREFIX = "module."
-"""Where ``torch.optim.swa_utils.AveragedModel`` keeps the averaged parameters."""
-
-
-def load_model(
-    run: str | os.PathLike, device: str | torch.device = "cpu", *, averaged: bool = True
-) -> tuple[SequenceModel, dict[str, Any]]:
-    """The trained model of a run directory (weights-only load) and its checkpoint:
-    with its moving-average weights where the run kept them (``train.ema``) unless
-    ``averaged`` is False (the weights of the last step)."""
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} does not exist")
-    saved = load_checkpoint(run / CHECKPOINT, map_location=device)
-    try:
-        config = RunConfig.from_dict(saved["config"])
-        model = get_model(config.name)(config.model)
-        state = dict(saved["state"]["model"])
-        if averaged and "ema" in saved["state"]:
-            ema = saved["state"]["ema"]
-            state.update({k: ema[EMA_PREFIX + k] for k, _ in model.named_parameters()})
-        model.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(
-            f"checkpoint {run / CHECKPOINT} does not hold a model this version can read "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        ) from None
-    return model.to(device).eval(), saved
 
 
 DATA_KEYS = ("dof", "dt")

@@ -29,9 +29,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hgn.runs import CHECKPOINT
 from hgn.utils import UserError, derive_seed, load_checkpoint, save_checkpoint
 
-CHECKPOINT = "checkpoint.pt"
+LEGACY_STATE_NAMES = {"optimizer": "optimiser", "averaged": "ema"}
+"""Names earlier checkpoints saved an object's state under (flow runs spelled the
+optimiser's differently; the weights' average was torch's ``AveragedModel``)."""
+
 
 
 @dataclass
@@ -167,7 +171,7 @@ def tensorboard_writer(path: Path, start: int) -> Any:
 def train_loop(
     run_dir: str | Path,
     objects: Mapping[str, Any],
-    step_fn: Callable[[int], Mapping[str, float]],
+    step_fn: Callable[[int], Mapping[str, float | torch.Tensor]],
     loop: LoopConfig,
     config: Mapping[str, Any],
     *,
@@ -183,8 +187,9 @@ def train_loop(
     ``objects`` maps names to things with ``state_dict``/``load_state_dict`` (models,
     optimisers, GECO multipliers); they are saved together with ``config`` in
     ``run_dir/checkpoint.pt``. ``step_fn`` performs one optimisation step and returns
-    scalars to log; a non-finite ``loss`` stops the run with a :class:`UserError`
-    after restoring nothing (the last checkpoint on disk is the last good state).
+    scalars to log, floats or 0-d tensors (read only at log steps); a non-finite
+    ``loss`` stops the run with a :class:`UserError` after restoring nothing (the last
+    checkpoint on disk is the last good state).
     ``on_log(step, writer)`` may add images to TensorBoard every ``log_images_every``
     steps. ``agree(stop)`` turns this process's wall-clock verdict into one shared by
     all distributed ranks (e.g. an all-reduce), so that they stop at the same step.
@@ -207,7 +212,8 @@ def train_loop(
             )
         saved = load_checkpoint(ckpt_path)
         for name, obj in objects.items():
-            obj.load_state_dict(saved["state"][name])
+            states = saved["state"]
+            obj.load_state_dict(states[name if name in states else LEGACY_STATE_NAMES[name]])
         start, before = int(saved["step"]), float(saved.get("seconds", 0.0))
         budget_start = float(saved.get("budget_start", 0.0))
     if loop.budget_from_now:
@@ -260,7 +266,7 @@ def train_loop(
                 schedule(min(1.0, max(step / loop.steps, by_time)))
             torch.manual_seed(derive_seed(loop.seed, "step", step))
             metrics = dict(step_fn(step))
-            loss = metrics.get("loss", 0.0)
+            loss = float(metrics.get("loss", 0.0))
             if not math.isfinite(loss):
                 raise UserError(
                     f"loss became {loss} at step {step}; stopped. The last good checkpoint is "
@@ -272,6 +278,8 @@ def train_loop(
             done = step + 1
             bar.update(done, elapsed - budget_start, now)
             if done % loop.log_every == 0 or done == loop.steps:
+                # the one host sync of the metrics: they stay tensors between log steps
+                metrics = {key: float(value) for key, value in metrics.items()}
                 metrics["steps_per_s"] = (done - start) / max(now, 1e-9)
                 bar.postfix(done, metrics)
                 result.history.append({"step": done, **metrics})

@@ -12,7 +12,7 @@ Output: ``--out`` is claimed as a ``train`` directory (:func:`hgn.utils.claim_ou
 a fresh run goes into a new or empty directory, never into a user's folder; a run written
 before hgn marked its directories (a checkpoint but no marker) is recognised on
 ``--resume`` and marked then. Every checkpoint records what the run was trained on
-(:func:`trained_on`), so that ``hgn evaluate`` can tell another system's data.
+(:func:`hgn.runs.trained_on`), so that ``hgn evaluate`` can tell another system's data.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from hgn import data as hgn_data
 from hgn.checks import config_from_dict
 from hgn.data import mean_frame, to_frames
 from hgn.models import get_model
-from hgn.physics.systems import System
+from hgn.runs import CHECKPOINT, SEQUENCE, data_mismatch, trained_on
 from hgn.training.config import (
     RunConfig,
     TrainConfig,
@@ -45,7 +45,7 @@ from hgn.training.config import (
     follow_data,
     resolve,
 )
-from hgn.training.loop import CHECKPOINT, LoopConfig, LoopResult, train_loop
+from hgn.training.loop import LoopConfig, LoopResult, train_loop
 from hgn.utils import (
     OUTPUT_MARKER,
     UserError,
@@ -165,39 +165,6 @@ class Batches:
         self.errors = errors.to(torch.float64).clone()
 
 
-TRAINED_ON_KEYS = ("system", "constants", "noise", "dt", "size")
-"""What identifies a dataset's physics and pictures; ``hgn evaluate`` compares these."""
-
-
-def trained_on(split: hgn_data.Split, path: str | os.PathLike) -> dict[str, Any]:
-    """What a run records about its training data: the :data:`TRAINED_ON_KEYS`, the
-    sequence length, the data's seed and where it was (absolute path)."""
-    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, "steps", "seed")}
-    return {**record, "path": str(Path(path).resolve())}
-
-
-def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | None:
-    """One sentence saying how ``meta`` differs from the data a run was trained on
-    (``record``, see :func:`trained_on`), or None when it does not (or is not known)."""
-    if not record:
-        return None
-
-    def known(key: str, values: Any) -> Any:
-        # datasets written before friction and offset existed hold neither: they are 0
-        if key == "constants" and isinstance(values, dict):
-            return {**System.shared, **values}
-        return values
-
-    diffs = [
-        f"{key} {meta.get(key)!r} (trained on {record.get(key)!r})"
-        for key in TRAINED_ON_KEYS
-        if known(key, record.get(key)) != known(key, meta.get(key))
-    ]
-    if not diffs:
-        return None
-    return "this data differs from the run's training data: " + ", ".join(diffs)
-
-
 def _check_out(out: Path, resume: bool) -> None:
     """Refuse an unusable ``--out`` before anything is written (see the module doc)."""
     ckpt = out / CHECKPOINT
@@ -311,6 +278,31 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
     return update
 
 
+class Average:
+    """The moving average of a model's weights (:func:`ema_with_warmup`), saved as a
+    plain state dict of the model's parameter names (``{"weights", "n_averaged"}``), so
+    that opening a run (:mod:`hgn.runs`) needs nothing of torch's ``AveragedModel``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.average = AveragedModel(model, multi_avg_fn=ema_with_warmup(decay))
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.average.update_parameters(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        weights = {k: v.detach() for k, v in self.average.module.named_parameters()}
+        return {"weights": weights, "n_averaged": self.average.n_averaged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "weights" not in state:  # written by AveragedModel itself (earlier versions)
+            self.average.load_state_dict(state)
+            return
+        with torch.no_grad():
+            for name, value in self.average.module.named_parameters():
+                value.copy_(state["weights"][name])
+        self.average.n_averaged.copy_(state["n_averaged"])
+
+
 def decay_factor(fraction: float, decay: float) -> float:
     """The learning rate's factor at ``fraction`` of the run: 1 until the last ``decay``
     of it, then falling linearly to 0 at its end (a warm-down; with a time budget the
@@ -379,7 +371,7 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     objects: dict[str, Any] = {"model": model, "optimizer": optimizer}
     if tc.ema:  # parameters only: buffers (counters, fitted statistics) stay the model's
-        objects["ema"] = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema))
+        objects["averaged"] = Average(model, tc.ema)
     forward: Any = model
     if torch.distributed.is_initialized():
         forward = torch.nn.parallel.DistributedDataParallel(model)
@@ -403,14 +395,14 @@ def train(
     clock = {"last": time.perf_counter()}
     skips = {"n": 0}  # steps skipped for a non-finite gradient, in this invocation
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int) -> dict[str, float | Tensor]:
         model.train()
         x = batches()
         with _autocast(tc.amp, dev):
             loss, metrics = forward(x)
         shared = _all_mean(loss.detach().float().reshape(1))
-        metrics["loss"] = float(shared[0])
-        if not math.isfinite(metrics["loss"]):
+        metrics["loss"] = shared[0]
+        if not torch.isfinite(shared[0]):
             return metrics  # the loop stops the run; the weights stay the last good ones
         if tc.prioritize:
             assert model.sequence_errors is not None
@@ -426,8 +418,8 @@ def train(
         skipped = not math.isfinite(norm)
         if not skipped:
             optimizer.step()
-            if "ema" in objects:
-                objects["ema"].update_parameters(model)
+            if "averaged" in objects:
+                objects["averaged"].update(model)
         skips["n"] += skipped
         if skips["n"]:
             metrics["skipped_steps"] = float(skips["n"])
@@ -474,7 +466,7 @@ def train(
             on_log=log_images,
             log_images_every=tc.image_every,
             agree=_agree_on(dev) if torch.distributed.is_initialized() else None,
-            extra={"trained_on": trained_on(split, data)},
+            extra={"kind": SEQUENCE, "trained_on": trained_on(split, data)},
             schedule=schedule if tc.lr_decay else None,
         )
     finally:

@@ -32,6 +32,7 @@ from hgn.experiments.reproduce.profiles import (
     Profile,
     registry_name,
 )
+from hgn.runs import open_sequence_model
 from hgn.training import config as hgn_config
 from hgn.training import train as hgn_train
 from hgn.utils import UserError, atomic_path, resolve_device, write_json
@@ -106,7 +107,7 @@ def _trained(
     long: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (or resume) one run with the shared trainer, then load it for evaluation."""
-    from hgn.training.loop import CHECKPOINT
+    from hgn.runs import CHECKPOINT
 
     marker = run / TRAINED
     if not marker.exists():
@@ -126,7 +127,7 @@ def _trained(
             marker,
             {"steps": result.step, "seconds": result.seconds, "stopped_by": result.stopped_by},
         )
-    net, _ = hgn_config.load_model(run, resolve_device(device))
+    net, _ = open_sequence_model(run, resolve_device(device))
     return net, json.loads(marker.read_text())
 
 

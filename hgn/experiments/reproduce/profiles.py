@@ -55,7 +55,8 @@ HNN_MODELS = ("hnn", "hnn-conv", "hnn-ac", "hnn-conv-ac")
 REGIMES = ("noisy", "clean")
 """The two datasets every model is trained and evaluated on: the paper's, with fresh
 observation noise in every frame, and the same system without it (``--noise 0``,
-docs/SCIENCE.md §2, "Noise, decided"). Table 1 is given on both; learned dynamics are judged on clean data."""
+docs/SCIENCE.md §2, "Noise, decided"). Table 1 is given on both; learned dynamics are
+judged on clean data."""
 
 ANTI_COLLAPSE = {"ae_warmup": 500, "dynamics_detach": True}
 """The HNN baselines' best effort against collapse (hgn.models.hnn): the autoencoder

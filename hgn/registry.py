@@ -1,0 +1,46 @@
+"""One registry type for everything hgn looks up by a CLI name: the sequence models
+(:mod:`hgn.models`), the density models (:mod:`hgn.flows`) and the rows of the
+reproduction's tables (:mod:`hgn.experiments.reproduce`). One type, so that every
+unknown name is refused alike: one line naming the kind and the choices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Generic, TypeVar
+
+from hgn.utils import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """An immutable mapping from CLI names to entries, in the order given.
+
+    ``registry[name]`` raises ``KeyError`` like any mapping; :meth:`lookup` is the
+    user-facing form, which raises a one-line :class:`UserError` instead.
+    """
+
+    def __init__(self, kind: str, entries: Mapping[str, T]) -> None:
+        self.kind = kind
+        self._entries = dict(entries)
+
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {list(self._entries)})"
+
+    def lookup(self, name: str) -> T:
+        """The entry called ``name``, or one line naming the choices."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UserError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}"
+            ) from None

@@ -1,0 +1,159 @@
+"""A run directory, and everything that reads one.
+
+``hgn train`` and ``hgn flow train`` both write a run: a folder holding
+``checkpoint.pt`` (weights-only: tensors, numbers, strings, lists and dicts), the config
+as ``config.yaml`` and hgn's marker of who wrote it. The checkpoint holds::
+
+    kind        "sequence" (hgn train) or "flow" (hgn flow train)
+    step, seconds, budget_start
+    config      the run's config: {"model": {"name": …, …}, "train": {…}} for a sequence
+                model; {"model": {"kind": …}, "target": …, "train": …, …} for a flow
+    state       {"model": state dict, "optimizer": …, "averaged": …} and what else
+                the trainer resumes (the prioritised sampler's errors, …)
+    trained_on  what the data was (:func:`trained_on`)
+
+``state["averaged"]`` holds the moving average of the weights where the run kept one
+(``train.ema``) as ``{"weights": plain state dict, "n_averaged": tensor}``.
+
+This module opens runs for evaluation, sampling, the benchmark and the Python API, so
+that none of them imports the trainer (:mod:`hgn.training`); flow runs are built by
+:func:`hgn.flows.nhf.open_run` over :func:`read`; it also holds the record
+of a run's data and its check against a dataset, which both the trainer (on resume) and
+evaluation use. Checkpoints written by earlier versions (no ``kind``; the average under
+torch's ``AveragedModel`` names; the optimiser spelled ``optimiser`` in flow runs) still
+open.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hgn import data as hgn_data
+from hgn.models import SequenceModel, get_model
+from hgn.physics.systems import System
+from hgn.utils import UserError, load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+"""The checkpoint's file name inside a run directory."""
+
+SEQUENCE, FLOW = "sequence", "flow"
+"""The two kinds of run: ``hgn train`` and ``hgn flow train``."""
+
+COMMANDS = {SEQUENCE: "hgn sample / evaluate / rollout", FLOW: "hgn flow sample / evaluate"}
+"""What reads each kind of run, for the message a run given to the wrong command gets."""
+
+LEGACY_AVERAGE_PREFIX = "module."
+"""Where ``torch.optim.swa_utils.AveragedModel`` keeps the averaged parameters, as
+checkpoints written before ``state["averaged"]`` saved them."""
+
+TRAINED_ON_KEYS = ("system", "constants", "noise", "dt", "size")
+"""What identifies a dataset's physics and pictures; evaluation compares these."""
+
+
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    """The checkpoint of a run directory, or ``run`` itself when it is a file."""
+    run = Path(run)
+    if run.is_dir():
+        return run / CHECKPOINT
+    if run.is_file():
+        return run
+    raise UserError(f"run directory {run} does not exist")
+
+
+def read(run: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A run's checkpoint (weights-only), with its ``kind`` filled in for runs written
+    before it was recorded; one line where the file is not an hgn checkpoint."""
+    path = checkpoint_path(run)
+    if not path.exists():
+        raise UserError(f"{run} holds no {CHECKPOINT}: is it a run directory?")
+    saved = load_checkpoint(path, map_location=device)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise UserError(f"{path} is not an hgn checkpoint (it holds no run config)")
+    state = saved.get("state")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path} is not an hgn checkpoint (it holds no model weights)")
+    saved.setdefault("kind", FLOW if "target" in saved["config"] else SEQUENCE)
+    return saved
+
+
+def expect_kind(saved: dict[str, Any], kind: str, run: str | os.PathLike) -> None:
+    """Refuse a run of the other kind in one line naming the commands that read it."""
+    if saved.get("kind") != kind:
+        other = saved.get("kind")
+        raise UserError(
+            f"{run} is a {other} run, not a {kind} run; "
+            f"use {COMMANDS.get(other, 'the command that wrote it')}"
+        )
+
+
+def averaged_state(model: nn.Module, state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The model's state dict with the moving-average weights a checkpoint's ``state``
+    kept (new: ``state["averaged"]["weights"]``; older: ``AveragedModel``'s names under
+    ``state["ema"]``), buffers from the model's own; None where none was kept."""
+    own = dict(state["model"])
+    if isinstance(state.get("averaged"), dict):
+        return {**own, **state["averaged"]["weights"]}
+    if isinstance(state.get("ema"), dict):
+        ema = state["ema"]
+        prefix = LEGACY_AVERAGE_PREFIX
+        return {**own, **{k: ema[prefix + k] for k, _ in model.named_parameters()}}
+    return None
+
+
+def open_sequence_model(
+    run: str | os.PathLike, device: str | torch.device = "cpu", *, averaged: bool = True
+) -> tuple[SequenceModel, dict[str, Any]]:
+    """The trained model of an ``hgn train`` run in eval mode, and its checkpoint: with
+    its moving-average weights where the run kept them (``train.ema``) unless
+    ``averaged`` is False (the weights of the last step). Nothing is imported from the
+    trainer, and no code is unpickled."""
+    saved = read(run, device)
+    expect_kind(saved, SEQUENCE, run)
+    try:
+        values = dict(saved["config"]["model"])
+        model = get_model(values.pop("name", "hgn"))(values)
+        state = averaged_state(model, saved["state"]) if averaged else None
+        model.load_state_dict(state or saved["state"]["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise UserError(
+            f"checkpoint {checkpoint_path(run)} does not hold a model this version can read "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+        ) from None
+    return model.to(device).eval(), saved
+
+
+# ----------------------------------------------------------------------------- data record
+
+
+def trained_on(split: hgn_data.Split, path: str | os.PathLike) -> dict[str, Any]:
+    """What a run records about its training data: the :data:`TRAINED_ON_KEYS`, the
+    sequence length, the data's seed and where it was (absolute path)."""
+    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, "steps", "seed")}
+    return {**record, "path": str(Path(path).resolve())}
+
+
+def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | None:
+    """One sentence saying how ``meta`` differs from the data a run was trained on
+    (``record``, see :func:`trained_on`), or None when it does not (or is not known)."""
+    if not record:
+        return None
+
+    def known(key: str, values: Any) -> Any:
+        # datasets written before friction and offset existed hold neither: they are 0
+        if key == "constants" and isinstance(values, dict):
+            return {**System.shared, **values}
+        return values
+
+    diffs = [
+        f"{key} {meta.get(key)!r} (trained on {record.get(key)!r})"
+        for key in TRAINED_ON_KEYS
+        if known(key, record.get(key)) != known(key, meta.get(key))
+    ]
+    if not diffs:
+        return None
+    return "this data differs from the run's training data: " + ", ".join(diffs)
