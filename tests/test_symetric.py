@@ -20,6 +20,7 @@ import pytest
 import torch
 from sklearn.preprocessing import PolynomialFeatures
 
+import hgn.evaluation.symetric as symetric_module
 from hgn.evaluation.symetric import (
     MAX_SYM,
     SyMetricResult,
@@ -197,6 +198,14 @@ def test_noise_latents_fail_on_r2() -> None:
     result = symetric(z, None, s)
     assert result.score == 0 and result.order == 5 and result.r2 < 0.9
     assert result.reason.startswith(f"R² {result.r2:.3f} < 0.9")
+
+
+def test_order_search_stops_before_too_many_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two latent dims give 2, 5, 9, 14, 20 features at orders 1-5: a cap of 9 stops at 3."""
+    monkeypatch.setattr(symetric_module, "MAX_FEATURES", 9)
+    s = _whitened(2)
+    z = np.random.default_rng(9).normal(size=(N, T, 2))
+    assert symetric(z, None, s).order == 3
 
 
 def test_fewer_than_two_informative_dimensions_score_zero_without_a_fit() -> None:
