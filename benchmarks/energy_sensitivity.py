@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hgn.data import dataset as D
-from hgn.evaluation.evaluate import valid_prediction_time, vpt_threshold
+from hgn.evaluation.metrics import valid_prediction_time, vpt_threshold
 
 
 def main() -> None:

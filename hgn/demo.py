@@ -17,9 +17,9 @@ import torch
 
 import hgn
 from hgn import data as hgn_data
-from hgn.evaluation.evaluate import render_samples
-from hgn.evaluation.extrapolate import FILES, extrapolate
+from hgn.evaluation.commands import extrapolate, render_samples
 from hgn.evaluation.physics import samples_markdown, score_samples
+from hgn.evaluation.reports import FILES
 from hgn.runs import CHECKPOINT
 from hgn.training.config import DEFAULT_PROFILE, resolve
 from hgn.training.train import train

@@ -62,7 +62,7 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
         return run / CHECKPOINT
     if run.is_file():
         return run
-    raise UserError(f"run directory {run} does not exist")
+    raise UserError(f"no checkpoint at {run}: the run directory does not exist")
 
 
 def read(run: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -70,7 +70,7 @@ def read(run: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str
     before it was recorded; one line where the file is not an hgn checkpoint."""
     path = checkpoint_path(run)
     if not path.exists():
-        raise UserError(f"{run} holds no {CHECKPOINT}: is it a run directory?")
+        raise UserError(f"no checkpoint at {path}; train first or check the path")
     saved = load_checkpoint(path, map_location=device)
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise UserError(f"{path} is not an hgn checkpoint (it holds no run config)")

@@ -14,8 +14,8 @@ import torch
 
 from hgn import data as hgn_data
 from hgn.cli import build_parser, main
-from hgn.evaluation.evaluate import NO_STATES, noise_floor
 from hgn.evaluation.extrapolate import NO_STATES_EXTRAPOLATE
+from hgn.evaluation.metrics import NO_STATES, noise_floor
 from hgn.utils import UserError
 
 torch.set_num_threads(1)

@@ -17,7 +17,7 @@ from test_train import error_of, sets
 from hgn import data as hgn_data
 from hgn import runs
 from hgn.cli import main
-from hgn.evaluation.evaluate import valid_prediction_time, vpt_threshold
+from hgn.evaluation.metrics import valid_prediction_time, vpt_threshold
 from hgn.models import HGN
 from hgn.runs import CHECKPOINT
 from hgn.training import train as hgn_train

@@ -217,7 +217,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from hgn.evaluation.evaluate import evaluate
+    from hgn.evaluation.commands import evaluate
 
     _threads()
     # what both protocols take, given once so that they cannot drift apart
@@ -246,7 +246,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
-    from hgn.evaluation.extrapolate import DEFAULT_START, FILES, extrapolate
+    from hgn.evaluation.commands import extrapolate
+    from hgn.evaluation.extrapolate import DEFAULT_START
+    from hgn.evaluation.reports import FILES
 
     start = DEFAULT_START if args.start is None else args.start
     align = "start" if args.align is None else args.align
@@ -260,7 +262,7 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
 
 
 def _rollout(args: argparse.Namespace) -> None:
-    from hgn.evaluation.evaluate import render_rollout
+    from hgn.evaluation.commands import render_rollout
 
     _threads()
     path = render_rollout(
@@ -278,7 +280,7 @@ def _rollout(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from hgn.evaluation.evaluate import render_samples
+    from hgn.evaluation.commands import render_samples
 
     _threads()
     path = render_samples(

@@ -41,7 +41,7 @@ VPT_FRACTION = 0.5
 """Valid prediction time: the number of predicted steps before a frame's MSE first
 exceeds a threshold ``VPT_FRACTION`` of the way from the noise floor to that frame's
 mean-image MSE (the extrapolation protocol's definition,
-:func:`hgn.evaluation.extrapolate.score`; on the clean long test sets the floor is 0)."""
+:func:`hgn.evaluation.metrics.score`; on the clean long test sets the floor is 0)."""
 
 TRAINED = "trained.json"
 """Written beside a run's checkpoint when its training budget is spent: a later resume
@@ -145,7 +145,7 @@ def _stage(cell: Path, name: str, compute: Callable[[], dict[str, Any]]) -> dict
 def _paper_metrics(run: Path, data_path: Path, out: Path, profile: Profile, device: str) -> dict:
     """Tables 1–2, Figure 6 and sample-physics numbers of both splits, from ``hgn
     evaluate`` itself (its full output stays in ``out`` for inspection)."""
-    from hgn.evaluation import evaluate as hgn_eval
+    from hgn.evaluation import commands as hgn_eval
 
     metrics = hgn_eval.evaluate(
         run,
@@ -201,6 +201,7 @@ def _extrapolation(
     from hgn import data
     from hgn.data import mean_frame
     from hgn.evaluation import extrapolate
+    from hgn.evaluation.commands import write as write_extrapolate
 
     long = data.load(paths["long"], "test")
     mean = mean_frame(data.load(paths["clean"], "train")).to(device)
@@ -216,7 +217,7 @@ def _extrapolation(
         progress=False,
     )
     out.mkdir(parents=True, exist_ok=True)
-    files = extrapolate.write(results, pictures, out)
+    files = write_extrapolate(results, pictures, out)
     results["files"] = {key: path.name for key, path in files.items()}
     return _finite_or_none(results)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from hgn import plots
-from hgn.evaluation.evaluate import SCALE
+from hgn.evaluation.metrics import SCALE
 from hgn.experiments.reproduce.profiles import HNN_MODELS, MODEL_LABELS, MODEL_ORDER, REGIMES
 from hgn.experiments.reproduce.tables import ROLLOUT_NAMES, Cells, extrapolation_label
 

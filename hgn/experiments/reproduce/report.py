@@ -279,7 +279,7 @@ def _markdown(out: Path, summary: Mapping[str, Any], profile: Profile, command: 
         + f"## On {REGIME_TITLES['noisy']}\n\n"
         "[x] = published (paper, 64×64, 50,000 training sequences), where our copy of the "
         "paper has it. floor = the noise floor of the test set (what a model that knew the "
-        "true states would score, hgn.evaluation.evaluate.noise_floor); excess = test MSE − "
+        "true states would score, hgn.evaluation.metrics.noise_floor); excess = test MSE − "
         "floor.\n\n"
         + markdown_table(*table1_rows(cells, systems, "noisy"))
         + f"\n## On {REGIME_TITLES['clean']}\n\n"

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hgn.evaluation.evaluate import SCALE
+from hgn.evaluation.metrics import SCALE
 from hgn.experiments.reproduce.profiles import (
     HNN_MODELS,
     LONG_LABEL,
@@ -55,7 +55,7 @@ BAR = 5.0
 floor (noisy data) at least this many times lower than the HNN baseline's."""
 
 FLOOR_BIAS = 1 / 32
-"""Relative uncertainty of a noise-floor estimate: :func:`hgn.evaluation.evaluate.
+"""Relative uncertainty of a noise-floor estimate: :func:`hgn.evaluation.metrics.
 noise_floor` averages 32 noisy renders, which biases it up by about 1/32 of itself."""
 
 ROLLOUT_NAMES = {"forward": "fwd", "backward": "bwd", "2x": "2×", "half": "½×"}
