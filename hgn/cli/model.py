@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="tables",
         help="tables: the paper's Tables 1-2 on both splits (metrics.*); extrapolate: on a "
         "long test set, infer the state at --start and roll forward, backward, at 2x and "
-        "1/2 speed against the simulator (extrapolate.*; docs/SCIENCE.md)",
+        "1/2 speed against the simulator (extrapolate.md, .json and pictures)",
     )
     p.add_argument(
         "--start",
