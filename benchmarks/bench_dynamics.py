@@ -13,7 +13,8 @@ dynamics a second teaches (HGN++ decodes only ``decode_frames`` of them per sequ
     .venv/bin/python benchmarks/bench_dynamics.py [--rounds 5] [--steps 3] [--threads 1]
 
 The wall time each needs to reach the issue-10 targets comes from the training runs
-recorded in docs/RESULTS.md ("Learned dynamics (issue 10)"), not from this script.
+recorded in docs/RESULTS.md ("Learned dynamics and extrapolation (HGN++)"), not from
+this script.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ re-simulation (it must be valid throughout).
 
 A learned model whose state is right except for an energy error of ``delta`` can do no
 better than the oracle's row for that ``delta``: this bounds what the valid-time target
-asks of the encoder (docs/RESULTS.md, issue 10).
+asks of the encoder (docs/RESULTS.md, "Learned dynamics and extrapolation (HGN++)").
 
-    .venv/bin/python benchmarks/energy_sensitivity.py --data /work/data/pendulum90 \\
+    .venv/bin/python benchmarks/energy_sensitivity.py --data data/pendulum90 \\
         [--start 30] [--steps 60] [--deltas 0,1e-4,3e-4,1e-3,3e-3,1e-2]
 """
 

@@ -1,6 +1,6 @@
 """How far a trained model's rollout wanders from the states its encoder gives the same
-frames, and how its frame error grows past the trained window (docs/RESULTS.md, issue 10:
-the measurement behind HGN++'s ``consistency_weight``).
+frames, and how its frame error grows past the trained window (docs/RESULTS.md, "How the
+defaults were chosen": the measurement behind HGN++'s ``consistency_weight``).
 
 For each test sequence the state is inferred from frames ``0…k−1`` (the state of frame
 ``k−1``) and rolled out to the last frame; at every frame ``t ≥ k−1`` the rolled-out state

@@ -1,6 +1,7 @@
 """hgn: Hamiltonian Generative Networks and Neural Hamiltonian Flows in PyTorch."""
 
 __version__ = "0.1.0"
+"""The one place of hgn's version: pyproject.toml reads it (``dynamic = ["version"]``)."""
 
 
 def load(run: str, device: str = "cpu"):  # -> hgn.models.SequenceModel, imported lazily

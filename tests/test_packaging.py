@@ -1,9 +1,11 @@
 """What the package needs and declares: the runtime dependencies are exactly what hgn
 imports, optional features say which extra they need in one line, the lock file pins
-every declared dependency, and the report template ships as package data."""
+every declared dependency, the report template and py.typed ship as package data, the
+version has one source, and no --help points into files a wheel does not ship."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.metadata
 import re
@@ -18,7 +20,9 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
+import hgn
 from hgn import plots
+from hgn.cli import build_parser
 from hgn.training.loop import LoopConfig, train_loop
 from hgn.utils import UserError
 
@@ -159,3 +163,43 @@ def test_report_template_is_package_data() -> None:
     assert "report.html.template" in package_data["hgn.experiments.reproduce"]
     template = resources.files("hgn.experiments.reproduce").joinpath("report.html.template")
     assert "${table1_noisy}" in template.read_text(encoding="utf-8")
+
+
+def test_version_has_one_source() -> None:
+    assert "version" not in PYPROJECT["project"]
+    assert "version" in PYPROJECT["project"]["dynamic"]
+    attr = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "hgn.__version__"
+    assert hgn.__version__ == importlib.metadata.version("hgn")
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["--version"])
+    assert caught.value.code == 0
+
+
+def test_licence_and_typing_marker_ship() -> None:
+    project = PYPROJECT["project"]
+    assert project["license"] == "Apache-2.0"  # an SPDX expression (PEP 639)
+    assert project["license-files"] == ["LICENSE"]
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    assert "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["hgn"]
+    assert resources.files("hgn").joinpath("py.typed").is_file()
+    assert {"Homepage", "Repository", "Documentation", "Issues"} <= set(project["urls"])
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    """The parser and every sub-command's, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_no_help_points_to_files_a_wheel_does_not_ship() -> None:
+    """docs/ is not in the wheel: a --help that names docs/RESULTS.md (or any docs/ file)
+    sends an installed user nowhere."""
+    helps = {p.prog: p.format_help() for p in _parsers(build_parser())}
+    assert len(helps) > 15  # every sub-command of every group
+    for prog, text in helps.items():
+        assert "RESULTS.md" not in text, prog
+        assert "docs/" not in text, prog

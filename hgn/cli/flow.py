@@ -93,7 +93,7 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
         "--n-samples", type=int, default=d.n_samples,
         help="momentum samples per point in NHF's objective (%(default)s); a step costs "
         "about K times one sample's, so in many dimensions 1 trains further in a fixed time "
-        "(digits: docs/RESULTS.md)",
+        "(digits, 2.5 minutes: -91.8 nats with 1 against -90.2 with 4)",
     )  # fmt: skip
     g.add_argument(
         "--objective", choices=("iwae", "elbo"), default=d.objective,

@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="tables",
         help="tables: the paper's Tables 1-2 on both splits (metrics.*); extrapolate: on a "
         "long test set, infer the state at --start and roll forward, backward, at 2x and "
-        "1/2 speed against the simulator (extrapolate.*; docs/SCIENCE.md)",
+        "1/2 speed against the simulator (extrapolate.md, .json and pictures)",
     )
     p.add_argument(
         "--start",
@@ -169,7 +169,7 @@ def _threads(requested: int = 1) -> None:
     """Set torch's CPU threads; one by default. HGN runs thousands of tiny ops (the
     Hamiltonian net on 4×4 maps), and when the cores are shared every multi-threaded op
     waits for a descheduled worker: on our 2-core machine under load, a training step
-    took 20-40× longer with 2 threads than with 1 (docs/RESULTS.md, HGN section)."""
+    took 20-40× longer with 2 threads than with 1 (docs/RESULTS.md, "Training speed")."""
     torch.set_num_threads(positive_int(requested, "--threads"))
 
 

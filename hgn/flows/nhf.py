@@ -328,8 +328,9 @@ class NHFConfig:
     """Architecture of an NHF. ``dt`` is the initial (or fixed) time of each flow step.
 
     The defaults are those that did best on checkerboard per unit of training time
-    (docs/RESULTS.md, issue 13): 6 flow steps of one leapfrog step each beat 8 × 2, 16 × 1
-    and 4 × 1 at equal steps, and cost 40 % of the earlier 8 × 2 per step."""
+    (docs/RESULTS.md, "Checkerboard in 10 minutes"): 6 flow steps of one leapfrog step
+    each beat 8 × 2, 16 × 1 and 4 × 1 at equal steps, and cost 40 % of the earlier 8 × 2
+    per step."""
 
     dim: int
     flow_steps: int = 6

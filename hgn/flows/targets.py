@@ -386,7 +386,7 @@ DIGITS_LEVELS = 17
 
 
 DIGITS_LOGIT = 1e-6
-"""α of the digits' logit map (docs/RESULTS.md, issue 13: digits)."""
+"""α of the digits' logit map (docs/RESULTS.md, "gmm10 and digits")."""
 
 
 class DigitsSource(DataSource):

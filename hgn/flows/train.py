@@ -66,7 +66,7 @@ class FlowTrainConfig:
     """Neither budget given: :data:`DEFAULT_MINUTES` of training, compilation included,
     whatever that buys on the machine. The checkerboard gap is training-limited (seed 0:
     0.155 after 8,000 steps, 0.143 after 10,500, 0.122 after the 17,642 that 9.5 minutes
-    bought on the 2-core machine of 2026-12-06; docs/RESULTS.md, issue 13), and a fixed
+    bought on a 2-core machine; docs/RESULTS.md, "Checkerboard in 10 minutes"), and a fixed
     count sized for a slower shared core (the earlier default, 10,500 steps) is 60 % of
     what 9.5 minutes buy on that machine. ``--steps N`` trains exactly N steps instead
     (reproducible to the bit). ``--resume --max-minutes M`` continues for M minutes on
@@ -86,7 +86,8 @@ class FlowTrainConfig:
     """Train through ``torch.compile``: it fuses the element-wise work of the leapfrog and
     its hand-written backward, which is most of an eager NHF step (43.6 against 51.3 ms at
     the defaults, one thread); the 15-50 s compilation at the first step is repaid within
-    a few minutes, so a 10-minute default run gets more steps (docs/RESULTS.md, issue 13).
+    a few minutes, so a 10-minute default run gets more steps (docs/RESULTS.md, "Training
+    speed").
     If compiling fails (no C++ compiler, an unsupported build) training warns once and
     goes on eager; ``--no-compile`` skips it (short runs, tests)."""
 
@@ -134,7 +135,7 @@ def _prepare(model: DensityModel, data: DataSource, standardise: bool) -> None:
     """Fix the model's data standardisation from training data, after the model's logit
     map if it has one. A volume-preserving flow cannot rescale, so data at the prior's
     scale is much easier: on checkerboard it took the test NLL of seeds 1-2 from
-    3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, NHF)."""
+    3.71-3.81 to 3.708-3.710 nats (docs/RESULTS.md, "Checkerboard in 10 minutes")."""
     if not (standardise or model.logit):
         return
     ref = data.reference(100_000)

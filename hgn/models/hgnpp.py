@@ -62,7 +62,7 @@ SEVERAL_BODIES = {"encoder_colour_gain": 5.0, "colour_weight": 4.0}
 shows two or more bodies (its metadata's ``bodies``; 0 on one body or where the data
 does not say). Needed there: without both, two-body's state never tells its bodies
 apart. Harmful on one: the pendulum's 20-minute run fell from 0.13 to 0.46 of the mean
-image forward with them (docs/RESULTS.md, issue 10)."""
+image forward with them (docs/RESULTS.md, "How the defaults were chosen")."""
 
 
 @dataclass
@@ -230,7 +230,7 @@ class FrameEncoder(nn.Module):
     background. With the raw stack, an encoder starts by mixing k copies of the scene
     and learns to pick out one slowly: on the pendulum it did not learn to
     autoencode the state's frame in 800 steps; with the differences, in under 100
-    (docs/RESULTS.md, "Learned dynamics (issue 10)").
+    (docs/RESULTS.md, "How the defaults were chosen").
 
     Then a full-resolution 3×3 convolution, stride-2 ones down to ``latent_size``, and a
     linear map of the flattened features: a flat state has no spatial layout to keep.

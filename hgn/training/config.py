@@ -97,7 +97,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "own": {"hgn++": {"model": {}, "train": {"batch_size": 128}}},
     },
     "small": {
-        # Fits two CPU cores in minutes (docs/RESULTS.md, HGN section): the paper's 16×4×4 phase
+        # Fits two CPU cores in minutes (docs/RESULTS.md, "Training speed"): the paper's 16×4×4
         # space and all 31 frames per sequence, but narrow networks whose most expensive
         # layers (the decoder's full-resolution convs) are the thinnest, a 3-layer
         # Hamiltonian net, batch 8 and a 7× larger learning rate for more, cheaper
@@ -122,7 +122,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 8, "lr": 1e-3, "steps": 100_000, "max_minutes": 5.0},
         # The model `hgn train` uses when none is named: HGN++, whose rollouts hold far past
         # the training window, backward and at other speeds (docs/RESULTS.md, "Learned
-        # dynamics (issue 10)"); the conv HGN above stays `--model hgn` for the paper's tables.
+        # dynamics and extrapolation (HGN++)"); the conv HGN above stays `--model hgn` for
+        # the paper's tables.
         "default": "hgn++",
         "own": {
             "hgn++": {
@@ -133,7 +134,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "state_dim": 16,
                     # a wider encoder and f_ψ and lr 1e-3 (below): with them the pendulum
                     # meets its targets in 20 CPU minutes (0.18 forward, from 0.42) and
-                    # mass-spring still does (0.07, from 0.025): docs/RESULTS.md, issue 10
+                    # mass-spring still does (0.07, from 0.025): docs/RESULTS.md, "How the
+                    # defaults were chosen"
                     "encoder_filters": [32, 64, 64, 64],
                     "fpsi_hidden": 128,
                     "energy_hidden": 64,
@@ -147,7 +149,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "grow_below": 0.3,
                     # on data with two or more bodies (hgnpp.SEVERAL_BODIES): without
                     # them two-body's state never says which body is which and both are
-                    # drawn brown; on one body they hurt (docs/RESULTS.md, issue 10)
+                    # drawn brown; on one body they hurt (docs/RESULTS.md, "How the defaults
+                    # were chosen")
                     "encoder_colour_gain": None,
                     "colour_weight": None,
                     # the rollout is held to the encoder's states of the same frames: on
@@ -162,7 +165,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                 # drawn by each sequence's latest error: the pendulum's smallest and
                 # largest swings, rare in the data, are where rollouts failed (forward
                 # valid time 58.2-58.7 -> 59.1-59.3 of 60, four seeds), mass-spring
-                # and two-body still meet their targets (docs/RESULTS.md, issue 10)
+                # and two-body still meet their targets (docs/RESULTS.md, "How the defaults
+                # were chosen")
                 "train": {
                     "batch_size": 16,
                     "lr": 1e-3,

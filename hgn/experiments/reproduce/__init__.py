@@ -14,10 +14,9 @@ it stopped; a cell interrupted mid-way resumes from its checkpoints and finished
 The tables, figures and the report are rebuilt from all finished cells at the end of
 every run (cheap), so a partial run still yields a readable, honestly labelled report.
 
-Why two regimes (docs/SCIENCE.md §2, "Noise, decided"): the paper's per-frame noise puts a
-floor under every
-model's error, so on its data the comparison is made on the *excess* over that floor;
-on clean data there is no floor and the raw MSE is compared. Learned dynamics
+Why two regimes (docs/SCIENCE.md §2, "Noise, decided"): the paper's per-frame noise puts
+a floor under every model's error, so on its data the comparison is made on the *excess*
+over that floor; on clean data there is no floor and the raw MSE is compared. Learned dynamics
 (forward, backward, 2×, ½×) are judged on clean data, as the later benchmark does.
 
 The rows are the paper's, plus an anti-collapse row for each HNN baseline (an honest

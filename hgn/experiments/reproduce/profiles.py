@@ -61,9 +61,9 @@ judged on clean data."""
 ANTI_COLLAPSE = {"ae_warmup": 500, "dynamics_detach": True}
 """The HNN baselines' best effort against collapse (hgn.models.hnn): the autoencoder
 alone for 500 steps, then the dynamics losses ramped in, training the Hamiltonian only.
-Chosen from the trials on mass-spring recorded in docs/RESULTS.md, "Reproduction (issue
-12)": a standardised q collapsed in time instead, and down-weighted dynamics losses kept
-the autoencoder but rolled out worse than the mean image; this was the only variant at
+Chosen from the trials on mass-spring recorded in docs/RESULTS.md, "The HNN baseline":
+a standardised q collapsed in time instead, and down-weighted dynamics losses kept the
+autoencoder but rolled out worse than the mean image; this was the only variant at
 or below the mean image (HNN Conv, 0.995)."""
 
 
@@ -72,7 +72,8 @@ LONG_RUN = "long"
 recipe (docs/SCIENCE.md §3a), trained on clean long sequences (the profile's ``hgnpp_steps``)
 with its own budget (``hgnpp_minutes``, ``hgnpp_train_steps``). Trained like the other
 rows on 30-step data for minutes, HGN++ stays at the mean image (it reads 5 frames and
-learns dynamics from long targets: docs/RESULTS.md, "Learned dynamics (issue 10)").
+learns dynamics from long targets: docs/RESULTS.md, "Learned dynamics and
+extrapolation (HGN++)").
 
 Why both, not the long run everywhere: Table 1's noisy cells would then score a model
 that never saw noise, and both Tables 1–2 a model given several times the others' data
@@ -140,8 +141,8 @@ class Profile:
     """Wall-clock cap of HGN++'s long-data run (None: none)."""
     hgnpp_sequences: int | None = None
     """Training sequences of HGN++'s clean long set (None: ``n_train``). Its own recipe
-    is judged on the learned-dynamics issue's targets, which were met (docs/RESULTS.md,
-    "Learned dynamics (issue 10)") with 5,000 sequences; its test split is ``n_test``."""
+    is judged on the learned-dynamics targets, which were met (docs/RESULTS.md, "Learned
+    dynamics and extrapolation (HGN++)") with 5,000 sequences; its test split is ``n_test``."""
     baseline_minutes: float | None = None
     """Wall-clock cap of the HNN baselines' training runs (None: ``max_minutes``)."""
     hgn: Mapping[str, Any] = field(default_factory=dict)
@@ -257,8 +258,8 @@ PROFILES: dict[str, Profile] = {
         start=30,
         extrapolation_sequences=100,
         drift_steps=1000,
-        # as measured in docs/RESULTS.md, "Learned dynamics (issue 10)": HGN++ met its
-        # mass-spring targets after 20 minutes (~9,700 steps) on clean 64-step data
+        # as measured in docs/RESULTS.md, "Learned dynamics and extrapolation (HGN++)":
+        # HGN++ met its mass-spring targets after 20 minutes (~9,700 steps) on clean 64-step data
         hgnpp_steps=64,
         hgnpp_train_steps=10_000,
         hgnpp_minutes=20.0,

@@ -193,7 +193,7 @@ def datasets(
 def default_threads(device: str, jobs: int) -> int:
     """Torch's CPU threads per process when ``--threads`` is not given: 1 on CPU (the
     models are many small convolutions, which on a few shared cores run several times
-    faster on one thread than on two; measured, see docs/RESULTS.md); on a GPU, where the
+    faster on one thread than on two: docs/RESULTS.md, "Training speed"); on a GPU, where the
     CPU only feeds batches and reads numbers back, the cores shared out among the ``jobs``
     processes so that they do not oversubscribe them."""
     if resolve_device(device).type == "cpu":
