@@ -8,12 +8,12 @@ def load(run: str, device: str = "cpu"):  # -> hgn.models.SequenceModel, importe
     """The trained model of a run directory, ready for ``encode``, ``rollout``,
     ``decode``, ``hamiltonian``, ``predict`` and ``sample`` (weights-only loading).
 
-    A model that samples its training data's aggregate posterior (HGN++) is fitted to
-    the training data the run records, as ``hgn sample`` and ``hgn evaluate`` do, so that
-    ``load(run).sample(n, steps)`` draws what the CLI draws; where that data is gone it
-    samples N(0, I), and ``model.sampling_from`` says so."""
-    from hgn.evaluation.physics import fit_recorded
-    from hgn.runs import open_sequence_model
+    A model that samples its training data's aggregate posterior (HGN++) carries it in
+    the run (fitted when training ended), so ``load(run).sample(n, steps)`` draws what
+    ``hgn sample`` draws wherever the run is copied; a run written before that is fitted
+    to the training data it records where that data still is, else it samples N(0, I).
+    ``model.sampling_from`` says which."""
+    from hgn.runs import fit_recorded, open_sequence_model
 
     model, saved = open_sequence_model(run, device)
     fit_recorded(model, saved)

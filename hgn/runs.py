@@ -30,13 +30,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from hgn import data as hgn_data
 from hgn.models import SequenceModel, get_model
 from hgn.physics.systems import System
-from hgn.utils import UserError, load_checkpoint
+from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 """The checkpoint's file name inside a run directory."""
@@ -125,6 +126,72 @@ def open_sequence_model(
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
         ) from None
     return model.to(device).eval(), saved
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+FIT_SEQUENCES = 1024
+"""Training sequences whose posteriors :func:`fit_sampler` fits samples' z to."""
+
+
+@torch.no_grad()
+def fit_sampler(
+    model: SequenceModel, split: hgn_data.Split, n: int = FIT_SEQUENCES, batch: int = 64
+) -> int:
+    """Fit the model's sampling distribution to the aggregate posterior of the first
+    ``n`` sequences of ``split`` (its *training* data: the samples must not depend on
+    the test set they are scored against), where the model has one to fit
+    (``fit_aggregate_posterior``, HGN++) and it is not fitted yet. Reads only the frames
+    the encoder reads. Returns the number of sequences fitted to (0: nothing done)."""
+    if model.sampler_fitted:
+        return 0
+    if split.images.shape[-2] != model.image_size:
+        return 0  # not the data it was trained on (regenerated at another size)
+    k = model.context_frames
+    device = next(model.parameters()).device
+    n = min(n, len(split))
+
+    def batches() -> Any:
+        for lo in range(0, n, batch):
+            x = torch.from_numpy(np.array(split.images[lo : min(n, lo + batch), :k]))
+            yield x.permute(0, 1, 4, 2, 3).to(device)  # (B, k, 3, H, W) uint8
+
+    return model.fit_aggregate_posterior(batches())
+
+
+def training_split(saved: dict[str, Any]) -> hgn_data.Split | None:
+    """The training split a checkpoint records (``saved["trained_on"]["path"]``), or
+    None where it records none or the data is gone."""
+    path = (saved.get("trained_on") or {}).get("path")
+    if not path:
+        return None
+    try:
+        return hgn_data.load(path, "train")
+    except (UserError, OSError, KeyError, ValueError):
+        return None
+
+
+def fit_recorded(model: SequenceModel, saved: dict[str, Any]) -> int:
+    """:func:`fit_sampler` on the training split the checkpoint ``saved`` records, where
+    it is still there: the one way ``hgn.load``, ``hgn sample`` and ``hgn evaluate`` fit
+    HGN++'s sampler, so that all three draw alike. Returns the sequences fitted to."""
+    split = training_split(saved)
+    return 0 if split is None else fit_sampler(model, split)
+
+
+def store_sampler(run: str | os.PathLike, split: hgn_data.Split) -> int:
+    """Fit the sampler of the trained model in ``run`` (with the weights evaluation
+    uses) to ``split``, its training data, and keep it in the checkpoint, so that the
+    run samples alike wherever it is copied and whether or not its data is still where
+    it was. Returns the sequences fitted to (0: the model has no sampler to fit)."""
+    model, saved = open_sequence_model(run)
+    fitted = fit_sampler(model, split)
+    if fitted:
+        saved["state"]["model"].update(dict(model.named_buffers()))
+        saved["sampler"] = {"sequences": fitted, "from": model.sampling_from}
+        save_checkpoint(checkpoint_path(run), saved)
+    return fitted
 
 
 # ----------------------------------------------------------------------------- data record

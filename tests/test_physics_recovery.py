@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from hgn import runs
 from hgn.evaluation import physics
 from hgn.physics.systems import BACKGROUND, PALETTE, SYSTEMS, get_system
 
@@ -185,7 +186,7 @@ def test_sequences_with_undefined_energy_are_counted_not_averaged(monkeypatch) -
 
 
 class FakeSplit:
-    """What :func:`physics.fit_sampler` reads of a split: channels-last uint8 images."""
+    """What :func:`runs.fit_sampler` reads of a split: channels-last uint8 images."""
 
     def __init__(self, images: np.ndarray) -> None:
         self.images = images
@@ -204,12 +205,12 @@ def test_fit_sampler_fits_hgnpp_to_its_training_sequences_once() -> None:
          "energy_layers": 2, "latent_channels": 4, "decoder_filters": [4]}
     ).eval()  # fmt: skip
     images = np.random.default_rng(0).integers(0, 256, (10, 6, 16, 16, 3), dtype=np.uint8)
-    assert physics.fit_sampler(model, FakeSplit(images[:, :, :8, :8])) == 0  # another size
-    assert physics.fit_sampler(model, FakeSplit(images), n=7, batch=3) == 7
+    assert runs.fit_sampler(model, FakeSplit(images[:, :, :8, :8])) == 0  # another size
+    assert runs.fit_sampler(model, FakeSplit(images), n=7, batch=3) == 7
     frames = torch.from_numpy(images[:7]).permute(0, 1, 4, 2, 3).float() / 255.0
     torch.testing.assert_close(model.posterior_means, model.posterior(frames)[0])
-    assert physics.fit_sampler(model, FakeSplit(images)) == 0  # already fitted: kept
+    assert runs.fit_sampler(model, FakeSplit(images)) == 0  # already fitted: kept
     assert len(model.posterior_means) == 7
-    assert physics.fit_sampler(torch.nn.Linear(1, 1), FakeSplit(images)) == 0  # nothing to fit
-    assert physics.training_split({}) is None
-    assert physics.training_split({"trained_on": {"path": "/no/such/data"}}) is None
+    assert runs.fit_sampler(torch.nn.Linear(1, 1), FakeSplit(images)) == 0  # nothing to fit
+    assert runs.training_split({}) is None
+    assert runs.training_split({"trained_on": {"path": "/no/such/data"}}) is None

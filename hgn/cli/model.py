@@ -182,7 +182,10 @@ def _train(args: argparse.Namespace) -> None:
     check_range(args.max_minutes, "--max-minutes", gt=0)
     if args.print_config:
         sys.stdout.write(
-            dump_yaml(resolve(args.profile or DEFAULT_PROFILE, args.config, args.model, args.sets))
+            dump_yaml(
+                resolve(args.profile or DEFAULT_PROFILE, args.config, args.model, args.sets),
+                auto=True,
+            )
         )
         return
     if not args.data or not args.out:
@@ -289,6 +292,7 @@ def _sample(args: argparse.Namespace) -> None:
         n=args.n,
         steps=args.steps,
         seed=args.seed,
+        say=print,
         **_picture_options(args),
     )
     print(f"wrote {path}")

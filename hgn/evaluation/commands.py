@@ -36,7 +36,7 @@ from hgn.evaluation.extrapolate import (
     run_protocol,
 )
 from hgn.evaluation.metrics import NO_STATES
-from hgn.evaluation.physics import fit_recorded, score_samples
+from hgn.evaluation.physics import score_samples
 from hgn.evaluation.pictures import (
     _labelled_strip,
     _magnify,
@@ -47,7 +47,7 @@ from hgn.evaluation.pictures import (
 from hgn.evaluation.reports import FILES, markdown, metrics_markdown
 from hgn.models import SequenceModel
 from hgn.plots import check_output, hwc, plot_energy, plot_mse
-from hgn.runs import data_mismatch, open_sequence_model
+from hgn.runs import data_mismatch, fit_recorded, open_sequence_model
 from hgn.utils import (
     UserError,
     atomic_path,
@@ -207,16 +207,19 @@ def render_samples(
     fps: int = 8,
     device: str = "auto",
     overwrite: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """New trajectories from the prior (paper Fig. 8): a GIF/MP4 of ``n`` side by side,
     or a PNG with one row per sample. ``seed`` fixes the draws; an existing ``out`` is
-    replaced only with ``overwrite``."""
+    replaced only with ``overwrite``; ``say`` hears where the first states come from."""
     out = Path(out)
     check_output(out, (".gif", ".mp4", ".png"), overwrite)
     n, steps = positive_int(n, "--n"), positive_int(steps, "--steps")
     dev = resolve_device(device)
     model, saved = open_sequence_model(run, dev)
-    fit_recorded(model, saved)  # as hgn evaluate scores them
+    fit_recorded(model, saved)  # a run from before samplers travelled with it
+    if say is not None:
+        say(f"sampling from {model.sampling_from}")
     torch.manual_seed(seed)
     with torch.no_grad():
         images = hwc(model.sample(n, steps))  # (n, steps+1, H, W, 3)

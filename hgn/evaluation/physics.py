@@ -377,55 +377,6 @@ def samples_physics(
     }
 
 
-FIT_SEQUENCES = 1024
-"""Training sequences whose posteriors :func:`fit_sampler` fits samples' z to."""
-
-
-@torch.no_grad()
-def fit_sampler(
-    model: SequenceModel, split: hgn_data.Split, n: int = FIT_SEQUENCES, batch: int = 64
-) -> int:
-    """Fit the model's sampling distribution to the aggregate posterior of the first
-    ``n`` sequences of ``split`` (its *training* data: the samples must not depend on
-    the test set they are scored against), where the model has one to fit
-    (``fit_aggregate_posterior``, HGN++) and it is not fitted yet. Reads only the frames
-    the encoder reads. Returns the number of sequences fitted to (0: nothing done)."""
-    if model.sampler_fitted:
-        return 0
-    if split.images.shape[-2] != model.image_size:
-        return 0  # not the data it was trained on (regenerated at another size)
-    k = model.context_frames
-    device = next(model.parameters()).device
-    n = min(n, len(split))
-
-    def batches() -> Any:
-        for lo in range(0, n, batch):
-            x = torch.from_numpy(np.array(split.images[lo : min(n, lo + batch), :k]))
-            yield x.permute(0, 1, 4, 2, 3).to(device)  # (B, k, 3, H, W) uint8
-
-    return model.fit_aggregate_posterior(batches())
-
-
-def training_split(saved: dict[str, Any]) -> hgn_data.Split | None:
-    """The training split a checkpoint records (``saved["trained_on"]["path"]``), or
-    None where it records none or the data is gone."""
-    path = (saved.get("trained_on") or {}).get("path")
-    if not path:
-        return None
-    try:
-        return hgn_data.load(path, "train")
-    except (UserError, OSError, KeyError, ValueError):
-        return None
-
-
-def fit_recorded(model: SequenceModel, saved: dict[str, Any]) -> int:
-    """:func:`fit_sampler` on the training split the checkpoint ``saved`` records, where
-    it is still there: the one way ``hgn.load``, ``hgn sample`` and ``hgn evaluate`` fit
-    HGN++'s sampler, so that all three draw alike. Returns the sequences fitted to."""
-    split = training_split(saved)
-    return 0 if split is None else fit_sampler(model, split)
-
-
 SAMPLE_COUNT = 64
 """Prior samples scored by ``hgn evaluate`` (and ground-truth sequences beside them)."""
 

@@ -291,6 +291,12 @@ def resolve(
     for item in sets:
         section, key, value = parse_set(item, fields)
         user[section][key] = value
+    for key in [k for k, v in user["model"].items() if v == AUTO]:
+        if key not in FOLLOWS_DATA:
+            raise UserError(
+                f"model.{key} cannot be {AUTO}: only {', '.join(FOLLOWS_DATA)} follow the data"
+            )
+        del user["model"][key]  # the profile's value, derived again from the data
     merged = {
         "model": {k: v for k, v in layers["model"].items() if k in fields["model"]},
         "train": layers["train"],
@@ -310,24 +316,68 @@ _Dumper.add_representer(
 )
 
 
-def dump_yaml(config: RunConfig) -> str:
-    """The config as YAML, loadable again with ``--config``."""
-    return yaml.dump(config.to_dict(), Dumper=_Dumper, sort_keys=False)
+def dump_yaml(config: RunConfig, auto: bool = False) -> str:
+    """The config as YAML, loadable again with ``--config``. With ``auto`` (what
+    ``--print-config`` shows, before any data is seen), the keys that follow the data
+    and that the user did not set are written as ``auto``, so that the file trains on
+    other data as the defaults would."""
+    values = config.to_dict()
+    if auto:
+        for key in FOLLOWS_DATA:
+            if key in values["model"] and key not in config.explicit:
+                values["model"][key] = AUTO
+    return yaml.dump(values, Dumper=_Dumper, sort_keys=False)
 
 
 DATA_KEYS = ("dof", "dt")
 """Model keys taken from the dataset's metadata unless set explicitly: the true number
 of degrees of freedom (HNN needs it) and the time between frames (the latent step)."""
 
+AUTO = "auto"
+"""The value of a model key that follows the data (:data:`FOLLOWS_DATA`): what
+``--print-config`` writes for the keys the user did not set, and what a config file or
+``--set key=auto`` may give to have the key derived again from the data it trains on."""
+
+FOLLOWS_DATA = (*DATA_KEYS, "image_size", "latent_size", "frames")
+"""Model keys :func:`follow_data` derives from the data unless the user set them: the
+:data:`DATA_KEYS`, the image size (with the latent map's size scaled alike, so the
+networks keep their depth) and the training window (the profile's, clamped to the
+data's sequences)."""
+
+
+def _follow_size(config: RunConfig, fields: set[str], size: int) -> dict[str, int]:
+    """``image_size`` (and ``latent_size``, scaled by the same factor so that the
+    encoder and decoder keep their depth) for data of ``size``×``size`` pictures, where
+    the user set neither: a dataset made with ``hgn data generate``'s default size then
+    trains with the default model, whatever size the profile was written for."""
+    model = config.model
+    if "image_size" not in fields or "image_size" in config.explicit or model.image_size == size:
+        return {}
+    found = {"image_size": size}
+    if "latent_size" in fields and "latent_size" not in config.explicit:
+        scaled = model.latent_size * size / model.image_size
+        if scaled == int(scaled) and scaled >= 1:
+            found["latent_size"] = int(scaled)
+    return found
+
 
 def follow_data(config: RunConfig, meta: Mapping[str, Any]) -> RunConfig:
     """``config`` with :data:`DATA_KEYS` the model has, and the user did not set, taken
-    from the data; a training window (``frames``) the user did not set shortened to
+    from the data (a set one that contradicts the data is refused); the image size
+    (:func:`_follow_size`); a training window (``frames``) the user did not set shortened to
     the data's sequences (HGN++ asks for 65 frames, "as many as the data allows"); and
     HGN++'s colour-identity settings left at None set by the number of bodies the data
     shows (:data:`hgn.models.hgnpp.SEVERAL_BODIES`)."""
     fields = {f.name for f in dataclasses.fields(config.model)}
+    for key in DATA_KEYS:
+        if key in fields and key in config.explicit and getattr(config.model, key) != meta[key]:
+            raise UserError(
+                f"model.{key} is {getattr(config.model, key)!r} but the data's {key} is "
+                f"{meta[key]!r}: drop it (or set it to {AUTO}) to follow the data"
+            )
     found = {k: meta[k] for k in DATA_KEYS if k in fields and k not in config.explicit}
+    if meta.get("size"):
+        found.update(_follow_size(config, fields, int(meta["size"])))
     several = int(meta.get("bodies") or 0) >= 2
     for key, value in SEVERAL_BODIES.items():  # None: the profile leaves it to the data
         if key in fields and getattr(config.model, key) is None:

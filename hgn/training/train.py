@@ -37,7 +37,7 @@ from hgn import data as hgn_data
 from hgn.checks import config_from_dict
 from hgn.data import mean_frame, to_frames
 from hgn.models import get_model
-from hgn.runs import CHECKPOINT, SEQUENCE, data_mismatch, trained_on
+from hgn.runs import CHECKPOINT, SEQUENCE, data_mismatch, store_sampler, trained_on
 from hgn.training.config import (
     RunConfig,
     TrainConfig,
@@ -456,7 +456,7 @@ def train(
         budget_from_now=max_minutes is not None,
     )
     try:
-        return train_loop(
+        result = train_loop(
             out,
             objects,
             step_fn,
@@ -469,6 +469,9 @@ def train(
             extra={"kind": SEQUENCE, "trained_on": trained_on(split, data)},
             schedule=schedule if tc.lr_decay else None,
         )
+        if writer:  # the sampler travels with the run: no path to the data is needed
+            store_sampler(out, split)
+        return result
     finally:
         if torch.distributed.is_initialized():
             forward = None  # empties the closures' cell: the DDP wrapper holds the group

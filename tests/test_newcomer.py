@@ -1,0 +1,122 @@
+"""A newcomer's first hour (issue 24): defaults that fit together, a printed config that
+loads back on other data, runs that sample alike wherever they are, and a run given to
+the wrong command."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hgn import data as hgn_data
+from hgn.cli import main
+from hgn.runs import CHECKPOINT
+from hgn.utils import load_checkpoint
+
+TINY_HGNPP = [
+    "--set", "model.encoder_filters=[4,4,4,4]", "--set", "model.fpsi_hidden=8",
+    "--set", "model.energy_hidden=8", "--set", "model.latent_channels=4",
+    "--set", "model.decoder_filters=[4]", "--set", "model.state_dim=2",
+    "--set", "train.batch_size=2", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pendulum64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``hgn data generate``'s default image size (64), which the default profile was
+    not written for (32)."""
+    out = tmp_path_factory.mktemp("newcomer") / "d64"
+    hgn_data.generate(out, "pendulum", n_train=6, n_test=2, steps=8, progress=False)
+    return out
+
+
+def test_the_default_model_trains_on_the_default_data(pendulum64: Path, tmp_path: Path) -> None:
+    """The image size follows the data like dt and frames do, with the latent map scaled
+    so the networks keep their depth; a size the user set that the data contradicts is
+    still refused."""
+    run = tmp_path / "r"
+    assert (
+        main(["train", "--data", str(pendulum64), "--out", str(run), "--steps", "1", *TINY_HGNPP])
+        == 0
+    )
+    model = load_checkpoint(run / CHECKPOINT)["config"]["model"]
+    assert (model["image_size"], model["latent_size"], model["frames"]) == (64, 8, 9)
+    bad = ["train", "--data", str(pendulum64), "--out", str(tmp_path / "b"), "--steps", "1"]
+    assert main([*bad, "--set", "model.image_size=32", *TINY_HGNPP]) == 2
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_printed_config_loads_back_on_other_data(
+    pendulum64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--print-config`` writes the keys that follow the data as ``auto``; the file then
+    trains on data of another size, time step and number of degrees of freedom, and the
+    run records the data's values, not the printing's."""
+    for model in ("hgn++", "hnn"):
+        capsys.readouterr()
+        assert main(["train", "--model", model, "--print-config"]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        follows = {"dt", "frames", "image_size"} | ({"dof"} if model == "hnn" else set())
+        assert all(printed["model"][key] == "auto" for key in follows), printed["model"]
+        (tmp_path / f"{model}.yaml").write_text(yaml.safe_dump(printed))
+    other = tmp_path / "dp"
+    hgn_data.generate(
+        other, "double-pendulum", n_train=4, n_test=2, steps=6, size=16, dt=0.05, progress=False
+    )
+    for model in ("hgn++", "hnn"):
+        run = tmp_path / f"run-{model}"
+        argv = ["train", "--config", str(tmp_path / f"{model}.yaml"), "--data", str(other)]
+        assert main([*argv, "--out", str(run), "--steps", "1", "--no-progress"]) == 0
+        saved = load_checkpoint(run / CHECKPOINT)["config"]["model"]
+        assert saved["dt"] == 0.05 and saved["image_size"] == 16
+        assert model != "hnn" or saved["dof"] == 2
+
+
+def test_a_set_value_that_contradicts_the_data_is_refused_in_one_line(
+    pendulum64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--data", str(pendulum64), "--out", str(tmp_path / "r"), "--steps", "1"]
+    assert main([*argv, "--set", "model.dt=0.05", *TINY_HGNPP]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.dt is 0.05 but the data's dt is 0.125" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    assert main([*argv, *TINY_HGNPP, "--set", "model.state_dim=auto"]) == 2
+    assert "cannot be auto" in capsys.readouterr().err
+
+
+def test_a_run_samples_alike_after_its_data_moved(
+    pendulum64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sampler is fitted when training ends and kept in the checkpoint: moving the
+    data away changes nothing, and ``hgn sample`` says what it samples from."""
+    data = tmp_path / "D"
+    shutil.copytree(pendulum64, data)
+    run = tmp_path / "R"
+    assert main(["train", "--data", str(data), "--out", str(run), "--steps", "2", *TINY_HGNPP]) == 0
+    assert load_checkpoint(run / CHECKPOINT)["sampler"]["sequences"] == 6
+    capsys.readouterr()
+    assert (
+        main(["sample", str(run), "--out", str(tmp_path / "a.png"), "--n", "2", "--steps", "3"])
+        == 0
+    )
+    assert "aggregate posterior of 6 training sequences" in capsys.readouterr().out
+    data.rename(tmp_path / "moved")
+    assert (
+        main(["sample", str(run), "--out", str(tmp_path / "b.png"), "--n", "2", "--steps", "3"])
+        == 0
+    )
+    assert "aggregate posterior of 6 training sequences" in capsys.readouterr().out
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_a_run_given_to_the_wrong_command_names_the_right_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = Path(__file__).parent / "fixtures" / "legacy-v0.1-flow.pt"
+    run = tmp_path / "nhf"
+    run.mkdir()
+    shutil.copy(flow, run / CHECKPOINT)
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.gif")]) == 2
+    assert "is a flow run" in capsys.readouterr().err
