@@ -26,6 +26,7 @@ open.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ from hgn.utils import UserError, load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 """The checkpoint's file name inside a run directory."""
+
+METRICS_LOG = "metrics.jsonl"
+"""The run's logged metrics, one JSON object per log step (``{"step": …, …}``):
+readable without TensorBoard (``hgn info RUN`` shows the last line)."""
 
 SEQUENCE, FLOW = "sequence", "flow"
 """The two kinds of run: ``hgn train`` and ``hgn flow train``."""
@@ -119,7 +124,8 @@ def open_sequence_model(
         values = dict(saved["config"]["model"])
         model = get_model(values.pop("name", "hgn"))(values)
         state = averaged_state(model, saved["state"]) if averaged else None
-        model.load_state_dict(state or saved["state"]["model"])
+        sampler = (saved.get("sampler") or {}).get("buffers") or {}
+        model.load_state_dict({**(state or saved["state"]["model"]), **sampler})
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise UserError(
             f"checkpoint {checkpoint_path(run)} does not hold a model this version can read "
@@ -188,8 +194,12 @@ def store_sampler(run: str | os.PathLike, split: hgn_data.Split) -> int:
     model, saved = open_sequence_model(run)
     fitted = fit_sampler(model, split)
     if fitted:
-        saved["state"]["model"].update(dict(model.named_buffers()))
-        saved["sampler"] = {"sequences": fitted, "from": model.sampling_from}
+        buffers = dict(model.named_buffers())
+        saved["sampler"] = {
+            "sequences": fitted,
+            "from": model.sampling_from,
+            "buffers": {name: buffers[name] for name in model.sampler_buffers},
+        }  # beside the training state, which a resumed run continues unchanged
         save_checkpoint(checkpoint_path(run), saved)
     return fitted
 
@@ -224,3 +234,51 @@ def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | 
     if not diffs:
         return None
     return "this data differs from the run's training data: " + ", ".join(diffs)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def last_metrics(run: str | os.PathLike) -> dict[str, Any] | None:
+    """The last line of a run's :data:`METRICS_LOG` (None: no log, or nothing logged)."""
+    path = Path(run) / METRICS_LOG
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            return entry
+    return None
+
+
+def describe(run: str | os.PathLike) -> list[str]:
+    """``hgn info RUN``: what a run is, what it was trained on, how far, its last
+    metrics; a line each, from the checkpoint and the metrics log alone."""
+    saved = read(run)
+    config, kind = saved["config"], saved["kind"]
+    model = config.get("model") or {}
+    name = model.get("name", "hgn") if kind == SEQUENCE else model.get("kind", "nhf")
+    writer = "hgn train" if kind == SEQUENCE else "hgn flow train"
+    lines = [f"{run}: a {kind} run ({writer}), model {name}"]
+    steps, seconds = int(saved.get("step", 0)), float(saved.get("seconds", 0.0))
+    lines.append(f"trained: {steps:,} steps in {seconds / 60:.1f} min")
+    data = saved.get("trained_on") or {}
+    if kind == SEQUENCE and data:
+        size = data.get("size")
+        lines.append(
+            f"data: {data.get('system') or 'imported'}, {size}×{size}, dt {data.get('dt')}, "
+            f"noise {data.get('noise')}, {data.get('steps')} steps per sequence, seed "
+            f"{data.get('seed')} (at {data.get('path')})"
+        )
+    elif kind == FLOW:
+        lines.append(f"target: {config.get('target')}")
+    if saved.get("sampler"):
+        lines.append(f"samples from: {saved['sampler']['from']}")
+    last = last_metrics(run) if Path(run).is_dir() else None
+    if last:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
+        lines.append(f"last metrics (step {last.get('step')}): {shown}")
+    return lines

@@ -4,6 +4,7 @@ the wrong command."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import yaml
 
 from hgn import data as hgn_data
 from hgn.cli import main
-from hgn.runs import CHECKPOINT
-from hgn.utils import load_checkpoint
+from hgn.runs import CHECKPOINT, METRICS_LOG
+from hgn.utils import load_checkpoint, save_checkpoint
 
 TINY_HGNPP = [
     "--set", "model.encoder_filters=[4,4,4,4]", "--set", "model.fpsi_hidden=8",
@@ -120,3 +121,28 @@ def test_a_run_given_to_the_wrong_command_names_the_right_one(
     shutil.copy(flow, run / CHECKPOINT)
     assert main(["sample", str(run), "--out", str(tmp_path / "s.gif")]) == 2
     assert "is a flow run" in capsys.readouterr().err
+
+
+def test_every_run_logs_plain_metrics_and_hgn_info_reads_them(
+    pendulum64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``metrics.jsonl`` holds one line per log step; a resumed run drops the lines past
+    the step it resumes from, so the log of an interrupted run reads like an
+    uninterrupted one's; ``hgn info`` prints what the run is and its last metrics."""
+    run = tmp_path / "r"
+    argv = ["train", "--data", str(pendulum64), "--out", str(run), *TINY_HGNPP]
+    logged = ["--set", "train.log_every=1", "--set", "train.checkpoint_every=2"]
+    assert main([*argv, *logged, "--steps", "3"]) == 0
+    lines = [json.loads(x) for x in (run / METRICS_LOG).read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and all("mse" in x for x in lines)
+    save = load_checkpoint(run / CHECKPOINT)
+    save_checkpoint(run / CHECKPOINT, {**save, "step": 2})  # as if killed after step 2's save
+    resume = ["train", "--data", str(pendulum64), "--out", str(run), "--resume", "--steps", "4"]
+    assert main([*resume, "--no-progress"]) == 0
+    steps = [json.loads(x)["step"] for x in (run / METRICS_LOG).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "a sequence run (hgn train), model hgn++" in out
+    assert "pendulum, 64×64" in out and "last metrics (step 4)" in out

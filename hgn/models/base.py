@@ -56,6 +56,9 @@ class SequenceModel(nn.Module, ABC):
     dynamics: HGN, HGN++, HNN, the neural ODE; not the discrete or recurrent models)."""
     can_change_speed: ClassVar[bool]
     """Whether ``rollout`` accepts a ``dt`` other than the trained one."""
+    sampler_buffers: ClassVar[tuple[str, ...]] = ()
+    """The buffers :meth:`fit_aggregate_posterior` fills: a run keeps them beside its
+    training state (:func:`hgn.runs.store_sampler`)."""
     reports_sequence_errors: ClassVar[bool] = False
     """Whether :meth:`loss` sets :attr:`sequence_errors`."""
     sequence_errors: Tensor | None = None

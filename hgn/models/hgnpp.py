@@ -305,6 +305,7 @@ class HGNPP(SequenceModel):
 
     Config = HGNPPConfig
     reports_sequence_errors = True
+    sampler_buffers = ("posterior_means", "posterior_logvars")
     can_run_backwards = True
     can_change_speed = True
 

@@ -18,6 +18,7 @@ the same noise whether or not the run was interrupted before it.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -29,8 +30,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hgn.runs import CHECKPOINT
-from hgn.utils import UserError, derive_seed, load_checkpoint, save_checkpoint
+from hgn.runs import CHECKPOINT, METRICS_LOG
+from hgn.utils import UserError, atomic_path, derive_seed, load_checkpoint, save_checkpoint
 
 LEGACY_STATE_NAMES = {"optimizer": "optimiser", "averaged": "ema"}
 """Names earlier checkpoints saved an object's state under (flow runs spelled the
@@ -151,6 +152,36 @@ class _Progress:
         self.bar.close()
 
 
+class MetricsLog:
+    """The logged metrics as JSON lines in the run (:data:`hgn.runs.METRICS_LOG`).
+
+    A resumed run first drops the lines past the step it resumes from (written after
+    its last checkpoint by the interrupted process), so its log reads as an
+    uninterrupted run's would; a line cut short by a kill is dropped too.
+    """
+
+    def __init__(self, path: Path, start: int) -> None:
+        kept = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and int(entry.get("step", start + 1)) <= start:
+                    kept.append(line + "\n")
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(kept))
+        self.file = path.open("a")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def tensorboard_writer(path: Path, start: int) -> Any:
     """A TensorBoard writer into ``path``, or None with a one-line note when the optional
     ``tensorboard`` package (a heavy install: ``hgn[tensorboard]``) is missing: logs are
@@ -222,6 +253,7 @@ def train_loop(
     writer = None
     if loop.tensorboard and loop.writer:
         writer = tensorboard_writer(run_dir / "tensorboard", start)
+    log = MetricsLog(run_dir / METRICS_LOG, start) if loop.writer else None
 
     def checkpoint(step: int, elapsed: float) -> None:
         if not loop.writer:
@@ -282,6 +314,8 @@ def train_loop(
                 metrics["steps_per_s"] = (done - start) / max(now, 1e-9)
                 bar.postfix(done, metrics)
                 result.history.append({"step": done, **metrics})
+                if log is not None:
+                    log.write(done, metrics)
                 if writer is not None:
                     for key, value in metrics.items():
                         writer.add_scalar(key, value, done)
@@ -294,6 +328,8 @@ def train_loop(
         bar.close()
         if writer is not None:
             writer.close()
+        if log is not None:
+            log.close()
     result.seconds = before + time.perf_counter() - t0
     checkpoint(result.step, result.seconds)
     return result
