@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,19 @@ def test_progress_bar_counts_the_budget_that_ends_the_run(
     assert progress.by_time is by_time and progress.bar.total == total
     assert progress.bar.n == (1.0 if by_time else 10)
     progress.close()
+
+
+def test_progress_rate_is_never_negative_after_switching_units(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bar that switches from seconds to steps starts afresh in the new unit: the rate
+    it shows is measured in that unit only (a reset bar once printed "-14463.12it/s":
+    its new start counted against a count of zero)."""
+    progress = _Progress(LoopConfig(steps=20_000), 0, 10.0, 0.0, enabled=True)
+    assert progress.by_time
+    progress.update(14_000, 5.0, 5.0)  # 2,800 steps/s: the steps end first, so count steps
+    assert not progress.by_time and progress.bar.n == 14_000
+    progress.update(14_001, 5.1, 5.1)
+    progress.close()
+    printed = capsys.readouterr().err
+    assert "it/s" in printed and not re.search(r"-[0-9.]+it/s", printed), printed

@@ -146,3 +146,18 @@ def test_every_run_logs_plain_metrics_and_hgn_info_reads_them(
     out = capsys.readouterr().out
     assert "a sequence run (hgn train), model hgn++" in out
     assert "pendulum, 64×64" in out and "last metrics (step 4)" in out
+
+
+def test_rollout_on_another_systems_data_warns_as_evaluate_does(
+    pendulum64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "r"
+    argv = ["train", "--data", str(pendulum64), "--out", str(run), "--steps", "1"]
+    assert main([*argv, *TINY_HGNPP]) == 0
+    other = tmp_path / "ms"
+    hgn_data.generate(other, "mass-spring", n_train=2, n_test=2, steps=8, progress=False)
+    capsys.readouterr()
+    rollout = ["rollout", str(run), "--data", str(other), "--out", str(tmp_path / "r.png")]
+    assert main([*rollout, "--steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "hgn: warning: this data differs from the run's training data: system" in err

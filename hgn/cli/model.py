@@ -230,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         "device": args.device,
         "vpt_fraction": args.vpt_fraction,
         "progress": args.progress,
-        "warn": lambda message: print(f"hgn: warning: {message}", file=sys.stderr),
+        "warn": _warn,
     }
     if args.protocol == "extrapolate":
         _extrapolate(args, common)
@@ -264,6 +264,10 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
     print(f"wrote {', '.join(FILES.values())} in {args.out}")
 
 
+def _warn(message: str) -> None:
+    print(f"hgn: warning: {message}", file=sys.stderr)
+
+
 def _rollout(args: argparse.Namespace) -> None:
     from hgn.evaluation.commands import render_rollout
 
@@ -277,6 +281,7 @@ def _rollout(args: argparse.Namespace) -> None:
         speed=args.speed,
         backward=args.backward,
         split=args.split,
+        warn=_warn,
         **_picture_options(args),
     )
     print(f"wrote {path}")

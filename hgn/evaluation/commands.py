@@ -170,21 +170,25 @@ def render_rollout(
     fps: int = 8,
     device: str = "auto",
     overwrite: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """Roll sequence ``index`` out ``steps`` steps at ``speed`` × dt (negated when
     ``backward``) next to the simulator's frame at the same time (paper Fig. 7; between
     and before the stored frames re-simulated with the dataset's system). Writes a
     GIF/MP4 (truth | prediction) or a PNG strip; an existing ``out`` is replaced only
-    with ``overwrite``."""
+    with ``overwrite``; ``warn`` hears when the data is not what the run was trained on."""
     out = Path(out)
     check_output(out, (".gif", ".mp4", ".png"), overwrite)
     steps = positive_int(steps, "--steps")
     if not (math.isfinite(speed) and speed > 0):
         raise UserError(f"--speed must be a positive number, got {speed}")
     dev = resolve_device(device)
-    model, _ = open_sequence_model(run, dev)
+    model, saved = open_sequence_model(run, dev)
     seqs = hgn_data.load(data, split)
     check_compatible(model, seqs)
+    mismatch = data_mismatch(saved.get("trained_on"), seqs.meta)
+    if mismatch and warn is not None:  # as hgn evaluate says it
+        warn(mismatch)
     if not 0 <= index < len(seqs):
         raise UserError(f"--index {index} is out of range: the {split} split has {len(seqs)}")
     signed = -speed if backward else speed  # model.rollout sub-steps at the trained dt

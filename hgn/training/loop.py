@@ -110,13 +110,20 @@ class _Progress:
         self, loop: LoopConfig, start: int, budget: float | None, used: float, enabled: bool
     ) -> None:
         self.steps, self.start, self.budget = loop.steps, start, budget
+        self.desc, self.enabled = loop.desc, enabled
         self.by_time = budget is not None
-        self.bar = tqdm(
-            total=budget if self.by_time else loop.steps,
-            initial=min(used, budget) if self.by_time else start,
-            desc=loop.desc,
+        self.bar = self._new_bar(min(used, budget) if budget is not None else start)
+
+    def _new_bar(self, position: float) -> tqdm:
+        """A bar in the current unit starting at ``position``: a fresh one, so that its
+        rate is measured in that unit only (a bar reset from steps to seconds kept its
+        rate statistics and once showed "-14463.12it/s")."""
+        return tqdm(
+            total=self.budget if self.by_time else self.steps,
+            initial=position,
+            desc=self.desc,
             dynamic_ncols=True,
-            disable=not enabled,
+            disable=not self.enabled,
             bar_format=_TIME_FORMAT if self.by_time else None,
         )
 
@@ -136,11 +143,11 @@ class _Progress:
         self.bar.update(position - self.bar.n)
 
     def _switch(self, by_time: bool, position: float) -> None:
+        postfix = self.bar.postfix
+        self.bar.close()
         self.by_time = by_time
-        self.bar.bar_format = _TIME_FORMAT if by_time else None
-        self.bar.initial = position  # the rate counts from here
-        self.bar.reset(total=self.budget if by_time else self.steps)
-        self.bar.n = self.bar.last_print_n = position
+        self.bar = self._new_bar(position)
+        self.bar.set_postfix_str(postfix or "", refresh=False)
 
     def postfix(self, done: int, metrics: Mapping[str, float]) -> None:
         shown = {k: f"{v:.4g}" for k, v in metrics.items()}
