@@ -343,6 +343,18 @@ def rolled_back(model: SequenceModel, align: str) -> int:
     return model.state_offset if align == "start" and model.can_run_backwards else 0
 
 
+def cannot(model: SequenceModel, dt: float) -> str | None:
+    """Why ``model`` cannot roll out at ``dt`` (its :meth:`SequenceModel.check_rollout`
+    refusal, one line), or None where it can. The protocol records such a rollout as
+    ``{"skipped": reason, ...}`` instead of scoring it (RGN, LSTM, GRU: backwards and
+    other speeds are not defined for a one-way discrete step)."""
+    try:
+        model.check_rollout(dt)
+    except UserError as err:
+        return str(err)
+    return None
+
+
 class _Rollouts:
     """Rollouts of one batch from one inferred state: the state is inferred once for all
     four rollouts, then taken ``back`` steps back with the trained −dt."""
@@ -443,6 +455,7 @@ def run_protocol(
     if (meta.get("noise") or 0) > 0 and truth.system is not None:
         floor = noise_floor(split, min(n, 50))
     dt = model.trained_dt
+    skipped = {r.name: why for r in ROLLOUTS if (why := cannot(model, dt * r.speed)) is not None}
     mse = {r.name: [] for r in ROLLOUTS}
     base = {r.name: [] for r in ROLLOUTS}
     pos_err = {r.name: [] for r in ROLLOUTS}
@@ -465,6 +478,8 @@ def run_protocol(
             shown = int(np.asarray(images, np.float32).std(1).mean((1, 2, 3)).argmax())
             pictures.update(truth=images[shown], index=shown)
         for r in ROLLOUTS:
+            if r.name in skipped:
+                continue
             steps = p[r.name]
             pred, _ = roll(steps, dt * r.speed)
             assert pred is not None
@@ -486,6 +501,14 @@ def run_protocol(
                 pos_base[r.name].append(physics.position_rms(mean_pos, true_pos))
     rollouts: dict[str, Any] = {}
     for r in ROLLOUTS:
+        if r.name in skipped:
+            rollouts[r.name] = {
+                "skipped": skipped[r.name],
+                "label": r.label,
+                "speed": r.speed,
+                "dt": dt * r.speed,
+            }
+            continue
         m, b = np.concatenate(mse[r.name]), np.concatenate(base[r.name])
         result = score(m, b, avail[r.name], floor, vpt_fraction)
         result.update(
@@ -522,7 +545,11 @@ def run_protocol(
     declared = model.exactly_reversible()
     # a slow (e.g. untrained) H barely moves the state, so Euler's round trip can look
     # exact: an integrator that is irreversible by construction stays so
-    reversible = declared is not False and (measured is None or measured < REVERSIBLE_TOLERANCE)
+    reversible = (
+        model.can_run_backwards
+        and declared is not False
+        and (measured is None or measured < REVERSIBLE_TOLERANCE)
+    )
     system = reader
     results: dict[str, Any] = {
         "protocol": "extrapolate",
@@ -561,7 +588,9 @@ def run_protocol(
             "declared": declared,
             "how": "measured round trip"
             if measured is not None and declared is not False
-            else "from the integrator",
+            else "from the integrator"
+            if model.can_run_backwards
+            else "the model cannot run backwards",
         },
         "energy_drift": {
             "steps": drift_steps,
@@ -666,6 +695,8 @@ def write(results: dict[str, Any], pictures: dict[str, Any], out: Path) -> dict[
 def _reversibility(rev: dict[str, Any]) -> str:
     """One sentence: the measured round trip, what the integrator is, the verdict."""
     parts = []
+    if rev["how"] == "the model cannot run backwards":
+        return "the model cannot run backwards (its dynamics are one-way): not reversible."
     if rev["round_trip_relative_error"] is not None:
         parts.append(
             f"{rev['round_trip_steps']} steps forward then back miss the start by "
@@ -740,6 +771,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, r in results["rollouts"].items():
         label = r["label"]
+        if "skipped" in r:
+            lines.append(f"| {label} | {r['dt']:+.4g} | cannot | — | — | — | — | — | — |")
+            continue
         if name == "backward" and not rev["reversible"]:
             label += " — integrator not reversible"
         pos = "n/a"
@@ -754,6 +788,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_vpt(r)} | {pos} |"
         )
     drift = results["energy_drift"]
+    cannot_do = [
+        f"{r['label']}: {r['skipped']}" for r in results["rollouts"].values() if "skipped" in r
+    ]
+    if cannot_do:
+        lines += ["", "Rollouts the model cannot do (not scored): " + "; ".join(cannot_do) + "."]
     lines += [
         "",
         f"Learned H along a {drift['steps']}-step forward rollout ({drift['sequences']} "
@@ -809,6 +848,8 @@ def _state_at(
     there; with ``hold``, its latest state before ``frame`` (2× has a state only every
     other frame, and an animation should not flicker)."""
     r = results["rollouts"][name]
+    if "skipped" in r:  # a rollout the model cannot do: blank
+        return None
     k = (frame - results["state_frame"]) / r["speed"]
     if hold:
         k = math.floor(k + 1e-9)
@@ -896,6 +937,8 @@ def plot_errors(results: dict[str, Any], path: Path) -> None:
     axes = np.atleast_1d(axes)
     s0 = results["state_frame"]
     for i, (name, r) in enumerate(results["rollouts"].items()):
+        if "skipped" in r:
+            continue
         when = s0 + r["speed"] * np.arange(r["steps"] + 1)
         colour = f"C{i}"
         curve = np.array([np.nan if v is None else v for v in r["per_step_mse"]])
