@@ -346,6 +346,7 @@ def test_extrapolation_records_what_rgn_cannot_do(
     text = (out / "extrapolate.md").read_text()
     assert "| backward (−dt) | -0.125 | cannot |" in text
     assert "Rollouts the model cannot do" in text and "cannot run backwards" in text
+    assert "Learned H: none" in text
     for key in ("strip", "gif", "errors", "energy"):
         assert (out / ex.FILES[key]).stat().st_size > 0
     assert math.isnan(results["energy_drift"]["relative_spread_mean"])  # no learned H

@@ -793,13 +793,18 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if cannot_do:
         lines += ["", "Rollouts the model cannot do (not scored): " + "; ".join(cannot_do) + "."]
-    lines += [
-        "",
+    energy = (
         f"Learned H along a {drift['steps']}-step forward rollout ({drift['sequences']} "
         f"sequences): relative spread (std / abs(mean)) {drift['relative_spread_mean']:.2e} "
         f"mean, {drift['relative_spread_median']:.2e} median, "
         f"{drift['relative_spread_max']:.2e} max; largest deviation from the start "
-        f"{drift['max_relative_deviation']:.2e} of its level.",
+        f"{drift['max_relative_deviation']:.2e} of its level."
+    )
+    if math.isnan(drift["relative_spread_max"]):  # NaN energies: a model without an H
+        energy = "Learned H: none (the model has no Hamiltonian; the drift numbers are NaN)."
+    lines += [
+        "",
+        energy,
         "",
         "Reversibility: " + _reversibility(rev),
         "",
