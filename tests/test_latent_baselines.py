@@ -23,6 +23,7 @@ from hgn.utils import UserError
 torch.set_num_threads(1)
 
 BASELINES = ("ode", "rgn", "lstm", "gru")
+"""The issue's four; the stretch, LGN, has tests of its own (its steps are slow)."""
 ONE_WAY = {"rgn": "RGN", "lstm": "LSTM", "gru": "GRU"}
 
 TINY = {
@@ -40,6 +41,7 @@ DYNAMICS = {
     "rgn": {"dynamics_hidden": 8, "dynamics_layers": 2},
     "lstm": {"recurrent_hidden": 6},
     "gru": {"recurrent_hidden": 6},
+    "lgn": {"dynamics_hidden": 8, "dynamics_layers": 2, "frames": 5},
 }
 
 
@@ -145,13 +147,13 @@ def test_small_profile_gives_the_baselines_hgnpp_settings_and_equal_sized_dynami
         for part in ("kinetic", "potential")
         for p in getattr(MODELS["hgn++"](reference.model), part).parameters()
     )
-    for name in BASELINES:
+    for name in (*BASELINES, "lgn"):
         config = resolve("small", model=name)
         for key in shared:
             if key != "forward_backward":
                 assert getattr(config.model, key) == getattr(reference.model, key), (name, key)
         assert config.train == reference.train
-        assert config.model.forward_backward == (name == "ode")
+        assert config.model.forward_backward == (name in ("ode", "lgn"))
         model = MODELS[name](config.model)
         dynamics = sum(
             p.numel()
@@ -208,6 +210,56 @@ def test_ode_trains_forwards_and_backwards_rgn_forwards_only(
     )
     model.loss(frames())
     assert seen[0].flatten().sign().tolist() == ([1.0, 1.0, -1.0, -1.0] if both else [1.0] * 4)
+
+
+# ----------------------------------------------------------------------------- LGN
+
+
+def test_lgn_shapes_gradients_and_decoded_configuration() -> None:
+    model = tiny("lgn").train()
+    x = frames(length=5)
+    loss, metrics = model.loss(x)
+    assert all(v.ndim == 0 and not v.requires_grad for v in metrics.values())
+    loss.backward()
+    for key, param in model.named_parameters():
+        assert param.grad is not None and float(param.grad.abs().sum()) > 0, key
+    model.eval()
+    assert model.can_run_backwards and model.can_change_speed
+    assert model.decoder.linear.in_features == 4  # q alone, as HGN++
+    with torch.no_grad():
+        states = model.rollout(model.encode(x), 3, -model.config.dt / 2)
+        assert states.q.shape == states.p.shape == (4, 4, 4)
+        assert model.decode(states).shape == (4, 4, 3, 16, 16)
+        assert model.hamiltonian(states).shape == (4, 4)
+        assert model.predict(x, 4)["images"].shape == (4, 5, 3, 16, 16)
+
+
+def test_lgn_follows_the_euler_lagrange_equations() -> None:
+    """Its q̈ is M⁻¹(∂L/∂q − (∂²L/∂q̇∂q) q̇) (checked against autograd's Hessians); with
+    the learned part off it is a free particle, moved exactly by RK4; and its energy
+    q̇·∂L/∂q̇ − L is conserved along a curved rollout up to RK4's error."""
+    model = tiny("lgn").double()
+    with torch.no_grad():
+        model.lagrangian_net.out.weight.mul_(300.0)  # a Lagrangian that bends paths
+    torch.manual_seed(2)
+    q = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    dq, dv = torch.autograd.grad(model.lagrangian(q, v), (q, v), create_graph=True)
+    rows = [torch.autograd.grad(dv[i], (v, q), retain_graph=True) for i in range(4)]
+    mass = torch.stack([r[0] for r in rows])
+    mixed = torch.stack([r[1] for r in rows])
+    expected = torch.linalg.solve(mass, dq - mixed @ v).detach()
+    got = model.velocity(torch.cat([q, v]).detach()[None])[0]
+    torch.testing.assert_close(got[4:].detach(), expected, atol=1e-10, rtol=0)
+    s = State(torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64))
+    with torch.no_grad():
+        states = model.rollout(s, 20, 0.05)
+        assert float((states.q[:, -1] - (s.q + s.p)).abs().max()) > 0.1  # not a straight line
+        energy = model.hamiltonian(states)
+        assert float(((energy - energy[:, :1]).abs() / energy[:, :1].abs()).max()) < 1e-8
+        model.lagrangian_net.out.weight.zero_()  # L = ½|q̇|²: a free particle
+        free = model.rollout(s, 4, 0.25)
+        torch.testing.assert_close(free.q[:, -1], s.q + s.p, atol=1e-12, rtol=0)
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -318,16 +370,18 @@ def runs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for name in BASELINES:
+    for name in (*BASELINES, "lgn"):
         run = root / name
         argv = ["train", "--data", str(data), "--out", str(run), "--steps", "2", "--no-progress"]
-        argv += ["--model", name, *tiny_cli(name, "train.batch_size=2", "train.image_every=0")]
+        extra = ["train.batch_size=2", "train.image_every=0"]
+        extra += ["model.frames=5"] if name == "lgn" else []  # its steps are slow
+        argv += ["--model", name, *tiny_cli(name, *extra)]
         assert main(argv) == 0, name
         out[name] = run
     return out
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", [*BASELINES, "lgn"])
 def test_cli_trains_each_baseline_and_the_run_loads(name: str, runs: dict[str, Path]) -> None:
     import hgn
     from hgn.runs import CHECKPOINT

@@ -7,7 +7,17 @@ neural ODE, RGN, LSTM, GRU: :mod:`hgn.models.baselines`) and the HNN baselines
 from __future__ import annotations
 
 from hgn.models.base import ModelSpec, SequenceModel, State
-from hgn.models.baselines import GRU, LSTM, RGN, NeuralODE, ODEConfig, RecurrentConfig, RGNConfig
+from hgn.models.baselines import (
+    GRU,
+    LGN,
+    LSTM,
+    RGN,
+    LGNConfig,
+    NeuralODE,
+    ODEConfig,
+    RecurrentConfig,
+    RGNConfig,
+)
 from hgn.models.hgn import HGN, HGNConfig
 from hgn.models.hgnpp import HGNPP, HGNPPConfig
 from hgn.models.hnn import HNN, HNNConfig
@@ -37,6 +47,9 @@ MODELS: Registry[ModelSpec] = Registry(
         "gru": ModelSpec(
             GRU, {}, "baseline: HGN++'s encoder and decoder around a teacher-forced GRU"
         ),
+        "lgn": ModelSpec(
+            LGN, {}, "baseline: HGN++ with a learned Lagrangian L(q, q̇) (Euler-Lagrange, RK4)"
+        ),
         "hnn": ModelSpec(HNN, {}, "baseline: HNN from pixels (MLP autoencoder on frame pairs)"),
         "hnn-conv": ModelSpec(
             HNN, {"conv": True}, "baseline: HNN with HGN's convolutional encoder and decoder"
@@ -56,12 +69,14 @@ __all__ = [
     "HGN",
     "HGNPP",
     "HNN",
+    "LGN",
     "LSTM",
     "MODELS",
     "RGN",
     "HGNConfig",
     "HGNPPConfig",
     "HNNConfig",
+    "LGNConfig",
     "ModelSpec",
     "NeuralODE",
     "ODEConfig",

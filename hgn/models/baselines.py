@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from hgn.models.base import State, check_dt, substeps_for
 from hgn.models.latent import LatentConfig, LatentDynamicsModel
+from hgn.nn import EnergyMLP
 from hgn.utils import UserError
 
 OUTPUT_SCALE = 0.1
@@ -208,6 +209,10 @@ class NeuralODE(LatentDynamicsModel):
         """f: the vector field."""
         self.field = MLPField(2 * config.state_dim, config.dynamics_hidden, config.dynamics_layers)
 
+    def velocity(self, s: Tensor) -> Tensor:
+        """ds/dt at whole states ``(B, 2n)``."""
+        return self.field(s)
+
     def _integrate(self, state: State, dt: float | Tensor, steps: int, substeps: int) -> State:
         """RK4, ``substeps`` steps of ``dt / substeps`` per output step (``dt`` a float or
         a per-sample ``(B, 1)`` tensor), in float32 even under autocast."""
@@ -215,7 +220,7 @@ class NeuralODE(LatentDynamicsModel):
             dtype = torch.promote_types(state.q.dtype, torch.float32)
             s = torch.cat([state.q, state.p], dim=-1).to(dtype)
             h = dt / substeps
-            f = self.field
+            f = self.velocity
             out = [s]
             for _ in range(steps):
                 for _ in range(substeps):
@@ -238,6 +243,75 @@ class NeuralODE(LatentDynamicsModel):
     def train_rollout(self, s0: State, dt: Tensor, steps: int, frames: Tensor) -> State:
         """RK4 at the trained step, ``dt / substeps``, both signs in one batch."""
         return self._integrate(s0, dt, steps, self.config.substeps)
+
+
+# ----------------------------------------------------------------------------- LGN
+
+
+@dataclass
+class LGNConfig(ODEConfig):
+    """A Lagrangian latent model: the ODE's config, whose MLP (``dynamics_hidden``,
+    ``dynamics_layers``, Softplus) is the learned part of L."""
+
+
+class LGN(NeuralODE):
+    """``--model lgn`` (the stretch of issue 23): a Lagrangian latent model. The state is
+    (q, q̇), n numbers each (a :class:`State`'s ``p`` holds q̇), L(q, q̇) = ½|q̇|² +
+    MLP(q, q̇) is learned, and the Euler–Lagrange equations
+
+        M q̈ = ∂L/∂q − (∂²L/∂q̇∂q) q̇,    M = ∂²L/∂q̇²
+
+    give q̈ (autograd's Hessians, one linear solve per state): ds/dt = (q̇, q̈), integrated
+    by the ODE's RK4 at the trained step. The ½|q̇|² term and a small fresh MLP
+    (:data:`OUTPUT_SCALE`) keep M near the identity, so the solve is well posed from the
+    start (a general L has no invertible M). Continuous and time-reversible in form, so
+    it runs backwards and at other speeds and trains forwards and backwards, as HGN++;
+    like HGN++ and unlike the other baselines it decodes the configuration q alone (a
+    physics prior, as HGN++'s). :meth:`hamiltonian` is its energy, E = q̇·∂L/∂q̇ − L,
+    which the true dynamics conserve."""
+
+    Config = LGNConfig
+    config: LGNConfig
+    label = "LGN"
+
+    def build_dynamics(self, config: LGNConfig) -> None:  # type: ignore[override]
+        """The learned part of L, a scalar Softplus MLP of (q, q̇)."""
+        self.lagrangian_net = EnergyMLP(
+            2 * config.state_dim, config.dynamics_hidden, config.dynamics_layers
+        )
+        _shrink(self.lagrangian_net.out)
+
+    def lagrangian(self, q: Tensor, v: Tensor) -> Tensor:
+        """L(q, q̇) of states with any leading axes ``(..., n)`` → ``(...)``."""
+        return 0.5 * (v * v).sum(-1) + self.lagrangian_net(torch.cat([q, v], dim=-1))
+
+    def _one(self, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """q̈ and E at one state ``(n,)`` (vmapped over a batch by the callers)."""
+        dq, dv = torch.func.grad(self.lagrangian, argnums=(0, 1))(q, v)
+        pull = torch.func.grad(self.lagrangian, argnums=1)
+        mixed, mass = torch.func.jacrev(pull, argnums=(0, 1))(q, v)  # ∂(∂L/∂q̇)/∂(q, q̇)
+        accel = torch.linalg.solve(mass, dq - mixed @ v)
+        return accel, (v * dv).sum() - self.lagrangian(q, v)
+
+    def velocity(self, s: Tensor) -> Tensor:
+        """(q̇, q̈) at whole states ``(B, 2n)``."""
+        q, v = s.chunk(2, dim=-1)
+        accel, _ = torch.func.vmap(self._one)(q, v)
+        return torch.cat([v, accel], dim=-1)
+
+    def hamiltonian(self, state: State) -> Tensor:
+        """The energy E = q̇·∂L/∂q̇ − L of states with any leading axes → ``(...)``."""
+        q, v = state.q.reshape(-1, state.q.shape[-1]), state.p.reshape(-1, state.p.shape[-1])
+        _, energy = torch.func.vmap(self._one)(q, v)
+        return energy.reshape(state.q.shape[:-1])
+
+    @property
+    def decoder_width(self) -> int:
+        """The decoder reads the configuration q alone (n numbers)."""
+        return self.config.state_dim
+
+    def decoder_input(self, state: State) -> Tensor:
+        return state.q
 
 
 # ----------------------------------------------------------------------------- RGN

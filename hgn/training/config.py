@@ -82,7 +82,7 @@ class TrainConfig:
             raise UserError(f"train.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
 
 
-LATENT_BASELINES = ("ode", "rgn", "lstm", "gru")
+LATENT_BASELINES = ("ode", "rgn", "lstm", "gru", "lgn")
 """The non-Hamiltonian baselines of the latent-dynamics benchmark (hgn.models.baselines):
 every profile gives them HGN++'s model and train settings, and their own dynamics size."""
 
@@ -201,6 +201,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             },
             "gru": {
                 "model": {**SMALL_LATENT, "recurrent_hidden": 41},
+                "train": SMALL_LATENT_TRAIN,
+            },
+            # the Lagrangian's MLP 32-87-87-1: 10,615
+            "lgn": {
+                "model": {**SMALL_LATENT, "dynamics_hidden": 87, "dynamics_layers": 2},
                 "train": SMALL_LATENT_TRAIN,
             },
         },
