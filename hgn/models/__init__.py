@@ -1,7 +1,7 @@
 """The sequence models hgn trains, by CLI name: HGN and its ablations (paper Sec. 3.2, 4),
 HGN++ (the improved HGN of the latent-dynamics benchmark, docs/SCIENCE.md §3), the
 benchmark's non-Hamiltonian baselines with HGN++'s encoder, decoder and training (a
-neural ODE, RGN, LSTM, GRU: :mod:`hgn.models.baselines`) and the HNN baselines
+neural ODE, RGN, LSTM, GRU, and a Lagrangian LGN: :mod:`hgn.models.baselines`) and the HNN baselines
 (Greydanus et al., 2019). One registry, filled here, in one place."""
 
 from __future__ import annotations

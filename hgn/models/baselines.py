@@ -27,11 +27,15 @@ colour and consistency terms and sampler), and each baseline adds only its dynam
   forwards only.
 * :class:`LSTM` and :class:`GRU` (``--model lstm`` / ``gru``): autoregressive recurrent
   models over the encoded frames, trained with teacher forcing and rolled out open loop.
+* :class:`LGN` (``--model lgn``, the issue's stretch): a Lagrangian latent model, state
+  (q, q̇) and a learned L(q, q̇), moved by the Euler–Lagrange equations with the ODE's RK4;
+  continuous, so it runs backwards and at other speeds and trains both ways.
 
-What the decoder reads: the baselines decode the **whole** state (2n numbers: the
-decoder's first linear map reads q and p concatenated), because nothing in their
-dynamics makes one half a configuration and the other its rate of change; HGN++ decodes
-q alone (its prior). All models have a 2n-number latent state, so they are compared at
+What the decoder reads: the non-physical baselines (ODE, RGN, LSTM, GRU) decode the
+**whole** state (2n numbers: the decoder's first linear map reads q and p concatenated),
+because nothing in their dynamics makes one half a configuration and the other its rate
+of change; HGN++ decodes q alone (its prior), and so does LGN, whose q is a
+configuration by construction. All models have a 2n-number latent state, so they are compared at
 equal latent size.
 
 The recurrent models' state and encoding. Each frame t ≥ k − 1 has a latent
@@ -332,11 +336,15 @@ class RGN(OneWay, LatentDynamicsModel):
         self.step = MLPField(2 * config.state_dim, config.dynamics_hidden, config.dynamics_layers)
 
     def _unroll(self, state: State, steps: int) -> State:
-        s = torch.cat([state.q, state.p], dim=-1)
-        out = [s]
-        for _ in range(steps):
-            s = s + self.step(s)
-            out.append(s)
+        """``steps`` residual steps, in float32 even under autocast (as HGN++'s and the
+        ODE's integrators: bf16 would swamp the small increments)."""
+        with torch.autocast(state.q.device.type, enabled=False):
+            dtype = torch.promote_types(state.q.dtype, torch.float32)
+            s = torch.cat([state.q, state.p], dim=-1).to(dtype)
+            out = [s]
+            for _ in range(steps):
+                s = s + self.step(s)
+                out.append(s)
         return _stack(out)
 
     def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
@@ -410,13 +418,16 @@ class Recurrent(OneWay, LatentDynamicsModel):
 
     def _unroll(self, state: State, inputs: Tensor | None, steps: int) -> State:
         """``steps`` cell steps from ``state``; input j is ``inputs[:, j]`` (teacher
-        forcing) where given, else the previous prediction (open loop)."""
-        x, memory = state
-        xs, memories = [x], [memory]
-        for j in range(steps):
-            x, memory = self.step(x if inputs is None else inputs[:, j], memory)
-            xs.append(x)
-            memories.append(memory)
+        forcing) where given, else the previous prediction (open loop); in float32 even
+        under autocast, as the other models' dynamics."""
+        with torch.autocast(state.q.device.type, enabled=False):
+            dtype = torch.promote_types(state.q.dtype, torch.float32)
+            x, memory = state.q.to(dtype), state.p.to(dtype)
+            xs, memories = [x], [memory]
+            for j in range(steps):
+                x, memory = self.step(x if inputs is None else inputs[:, j].to(dtype), memory)
+                xs.append(x)
+                memories.append(memory)
         return State(torch.stack(xs, dim=1), torch.stack(memories, dim=1))
 
     def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
