@@ -23,9 +23,10 @@ same: only how the latent state moves differs. This module is that shared part:
 The latent state has 2n numbers (n = ``state_dim``) in every model, so they are compared
 at equal latent size. What the decoder reads is the model's choice
 (:attr:`~LatentDynamicsModel.decoder_width`): HGN++ decodes the positions q alone (its
-prior: the picture is a function of the configuration, so p must carry the motion); the
-non-Hamiltonian baselines decode the whole state, q and p concatenated, because nothing
-in their dynamics makes one half a configuration and the other its momentum.
+prior: the picture is a function of the configuration, so p must carry the motion), and
+so does the Lagrangian LGN; the other baselines (ODE, RGN, LSTM, GRU) decode the whole
+state, q and p concatenated, because nothing in their dynamics makes one half a
+configuration and the other its momentum.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class LatentConfig:
     of the last of them (``state_offset = context_frames − 1``)."""
     state_dim: int = 16
     """n: the state has 2n numbers in every model (HGN++, the ODE and RGN: q and p, n
-    each; the recurrent models: their latent, see :mod:`hgn.models.baselines`)."""
+    each; LGN: q and q̇; the recurrent models: their latent, see
+    :mod:`hgn.models.baselines`)."""
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
     """3×3 convolutions, the first at full resolution, then stride 2 down to
     ``latent_size``; flattened and mapped linearly to the posterior of z."""
