@@ -203,7 +203,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "model": {**SMALL_LATENT, "recurrent_hidden": 41},
                 "train": SMALL_LATENT_TRAIN,
             },
-            # the Lagrangian's MLP 32-87-87-1: 10,615
+            # the Lagrangian's MLP 32-87-87-1 (no output bias): 10,614
             "lgn": {
                 "model": {**SMALL_LATENT, "dynamics_hidden": 87, "dynamics_layers": 2},
                 "train": SMALL_LATENT_TRAIN,
