@@ -211,6 +211,7 @@ def test_fit_sampler_fits_hgnpp_to_its_training_sequences_once() -> None:
     torch.testing.assert_close(model.posterior_means, model.posterior(frames)[0])
     assert runs.fit_sampler(model, FakeSplit(images)) == 0  # already fitted: kept
     assert len(model.posterior_means) == 7
-    assert runs.fit_sampler(torch.nn.Linear(1, 1), FakeSplit(images)) == 0  # nothing to fit
+    hnn = MODELS["hnn"]({"image_size": 16, "dof": 1})
+    assert runs.fit_sampler(hnn, FakeSplit(images)) == 0  # a model without a sampler
     assert runs.training_split({}) is None
     assert runs.training_split({"trained_on": {"path": "/no/such/data"}}) is None

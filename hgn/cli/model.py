@@ -257,6 +257,9 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
     align = "start" if args.align is None else args.align
     results = extrapolate(args.run, args.data, args.out, start=start, align=align, **common)
     for name, r in results["rollouts"].items():
+        if "skipped" in r:
+            print(f"{name:>8}: cannot ({r['skipped']})")
+            continue
         print(
             f"{name:>8}: {r['steps']} steps, ratio to mean image {r['ratio']:.3f}, valid "
             f"prediction time {r['vpt_mean']:.1f} of {r['steps']}"

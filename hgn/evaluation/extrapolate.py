@@ -186,6 +186,22 @@ def rolled_back(model: SequenceModel, align: str) -> int:
     return model.state_offset if align == "start" and model.can_run_backwards else 0
 
 
+def cannot(model: SequenceModel, dt: float) -> str | None:
+    """Why ``model`` cannot roll out at ``dt`` (its :meth:`SequenceModel.check_rollout`
+    refusal, one line), or None where it can. The protocol records such a rollout as
+    ``{"skipped": reason, ...}`` instead of scoring it (RGN, LSTM, GRU: backwards and
+    other speeds are not defined for a one-way discrete step)."""
+    try:
+        model.check_rollout(dt)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+CANNOT_RUN_BACKWARDS = "the model cannot run backwards"
+"""How the reversibility of a one-way model (RGN, LSTM, GRU) is decided."""
+
+
 class _Rollouts:
     """Rollouts of one batch from one inferred state: the state is inferred once for all
     four rollouts, then taken ``back`` steps back with the trained −dt."""
@@ -285,6 +301,8 @@ def _score_batch(
     device, mean, reader, plan_ = ctx["device"], ctx["mean"], ctx["reader"], ctx["plan"]
     s0, shown = plan_["s0"], pictures.get("index") if rows.start == 0 else None
     for r in ROLLOUTS:
+        if r.name in ctx["skipped"]:
+            continue
         pred, _ = roll(plan_[r.name], ctx["dt"] * r.speed)
         assert pred is not None
         frames, true_states, tally.available[r.name] = ctx["truth"].frames(
@@ -306,7 +324,11 @@ def _score_batch(
 
 def _summary(r: Rollout, tally: _Tally, ctx: dict[str, Any], fraction: float) -> dict[str, Any]:
     """One rollout's numbers (:func:`~hgn.evaluation.metrics.score`), where it ran and,
-    with readable physics, its RMS position errors against the true states."""
+    with readable physics, its RMS position errors against the true states; a rollout
+    the model cannot do is recorded with the reason instead of numbers."""
+    if r.name in ctx["skipped"]:
+        dt = ctx["dt"] * r.speed
+        return {"skipped": ctx["skipped"][r.name], "label": r.label, "speed": r.speed, "dt": dt}
     available, s0, steps = tally.available[r.name], ctx["plan"]["s0"], ctx["plan"][r.name]
     result = score(
         tally.joined("mse", r.name), tally.joined("base", r.name), available, ctx["floor"],
@@ -357,7 +379,12 @@ def _drift_and_reversibility(
     declared = model.exactly_reversible()
     # a slow (e.g. untrained) H barely moves the state, so Euler's round trip can look
     # exact: an integrator that is irreversible by construction stays so
-    reversible = declared is not False and (measured is None or measured < REVERSIBLE_TOLERANCE)
+    reversible = (
+        model.can_run_backwards
+        and declared is not False
+        and (measured is None or measured < REVERSIBLE_TOLERANCE)
+    )
+    how = "measured round trip" if measured is not None else "from the integrator"
     return (
         energy,
         drift,
@@ -367,7 +394,7 @@ def _drift_and_reversibility(
             "round_trip_steps": trip_steps if measured is not None else None,
             "integrator": getattr(model.config, "integrator", None),
             "declared": declared,
-            "how": "measured round trip" if measured is not None else "from the integrator",
+            "how": how if model.can_run_backwards else CANNOT_RUN_BACKWARDS,
         },
     )
 
@@ -458,6 +485,9 @@ def run_protocol(
     batch_size = positive_int(batch_size, "--batch-size")
     ctx = _context(model, split, mean, start, align, n)
     context, tally = model.context_frames, _Tally()
+    ctx["skipped"] = {
+        r.name: why for r in ROLLOUTS if (why := cannot(model, ctx["dt"] * r.speed)) is not None
+    }
     pictures: dict[str, Any] = {"s0": ctx["plan"]["s0"]}
     for lo in tqdm(range(0, n, batch_size), desc="extrapolate", disable=not progress):
         rows = slice(lo, min(lo + batch_size, n))

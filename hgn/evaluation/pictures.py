@@ -34,6 +34,8 @@ def _state_at(
     there; with ``hold``, its latest state before ``frame`` (2× has a state only every
     other frame, and an animation should not flicker)."""
     r = results["rollouts"][name]
+    if "skipped" in r:  # a rollout the model cannot do: blank
+        return None
     k = (frame - results["state_frame"]) / r["speed"]
     if hold:
         k = math.floor(k + 1e-9)
@@ -121,6 +123,8 @@ def plot_errors(results: dict[str, Any], path: Path) -> None:
     axes = np.atleast_1d(axes)
     s0 = results["state_frame"]
     for i, (name, r) in enumerate(results["rollouts"].items()):
+        if "skipped" in r:
+            continue
         when = s0 + r["speed"] * np.arange(r["steps"] + 1)
         colour = f"C{i}"
         curve = np.array([np.nan if v is None else v for v in r["per_step_mse"]])

@@ -3,9 +3,10 @@ the extrapolation protocol (``extrapolate.md``)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from hgn.evaluation.extrapolate import NO_STATES_EXTRAPOLATE
+from hgn.evaluation.extrapolate import CANNOT_RUN_BACKWARDS, NO_STATES_EXTRAPOLATE
 from hgn.evaluation.metrics import SCALE
 from hgn.evaluation.physics import samples_markdown
 
@@ -96,6 +97,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 def _reversibility(rev: dict[str, Any]) -> str:
     """One sentence: the measured round trip, what the integrator is, the verdict."""
     parts = []
+    if rev["how"] == CANNOT_RUN_BACKWARDS:
+        return "the model cannot run backwards (its dynamics are one-way): not reversible."
     if rev["round_trip_relative_error"] is not None:
         parts.append(
             f"{rev['round_trip_steps']} steps forward then back miss the start by "
@@ -170,6 +173,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, r in results["rollouts"].items():
         label = r["label"]
+        if "skipped" in r:
+            lines.append(f"| {label} | {r['dt']:+.4g} | cannot | — | — | — | — | — | — |")
+            continue
         if name == "backward" and not rev["reversible"]:
             label += " — integrator not reversible"
         pos = "n/a"
@@ -184,13 +190,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_vpt(r)} | {pos} |"
         )
     drift = results["energy_drift"]
-    lines += [
-        "",
+    cannot_do = [
+        f"{r['label']}: {r['skipped']}" for r in results["rollouts"].values() if "skipped" in r
+    ]
+    if cannot_do:
+        lines += ["", "Rollouts the model cannot do (not scored): " + "; ".join(cannot_do) + "."]
+    energy = (
         f"Learned H along a {drift['steps']}-step forward rollout ({drift['sequences']} "
         f"sequences): relative spread (std / abs(mean)) {drift['relative_spread_mean']:.2e} "
         f"mean, {drift['relative_spread_median']:.2e} median, "
         f"{drift['relative_spread_max']:.2e} max; largest deviation from the start "
-        f"{drift['max_relative_deviation']:.2e} of its level.",
+        f"{drift['max_relative_deviation']:.2e} of its level."
+    )
+    if math.isnan(drift["relative_spread_max"]):  # NaN energies: a model without an H
+        energy = "Learned H: none (the model has no Hamiltonian; the drift numbers are NaN)."
+    lines += [
+        "",
+        energy,
         "",
         "Reversibility: " + _reversibility(rev),
         "",

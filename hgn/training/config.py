@@ -82,6 +82,58 @@ class TrainConfig:
             raise UserError(f"train.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
 
 
+LATENT_BASELINES = ("ode", "rgn", "lstm", "gru", "lgn")
+"""The non-Hamiltonian baselines of the latent-dynamics benchmark (hgn.models.baselines):
+every profile gives them HGN++'s model and train settings, and their own dynamics size."""
+
+# HGN++'s model keys in the small profile but its energies' size, which its baselines share
+# (everything but the dynamics: hgn.models.latent.LatentConfig's keys); the measurements
+# in the comments are HGN++'s
+SMALL_LATENT: dict[str, Any] = {
+    "image_size": 32,
+    "frames": 65,
+    "context_frames": 5,
+    "state_dim": 16,
+    # a wider encoder and f_ψ and lr 1e-3 (below): with them the pendulum
+    # meets its targets in 20 CPU minutes (0.18 forward, from 0.42) and
+    # mass-spring still does (0.07, from 0.025): docs/RESULTS.md, "How the defaults
+    # were chosen"
+    "encoder_filters": [32, 64, 64, 64],
+    "fpsi_hidden": 128,
+    "latent_channels": 16,
+    "decoder_filters": [16, 16, 8, 8],
+    "decode_frames": 8,
+    "kl_weight": 0.01,
+    "warmup": 4000,
+    "min_horizon": 0,
+    "grow_below": 0.3,
+    # on data with two or more bodies (hgnpp.SEVERAL_BODIES): without
+    # them two-body's state never says which body is which and both are
+    # drawn brown; on one body they hurt (docs/RESULTS.md, "How the defaults were chosen")
+    "encoder_colour_gain": None,
+    "colour_weight": None,
+    # the rollout is held to the encoder's states of the same frames: on
+    # mass-spring 90-step samples 3.1x -> 1.07x the data's energy spread
+    # and 268 of 270 steps valid on a 300-step set (202 without)
+    "consistency_weight": 1e-3,
+}
+# HGN++'s train keys in the small profile, its baselines' too: evaluation uses the
+# weights' moving average: pendulum 0.21 -> 0.13 forward in the same 20-minute run; the
+# learning rate warms down over the second half of the run: pendulum 0.100 -> 0.035
+# forward, mass-spring 0.008 -> 0.002 in 20 minutes; and 80 % of each batch is drawn by
+# each sequence's latest error: the pendulum's smallest and largest swings, rare in the
+# data, are where rollouts failed (forward valid time 58.2-58.7 -> 59.1-59.3 of 60, four
+# seeds), mass-spring and two-body still meet their targets (docs/RESULTS.md, "How the
+# defaults were chosen")
+SMALL_LATENT_TRAIN: dict[str, Any] = {
+    "batch_size": 16,
+    "lr": 1e-3,
+    "ema": 0.999,
+    "lr_decay": 0.5,
+    "prioritize": 0.8,
+}
+
+
 # A profile's "model" keys are written for HGN (HNN takes the ones its config has; keys
 # a chosen model's config lacks are skipped) and its "train" keys for every model. A
 # model listed under "own" replaces the "model" keys with its own and updates "train";
@@ -94,7 +146,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"name": "hgn", "image_size": 64, "frames": 31, "dt": 0.125, "separable": True},
         "train": {"batch_size": 16, "lr": 1.5e-4, "steps": 500_000},
         # HGN++ as published (HGNPPConfig's defaults; 32×32 images, 60 target steps)
-        "own": {"hgn++": {"model": {}, "train": {"batch_size": 128}}},
+        # and its baselines with it (their configs' defaults)
+        "own": {
+            name: {"model": {}, "train": {"batch_size": 128}}
+            for name in ("hgn++", *LATENT_BASELINES)
+        },
     },
     "small": {
         # Fits two CPU cores in minutes (docs/RESULTS.md, "Training speed"): the paper's 16×4×4
@@ -127,54 +183,34 @@ PROFILES: dict[str, dict[str, Any]] = {
         "default": "hgn++",
         "own": {
             "hgn++": {
-                "model": {
-                    "image_size": 32,
-                    "frames": 65,
-                    "context_frames": 5,
-                    "state_dim": 16,
-                    # a wider encoder and f_ψ and lr 1e-3 (below): with them the pendulum
-                    # meets its targets in 20 CPU minutes (0.18 forward, from 0.42) and
-                    # mass-spring still does (0.07, from 0.025): docs/RESULTS.md, "How the
-                    # defaults were chosen"
-                    "encoder_filters": [32, 64, 64, 64],
-                    "fpsi_hidden": 128,
-                    "energy_hidden": 64,
-                    "energy_layers": 2,
-                    "latent_channels": 16,
-                    "decoder_filters": [16, 16, 8, 8],
-                    "decode_frames": 8,
-                    "kl_weight": 0.01,
-                    "warmup": 4000,
-                    "min_horizon": 0,
-                    "grow_below": 0.3,
-                    # on data with two or more bodies (hgnpp.SEVERAL_BODIES): without
-                    # them two-body's state never says which body is which and both are
-                    # drawn brown; on one body they hurt (docs/RESULTS.md, "How the defaults
-                    # were chosen")
-                    "encoder_colour_gain": None,
-                    "colour_weight": None,
-                    # the rollout is held to the encoder's states of the same frames: on
-                    # mass-spring 90-step samples 3.1x -> 1.07x the data's energy spread
-                    # and 268 of 270 steps valid on a 300-step set (202 without)
-                    "consistency_weight": 1e-3,
-                },
-                # evaluation uses the weights' moving average: pendulum 0.21 -> 0.13
-                # forward in the same 20-minute run; the learning rate warms down over
-                # the second half of the run: pendulum 0.100 -> 0.035 forward,
-                # mass-spring 0.008 -> 0.002 in 20 minutes; and 80 % of each batch is
-                # drawn by each sequence's latest error: the pendulum's smallest and
-                # largest swings, rare in the data, are where rollouts failed (forward
-                # valid time 58.2-58.7 -> 59.1-59.3 of 60, four seeds), mass-spring
-                # and two-body still meet their targets (docs/RESULTS.md, "How the defaults
-                # were chosen")
-                "train": {
-                    "batch_size": 16,
-                    "lr": 1e-3,
-                    "ema": 0.999,
-                    "lr_decay": 0.5,
-                    "prioritize": 0.8,
-                },
-            }
+                "model": {**SMALL_LATENT, "energy_hidden": 64, "energy_layers": 2},
+                "train": SMALL_LATENT_TRAIN,
+            },
+            # the benchmark's baselines: HGN++'s encoder, decoder, latent, context, targets,
+            # warm-up and training; a dynamics network of about the parameter count of
+            # HGN++'s two energies (10,624): ODE/RGN MLP 32-75-75-32 10,607, LSTM cell 35
+            # + read-out 10,812, GRU 41: 10,569
+            "ode": {
+                "model": {**SMALL_LATENT, "dynamics_hidden": 75, "dynamics_layers": 2},
+                "train": SMALL_LATENT_TRAIN,
+            },
+            "rgn": {
+                "model": {**SMALL_LATENT, "dynamics_hidden": 75, "dynamics_layers": 2},
+                "train": SMALL_LATENT_TRAIN,
+            },
+            "lstm": {
+                "model": {**SMALL_LATENT, "recurrent_hidden": 35},
+                "train": SMALL_LATENT_TRAIN,
+            },
+            "gru": {
+                "model": {**SMALL_LATENT, "recurrent_hidden": 41},
+                "train": SMALL_LATENT_TRAIN,
+            },
+            # the Lagrangian's MLP 32-87-87-1 (no output bias): 10,614
+            "lgn": {
+                "model": {**SMALL_LATENT, "dynamics_hidden": 87, "dynamics_layers": 2},
+                "train": SMALL_LATENT_TRAIN,
+            },
         },
     },
 }
