@@ -138,7 +138,7 @@ def test_bad_input_one_line_errors(run: str, tmp_path, capsys) -> None:
     assert "already holds a run" in _bad(
         ["flow", "train", "--target", "moons", "--out", run, *TINY], capsys
     )
-    assert "no checkpoint" in _bad(["flow", "evaluate", str(tmp_path / "none")], capsys)
+    assert "does not exist" in _bad(["flow", "evaluate", str(tmp_path / "none")], capsys)
     assert ".npy or .png" in _bad(
         ["flow", "sample", run, "--n", "5", "--out", str(tmp_path / "x.txt")], capsys
     )
