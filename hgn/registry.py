@@ -1,10 +1,12 @@
 """One registry type for everything hgn looks up by a CLI name: the sequence models
-(:mod:`hgn.models`), the density models (:mod:`hgn.flows`) and the rows of the
-reproduction's tables (:mod:`hgn.experiments.reproduce`). One type, so that every
-unknown name is refused alike: one line naming the kind and the choices."""
+(:data:`hgn.models.MODELS`), the density models (:data:`hgn.flows.FLOWS`), and the rows
+of the reproduction's tables and its profiles (:data:`hgn.experiments.reproduce.ROWS`,
+:data:`~hgn.experiments.reproduce.PROFILES`). One type, so that every unknown name is
+refused alike: one line naming the kind, the closest name and the choices."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -37,10 +39,12 @@ class Registry(Mapping[str, T], Generic[T]):
         return f"Registry({self.kind!r}, {list(self._entries)})"
 
     def lookup(self, name: str) -> T:
-        """The entry called ``name``, or one line naming the choices."""
+        """The entry called ``name``, or one line naming the closest name and the choices."""
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}"
+                f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self._entries)}"
             ) from None

@@ -9,8 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import zuko
+from torch.distributions import constraints
 
 from hgn.flows import (
+    FLOWS,
     NHF,
     NSF,
     EnergyMLP,
@@ -540,6 +543,70 @@ def test_models_are_torch_distributions_like_zuko() -> None:
         assert x.shape == (5, model.dim) and not x.requires_grad
         assert dist.rsample((2, 3)).shape == (2, 3, model.dim)
         assert dist.log_prob(x).shape == (5,)
+
+
+_SMALL = {
+    "nhf": {"flow_steps": 2, "hidden": 8, "posterior_hidden": 8},
+    "realnvp": {"transforms": 2, "hidden": 8},
+    "nsf": {"transforms": 2, "hidden": 8, "bins": 4},
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOWS))
+def test_every_flow_is_a_zuko_lazy_distribution(kind: str) -> None:
+    """As zuko's flows: an ``nn.Module`` that is a ``zuko.lazy.LazyDistribution`` and,
+    called with no context, returns a ``torch.distributions.Distribution`` whose
+    ``log_prob`` is the model's own (the same bound, same K, for NHF)."""
+    torch.manual_seed(0)
+    model = build({"kind": kind, "dim": 3, **_SMALL[kind]})
+    assert isinstance(model, zuko.lazy.LazyDistribution) and isinstance(model, FLOWS[kind].model)
+    dist = model()
+    assert isinstance(dist, torch.distributions.Distribution)
+    assert dist.arg_constraints == {} and dist.has_rsample
+    x = torch.randn(7, 3)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        own = model.log_prob(x, n_importance=8)
+        torch.manual_seed(1)
+        through = model(n_importance=8).log_prob(x)
+    torch.testing.assert_close(through, own, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="unconditional"):
+        model(torch.zeros(3))
+
+
+@pytest.mark.parametrize("kind", list(FLOWS))
+def test_support_is_the_real_line_or_the_box_the_logit_map_opens(kind: str) -> None:
+    """R^d without the logit map; with it, the box logit(α + (1 - 2α) x) takes onto R^d:
+    it holds every point of [0, 1]^d and every sample, and nothing far outside."""
+    torch.manual_seed(0)
+    model = build({"kind": kind, "dim": 3, **_SMALL[kind]})
+    assert model().support is constraints.real_vector
+    assert bool(model().support.check(torch.full((2, 3), 50.0)).all())
+    model.set_logit(0.05)
+    support = model().support
+    assert isinstance(support, constraints.independent) and support.event_dim == 1
+    assert isinstance(support.base_constraint, constraints.interval)
+    margin = 0.05 / 0.9  # α / (1 - 2α): the sigmoid's (0, 1) mapped back to x
+    assert support.base_constraint.lower_bound == pytest.approx(-margin)
+    assert support.base_constraint.upper_bound == pytest.approx(1 + margin)
+    unit = torch.cat([torch.rand(20, 3), torch.zeros(1, 3), torch.ones(1, 3)])
+    assert support.check(unit).shape == (22,) and bool(support.check(unit).all())
+    outside = torch.tensor([[0.5, 1.2, 0.5], [-0.1, 0.5, 0.5]])
+    assert not bool(support.check(outside).any())
+    with torch.no_grad():
+        assert bool(support.check(model().sample((64,))).all())
+    assert torch.isfinite(model.log_prob(unit[:4], n_importance=2)).all()
+
+
+def test_flows_are_one_registry_with_one_line_errors() -> None:
+    assert list(FLOWS) == ["nhf", "realnvp", "nsf"]
+    for kind, entry in FLOWS.items():
+        assert entry.model.kind == kind and "\n" not in entry.help and entry.help
+        assert isinstance(entry.config(dim=2), entry.config)
+    with pytest.raises(UserError, match=r"^unknown model kind 'nfs' \(did you mean 'nsf'\?\)"):
+        FLOWS.lookup("nfs")
+    with pytest.raises(TypeError):
+        FLOWS["glow"] = FLOWS["nhf"]  # type: ignore[index]
 
 
 def test_saved_model_is_a_run_checkpoint(tmp_path) -> None:

@@ -4,12 +4,14 @@ array targets (:mod:`hgn.flows.targets`), training, evaluation and the time-to-N
 comparison (:mod:`hgn.flows.train`) and the figures (:mod:`hgn.flows.plots`)."""
 
 from hgn.flows.nhf import (
+    FLOWS,
     NHF,
     NSF,
     PRIORS,
     DensityModel,
     EnergyMLP,
     FlowDistribution,
+    FlowKind,
     NHFConfig,
     NSFConfig,
     RealNVP,
@@ -23,12 +25,14 @@ from hgn.flows.nhf import (
 from hgn.flows.train import FlowTrainConfig, compare, evaluate, train
 
 __all__ = [
+    "FLOWS",
     "NHF",
     "NSF",
     "PRIORS",
     "DensityModel",
     "EnergyMLP",
     "FlowDistribution",
+    "FlowKind",
     "FlowTrainConfig",
     "NHFConfig",
     "NSFConfig",

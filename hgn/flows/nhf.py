@@ -28,8 +28,10 @@ which ``torch.compile`` (``--compile``) fuses.
 
 Every model here is a :class:`DensityModel`: an optional fixed standardisation of the
 data (a constant log-determinant, so the Hamiltonian part stays volume preserving) and,
-as in zuko, calling the model returns a ``torch.distributions.Distribution``
-(``model().log_prob(x)``, ``model().sample((n,))``). Runs are written by
+being a zuko ``LazyDistribution`` like zuko's own flows, calling the model returns a
+``torch.distributions.Distribution`` (``model().log_prob(x)``, ``model().sample((n,))``)
+whose ``support`` says where the data may lie. The models are registered by their
+config's ``kind`` in :data:`FLOWS`. Runs are written by
 :func:`hgn.flows.train.train`; :func:`save` writes the same checkpoint format and
 :func:`load` reads either.
 """
@@ -47,11 +49,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.utils import broadcast_all
 from tqdm.auto import tqdm
+from zuko.flows import LazyDistribution  # zuko.lazy.LazyDistribution, as zuko.flows exports it
 
 from hgn import runs
 from hgn.checks import check_range, config_from_dict
 from hgn.nn import EnergyMLP, mlp
 from hgn.physics.integrators import leapfrog_separable
+from hgn.registry import Registry
 from hgn.utils import UserError, save_checkpoint
 
 Shape = int | tuple[int, ...] | torch.Size
@@ -205,19 +209,28 @@ class GaussianPosterior(nn.Module):
 class FlowDistribution(Distribution):
     """The density a :class:`DensityModel` defines, as a ``torch.distributions`` object.
 
-    zuko's flows are modules that, called, return a distribution; these models do the
-    same (``model()``), so code written for zuko (``flow().log_prob(x)``,
+    zuko's flows are lazy distributions, modules that, called, return a distribution;
+    these models are too (``model()``), so code written for zuko (``flow().log_prob(x)``,
     ``flow().rsample((n,))``) runs on an NHF unchanged. For an NHF, ``log_prob`` is the
     importance-weighted bound with ``n_importance`` samples (a lower bound on log p(x)).
+
+    ``support`` is R^d, or, once the model's logit map confines the data
+    (:meth:`DensityModel.set_logit`), the box the map takes onto R^d: [-a, 1 + a]^d with
+    a = α / (1 - 2α), the unit box the data must lie in widened by what the sigmoid of
+    the way back reaches (at α = 1e-6, a ≈ 1e-6). Not [0, 1]^d itself: a sample lands in
+    the margin whenever the model's u falls beyond ±logit(1 - α), which it may.
     """
 
     arg_constraints: dict[str, Any] = {}  # noqa: RUF012
-    support = constraints.real_vector
     has_rsample = True
 
     def __init__(self, model: DensityModel, n_importance: int = 128) -> None:
         self.model, self.n_importance = model, n_importance
         super().__init__(_SCALAR, model.event_shape, validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self) -> constraints.Constraint:
+        return self.model.support
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.model.log_prob(value, self.n_importance)
@@ -226,9 +239,11 @@ class FlowDistribution(Distribution):
         return self.model.rsample(sample_shape)
 
 
-class DensityModel(nn.Module):
+class DensityModel(LazyDistribution):
     """What every flow model shares: a fixed map of the data into the model's
-    coordinates, and a distribution's API.
+    coordinates, and a distribution's API, both its own (:meth:`log_prob`,
+    :meth:`sample`) and, as a zuko ``LazyDistribution``, the ``Distribution`` that
+    calling it returns.
 
     The model works on z = (u - loc) / scale with u = x, or, for data in the unit box
     (``set_logit``), u = logit(α + (1 - 2α) x), the usual map of dequantised images
@@ -251,9 +266,25 @@ class DensityModel(nn.Module):
     def event_shape(self) -> torch.Size:
         return torch.Size([self.dim])
 
-    def forward(self, n_importance: int = 128) -> FlowDistribution:
-        """The model's density as a ``torch.distributions.Distribution`` (as in zuko)."""
+    def forward(self, c: Tensor | None = None, n_importance: int = 128) -> FlowDistribution:
+        """The model's density as a ``torch.distributions.Distribution`` (zuko's
+        ``LazyDistribution.forward``). These flows are unconditional: ``c`` must be None;
+        ``n_importance`` is K of NHF's bound in the distribution's ``log_prob``."""
+        if c is not None:
+            raise TypeError(
+                f"{type(self).__name__} is an unconditional flow: call it with no context "
+                "(pass n_importance by keyword)"
+            )
         return FlowDistribution(self, n_importance)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        """Where the data may lie: R^d, or the box the logit map takes onto R^d
+        (:class:`FlowDistribution` says which box)."""
+        if not self.logit:
+            return constraints.real_vector
+        margin = self.logit / (1 - 2 * self.logit)
+        return constraints.independent(constraints.interval(-margin, 1 + margin), 1)
 
     def set_logit(self, alpha: float) -> None:
         """Map data in [0, 1]^d through u = logit(α + (1 - 2α) x) first (0: no map).
@@ -540,23 +571,36 @@ class NSF(ZukoFlow):
         )
 
 
-MODELS: dict[str, tuple[type[DensityModel], type]] = {
-    "nhf": (NHF, NHFConfig),
-    "realnvp": (RealNVP, RealNVPConfig),
-    "nsf": (NSF, NSFConfig),
-}
+@dataclass(frozen=True)
+class FlowKind:
+    """A registered density model: its class, its config class and one line of help."""
+
+    model: type[DensityModel]
+    config: type
+    help: str
+
+
+FLOWS: Registry[FlowKind] = Registry(
+    "model kind",
+    {
+        "nhf": FlowKind(
+            NHF, NHFConfig, "Neural Hamiltonian Flow: leapfrog steps of learned Hamiltonians"
+        ),
+        "realnvp": FlowKind(RealNVP, RealNVPConfig, "zuko's RealNVP: affine coupling layers"),
+        "nsf": FlowKind(NSF, NSFConfig, "zuko's neural spline flow: autoregressive splines"),
+    },
+)
+"""The density models by their config's ``kind`` (:meth:`DensityModel.config`)."""
 
 
 def build(config: dict[str, Any]) -> DensityModel:
     """Build an untrained model from a :meth:`DensityModel.config` dictionary; an unknown
-    key or a value of the wrong type is refused with one line naming it."""
+    kind or key, or a value of the wrong type, is refused with one line naming it."""
     config = dict(config)
     kind = config.pop("kind", "nhf")
-    if kind not in MODELS:
-        raise UserError(f"unknown model kind {kind!r}; choose one of {', '.join(MODELS)}")
+    entry = FLOWS.lookup(kind)
     logit = config.pop("logit", 0.0)
-    model_cls, config_cls = MODELS[kind]
-    model = model_cls(config_from_dict(config_cls, config, kind))
+    model = entry.model(config_from_dict(entry.config, config, kind))
     model.set_logit(logit)
     return model
 

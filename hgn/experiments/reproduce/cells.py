@@ -24,14 +24,7 @@ import numpy as np
 import torch
 
 from hgn import plots
-from hgn.experiments.reproduce.profiles import (
-    HNN_MODELS,
-    LONG_MODELS,
-    LONG_RUN,
-    REGIMES,
-    Profile,
-    registry_name,
-)
+from hgn.experiments.reproduce.profiles import LONG_RUN, REGIMES, ROWS, Profile
 from hgn.runs import open_sequence_model
 from hgn.training import config as hgn_config
 from hgn.training import train as hgn_train
@@ -50,13 +43,15 @@ of the cell then evaluates the model as it is instead of training it further."""
 
 def model_config(profile: Profile, model: str, meta: Mapping[str, Any]) -> dict:
     """The config overrides of one table row on one dataset: the profile's widths plus
-    what the data fixes (image size, sequence length, time step; HNN also needs ``dof``)."""
+    what the data fixes (image size, sequence length, time step; HNN also needs ``dof``),
+    then the row's own settings (:attr:`~hgn.experiments.reproduce.profiles.Row.settings`)."""
+    row = ROWS.lookup(model)
     values: dict[str, Any] = {
         "image_size": meta["size"],
         "frames": meta["steps"] + 1,
         "dt": meta["dt"],
     }
-    if model in HNN_MODELS:
+    if row.baseline:
         if meta.get("dof") is None:
             raise UserError(
                 f"{meta.get('path', 'the dataset')} records no degrees of freedom (imported "
@@ -64,12 +59,13 @@ def model_config(profile: Profile, model: str, meta: Mapping[str, Any]) -> dict:
                 "leave hnn* out of --models"
             )
         values.update(profile.hnn, dof=meta["dof"])
-        if model.endswith("-ac"):
-            values.update(profile.hnn_ac)
-    elif model == "hgn++":
+    elif row.model == "hgn++":
         values.update(profile.hgnpp)
     else:
         values.update(profile.hgn)
+    values.update(row.settings.get("model", {}))
+    if row.baseline and row.settings:  # the anti-collapse rows, as this profile sizes them
+        values.update(profile.hnn_ac)
     return values
 
 
@@ -77,8 +73,9 @@ def train_settings(profile: Profile, model: str, long: bool = False) -> dict[str
     """The ``train`` section of one row's runs: the profile's, HGN++'s own batch and
     learning rate where it has them, and the baselines' shorter time cap. ``long``: the
     budget of HGN++'s long-data run (:data:`~hgn.experiments.reproduce.profiles.LONG_RUN`)."""
+    row = ROWS.lookup(model)
     minutes = profile.max_minutes
-    if model in HNN_MODELS and profile.baseline_minutes is not None:
+    if row.baseline and profile.baseline_minutes is not None:
         minutes = profile.baseline_minutes
     steps = profile.train_steps
     if long:
@@ -91,8 +88,9 @@ def train_settings(profile: Profile, model: str, long: bool = False) -> dict[str
         "max_minutes": minutes,
         "image_every": 0,
     }
-    if model == "hgn++":
+    if row.model == "hgn++":
         values.update(profile.hgnpp_train)
+    values.update(row.settings.get("train", {}))
     return values
 
 
@@ -116,7 +114,7 @@ def _trained(
         if not resume:
             config = hgn_config.RunConfig.from_dict(
                 {
-                    "model": {"name": registry_name(model), **values},
+                    "model": {"name": ROWS.lookup(model).model, **values},
                     "train": train_settings(profile, model, long),
                 }
             )
@@ -287,7 +285,7 @@ def run_cell(
     record: dict[str, Any] = {
         "system": system,
         "model": model,
-        "registered_model": registry_name(model),
+        "registered_model": ROWS.lookup(model).model,
         "profile": profile.name,
         "config": {},
         "train": {},
@@ -296,7 +294,7 @@ def run_cell(
     }
     # (run, its training data, the test data of its paper-protocol numbers, own budget)
     runs = [(regime, paths[regime], paths[regime], False) for regime in REGIMES]
-    if model in LONG_MODELS:
+    if ROWS.lookup(model).long_run:
         if "hgnpp" not in paths:
             raise UserError(f"{model} needs its clean long training set (paths['hgnpp'])")
         runs.append((LONG_RUN, paths["hgnpp"], paths["clean"], True))  # clean 30-step test

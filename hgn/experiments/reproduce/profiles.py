@@ -12,45 +12,15 @@ import difflib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from hgn.registry import Registry
 from hgn.training import config as hgn_config
 from hgn.utils import UserError
 
-MODEL_ORDER = (
-    "hnn",
-    "hnn-conv",
-    "hnn-ac",
-    "hnn-conv-ac",
-    "hgn",
-    "hgn-euler",
-    "hgn-no-fpsi",
-    "hgn-determ",
-    "hgn++",
-)
-"""Rows of the tables: the paper's, in its order, with each HNN baseline's anti-collapse
-row beside the paper's recipe, and HGN++ (docs/SCIENCE.md §3a) last."""
-
-MODEL_LABELS = {
-    "hnn": "HNN",
-    "hnn-conv": "HNN Conv",
-    "hnn-ac": "HNN (anti-collapse)",
-    "hnn-conv-ac": "HNN Conv (anti-collapse)",
-    "hgn": "HGN",
-    "hgn-euler": "HGN Euler",
-    "hgn-no-fpsi": "HGN no f_ψ",
-    "hgn-determ": "HGN deterministic",
-    "hgn++": "HGN++",
-}
 SYSTEM_ORDER = ("mass-spring", "pendulum", "two-body", "three-body")
 """Columns of the paper's tables, in the paper's order."""
-
-REGISTRY = {"hnn-ac": "hnn", "hnn-conv-ac": "hnn-conv"}
-"""Rows that are a registered model with other settings (the profile's ``hnn_ac``);
-every other row is the registered model of its own name (:mod:`hgn.models`)."""
-
-HNN_MODELS = ("hnn", "hnn-conv", "hnn-ac", "hnn-conv-ac")
-"""The baselines: HNN's config (frame pairs, ``dof`` from the data), no prior."""
 
 REGIMES = ("noisy", "clean")
 """The two datasets every model is trained and evaluated on: the paper's, with fresh
@@ -85,13 +55,59 @@ such (:data:`LONG_LABEL`), with its budget in the training table."""
 LONG_LABEL = "HGN++ (own recipe: clean long data)"
 """How HGN++'s long run is named in the tables."""
 
-LONG_MODELS = ("hgn++",)
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the tables: the registered sequence model it trains (``hgn train
+    --model``, :data:`hgn.models.MODELS`), its name in the tables, and what makes it
+    other than that model's own recipe."""
+
+    model: str
+    """The registered sequence model the row trains."""
+    label: str
+    """How the tables, figures and the report name the row."""
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    """The row's own overrides, by config section (``model``, ``train``), over the
+    profile's: the anti-collapse rows' :data:`ANTI_COLLAPSE`. A profile sizes the
+    anti-collapse settings for its scale (:attr:`Profile.hnn_ac`, which wins)."""
+    baseline: bool = False
+    """An HNN baseline: HNN's config (frame pairs, ``dof`` from the data), no prior, the
+    profile's ``hnn`` widths and its ``baseline_minutes``."""
+    long_run: bool = False
+    """The row also gets the :data:`LONG_RUN` (its own recipe on clean long data)."""
+
+
+_AC = MappingProxyType({"model": MappingProxyType(dict(ANTI_COLLAPSE))})
+
+ROWS: Registry[Row] = Registry(
+    "table row",
+    {
+        "hnn": Row("hnn", "HNN", baseline=True),
+        "hnn-conv": Row("hnn-conv", "HNN Conv", baseline=True),
+        "hnn-ac": Row("hnn", "HNN (anti-collapse)", _AC, baseline=True),
+        "hnn-conv-ac": Row("hnn-conv", "HNN Conv (anti-collapse)", _AC, baseline=True),
+        "hgn": Row("hgn", "HGN"),
+        "hgn-euler": Row("hgn-euler", "HGN Euler"),
+        "hgn-no-fpsi": Row("hgn-no-fpsi", "HGN no f_ψ"),
+        "hgn-determ": Row("hgn-determ", "HGN deterministic"),
+        "hgn++": Row("hgn++", "HGN++", long_run=True),
+    },
+)
+"""Rows of the tables, in their order: the paper's, in its order, with each HNN
+baseline's anti-collapse row beside the paper's recipe, and HGN++ (docs/SCIENCE.md §3a)
+last. The constants below are views of it."""
+
+MODEL_ORDER = tuple(ROWS)
+"""The rows' names, in the tables' order (``--models`` chooses among them)."""
+
+MODEL_LABELS = {name: row.label for name, row in ROWS.items()}
+"""Each row's name in the tables."""
+
+HNN_MODELS = tuple(name for name, row in ROWS.items() if row.baseline)
+"""The baselines: HNN's config (frame pairs, ``dof`` from the data), no prior."""
+
+LONG_MODELS = tuple(name for name, row in ROWS.items() if row.long_run)
 """Rows that also get the :data:`LONG_RUN`."""
-
-
-def registry_name(model: str) -> str:
-    """The registered model (``hgn train --model``) a table row trains."""
-    return REGISTRY.get(model, model)
 
 
 @dataclass(frozen=True)
@@ -208,97 +224,101 @@ _SMALL_NETS = {
 }
 """The network widths of ``hgn train --profile small`` (one definition of 'small')."""
 
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke",
-        description="pipeline check only: tiny data and networks, a few steps; "
-        "its numbers mean nothing",
-        size=16,
-        steps=8,
-        n_train=8,
-        n_test=4,
-        train_steps=2,
-        batch_size=4,
-        lr=1e-3,
-        max_minutes=None,
-        eval_sequences=4,
-        long_steps=16,
-        start=4,
-        extrapolation_sequences=4,
-        drift_steps=20,
-        hgnpp_steps=12,
-        hgnpp_train_steps=2,
-        hgnpp_minutes=None,
-        hgnpp_sequences=10,
-        hgn=_TINY_HGN,
-        hnn=_TINY_HNN,
-        hnn_ac={**ANTI_COLLAPSE, "ae_warmup": 1},
-        hgnpp=_TINY_HGNPP,
-    ),
-    "small": Profile(
-        name="small",
-        description="a CPU-sized comparison (2 cores: 2 h 34 min with --jobs 2, measured): "
-        "32×32 images, the paper's 30-step sequences with and without its observation "
-        "noise, 1,000 training sequences per system, 90-step clean test sequences for "
-        "extrapolation, the narrower networks of `hgn train --profile small`; 3 minutes "
-        "per HGN training run and 2 per HNN run on both regimes (72 runs, Tables 1–2), "
-        "plus one 20-minute HGN++ run per system on 5,000 clean 64-step sequences (its "
-        "own recipe; the extrapolation and samples tables): 76 runs",
-        size=32,
-        steps=30,
-        n_train=1000,
-        n_test=200,
-        train_steps=3000,
-        batch_size=hgn_config.PROFILES["small"]["train"]["batch_size"],
-        lr=hgn_config.PROFILES["small"]["train"]["lr"],
-        max_minutes=3.0,
-        baseline_minutes=2.0,
-        eval_sequences=200,
-        long_steps=90,
-        start=30,
-        extrapolation_sequences=100,
-        drift_steps=1000,
-        # as measured in docs/RESULTS.md, "Learned dynamics and extrapolation (HGN++)":
-        # HGN++ met its mass-spring targets after 20 minutes (~9,700 steps) on clean 64-step data
-        hgnpp_steps=64,
-        hgnpp_train_steps=10_000,
-        hgnpp_minutes=20.0,
-        hgnpp_sequences=5000,
-        hgn=_SMALL_NETS,
-        hnn={
-            "frames": 8,
-            "encoder_filters": _SMALL_NETS["encoder_filters"],
-            "decoder_filters": _SMALL_NETS["decoder_filters"],
-        },
-        hgnpp=_own("hgn++", "model"),
-        hgnpp_train=_own("hgn++", "train"),
-    ),
-    "paper": Profile(
-        name="paper",
-        description="the published scale, for GPUs: 64×64 images, 50,000 + 10,000 "
-        "sequences per system, the paper's networks and optimiser (Adam 1.5e-4, batch 16), "
-        "the training length of `hgn train --profile paper`",
-        size=64,
-        steps=30,
-        n_train=50_000,
-        n_test=10_000,
-        train_steps=hgn_config.PROFILES["paper"]["train"]["steps"],
-        batch_size=16,
-        lr=1.5e-4,
-        max_minutes=None,
-        eval_sequences=10_000,
-        long_steps=90,
-        start=30,
-        extrapolation_sequences=1000,
-        drift_steps=1000,
-        hgnpp_steps=64,
-        hgnpp_train_steps=hgn_config.PROFILES["paper"]["train"]["steps"],
-        hgnpp_minutes=None,
-        hgn={"separable": True},  # as `hgn train --profile paper`
-        hgnpp={"encoder_filters": [32, 64, 64, 64, 64]},  # 64×64 down to 4×4
-        hgnpp_train=dict(hgn_config.PROFILES["paper"]["own"]["hgn++"]["train"]),
-    ),
-}
+PROFILES: Registry[Profile] = Registry(
+    "profile",
+    {
+        "smoke": Profile(
+            name="smoke",
+            description="pipeline check only: tiny data and networks, a few steps; "
+            "its numbers mean nothing",
+            size=16,
+            steps=8,
+            n_train=8,
+            n_test=4,
+            train_steps=2,
+            batch_size=4,
+            lr=1e-3,
+            max_minutes=None,
+            eval_sequences=4,
+            long_steps=16,
+            start=4,
+            extrapolation_sequences=4,
+            drift_steps=20,
+            hgnpp_steps=12,
+            hgnpp_train_steps=2,
+            hgnpp_minutes=None,
+            hgnpp_sequences=10,
+            hgn=_TINY_HGN,
+            hnn=_TINY_HNN,
+            hnn_ac={**ANTI_COLLAPSE, "ae_warmup": 1},
+            hgnpp=_TINY_HGNPP,
+        ),
+        "small": Profile(
+            name="small",
+            description="a CPU-sized comparison (2 cores: 2 h 34 min with --jobs 2, measured): "
+            "32×32 images, the paper's 30-step sequences with and without its observation "
+            "noise, 1,000 training sequences per system, 90-step clean test sequences for "
+            "extrapolation, the narrower networks of `hgn train --profile small`; 3 minutes "
+            "per HGN training run and 2 per HNN run on both regimes (72 runs, Tables 1–2), "
+            "plus one 20-minute HGN++ run per system on 5,000 clean 64-step sequences (its "
+            "own recipe; the extrapolation and samples tables): 76 runs",
+            size=32,
+            steps=30,
+            n_train=1000,
+            n_test=200,
+            train_steps=3000,
+            batch_size=hgn_config.PROFILES["small"]["train"]["batch_size"],
+            lr=hgn_config.PROFILES["small"]["train"]["lr"],
+            max_minutes=3.0,
+            baseline_minutes=2.0,
+            eval_sequences=200,
+            long_steps=90,
+            start=30,
+            extrapolation_sequences=100,
+            drift_steps=1000,
+            # as measured in docs/RESULTS.md, "Learned dynamics and extrapolation
+            # (HGN++)": HGN++ met its mass-spring targets after 20 minutes (~9,700 steps)
+            # on clean 64-step data
+            hgnpp_steps=64,
+            hgnpp_train_steps=10_000,
+            hgnpp_minutes=20.0,
+            hgnpp_sequences=5000,
+            hgn=_SMALL_NETS,
+            hnn={
+                "frames": 8,
+                "encoder_filters": _SMALL_NETS["encoder_filters"],
+                "decoder_filters": _SMALL_NETS["decoder_filters"],
+            },
+            hgnpp=_own("hgn++", "model"),
+            hgnpp_train=_own("hgn++", "train"),
+        ),
+        "paper": Profile(
+            name="paper",
+            description="the published scale, for GPUs: 64×64 images, 50,000 + 10,000 "
+            "sequences per system, the paper's networks and optimiser (Adam 1.5e-4, batch 16), "
+            "the training length of `hgn train --profile paper`",
+            size=64,
+            steps=30,
+            n_train=50_000,
+            n_test=10_000,
+            train_steps=hgn_config.PROFILES["paper"]["train"]["steps"],
+            batch_size=16,
+            lr=1.5e-4,
+            max_minutes=None,
+            eval_sequences=10_000,
+            long_steps=90,
+            start=30,
+            extrapolation_sequences=1000,
+            drift_steps=1000,
+            hgnpp_steps=64,
+            hgnpp_train_steps=hgn_config.PROFILES["paper"]["train"]["steps"],
+            hgnpp_minutes=None,
+            hgn={"separable": True},  # as `hgn train --profile paper`
+            hgnpp={"encoder_filters": [32, 64, 64, 64, 64]},  # 64×64 down to 4×4
+            hgnpp_train=dict(hgn_config.PROFILES["paper"]["own"]["hgn++"]["train"]),
+        ),
+    },
+)
 """Reproduction profiles. ``small`` takes its networks, batch size, learning rate and
 time budget, and ``paper`` its training length (which the paper does not state), from
 ``hgn train``'s profiles of the same names, so one definition serves both commands."""
@@ -325,5 +345,5 @@ def choose(values: str | Sequence[str] | None, allowed: Sequence[str], what: str
 
 
 def get_profile(name: str) -> Profile:
-    """Look up a profile by name, with the valid names in the error."""
-    return PROFILES[choose([name], list(PROFILES), "profile")[0]]
+    """Look up a profile by name, with the closest and the valid names in the error."""
+    return PROFILES.lookup(name.strip())

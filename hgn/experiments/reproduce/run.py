@@ -24,6 +24,7 @@ from hgn.experiments.reproduce.profiles import (
     LONG_MODELS,
     MODEL_ORDER,
     REGIMES,
+    ROWS,
     SYSTEM_ORDER,
     Profile,
     choose,
@@ -284,7 +285,7 @@ def _expected_minutes(profile: Profile, model: str) -> float:
     long cell started last (HGN++'s, with its own long run) would leave the other cores
     idle at the end."""
     runs = [cells.train_settings(profile, model)] * len(REGIMES)
-    if model in LONG_MODELS:
+    if ROWS.lookup(model).long_run:
         runs.append(cells.train_settings(profile, model, long=True))
     return sum(r["max_minutes"] or r["steps"] / 1000 for r in runs)
 
