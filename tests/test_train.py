@@ -19,7 +19,7 @@ from hgn import data as hgn_data
 from hgn.cli import main
 from hgn.models import HGN
 from hgn.runs import CHECKPOINT, open_sequence_model
-from hgn.training.config import resolve
+from hgn.training.config import FOLLOWS_DATA, resolve
 from hgn.training.train import Batches, decay_factor, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
@@ -152,10 +152,19 @@ def test_yaml_config_and_model_flag(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The printed file gives back the config it was printed from: every key under the
+    profile it was printed with, and every key but those that follow the data (printed
+    as ``auto``, derived from the data at training) under any other profile."""
     assert main(["train", "--print-config", "--profile", "paper"]) == 0
     text = capsys.readouterr().out
     (tmp_path / "paper.yaml").write_text(text)
-    assert resolve("small", tmp_path / "paper.yaml").to_dict() == resolve("paper").to_dict()
+    assert resolve("paper", tmp_path / "paper.yaml").to_dict() == resolve("paper").to_dict()
+    elsewhere = resolve("small", tmp_path / "paper.yaml").to_dict()
+    want = resolve("paper").to_dict()
+    for key in FOLLOWS_DATA:
+        elsewhere["model"].pop(key, None)
+        want["model"].pop(key, None)
+    assert elsewhere == want
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
