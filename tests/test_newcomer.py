@@ -161,3 +161,22 @@ def test_rollout_on_another_systems_data_warns_as_evaluate_does(
     assert main([*rollout, "--steps", "3"]) == 0
     err = capsys.readouterr().err
     assert "hgn: warning: this data differs from the run's training data: system" in err
+
+
+def test_flow_evaluate_is_seeded_and_writes_where_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same seed gives the same NLL (the seed is recorded); ``--out`` writes there
+    and refuses an existing file without ``--overwrite``."""
+    run = Path(__file__).parent / "fixtures" / "legacy-v0.1-flow.pt"
+    argv = ["flow", "evaluate", str(run), "--n-test", "32", "--n-importance", "4", "--no-progress"]
+    out = tmp_path / "a.json"
+    assert main([*argv, "--out", str(out)]) == 0
+    first = json.loads(out.read_text())
+    assert first["seed"] == 0
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["nll"] == first["nll"]
+    assert main([*argv, "--out", str(tmp_path / "b.json"), "--seed", "1"]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["nll"] != first["nll"]

@@ -182,7 +182,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from hgn.flows.train import evaluate
 
     _threads(args)
-    r = evaluate(args.run, args.target, args.n_importance, args.n_test, args.progress)
+    r = evaluate(
+        args.run, args.target, args.n_importance, args.n_test, args.progress,
+        seed=args.seed, out=args.out, overwrite=args.overwrite,
+    )  # fmt: skip
     se = f" ± {r['nll_se']:.4f}" if r["nll_se"] is not None else ""
     line = f"{r['target']}: test NLL {r['nll']:.4f}{se} nats"
     if r["dim"] > 1:
@@ -192,7 +195,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if r["entropy"] is not None:
         line += f"; entropy {r['entropy']:.4f}, gap {r['gap']:.4f}"
     print(line)
-    print(f"written {r['written']}" if r["written"] else "eval.json not written (not a run dir)")
+    if not r["written"]:
+        print("eval.json not written (not a run dir); pass --out FILE")
+        return
+    note = ""
+    if r["replaced"]:
+        note = " (replaced the earlier file)" if args.out else " (replaced the run's earlier one)"
+    print(f"wrote {r['written']}{note}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -288,6 +297,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--n-importance", type=int, default=128, help="K of the IWAE bound (%(default)s)"
     )
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test points")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the importance samples (%(default)s)"
+    )
+    p.add_argument(
+        "--out", default=None, help="write the JSON here (default: RUN/eval.json, the run's own)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     add_progress_flag(p)
     p.set_defaults(func=cmd_evaluate)

@@ -424,17 +424,28 @@ def evaluate(
     n_importance: int = 128,
     n_test: int | None = None,
     progress: bool = True,
+    *,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Test NLL (nats, mean ± standard error, and per dimension) of a run's model; writes
-    ``RUN/eval.json`` when ``RUN`` is a run directory."""
+    """Test NLL (nats, mean ± standard error, and per dimension) of a run's model, the
+    importance samples drawn from ``seed`` (recorded: the same seed gives the same
+    number); written to ``out`` (a new file, or an existing one with ``overwrite``) or
+    by default ``RUN/eval.json`` when ``RUN`` is a flow run directory (replacing the
+    run's own earlier evaluation, which the result says)."""
     n_importance = check_int(n_importance, "--n-importance", 1, 1 << 20)
+    seed = check_int(seed, "--seed", 0, (1 << 63) - 1)
+    path = check_output_file(out, overwrite) if out is not None else run_file(run, EVAL_FILE)
     model, data = run_data(run, target)
     x = check_points(
         data.test_set(), model.dim, f"test data of {data.name}", unit_box=bool(model.logit)
     )
     if n_test is not None:
         x = x[: check_int(n_test, "--n-test", 1, 1 << 30)]
-    nll = -model.log_prob(x, n_importance, "evaluate" if progress else None).double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nll = -model.log_prob(x, n_importance, "evaluate" if progress else None).double()
     se = nll.std().item() / math.sqrt(len(nll)) if len(nll) > 1 else None
     result = {
         "target": data.name,
@@ -446,13 +457,15 @@ def evaluate(
         "n_importance": n_importance if model.kind == "nhf" else None,
         "entropy": data.entropy,
         "parameters": n_parameters(model),
+        "seed": seed,
     }
     if data.entropy is not None:
         result["gap"] = result["nll"] - data.entropy
-    path = run_file(run, EVAL_FILE)
+    replaced = path is not None and path.exists()
     if path is not None:
         write_json(path, result)
     result["written"] = str(path) if path is not None else None
+    result["replaced"] = replaced
     return result
 
 
