@@ -49,15 +49,10 @@ import torch
 from torch import Tensor
 
 from hgn.flows import NHF, NHFConfig, build, n_parameters
+from hgn.flows.compare import matched, throughput, time_per_call
 from hgn.flows.nhf import DensityModel, HamiltonianStep
 from hgn.flows.targets import DataSource, data_source
-from hgn.flows.train import (
-    FlowTrainConfig,
-    matched,
-    optimiser,
-    throughput,
-    time_per_call,
-)
+from hgn.flows.train import FlowTrainConfig, optimiser
 from hgn.physics.integrators import grad_of, leapfrog, leapfrog_separable
 
 Integrate = Callable[[HamiltonianStep, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]

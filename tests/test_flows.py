@@ -29,6 +29,7 @@ from hgn.flows import (
     n_parameters,
     save,
 )
+from hgn.flows.compare import matched, time_to_level
 from hgn.flows.targets import (
     _GMM10_CENTRES,
     _GMM10_STD,
@@ -37,7 +38,7 @@ from hgn.flows.targets import (
     data_source,
     load_array,
 )
-from hgn.flows.train import evaluate, matched, time_to_level, train
+from hgn.flows.train import evaluate, train
 from hgn.utils import UserError, derive_seed, load_checkpoint
 
 

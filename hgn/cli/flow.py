@@ -1,6 +1,6 @@
 """`hgn flow ...`: train, evaluate, sample and plot Neural Hamiltonian Flows; compare them
 with zuko's RealNVP and NSF. Parsing and validation only; the work is in
-:mod:`hgn.flows.train` and :mod:`hgn.flows.plots`."""
+:mod:`hgn.flows.train`, :mod:`hgn.flows.compare` and :mod:`hgn.flows.plots`."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from hgn.flows.train import compare, compare_markdown
+    from hgn.flows.compare import compare, compare_markdown
 
     _threads(args)
     out = Path(args.out or f"compare-{Path(args.target).stem}")
@@ -264,7 +264,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``flow`` group and its sub-commands to the top-level parser."""
     from hgn.cli import add_progress_flag
-    from hgn.flows.train import DEFAULT_MINUTES, DEFAULT_MODELS
+    from hgn.flows.compare import DEFAULT_MODELS
+    from hgn.flows.train import DEFAULT_MINUTES
 
     flow = sub.add_parser("flow", help="Neural Hamiltonian Flows: density estimation")
     fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="COMMAND")

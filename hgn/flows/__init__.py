@@ -1,8 +1,10 @@
 """Neural Hamiltonian Flows (paper Sec. 3.3) beside the HGN pipeline: the flow models and
 zuko's RealNVP and NSF behind one API (:mod:`hgn.flows.nhf`), the 2-D, 10-D, digits and
-array targets (:mod:`hgn.flows.targets`), training, evaluation and the time-to-NLL
-comparison (:mod:`hgn.flows.train`) and the figures (:mod:`hgn.flows.plots`)."""
+array targets (:mod:`hgn.flows.targets`), training and evaluation (:mod:`hgn.flows.train`),
+the time-to-NLL comparison (:mod:`hgn.flows.compare`) and the figures
+(:mod:`hgn.flows.plots`)."""
 
+from hgn.flows.compare import compare
 from hgn.flows.nhf import (
     FLOWS,
     NHF,
@@ -22,7 +24,7 @@ from hgn.flows.nhf import (
     n_parameters,
     save,
 )
-from hgn.flows.train import FlowTrainConfig, compare, evaluate, train
+from hgn.flows.train import FlowTrainConfig, evaluate, train
 
 __all__ = [
     "FLOWS",
