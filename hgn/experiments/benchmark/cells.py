@@ -30,14 +30,14 @@ from hgn import data as hgn_data
 from hgn.data import mean_frame
 from hgn.evaluation import extrapolate, physics
 from hgn.experiments.benchmark import metrics
-from hgn.experiments.benchmark.profiles import TINY, Settings
+from hgn.experiments.benchmark.profiles import TINY, Settings, style_of
 from hgn.experiments.reproduce.cells import (
     TRAINED,
     _finite_or_none,
     _require_finite,
     _stage,
 )
-from hgn.models import get_model
+from hgn.models import State, get_model
 from hgn.runs import CHECKPOINT, open_sequence_model
 from hgn.training import config as hgn_config
 from hgn.training import train as hgn_train
@@ -109,14 +109,43 @@ def _train(run: Path, config: Any, data_path: Path, device: str, progress: bool)
     return json.loads(marker.read_text())
 
 
+class _Declining:
+    """``model`` as the extrapolation protocol sees it when this version of the protocol
+    refuses a model that cannot make all four rollouts: a rollout the model declines
+    (:meth:`~hgn.models.SequenceModel.check_rollout`) is recorded and answered with the
+    start state held still, so that the protocol runs the others; every number of a
+    declined rollout is then replaced by ``{"skipped": reason}`` (never reported). A
+    protocol that skips such rollouts itself never needs this."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.declined: dict[float, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def check_rollout(self, dt: float) -> float:
+        try:
+            return self._model.check_rollout(dt)
+        except UserError as exc:
+            self.declined[float(dt)] = str(exc)
+            return float(dt)
+
+    def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
+        if dt is not None and float(dt) in self.declined:
+            return State(*(x.unsqueeze(1).expand(-1, steps + 1, *x.shape[1:]) for x in state))
+        return self._model.rollout(state, steps, dt)
+
+
 def _extrapolation(net: Any, test: Any, mean: torch.Tensor, settings: Settings) -> dict:
-    """hgn's extrapolation protocol, summarised; ``{"cannot": reason}`` where it refuses
-    the model as a whole (this version runs all four rollouts or none: a later one
-    returns ``{"skipped": reason}`` for each rollout the model cannot make, kept as is)."""
+    """hgn's extrapolation protocol, summarised: a rollout the model cannot make is
+    ``{"skipped": reason}`` (the protocol's own, or :class:`_Declining`'s), the whole
+    ``{"cannot": reason}`` where the protocol refuses the model or the data outright."""
     size = settings.size
-    try:
+
+    def protocol(model: Any) -> dict[str, Any]:
         results, _ = extrapolate.run_protocol(
-            net,
+            model,
             test,
             mean,
             start=size.start,
@@ -125,6 +154,20 @@ def _extrapolation(net: Any, test: Any, mean: torch.Tensor, settings: Settings) 
             drift_steps=size.drift_steps,
             progress=False,
         )
+        return results
+
+    try:
+        try:
+            results = protocol(net)
+        except UserError:
+            if net.can_run_backwards and net.can_change_speed:
+                raise
+            declining = _Declining(net)
+            results = protocol(declining)
+            for r in extrapolate.ROLLOUTS:
+                reason = declining.declined.get(float(net.trained_dt * r.speed))
+                if reason is not None:
+                    results["rollouts"][r.name] = {"skipped": reason}
     except UserError as exc:
         return {"cannot": str(exc)}
     for r in results["rollouts"].values():
@@ -208,8 +251,8 @@ def run_cell(
         return result
 
     record["dm_vpt"] = _stage(cell, "dm-vpt", vpt)
-    record["dm_vpt"]["discriminates"] = meta.get("style") == "dm"
-    record["dm_vpt"]["style"] = meta.get("style")
+    record["dm_vpt"]["discriminates"] = style_of(meta) == "dm"
+    record["dm_vpt"]["style"] = style_of(meta)
     if not strip and "n/a" not in record["dm_vpt"]:  # read back from a finished stage
         _, strip = metrics.dm_vpt_of(net, test, size.horizon, 1, 1, dev)
     record["symetric"] = _stage(

@@ -224,3 +224,12 @@ def column(name: str) -> str:
     """A dataset's column name (and folder under ``cells/``): its own name, or for a
     path its folder's name."""
     return Path(name).name if dataset_kind(name) == "path" else name
+
+
+def style_of(meta: Mapping[str, Any]) -> str | None:
+    """How a dataset is drawn: ``"paper"`` (light background), ``"dm"`` (dark), or None
+    where it does not say (imported data)."""
+    for where in (meta.get("render"), meta.get("variant"), meta):
+        if isinstance(where, Mapping) and where.get("style"):
+            return str(where["style"])
+    return None

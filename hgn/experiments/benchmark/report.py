@@ -258,8 +258,10 @@ def figure_vpt(cells: Cells, models: Sequence[str], columns: Sequence[str], path
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    fig.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(
+        unique.values(), unique.keys(), loc="lower center", ncol=min(7, len(unique)), fontsize=8
+    )
     plots.save_figure(fig, path)
     return True
 

@@ -25,6 +25,7 @@ from hgn.experiments.benchmark.profiles import (
     column,
     dataset_kind,
     get_size,
+    style_of,
 )
 from hgn.experiments.reproduce.run import _announce, _run_parallel, default_threads
 from hgn.utils import (
@@ -131,7 +132,7 @@ def dataset(name: str, root: Path, size: Size, progress: bool) -> tuple[Path, di
         "path": str(path),
         "system": meta.get("system"),
         "source": meta.get("source"),
-        "style": meta.get("style"),
+        "style": style_of(meta),
         "train": splits.get("train", {}).get("n", meta.get("n_train")),
         "test": splits.get("test", {}).get("n", meta.get("n_test")),
         "steps": meta["steps"],
