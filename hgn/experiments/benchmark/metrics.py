@@ -171,7 +171,8 @@ def dm_vpt_of(
     device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """DeepMind's VPT of ``model`` on ``split`` (module docs), and the first sequence's
-    forward prediction and truth (uint8 ``(H, h, w, 3)``) for the rollout strip."""
+    forward prediction and truth (uint8 ``(H, h, w, 3)``, from frame ``first``, the one
+    after the window) for the rollout strip."""
     context, offset, dt = model.context_frames, model.state_offset, model.trained_dt
     length = split.meta["steps"] + 1
     horizon = min(horizon, length - context)
@@ -196,7 +197,11 @@ def dm_vpt_of(
         truth = frames[:, context : context + horizon]
         forward.append(valid_prediction_time(truth, pred.float()))
         if lo == 0:
-            strip = {"truth": _uint8(truth[0]), "forward": _uint8(pred[0])}
+            strip = {
+                "truth": _uint8(truth[0]),
+                "forward": _uint8(pred[0]),
+                "first": np.asarray(context),  # the frame index of forward[0]
+            }
         if backward_cannot is None:
             first = length - context  # the last window's first frame
             state = model.encode(frames[:, first:])

@@ -84,7 +84,7 @@ class Size:
 SIZES: dict[str, Size] = {
     "smoke": Size(
         name="smoke",
-        description="pipeline check for CI: 16×16, 8 + 4 sequences of 16 steps, tiny "
+        description="pipeline check for CI: 16×16, 8 + 6 sequences of 16 steps, tiny "
         "networks, seconds per cell; its numbers mean nothing",
         image_size=16,
         steps=16,

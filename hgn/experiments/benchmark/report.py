@@ -252,6 +252,8 @@ def figure_vpt(cells: Cells, models: Sequence[str], columns: Sequence[str], path
                     if j == 0 or not ax.get_legend_handles_labels()[1].count(model)
                     else None,
                 )
+        heights = [value(cells.get(c, {}).get(m)) for c in columns for m in models]
+        ax.set_ylim(0, 1.05 * max([1.0, *(h for h in heights if h is not None)]))
         ax.set_xticks(range(len(columns)), columns, fontsize=8)
         ax.set_title(title, fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -280,23 +282,29 @@ def _hgn_value(record: Mapping[str, Any] | None) -> float | None:
 
 
 def figure_strip(out: Path, cells: Cells, models: Sequence[str], col: str, path: Path) -> bool:
-    """Rows: the truth, then each model's forward prediction of the first test sequence
-    (the frames after its window, up to 12 evenly spaced); False if none is there."""
-    rows: list[tuple[str, np.ndarray]] = []
+    """Rows: the truth, then each model's forward prediction of the first test sequence,
+    at the frames every model predicts (each starts after its own window), up to 12
+    evenly spaced; False if there is nothing to draw."""
+    found: list[tuple[str, int, np.ndarray, np.ndarray]] = []
     for model in models:
         record = cells.get(col, {}).get(model)
         file = (record or {}).get("files", {}).get("strip")
         if not file or not (out / file).is_file():
             continue
         with np.load(out / file) as arrays:
-            if not rows:
-                rows.append(("truth", arrays["truth"]))
-            rows.append((model, arrays["forward"]))
-    if not rows:
+            found.append((model, int(arrays["first"]), arrays["truth"], arrays["forward"]))
+    if not found:
         return False
-    length = min(len(frames) for _, frames in rows)
-    pick = np.unique(np.linspace(0, length - 1, min(12, length)).round().astype(int))
-    picture = plots.grid(np.stack([frames[pick] for _, frames in rows]))
+    lo = max(first for _, first, _, _ in found)
+    hi = min(first + len(pred) for _, first, _, pred in found)
+    if hi <= lo:  # no frame every model predicts: each model's own first frames
+        lo, hi = 0, min(len(pred) for _, _, _, pred in found)
+        found = [(m, 0, truth, pred) for m, _, truth, pred in found]
+    frames = np.unique(np.linspace(lo, hi - 1, min(12, hi - lo)).round().astype(int))
+    _, first, truth, _ = found[0]
+    rows = [("truth", truth[frames - first])]
+    rows += [(model, pred[frames - first]) for model, first, _, pred in found]
+    picture = plots.grid(np.stack([images for _, images in rows]))
     plt = plots.pyplot()
     h, w = picture.shape[:2]
     fig, ax = plt.subplots(figsize=(max(4.0, w / 40), max(1.5, h / 40)))
@@ -304,10 +312,9 @@ def figure_strip(out: Path, cells: Cells, models: Sequence[str], col: str, path:
     cell = (h - 1) / len(rows)
     ax.set_yticks([cell * (i + 0.5) for i in range(len(rows))], [name for name, _ in rows])
     ax.set_xticks([])
-    ax.set_title(
-        f"{col}: forward rollout, frames {', '.join(map(str, pick + 1))} after the window",
-        fontsize=8,
-    )
+    shown = ", ".join(map(str, frames)) if lo else ", ".join(map(str, frames + 1))
+    what = "frames" if lo else "steps after each model's window"
+    ax.set_title(f"{col}: forward rollouts, {what} {shown}", fontsize=8)
     plots.save_figure(fig, path)
     return True
 
