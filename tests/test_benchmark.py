@@ -134,7 +134,7 @@ def test_imported_data_has_no_symetric_and_hnn_cannot_train(tmp_path: Path) -> N
     assert main(_argv(out, "hgn++,hnn", str(data))) == 0
     summary = json.loads((out / "results.json").read_text())
     cells = summary["cells"]["imported"]
-    assert cells["hgn++"]["symetric"] == {"n/a": metrics.NO_STATES}
+    assert cells["hgn++"]["symetric"]["n/a"] == metrics.NO_STATES
     assert "n/a" in cells["hgn++"]["samples"]
     hnn = cells["hnn"]
     assert "degrees of freedom" in hnn["cannot"] and "train" not in hnn

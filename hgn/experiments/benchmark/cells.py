@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,18 @@ def _samples(net: Any, saved: dict, test: Any, settings: Settings) -> dict:
     )
 
 
+def _timed(compute: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """``compute`` with the seconds it took added to its result (``"seconds"``), so that
+    a results.json shows where a cell's evaluation time went."""
+
+    def timed() -> dict[str, Any]:
+        start = time.perf_counter()
+        result = compute()
+        return {**result, "seconds": round(time.perf_counter() - start, 1)}
+
+    return timed
+
+
 def run_cell(
     out: Path,
     settings: Settings,
@@ -250,7 +263,7 @@ def run_cell(
         strip.update(arrays)
         return result
 
-    record["dm_vpt"] = _stage(cell, "dm-vpt", vpt)
+    record["dm_vpt"] = _stage(cell, "dm-vpt", _timed(vpt))
     record["dm_vpt"]["discriminates"] = style_of(meta) == "dm"
     record["dm_vpt"]["style"] = style_of(meta)
     if not strip and "n/a" not in record["dm_vpt"]:  # read back from a finished stage
@@ -258,15 +271,19 @@ def run_cell(
     record["symetric"] = _stage(
         cell,
         "symetric",
-        lambda: metrics.symetric_of(
-            net, test, size.symetric_batches, size.symetric_steps, dev, settings.seed
+        _timed(
+            lambda: metrics.symetric_of(
+                net, test, size.symetric_batches, size.symetric_steps, dev, settings.seed
+            )
         ),
     )
     mean = mean_frame(hgn_data.load(data_path, "train")).to(dev)
     record["extrapolation"] = _stage(
-        cell, "extrapolation", lambda: _extrapolation(net, test, mean, settings)
+        cell, "extrapolation", _timed(lambda: _extrapolation(net, test, mean, settings))
     )
-    record["samples"] = _stage(cell, "samples", lambda: _samples(net, saved, test, settings))
+    record["samples"] = _stage(
+        cell, "samples", _timed(lambda: _samples(net, saved, test, settings))
+    )
     if strip:
         with atomic_path(cell / "strip.npz") as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **strip)
