@@ -352,6 +352,7 @@ def build_outputs(
     requested: Sequence[tuple[str, str]],
     command: str,
     datasets: Mapping[str, Any],
+    left_out: Sequence[str] = (),
 ) -> dict[str, Any]:
     """(Re)write results.json, benchmark.md, the figures and report.html from all the
     finished cells in ``out``; returns the summary recorded in results.json."""
@@ -369,6 +370,7 @@ def build_outputs(
         f"{torch.get_num_threads()} torch thread(s) per process",
         "datasets": dict(datasets),
         "models": models,
+        "left_out_models": list(left_out),
         "columns": columns,
         "requested_cells": len(requested),
         "finished_cells": sum(1 for c, m in requested if m in cells.get(c, {})),
@@ -396,6 +398,12 @@ def _heading(summary: Mapping[str, Any]) -> str:
         f"minutes of training per cell on this machine ({summary['machine']}); seed "
         f"{summary['seed']}. Last built by `{summary['command']}` from every finished cell "
         "in this directory. — = not run yet."
+        + (
+            f" Default models not registered in this version, left out: "
+            f"{', '.join(summary['left_out_models'])}."
+            if summary.get("left_out_models")
+            else ""
+        )
     )
 
 

@@ -16,6 +16,7 @@ import torch
 
 from hgn.experiments.benchmark import cells, report
 from hgn.experiments.benchmark.profiles import (
+    MODEL_ORDER,
     Settings,
     Size,
     check_jobs,
@@ -174,6 +175,7 @@ def benchmark(
     """
     chosen = get_size(size)
     model_names = choose_models(models)
+    left_out = [m for m in MODEL_ORDER if m not in model_names] if models is None else []
     names = choose_datasets(datasets)
     settings = Settings(
         chosen, check_minutes(chosen.minutes if minutes is None else minutes), _seed(seed)
@@ -190,7 +192,9 @@ def benchmark(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(out, settings, model_names, names, data_root, device, jobs, command, progress)
+        return _run(
+            out, settings, model_names, names, data_root, device, jobs, command, progress, left_out
+        )
     finally:
         torch.set_num_threads(previous)
 
@@ -211,6 +215,7 @@ def _run(
     jobs: int,
     command: str | None,
     progress: bool,
+    left_out: Sequence[str] = (),
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -227,6 +232,8 @@ def _run(
     done = cells.finished_cells(out)
     todo = [(c, m) for c, m in requested if m not in done.get(c, {})]
     say = tqdm.write if progress else (lambda _msg: None)
+    if left_out:
+        say(f"hgn benchmark: not registered in this version, left out: {', '.join(left_out)}")
     say(
         f"hgn benchmark: size {settings.name}, {settings.minutes:g} min per cell, "
         f"{len(requested)} cells, {len(requested) - len(todo)} already finished, "
@@ -242,6 +249,6 @@ def _run(
             _run_parallel(
                 out, settings, todo, paths, device, jobs, say, bar, run_cell=cells.run_cell
             )
-    summary = report.build_outputs(out, settings, requested, command, described)
+    summary = report.build_outputs(out, settings, requested, command, described, left_out)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary
