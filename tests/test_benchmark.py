@@ -124,7 +124,7 @@ def test_other_settings_in_the_same_out_are_refused(smoke: Path, capsys) -> None
 
 
 def test_imported_data_has_no_symetric_and_hnn_cannot_train(tmp_path: Path) -> None:
-    from tests.test_import import moving_square
+    from test_import import moving_square
 
     np.save(tmp_path / "seqs.npy", moving_square(10, 17, 16, 16))
     data = tmp_path / "imported"
