@@ -38,7 +38,7 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hgn.cli import data, flow, info, model, reproduce
+    from hgn.cli import benchmark, data, flow, info, model, reproduce
 
     parser = _Parser(
         prog="hgn",
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.register(sub)
     flow.register(sub)
     reproduce.register(sub)
+    benchmark.register(sub)
     info.register(sub)
     return parser
 

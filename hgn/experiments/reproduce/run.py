@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -309,9 +309,12 @@ def _cell_process(
     paths: Mapping[str, Path],
     device: str,
     threads: int,
+    run_cell: Callable[..., Any] | None = None,
 ) -> None:
     """Entry point of a cell's own process: its console output goes to the cell's
-    ``log.txt``; a user error ends it with status 2 and the message as the last line."""
+    ``log.txt``; a user error ends it with status 2 and the message as the last line.
+    ``run_cell``: what runs the cell, ``run_cell(out, profile, system, model, paths,
+    device)`` (default :func:`cells.run_cell`; ``hgn benchmark`` passes its own)."""
     torch.set_num_threads(threads)
     cell = out / "cells" / system / model
     cell.mkdir(parents=True, exist_ok=True)
@@ -319,7 +322,7 @@ def _cell_process(
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            cells.run_cell(out, profile, system, model, paths, device)
+            (run_cell or cells.run_cell)(out, profile, system, model, paths, device)
         except UserError as exc:
             print(f"hgn: error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
@@ -341,11 +344,14 @@ def _run_parallel(
     jobs: int,
     say: Any,
     bar: Any,
+    run_cell: Callable[..., Any] | None = None,
 ) -> None:
     """Run cells ``jobs`` at a time, each in a fresh (spawned) process with this
     process's thread count. A failed cell stops new ones from starting; the running ones
     finish and are recorded, then the failure is reported. On an interruption the
-    running cells are terminated (their checkpoints are atomic, so they resume)."""
+    running cells are terminated (their checkpoints are atomic, so they resume).
+    ``run_cell``: a module-level function (it is pickled into the new process) that
+    runs one cell, as :func:`_cell_process` calls it (default :func:`cells.run_cell`)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
@@ -358,7 +364,7 @@ def _run_parallel(
         while running or (queue and failed is None):
             while queue and failed is None and len(running) < jobs:
                 system, model = queue.pop(0)
-                args = (out, profile, system, model, paths[system], device, threads)
+                args = (out, profile, system, model, paths[system], device, threads, run_cell)
                 process = context.Process(target=_cell_process, args=args, daemon=True)
                 process.start()
                 running[process.sentinel] = (process, system, model)

@@ -1,0 +1,104 @@
+"""`hgn benchmark`: models × datasets at equal wall-clock time per cell (issue 23)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from hgn.cli import add_progress_flag
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``hgn benchmark`` to the top-level parser."""
+    from hgn.experiments.benchmark import DATASET_ORDER, MAX_MINUTES, MODEL_ORDER, SIZES
+
+    cmd = sub.add_parser(
+        "benchmark",
+        help="train models × datasets for equal minutes per cell on this machine; score "
+        "DeepMind's VPT, SyMetric, extrapolation and sample physics; write benchmark.md, "
+        "results.json, report.html and figures",
+        description="Generate (or reuse) the datasets, train every model on every dataset "
+        "for --minutes of wall-clock time (each with its own `hgn train --profile small` "
+        "settings), score DeepMind's valid prediction time, SyMetric, hgn's extrapolation "
+        "protocol and sample physics, and write results.json, benchmark.md, report.html, "
+        "vpt.png and strip_DATASET.png into --out. A model that cannot do what a protocol "
+        "asks gets 'cannot: reason' in that cell, a metric the data cannot support "
+        "'n/a: reason'. Rerunning resumes: finished cells are kept. Sizes: "
+        + "; ".join(f"{name}: {s.description}" for name, s in SIZES.items()),
+    )
+    cmd.add_argument("--out", required=True, metavar="DIR", help="results directory")
+    cmd.add_argument("--size", default="smoke", choices=list(SIZES), help="default: smoke")
+    cmd.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated registered models (default: those of {','.join(MODEL_ORDER)} "
+        "registered in this version)",
+    )
+    cmd.add_argument(
+        "--datasets",
+        default=None,
+        help="comma-separated systems, presets (`hgn data presets`) or paths of existing "
+        f"datasets (e.g. from `hgn data import`) (default: {','.join(DATASET_ORDER)})",
+    )
+    cmd.add_argument(
+        "--minutes",
+        default=None,
+        metavar="M",
+        help=f"training minutes per cell, > 0 and ≤ {MAX_MINUTES} (default: the size's; small: 10)",
+    )
+    cmd.add_argument(
+        "--jobs", type=int, default=1, help="cells trained at once, 1 or 2 (default 1)"
+    )
+    cmd.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    cmd.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: 1 on CPU, as hgn reproduce)",
+    )
+    cmd.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="where datasets are generated or reused (default: DIR/data)",
+    )
+    add_progress_flag(cmd)
+    cmd.set_defaults(func=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from hgn.experiments.benchmark import benchmark
+
+    benchmark(
+        args.out,
+        size=args.size,
+        models=args.models,
+        datasets=args.datasets,
+        minutes=args.minutes,
+        jobs=args.jobs,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        data_root=args.data_root,
+        command=_command(args),
+        progress=args.progress,
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, recorded with the results."""
+    words = ["hgn", "benchmark", "--size", args.size]
+    for flag, value in (
+        ("--models", args.models),
+        ("--datasets", args.datasets),
+        ("--minutes", args.minutes),
+        ("--jobs", None if args.jobs == 1 else args.jobs),
+        ("--seed", args.seed or None),
+        ("--device", None if args.device == "cpu" else args.device),
+        ("--threads", args.threads),
+        ("--data-root", args.data_root),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join([*words, "--out", str(args.out)])
