@@ -94,15 +94,23 @@ def test_render_float_has_gradients(name: str, style: str) -> None:
 # ----------------------------------------------------------------------------- fit
 
 
-@pytest.mark.parametrize("name", ["pendulum", "two-body"])
-@pytest.mark.parametrize("state_index", [0, CONTEXT - 1])
+@pytest.mark.parametrize(
+    ("name", "context", "state_index"),
+    [
+        ("pendulum", CONTEXT, 0),
+        ("pendulum", CONTEXT, CONTEXT - 1),
+        ("two-body", CONTEXT, 0),
+        ("two-body", CONTEXT, CONTEXT - 1),
+        ("pendulum", 13, 6),  # a longer window: the start grows its window in steps
+    ],
+)
 def test_fitted_state_is_close_to_the_truth(
-    clean: dict[str, Path], name: str, state_index: int
+    clean: dict[str, Path], name: str, context: int, state_index: int
 ) -> None:
     split = hgn_data.load(clean[name], "test")
     system = physics.simulator(split)
     assert system is not None
-    window = np.array(split.images[ROWS, START : START + CONTEXT])
+    window = np.array(split.images[ROWS, START : START + context])
     frame = START + state_index
     q = torch.from_numpy(np.array(split.q[ROWS, frame]))
     p = torch.from_numpy(np.array(split.p[ROWS, frame]))

@@ -78,7 +78,10 @@ dt 0.125 the positions move by at most 2e-5 (pendulum, radians) and 5e-6 (two-bo
 world units), under 0.1 % of a pixel at 32×32, for a quarter of the cost."""
 
 GAUSS_NEWTON = 3
-"""Gauss–Newton steps of the start on the read-back coordinates."""
+"""Gauss–Newton steps of the start on the read-back coordinates, per window length."""
+
+POLYNOMIAL_FRAMES = 5
+"""Frames nearest the state frame that the start's polynomial in time is fitted to."""
 
 MIN_FRAMES = 3
 """The fewest frames the oracle reads: a model that reads fewer (one frame carries no
@@ -129,23 +132,42 @@ def initial_state(
     """The fit's start: q and p at frame ``state_index`` of ``frames (B, k, H, W, 3)``
     from the body positions read back from every frame (``reader``: the unbound system
     whose fixed palette and geometry the pictures have; ``system`` by default), through a
-    least-squares polynomial in time (degree 2, less for fewer frames), then ``refine``
+    least-squares polynomial in time (degree 2, less for fewer frames) over the
+    :data:`POLYNOMIAL_FRAMES` frames nearest the state frame, then ``refine``
     Gauss–Newton steps of the true dynamics on those coordinates
-    (:func:`refine_on_coordinates`)."""
+    (:func:`refine_on_coordinates`) over windows around the state frame that double in
+    length up to all k frames (a long window's oscillations defeat a polynomial, and a
+    poor start can lead Gauss–Newton astray on it)."""
     reader = system if reader is None else reader
     positions = physics.recover(frames, reader).bodies()  # (B, k, bodies, 2)
     q_seen = torch.from_numpy(physics.positions_to_q(reader, positions)).double()  # (B, k, dof)
     k = q_seen.shape[1]
-    degree = min(2, k - 1)
-    t = torch.arange(k, dtype=torch.float64) - state_index
-    basis = torch.stack([t**d for d in range(degree + 1)], -1)  # (k, degree + 1)
-    coef = torch.linalg.lstsq(basis.expand(q_seen.shape[0], k, -1), q_seen).solution
+    near = _around(k, state_index, POLYNOMIAL_FRAMES)
+    length = near.stop - near.start
+    degree = min(2, length - 1)
+    t = torch.arange(near.start, near.stop, dtype=torch.float64) - state_index
+    basis = torch.stack([t**d for d in range(degree + 1)], -1)  # (length, degree + 1)
+    coef = torch.linalg.lstsq(basis.expand(len(q_seen), length, -1), q_seen[:, near]).solution
     q0 = coef[:, 0]
     velocity = coef[:, 1] / dt if degree >= 1 else torch.zeros_like(q0)
     p0 = momentum_of(system, q0, velocity)
-    if refine and k >= 2:
-        q0, p0 = refine_on_coordinates(system, q0, p0, q_seen, dt, state_index, refine)
+    while refine and length >= 2:
+        part = _around(k, state_index, length)
+        q0, p0 = refine_on_coordinates(
+            system, q0, p0, q_seen[:, part], dt, state_index - part.start, refine
+        )
+        if length >= k:
+            break
+        length = min(2 * length, k)
     return q0, p0
+
+
+def _around(k: int, index: int, length: int) -> slice:
+    """``length`` consecutive frames of ``k`` (all if fewer), centred on ``index`` as far
+    as the ends allow."""
+    length = min(length, k)
+    lo = min(max(0, index - length // 2), k - length)
+    return slice(lo, lo + length)
 
 
 def refine_on_coordinates(
