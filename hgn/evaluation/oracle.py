@@ -16,16 +16,19 @@ how much of what the pictures allow the model achieves.
 The **fit** (:func:`fit_state`): body positions are read back from each window frame
 (:func:`hgn.evaluation.physics.recover`) and turned into coordinates
 (:func:`~hgn.evaluation.physics.positions_to_q`); q at the state frame and dq/dt come
-from a least-squares quadratic in time through them, and p = M(q) dq/dt with the
+from a least-squares quadratic in time through the 5 frames nearest it, and
+p = M(q) dq/dt with the
 system's own inverse mass matrix (dH/dp at unit momenta, as
 :func:`~hgn.evaluation.physics.energy_along` does: every built-in H is quadratic in p).
-A few Gauss–Newton steps of the true dynamics on those coordinates
-(:func:`refine_on_coordinates`) correct the polynomial's neglect of the forces. Then
-Adam minimises the pixel MSE between the rendered rollout over the window (RK4 with
-the system's own sub-steps, forward of ``s0`` with dt and backward with −dt) and the
-frames, in coordinates scaled by the data's per-coordinate state spread, with a cosine
-learning-rate decay, keeping each sequence's best iterate. Batched over sequences,
-deterministic.
+Gauss–Newton steps of the true dynamics on those coordinates (:func:`refine_on_coordinates`,
+over windows doubling up to the whole) correct the polynomial's neglect of the forces.
+Then Adam minimises the pixel MSE between the rendered rollout over the window (RK4 with
+a quarter of the simulator's sub-steps, forward of ``s0`` with dt and backward with
+−dt) and the frames, in coordinates scaled by the data's per-coordinate state spread,
+with a cosine learning-rate decay, keeping each sequence's best iterate. Batched over
+sequences, no randomness (repeatable up to floating-point round-off). Data whose
+pictures differ per sequence (random colours, canvas shifts, varied constants) has no
+fixed geometry to read positions with and is skipped, as is imported data.
 
 The **sensitivity curve** (:func:`sensitivity`): the true state at ``s0`` perturbed by a
 relative error ε — ``x + ε · s ⊙ z`` with ``s`` the standard deviation of each state
