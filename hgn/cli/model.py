@@ -109,6 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "frames) or at the frame of the inferred state (state: no frame the encoder "
         "read is scored)",
     )
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="extrapolate, generated data: add the oracle's row (the true physics from the "
+        "state fitted to the same frames), the model's valid time as a fraction of it, and "
+        "the oracle's valid time against a relative state error (0.01 %% to 3 %%)",
+    )
     p.add_argument("--device", default="auto")
     add_progress_flag(p)
     p.set_defaults(func=_evaluate)
@@ -235,8 +242,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.protocol == "extrapolate":
         _extrapolate(args, common)
         return
-    if args.start is not None or args.align is not None:
-        raise UserError("--start and --align belong to --protocol extrapolate")
+    if args.start is not None or args.align is not None or args.oracle:
+        raise UserError("--start, --align and --oracle belong to --protocol extrapolate")
     metrics = evaluate(args.run, args.data, args.out, **common)
     for name, s in metrics["splits"].items():
         print(
@@ -255,7 +262,9 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
 
     start = DEFAULT_START if args.start is None else args.start
     align = "start" if args.align is None else args.align
-    results = extrapolate(args.run, args.data, args.out, start=start, align=align, **common)
+    results = extrapolate(
+        args.run, args.data, args.out, start=start, align=align, oracle=args.oracle, **common
+    )
     for name, r in results["rollouts"].items():
         if "skipped" in r:
             print(f"{name:>8}: cannot ({r['skipped']})")
@@ -264,6 +273,12 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
             f"{name:>8}: {r['steps']} steps, ratio to mean image {r['ratio']:.3f}, valid "
             f"prediction time {r['vpt_mean']:.1f} of {r['steps']}"
         )
+        if "vpt_fraction_of_oracle" in r:  # with --oracle
+            o, f = results["oracle"]["rollouts"][name], r["vpt_fraction_of_oracle"]
+            shown = "n/a" if f is None else f"{f:.2f}"
+            print(f"{'':>8}  oracle {o['vpt_mean']:.1f} of {o['steps']}; model/oracle {shown}")
+    if "skipped" in results.get("oracle", {}):
+        print(f"oracle: not run ({results['oracle']['skipped']})")
     print(f"wrote {', '.join(FILES.values())} in {args.out}")
 
 

@@ -248,8 +248,10 @@ def extrapolate(
     align: str = "start",
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    oracle: bool = False,
 ) -> dict[str, Any]:
-    """``hgn evaluate RUN --data LONGTEST --protocol extrapolate``: run the protocol on
+    """``hgn evaluate RUN --data LONGTEST --protocol extrapolate`` (``oracle``: with the
+    oracle's row, :mod:`hgn.evaluation.oracle`): run the protocol on
     the test split and write ``extrapolate.{json,md}`` and pictures into ``out`` (each
     file atomically; ``out`` must be new, empty or an earlier ``hgn evaluate`` output).
     ``warn`` hears at once when the data is not what the run was trained on (the length
@@ -275,6 +277,7 @@ def extrapolate(
         drift_steps=drift_steps,
         align=align,
         progress=progress,
+        oracle=oracle,
     )
     if not split.has_states and warn is not None:  # once the protocol is known to fit
         warn(NO_STATES_EXTRAPOLATE)

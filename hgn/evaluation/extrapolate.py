@@ -476,11 +476,14 @@ def run_protocol(
     drift_steps: int = DRIFT_STEPS,
     align: str = "start",
     progress: bool = True,
+    oracle: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the protocol on ``split`` with mean image ``mean (3, H, W)``, the rollouts
     starting at the window's first frame or at the inferred state (``align``, see the
     module docs). Returns the results (JSON-ready) and the arrays the pictures need
-    (the shown sequence)."""
+    (the shown sequence). With ``oracle``, ``results["oracle"]`` holds the true physics
+    from a state fitted to the same frames (:mod:`hgn.evaluation.oracle`) and each
+    rollout its ``vpt_fraction_of_oracle``."""
     n = min(positive_int(max_sequences, "--max-sequences"), len(split))
     batch_size = positive_int(batch_size, "--batch-size")
     ctx = _context(model, split, mean, start, align, n)
@@ -510,6 +513,13 @@ def run_protocol(
     settings = {"sequences": n, "start": start, "align": align, "vpt_fraction": vpt_fraction}
     results = _header(model, split, ctx, settings)
     results.update(reversible=reversible, energy_drift=drift, rollouts=rollouts)
+    if oracle:
+        from hgn.evaluation.oracle import run_oracle
+
+        results["oracle"] = run_oracle(
+            split, rollouts, n=n, start=start, context_frames=context, plan=ctx["plan"],
+            mean=mean, floor=ctx["floor"], fraction=vpt_fraction, batch_size=batch_size,
+        )  # fmt: skip
     pictures["energy"] = energy
     results["shown"] = pictures["index"]
     return results, pictures

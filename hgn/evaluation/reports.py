@@ -238,4 +238,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"reach), `{FILES['errors']}`, "
         f"`{FILES['energy']}`.",
     ]
+    if "oracle" in results:
+        from hgn.evaluation.oracle import oracle_markdown
+
+        lines += ["", oracle_markdown(results)]
     return "\n".join(lines) + "\n"

@@ -460,6 +460,52 @@ class System:
         result = result.reshape(*lead, size, size, 3)
         return result.numpy() if as_numpy else result
 
+    def render_float(self, q: Tensor, size: int) -> Tensor:
+        """Differentiable :meth:`render`: positions ``(..., dof)`` -> frames
+        ``(..., size, size, 3)`` in [0, 1], in ``q``'s floating dtype.
+
+        The same picture as :meth:`render` (canvas, radii, colours, edge model, body
+        order, bound per-trajectory values) up to its uint8 rounding: ``render_float(q)
+        · 255`` rounds to within one grey level of ``render(q)``. Every disc is evaluated
+        over the whole frame (no patches), so gradients reach ``q`` from every pixel its
+        edge touches; meant for fitting states to frames (:mod:`hgn.evaluation.oracle`),
+        not for generating data.
+        """
+        size = self.check_size(size)
+        dtype = q.dtype if q.is_floating_point() else torch.float64
+        q = q.to(dtype)
+        lead = q.shape[:-1]
+        pos = self.positions(q)  # (..., bodies, 2)
+        if "shift" in self.values:
+            pos = pos + self.values["shift"].to(dtype).reshape(-1, *([1] * (pos.dim() - 2)), 2)
+        extent = self.extent()
+        scale = size / (2.0 * extent)
+        radius = self.radii(q[..., 0])
+        if isinstance(radius, Tensor):
+            radius = (radius.to(dtype) * scale)[..., None, None]  # (..., bodies, 1, 1)
+        else:
+            radius = radius * scale
+        centres = torch.arange(size, dtype=dtype) + 0.5
+        cx = ((pos[..., 0] + extent) * scale)[..., None, None]  # (..., bodies, 1, 1)
+        cy = ((extent - pos[..., 1]) * scale)[..., None, None]
+        # a tiny floor keeps sqrt differentiable at a pixel centre on a disc centre
+        dist = ((centres[:, None] - cy).square() + (centres - cx).square() + 1e-12).sqrt()
+        if self.style == "dm":
+            alpha = torch.sigmoid(DM_SHARPNESS / size * (radius - dist))
+        else:
+            alpha = (radius + 0.5 - dist).clamp(0.0, 1.0)  # (..., bodies, size, size)
+        colours = self.values.get("colours")
+        if colours is not None:
+            colours = colours.to(dtype).reshape(-1, *([1] * (len(lead) - 1)), self.bodies, 3)
+            colours = colours.expand(*lead, self.bodies, 3)
+        else:
+            colours = torch.tensor(self.colours, dtype=dtype).expand(*lead, self.bodies, 3)
+        out = torch.tensor(self.background, dtype=dtype).expand(*lead, size, size, 3)
+        for body in range(self.bodies):
+            a = alpha[..., body, :, :, None]
+            out = out + a * (colours[..., body, None, None, :] - out)
+        return out
+
     def _render_chunk(
         self, pos: Tensor, radii: float | Tensor, colours: Tensor | None, out: Tensor
     ) -> None:
