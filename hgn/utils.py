@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class UserError(Exception):
-    """A mistake in the user's input. The CLI prints it as one line and exits non-zero."""
+from hgn.errors import UserError  # defined where it needs no torch (the CLI's fast paths)
 
 
 @contextlib.contextmanager

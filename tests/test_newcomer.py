@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,30 @@ def test_flow_evaluate_is_seeded_and_writes_where_told(
     assert json.loads(out.read_text())["nll"] == first["nll"]
     assert main([*argv, "--out", str(tmp_path / "b.json"), "--seed", "1"]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["nll"] != first["nll"]
+
+
+def test_version_and_usage_mistakes_answer_without_loading_torch() -> None:
+    """``hgn --version`` and a usage mistake import neither torch nor zarr (it took 1.5 s
+    on an idle machine); a usage mistake is one line with one ``hgn: error:`` prefix."""
+    code = (
+        "import sys\n"
+        "from hgn.cli import main\n"
+        "assert main(['--version']) == 0\n"
+        "assert not {'torch', 'zarr'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().startswith("hgn "), done.stderr
+    bare = subprocess.run([sys.executable, "-m", "hgn"], capture_output=True, text=True)
+    assert bare.returncode == 2 and bare.stderr.count("hgn: error:") == 1
+    assert "hgn: error: hgn" not in bare.stderr and len(bare.stderr.strip().splitlines()) == 1
+
+
+def test_output_read_only_in_part_ends_quietly(pendulum64: Path) -> None:
+    """``hgn data info D | head -1``: the reader leaves early; hgn ends without a
+    BrokenPipeError traceback."""
+    hgn = [sys.executable, "-m", "hgn", "data", "info", str(pendulum64)]
+    head = subprocess.Popen(["head", "-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    done = subprocess.run(hgn, stdout=head.stdin, stderr=subprocess.PIPE, text=True)
+    head.stdin.close()  # type: ignore[union-attr]
+    head.wait()
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -9,11 +9,12 @@ exit status 2; nothing else is caught, so genuine bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
 from hgn import __version__
-from hgn.utils import UserError
+from hgn.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
     parsers inherit the class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"hgn: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"hgn: error: {message} (see {self.prog} --help)\n")
 
 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given in (["--version"], ["-V"]):  # before the parser, whose commands import torch
+        print(f"hgn {__version__}")
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
+    except BrokenPipeError:  # `hgn data info D | head -3`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
     except UserError as exc:
         print(f"hgn: error: {exc}", file=sys.stderr)
         return 2
