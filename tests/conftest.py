@@ -1,4 +1,5 @@
-"""Fixtures shared by more than one test module."""
+"""Session-wide settings and fixtures shared by more than one test module (the shared
+tiny configs, datasets and runs are in helpers.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import sys
 from collections.abc import Callable
 
 import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread per test process: the suite runs on two shared cores, where
+    torch's default (a thread per core) oversubscribes them and tiny models run slower."""
+    torch.set_num_threads(1)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Back to one thread before each test, should a command run by an earlier test
+    (``--threads``) have changed it."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def _torchrun(args: list[str], ranks: int = 2) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FLOW as TINY
 
 from hgn.cli import main
 from hgn.flows import load
@@ -16,16 +17,9 @@ from hgn.flows.train import STEP_CAP
 from hgn.runs import CHECKPOINT
 from hgn.utils import load_checkpoint
 
-TINY = [
-    "--flow-steps", "2", "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "32",
-    "--no-progress", "--no-compile",
-]  # fmt: skip
-"""Tiny models, eager: compiling (the default of flow train) costs 15-50 s a run."""
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> str:
-    torch.set_num_threads(1)
     out = str(tmp_path_factory.mktemp("flow") / "run")
     assert (
         main(["flow", "train", "--target", "8gaussians", "--out", out, "--steps", "30", *TINY]) == 0
@@ -80,7 +74,6 @@ def test_plot_writes_figure9(run: str, tmp_path) -> None:
 
 
 def test_compare_writes_table_time_to_nll_and_figure10(tmp_path, capsys) -> None:
-    torch.set_num_threads(1)
     out = tmp_path / "cmp"
     args = ["flow", "compare", "--target", "gmm", "--out", str(out), "--minutes", "0.01"]
     models = ["--models", "NHF-LF1,NHF-LF2,RealNVP-2,NSF-2", "--reference", "RealNVP-2"]

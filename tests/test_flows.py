@@ -295,7 +295,6 @@ def test_unknown_target_rejected() -> None:
 
 
 def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
-    torch.set_num_threads(1)
     config = {"kind": "nhf", "flow_steps": 2, "hidden": 16, "posterior_hidden": 16}
     cfg = FlowTrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3, compile=False)
     x = data_source("gmm").test_set()[:500]
@@ -436,7 +435,6 @@ def test_failed_compilation_falls_back_to_eager(tmp_path, monkeypatch, capsys) -
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    torch.set_num_threads(1)
     config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
     cfg = FlowTrainConfig(steps=3, batch_size=16, seed=1)
     assert cfg.compile  # the default

@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
+from helpers import TINY_HGN, model_sets, set_args
 
 from hgn import data
 from hgn.cli import main
@@ -117,12 +117,7 @@ def test_imported_data_trains(tmp_path: Path) -> None:
     """Downstream: `hgn train` reads an imported dataset like a generated one."""
     np.save(tmp_path / "seqs.npy", moving_square(6, 7, 16, 16))
     out = data.import_sequences(tmp_path / "seqs.npy", tmp_path / "d", size=16)
-    tiny = ["model.image_size=16", "model.frames=7", "model.latent_channels=4"]
-    tiny += ["model.encoder_filters=[8, 8, 8]", "model.fpsi_filters=[8]"]
-    tiny += ["model.hamiltonian_filters=[8, 8]", "model.decoder_filters=[8]"]
-    tiny += ["train.batch_size=2", "train.lr=1e-3"]
-    sets = [arg for item in tiny for arg in ("--set", item)]
-    torch.set_num_threads(1)
+    sets = set_args([*model_sets(TINY_HGN), "train.batch_size=2", "train.lr=1e-3"])
     run = tmp_path / "run"
     argv = ["train", "--data", str(out), "--out", str(run), "--steps", "2", "--model", "hgn"]
     assert main([*argv, *sets]) == 0

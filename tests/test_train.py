@@ -13,6 +13,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
+from helpers import TINY_HGN, model_sets, set_args, tiny_dataset, train_tiny
 
 import hgn
 from hgn import data as hgn_data
@@ -23,16 +24,8 @@ from hgn.training.config import resolve
 from hgn.training.train import Batches, decay_factor, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
-torch.set_num_threads(1)
-
 TINY = [
-    "model.image_size=16",
-    "model.frames=7",
-    "model.latent_channels=4",
-    "model.encoder_filters=[8, 8, 8]",
-    "model.fpsi_filters=[8]",
-    "model.hamiltonian_filters=[8, 8]",
-    "model.decoder_filters=[8]",
+    *model_sets(TINY_HGN),
     "train.batch_size=4",
     "train.checkpoint_every=2",
     "train.image_every=2",
@@ -42,21 +35,17 @@ TINY = [
 
 def sets(*extra: str) -> list[str]:
     """The tiny conv HGN (``--model hgn``: the small profile's default is HGN++)."""
-    return ["--model", "hgn", *(arg for item in (*TINY, *extra) for arg in ("--set", item))]
+    return ["--model", "hgn", *set_args([*TINY, *extra])]
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "ms16"
-    hgn_data.generate(out, "mass-spring", n_train=8, n_test=4, steps=6, size=16, progress=False)
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "ms16")
 
 
 @pytest.fixture(scope="session")
 def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--data", str(dataset), "--out", str(out), "--steps", "3", *sets()]) == 0
-    return out
+    return train_tiny(dataset, tmp_path_factory.mktemp("runs") / "run", 3, *sets())
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
