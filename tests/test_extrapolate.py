@@ -238,6 +238,7 @@ def test_rollout_with_truth_before_the_first_frame(clean: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_extrapolate_end_to_end(
     run: Path, clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -316,6 +317,7 @@ def test_cli_rollout_backward_at_double_speed(
     assert iio.imread(out).ndim == 3
 
 
+@pytest.mark.slow
 def test_evaluate_reports_sample_physics(
     run: Path, clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -189,6 +189,7 @@ def test_backward_half_is_scored_against_earlier_frames(monkeypatch: pytest.Monk
     assert metrics["mse"] < 1e-10
 
 
+@pytest.mark.slow
 def test_a_few_steps_fit_a_batch() -> None:
     model = tiny(decode_frames=3)
     model.init_from_data(torch.full((3, 16, 16), 0.5))
@@ -476,6 +477,7 @@ def test_encoder_colour_gain_amplifies_colour_only() -> None:
         tiny(encoder_colour_gain=-0.5)
 
 
+@pytest.mark.slow
 def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
     """``train.prioritize`` with HGN++: each sequence's error is recorded from the loss,
     saved in the checkpoint, and a resumed run draws and trains exactly as an
@@ -502,6 +504,7 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_prioritised_training_under_two_ranks_records_the_global_batch(
     tmp_path: Path, torchrun: Callable[..., None]
 ) -> None:

@@ -91,6 +91,7 @@ def test_folders_of_frames_and_one_long_sequence_cut_into_windows(tmp_path: Path
     assert (meta["n_train"] + meta["n_test"], meta["steps"]) == (4, 3)
 
 
+@pytest.mark.slow
 def test_videos_one_per_sequence_and_one_long_video(tmp_path: Path) -> None:
     clip = moving_square(1, 12, 32, 32)[0]
     (tmp_path / "videos").mkdir()
@@ -171,7 +172,9 @@ def bad(tmp_path: Path, name: str) -> Path:
         ("short", r"b: a sequence of 1 frame\(s\); sequences need at least 2"),
         ("empty", "empty folder"),
         ("truncated-image", r"frame_001.png: unreadable or truncated image"),
-        ("truncated-video", r"v1.mp4: unreadable or truncated video"),
+        pytest.param(  # writes an MP4 first: seconds
+            "truncated-video", r"v1.mp4: unreadable or truncated video", marks=pytest.mark.slow
+        ),
         ("nan.npy", r"nan.npy: float frames must be finite and in \[0, 1\]; found NaN"),
         ("inf.npy", r"inf.npy: .*found Inf"),
         ("range.npy", r"range.npy: .*found values from"),

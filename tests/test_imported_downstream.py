@@ -63,6 +63,7 @@ def test_the_dataset_has_no_states(imported: Path) -> None:
     assert split.images.shape[1:] == (FRAMES, 16, 16, 3)
 
 
+@pytest.mark.slow
 def test_evaluate_skips_what_needs_states_and_says_so_once(
     run: Path, imported: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -86,6 +87,7 @@ def test_evaluate_skips_what_needs_states_and_says_so_once(
     assert (out / "mse_per_step.png").is_file() and (out / "energy.png").is_file()
 
 
+@pytest.mark.slow
 def test_extrapolate_compares_stored_frames_only(
     run: Path, imported: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

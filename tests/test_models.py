@@ -109,6 +109,7 @@ def test_variants_are_presets_of_one_model() -> None:
     assert metrics["kl"] == 0.0
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_sequence() -> None:
     torch.manual_seed(1)
     x = torch.full((1, 5, 3, 16, 16), 0.8)

@@ -82,6 +82,7 @@ def test_resume_continues_to_more_steps(run: Path, dataset: Path, tmp_path: Path
     assert load_checkpoint(copy / CHECKPOINT)["step"] == 5
 
 
+@pytest.mark.slow
 def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
     base = ["train", "--data", str(dataset), *sets("model.name=hgn-determ")]
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
@@ -94,6 +95,7 @@ def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_moving_average_resumes_exactly_and_is_what_loads(dataset: Path, tmp_path: Path) -> None:
     """``train.ema``: the average is checkpointed (a resumed run ends with the same one
     as an uninterrupted run), it is the decay's average of the weights the steps
@@ -180,6 +182,7 @@ def test_batches_are_fixed_by_the_step_seed(dataset: Path) -> None:
 # ----------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--data", str(dataset), "--out", str(out)]) == 0
@@ -196,6 +199,7 @@ def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: P
     assert (out / "energy.png").is_file()
 
 
+@pytest.mark.slow
 def test_prefix_protocol_reports_valid_prediction_time(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "prefix"
     argv = ["train", "--data", str(dataset), "--out", str(run), "--steps", "2"]
@@ -301,6 +305,7 @@ def test_resolve_rejects_unknown_profile_and_section(tmp_path: Path) -> None:
         resolve("small", bad)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_ranks_matches_one_process(
     dataset: Path, tmp_path: Path, torchrun: Callable[..., None]
 ) -> None:
@@ -332,6 +337,7 @@ sys.exit(f"gloo threads outlive the process group: {left}" if left else 0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's thread list")
 def test_leaving_distributed_joins_gloo_threads(
     tmp_path: Path, torchrun: Callable[..., None]
