@@ -143,6 +143,8 @@ def _shrink(key: str, value: Any) -> Any:
         return [min(v, WIDTH) for v in value]
     if "hidden" in key and isinstance(value, int) and not isinstance(value, bool):
         return min(value, WIDTH)
+    if key.endswith(("_dim", "_channels")) and isinstance(value, int):
+        return min(value, TINY_CAPS["state_dim"])
     return value
 
 
@@ -153,9 +155,10 @@ def tiny_model_config(name: str) -> dict[str, Any]:
     profile (the model's own section of it where it has one, the preset of its registry
     entry), follows a tiny dataset's metadata (:data:`TINY_META`), then overrides only
     keys the model's config has: ``image_size`` 16, the sizes of :data:`TINY_CAPS`, every
-    ``*_filters`` entry and ``*hidden*`` width at most :data:`WIDTH`, and the curricula of
-    :data:`CURRICULUM_OFF`. A model whose config has none of the usual keys is not
-    shrunk, and :func:`tiny_sequence_model` then fails, naming it.
+    ``*_filters`` entry and ``*hidden*`` width at most :data:`WIDTH`, every other ``*_dim``
+    and ``*_channels`` at most 4, and the curricula of :data:`CURRICULUM_OFF`. A model
+    whose sizes hide under other keys is not shrunk, and :func:`tiny_sequence_model`
+    then fails, naming it and its largest weights (teach this function its keys).
     """
     config = follow_data(resolve("small", model=name), TINY_META)
     return {key: _shrink(key, value) for key, value in dataclasses.asdict(config.model).items()}

@@ -20,15 +20,16 @@ Flows: ``log_prob`` shape and finiteness, ``sample`` shape, every parameter's gr
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import SIZE, frames, tiny_flow_config, tiny_model_config, tiny_sequence_model
-from torch import Tensor
+from torch import Tensor, nn
 
 from hgn.flows import nhf
-from hgn.models import MODELS, SequenceModel, State
+from hgn.models import MODELS, ModelSpec, SequenceModel, State
 from hgn.runs import CHECKPOINT, SEQUENCE, open_sequence_model
 from hgn.training.config import RunConfig, TrainConfig
 from hgn.utils import UserError, save_checkpoint
@@ -296,3 +297,51 @@ def test_flow_save_then_load_gives_the_same_log_prob(kind: str, tmp_path: Path) 
         again = loaded.sample((4,))
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     torch.testing.assert_close(again, drawn, rtol=0, atol=0)
+
+
+# --- the tiny config of a model the helpers have never seen ----------------------------------
+
+
+@dataclass
+class _WideConfig:
+    image_size: int = 64
+    frames: int = 31
+    dt: float = 0.125
+    width: int = 512  # a size under a name tiny_model_config does not know
+
+
+class _Wide(SequenceModel):
+    """A registered model whose size hides under an unknown key."""
+
+    Config = _WideConfig
+    can_run_backwards = can_change_speed = False
+
+    def __init__(self, config: _WideConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.net = nn.Linear(config.width, config.width)
+
+    context_frames = 1
+
+    def encode(self, frames: Tensor, sample: bool = False) -> State:
+        raise NotImplementedError
+
+    def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
+        raise NotImplementedError
+
+    def decode(self, state: State) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+
+def test_a_model_the_tiny_config_cannot_shrink_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a skip: the contract of such a model fails, naming it and its largest weights."""
+    monkeypatch.setitem(MODELS._entries, "wide", ModelSpec(_Wide))
+    config = tiny_model_config("wide")
+    assert config == {"image_size": SIZE, "frames": 6, "dt": 0.125, "width": 512}
+    with pytest.raises(AssertionError, match=r"did not shrink _Wide: .*'net\.weight'"):
+        tiny_sequence_model("wide")
