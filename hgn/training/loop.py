@@ -37,7 +37,6 @@ LEGACY_STATE_NAMES = {"optimizer": "optimiser", "averaged": "ema"}
 optimiser's differently; the weights' average was torch's ``AveragedModel``)."""
 
 
-
 @dataclass
 class LoopConfig:
     """Budgets and bookkeeping of one run."""
