@@ -340,6 +340,7 @@ def test_a_model_the_tiny_config_cannot_shrink_fails_loudly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Not a skip: the contract of such a model fails, naming it and its largest weights."""
+    # registered for this test only (a Registry is read-only: its mapping is patched)
     monkeypatch.setitem(MODELS._entries, "wide", ModelSpec(_Wide))
     config = tiny_model_config("wide")
     assert config == {"image_size": SIZE, "frames": 6, "dt": 0.125, "width": 512}
