@@ -8,7 +8,7 @@ LOCK := requirements-lock.txt
 TORCH := torch==2.13.0
 UV := uv==0.13.8
 
-.PHONY: setup browser demo test lint lock clean
+.PHONY: setup browser demo test quick lint lock clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: setup
 test: setup browser
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check hgn tests benchmarks
+
+# The inner loop: every test not marked `@pytest.mark.slow` (the marker is declared in
+# pyproject.toml), in under a minute on two cores, stopping at the first failure.
+quick: setup
+	$(BIN)/python -m pytest -m "not slow" -x -q
 
 # The report test renders report.html in headless Chromium (Debian's package).
 browser:

@@ -1,4 +1,5 @@
-"""Fixtures shared by more than one test module."""
+"""Session-wide settings and fixtures shared by more than one test module (the shared
+tiny configs, datasets and runs are in helpers.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,42 @@ import sys
 from collections.abc import Callable
 
 import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread per test process: the suite runs on two shared cores, where
+    torch's default (a thread per core) oversubscribes them and tiny models run slower."""
+    torch.set_num_threads(1)
+
+
+SLOW_UNMARKED = frozenset(
+    {
+        "tests/test_data.py::test_killed_cli_generation_never_reads_as_complete",
+        "tests/test_data.py::test_terminated_cli_generation_leaves_nothing_behind",
+        "tests/test_data.py::test_shard_jobs_write_one_store_equal_to_the_unsharded_one",
+        "tests/test_safety.py::test_evaluate_never_deletes_the_run_or_a_users_folder",
+        "tests/test_data.py::test_metadata_writers_started_together_all_finish",
+        "tests/test_safety.py::test_no_progress_silences_the_bars",
+        "tests/test_safety.py::test_prefix_protocol_averages_over_predicted_frames_only",
+        "tests/test_safety.py::test_evaluate_on_another_systems_data_says_so",
+    }
+)
+"""Slow tests of modules that do not mark them in place yet (``@pytest.mark.slow`` is
+how every other module marks its own); marked here by node id, parameters aside."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.partition("[")[0] in SLOW_UNMARKED:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Back to one thread before each test, should a command run by an earlier test
+    (``--threads``) have changed it."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def _torchrun(args: list[str], ranks: int = 2) -> None:

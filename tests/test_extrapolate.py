@@ -12,6 +12,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_HGN as TINY
+from helpers import TINY_HGNPP, model_sets, set_args, tiny_dataset, tiny_model
 
 from hgn import data as hgn_data
 from hgn.cli import main
@@ -25,52 +27,34 @@ from hgn.evaluation.truth import Truth
 from hgn.models import get_model
 from hgn.utils import UserError
 
-torch.set_num_threads(1)
-
 STEPS = 12
 ROWS = slice(0, 4)
-TINY = {
-    "image_size": 16,
-    "frames": 7,
-    "latent_channels": 4,
-    "encoder_filters": [8, 8, 8],
-    "fpsi_filters": [8],
-    "hamiltonian_filters": [8, 8],
-    "hamiltonian_kernels": [3, 2, 2],
-    "hamiltonian_strides": [1, 2, 2],
-    "decoder_filters": [8],
-}
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "clean"
-    hgn_data.generate(
-        out, "mass-spring", n_train=4, n_test=4, steps=STEPS, size=16, noise=0, progress=False
-    )
-    return out
+    return tiny_dataset(out, "mass-spring", n_train=4, n_test=4, steps=STEPS, noise=0)
 
 
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "noisy"
-    hgn_data.generate(out, "two-body", n_train=2, n_test=3, steps=6, size=16, progress=False)
-    return out
+    return tiny_dataset(out, "two-body", n_train=2, n_test=3, steps=6)
 
 
 @pytest.fixture(scope="module")
 def run(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
-    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items()] + ["train.batch_size=2"]
+    sets = [*model_sets(TINY), "train.batch_size=2"]
     argv = ["train", "--data", str(clean), "--out", str(out), "--steps", "2", "--no-progress"]
     argv += ["--model", "hgn"]  # the tiny conv HGN (the small profile's default is HGN++)
-    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert main([*argv, *set_args(sets)]) == 0
     return out
 
 
 def tiny(**extra: object) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return get_model("hgn")({**TINY, **extra}).eval()
+    return tiny_model("hgn", TINY, **extra).eval()
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
@@ -258,6 +242,7 @@ def test_rollout_with_truth_before_the_first_frame(clean: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_extrapolate_end_to_end(
     run: Path, clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -306,9 +291,7 @@ def test_cli_extrapolate_refuses_a_short_test_set(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     short = tmp_path / "short"
-    hgn_data.generate(
-        short, "mass-spring", n_train=2, n_test=2, steps=4, size=16, noise=0, progress=False
-    )
+    tiny_dataset(short, "mass-spring", n_train=2, n_test=2, steps=4, noise=0)
     argv = ["evaluate", str(run), "--data", str(short), "--protocol", "extrapolate"]
     message = error_of([*argv, "--out", str(tmp_path / "e")], capsys)
     assert "past the last frame (4)" in message and "longer test set" in message
@@ -338,6 +321,7 @@ def test_cli_rollout_backward_at_double_speed(
     assert iio.imread(out).ndim == 3
 
 
+@pytest.mark.slow
 def test_evaluate_reports_sample_physics(
     run: Path, clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -358,20 +342,8 @@ def test_hgnpp_is_scored_from_the_window_start_or_from_its_state(clean: Path) ->
     its ``predict`` does (so Table 1 and this protocol score the same rollout); with
     ``align="state"`` every rollout starts at start + 2. Its separable leapfrog
     measures as reversible either way."""
-    model = get_model("hgn++")(
-        {
-            "image_size": 16,
-            "frames": 7,
-            "context_frames": 3,
-            "state_dim": 4,
-            "encoder_filters": [8, 8, 8],
-            "fpsi_hidden": 16,
-            "energy_hidden": 16,
-            "energy_layers": 2,
-            "latent_channels": 4,
-            "decoder_filters": [8],
-        }
-    ).eval()
+    wider = {"encoder_filters": [8, 8, 8], "fpsi_hidden": 16, "energy_hidden": 16}
+    model = get_model("hgn++")({**TINY_HGNPP, **wider, "frames": 7, "decoder_filters": [8]}).eval()
     assert model.state_offset == 2
     split = hgn_data.load(clean, "test")
     mean = mean_frame(hgn_data.load(clean, "train"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FLOW as TINY
 
 from hgn.cli import main
 from hgn.flows import load
@@ -16,16 +17,9 @@ from hgn.flows.train import STEP_CAP
 from hgn.runs import CHECKPOINT
 from hgn.utils import load_checkpoint
 
-TINY = [
-    "--flow-steps", "2", "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "32",
-    "--no-progress", "--no-compile",
-]  # fmt: skip
-"""Tiny models, eager: compiling (the default of flow train) costs 15-50 s a run."""
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> str:
-    torch.set_num_threads(1)
     out = str(tmp_path_factory.mktemp("flow") / "run")
     assert (
         main(["flow", "train", "--target", "8gaussians", "--out", out, "--steps", "30", *TINY]) == 0
@@ -73,14 +67,15 @@ def test_sample_to_npy_and_png(run: str, tmp_path) -> None:
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_plot_writes_figure9(run: str, tmp_path) -> None:
     out = tmp_path / "fig9.png"
     assert main(["flow", "plot", run, "--out", str(out), "--n-importance", "2"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_compare_writes_table_time_to_nll_and_figure10(tmp_path, capsys) -> None:
-    torch.set_num_threads(1)
     out = tmp_path / "cmp"
     args = ["flow", "compare", "--target", "gmm", "--out", str(out), "--minutes", "0.01"]
     models = ["--models", "NHF-LF1,NHF-LF2,RealNVP-2,NSF-2", "--reference", "RealNVP-2"]
@@ -172,6 +167,7 @@ def test_new_targets_bad_input(run: str, tmp_path, capsys) -> None:
     assert not (tmp_path / "c").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_commands_never_replace_what_they_did_not_write(run: str, tmp_path, capsys) -> None:
     """Issue 9, defect 1: every writing flow command against a user's files."""
     user = tmp_path / "mine"
@@ -210,6 +206,7 @@ def test_commands_never_replace_what_they_did_not_write(run: str, tmp_path, caps
     assert "pass --out" in _bad(["flow", "plot", str(foreign / "checkpoint.pt")], capsys)
 
 
+@pytest.mark.slow
 def test_saved_models_work_with_every_command(tmp_path, capsys) -> None:
     """Issue 9, defect 5: hgn.flows.save writes what evaluate, sample and plot read."""
     from hgn.flows import NHF, NHFConfig, save
@@ -248,6 +245,7 @@ def test_max_minutes_on_resume_counts_from_this_invocation(tmp_path, capsys) -> 
     assert "trained 3 steps in this run, 6 in all" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_progress_against_the_budget_that_ends_the_run(tmp_path, capsys) -> None:
     """Issue 9, defect 11: a time-limited flow run shows its bar in seconds of budget, not
     an ETA for the default steps; --no-progress shows none (train, evaluate, compare)."""
@@ -265,6 +263,7 @@ def test_progress_against_the_budget_that_ends_the_run(tmp_path, capsys) -> None
     assert "it/s" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_digits_train_evaluate_and_sample_grid(tmp_path, capsys) -> None:
     pytest.importorskip("sklearn")
     out = str(tmp_path / "d")

@@ -202,6 +202,7 @@ def test_logit_map_is_a_change_of_variables_with_its_jacobian() -> None:
         model.set_logit(0.5)
 
 
+@pytest.mark.slow
 def test_realnvp_wrapper_and_parameter_matching() -> None:
     model = RealNVP(RealNVPConfig(2, transforms=2, hidden=32))
     x = torch.randn(10, 2)
@@ -298,8 +299,8 @@ def test_unknown_target_rejected() -> None:
 # --- training ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
-    torch.set_num_threads(1)
     config = {"kind": "nhf", "flow_steps": 2, "hidden": 16, "posterior_hidden": 16}
     cfg = FlowTrainConfig(steps=200, batch_size=128, lr=1e-2, seed=3, compile=False)
     x = data_source("gmm").test_set()[:500]
@@ -335,6 +336,7 @@ def test_training_maximises_elbo_and_resumes(tmp_path) -> None:
         train("gmm", tmp_path / "a", config, short, tensorboard=False)
 
 
+@pytest.mark.slow
 def test_time_budget_schedule_warms_up_and_ends_decayed(tmp_path) -> None:
     """Without --steps the run is its time budget and the cosine follows the clock: the
     first step is the smallest rate, the warm-up counts from the end of the first
@@ -409,6 +411,7 @@ def test_energy_gradient_backward_in_closed_form_is_exact(
     assert torch.autograd.gradcheck(lambda x_: net.grad(x_), (x[0],))
 
 
+@pytest.mark.slow
 def test_compiled_closed_form_backward_matches_eager() -> None:
     """``--compile`` traces _EnergyGrad's hand-written backward (in-place steps included):
     its gradients must be the eager ones."""
@@ -440,7 +443,6 @@ def test_failed_compilation_falls_back_to_eager(tmp_path, monkeypatch, capsys) -
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    torch.set_num_threads(1)
     config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
     cfg = FlowTrainConfig(steps=3, batch_size=16, seed=1)
     assert cfg.compile  # the default

@@ -4,64 +4,49 @@ at the trained dt, exact reversibility, forward–backward training, configs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+from helpers import TINY_HGN, model_sets, set_args, tiny_dataset, tiny_model
+from helpers import TINY_HGNPP as TINY
 from torch import Tensor
 
-from hgn.models import HGNPP, MODELS, State, get_model
+from hgn.models import HGNPP, State, get_model
 from hgn.models.base import substeps_for
 from hgn.models.hgnpp import SEVERAL_BODIES
 from hgn.training.config import RunConfig, follow_data, resolve
 from hgn.utils import UserError
 
-torch.set_num_threads(1)
-
-TINY = {
-    "image_size": 16,
-    "frames": 9,
-    "context_frames": 3,
-    "state_dim": 4,
-    "encoder_filters": [4, 4, 4],
-    "fpsi_hidden": 8,
-    "energy_hidden": 8,
-    "energy_layers": 2,
-    "latent_channels": 4,
-    "decoder_filters": [4],
-}
-TINY_HGN = {
-    "image_size": 16,
+NARROW_HGN = {
+    **TINY_HGN,
     "frames": 5,
     "latent_channels": 2,
     "encoder_filters": [4, 4, 4],
     "fpsi_filters": [4],
     "hamiltonian_filters": [4, 4],
-    "hamiltonian_kernels": [3, 2, 2],
-    "hamiltonian_strides": [1, 2, 2],
     "decoder_filters": [4],
     "separable": True,
 }
+"""A conv HGN as narrow as the tiny HGN++, with a separable H."""
+
+frames = functools.partial(helpers.frames, batch=4, length=9)
+"""Random frames: 4 windows of the tiny HGN++'s 9 frames unless told otherwise."""
 
 
 def tiny(**overrides: object) -> HGNPP:
-    torch.manual_seed(0)
-    return MODELS["hgn++"]({**TINY, **overrides})
+    return tiny_model("hgn++", TINY, **overrides)
 
 
 def tiny_cli(*extra: str) -> list[str]:
     """``--set`` arguments for the tiny HGN++ on the command line (``frames`` follows the
     data), plus ``extra`` keys."""
-    import json
-
-    keys = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items() if k != "frames"]
-    return [arg for key in (*keys, *extra) for arg in ("--set", key)]
-
-
-def frames(batch: int = 4, length: int = 9, size: int = 16) -> Tensor:
-    return torch.rand(batch, length, 3, size, size)
+    keys = model_sets({k: v for k, v in TINY.items() if k != "frames"})
+    return set_args([*keys, *extra])
 
 
 def test_public_api_shapes_and_state_offset() -> None:
@@ -144,7 +129,7 @@ def test_faster_rollout_takes_trained_steps(name: str) -> None:
     """2× speed = every other state of the trained-step rollout, for both models (the
     sub-stepping lives in hgn.models.base); ½× is one shorter step, not a sub-step."""
     torch.manual_seed(0)
-    model = get_model(name)(TINY if name == "hgn++" else TINY_HGN).double()
+    model = get_model(name)(TINY if name == "hgn++" else NARROW_HGN).double()
     dt = model.config.dt
     shape = (2, 4) if name == "hgn++" else (2, 2, 4, 4)
     s = State(torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64))
@@ -204,6 +189,7 @@ def test_backward_half_is_scored_against_earlier_frames(monkeypatch: pytest.Monk
     assert metrics["mse"] < 1e-10
 
 
+@pytest.mark.slow
 def test_a_few_steps_fit_a_batch() -> None:
     model = tiny(decode_frames=3)
     model.init_from_data(torch.full((3, 16, 16), 0.5))
@@ -439,13 +425,10 @@ def test_public_load_samples_what_the_cli_samples(tmp_path: Path) -> None:
     ``hgn sample`` does, from the run alone: with that data gone it still does."""
 
     import hgn
-    from hgn import data as hgn_data
     from hgn.cli import main
 
     data = tmp_path / "data"
-    hgn_data.generate(
-        data, "mass-spring", n_train=6, n_test=2, steps=8, size=16, noise=0, progress=False
-    )
+    tiny_dataset(data, "mass-spring", n_train=6, n_test=2, steps=8, noise=0)
     run = tmp_path / "run"
     argv = ["train", "--data", str(data), "--out", str(run), "--steps", "2", "--no-progress"]
     argv += ["--model", "hgn++", "--set", "train.batch_size=2"]
@@ -494,20 +477,18 @@ def test_encoder_colour_gain_amplifies_colour_only() -> None:
         tiny(encoder_colour_gain=-0.5)
 
 
+@pytest.mark.slow
 def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
     """``train.prioritize`` with HGN++: each sequence's error is recorded from the loss,
     saved in the checkpoint, and a resumed run draws and trains exactly as an
     uninterrupted one."""
 
-    from hgn import data as hgn_data
     from hgn.cli import main
     from hgn.runs import CHECKPOINT
     from hgn.utils import load_checkpoint
 
     data = tmp_path / "data"
-    hgn_data.generate(
-        data, "mass-spring", n_train=6, n_test=2, steps=8, size=16, noise=0, progress=False
-    )
+    tiny_dataset(data, "mass-spring", n_train=6, n_test=2, steps=8, noise=0)
     base = ["train", "--data", str(data), "--no-progress", "--model", "hgn++"]
     base += tiny_cli("train.batch_size=2", "train.prioritize=0.5", "train.checkpoint_every=2")
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
@@ -523,19 +504,17 @@ def test_prioritised_training_resumes_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_prioritised_training_under_two_ranks_records_the_global_batch(
     tmp_path: Path, torchrun: Callable[..., None]
 ) -> None:
     """gloo, 2 ranks × batch 2: each rank scores its own half of the global batch, and
     the errors are gathered so that every rank (and the checkpoint) holds all of them."""
-    from hgn import data as hgn_data
     from hgn.runs import CHECKPOINT
     from hgn.utils import load_checkpoint
 
     data = tmp_path / "data"
-    hgn_data.generate(
-        data, "mass-spring", n_train=40, n_test=2, steps=8, size=16, noise=0, progress=False
-    )
+    tiny_dataset(data, "mass-spring", n_train=40, n_test=2, steps=8, noise=0)
     argv = ["-m", "hgn", "train"]
     argv += ["--data", str(data), "--out", str(tmp_path / "ddp"), "--steps", "1"]
     argv += ["--model", "hgn++", "--no-progress"]

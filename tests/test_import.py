@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
+from helpers import TINY_HGN, model_sets, set_args
 
 from hgn import data
 from hgn.cli import main
@@ -91,6 +91,7 @@ def test_folders_of_frames_and_one_long_sequence_cut_into_windows(tmp_path: Path
     assert (meta["n_train"] + meta["n_test"], meta["steps"]) == (4, 3)
 
 
+@pytest.mark.slow
 def test_videos_one_per_sequence_and_one_long_video(tmp_path: Path) -> None:
     clip = moving_square(1, 12, 32, 32)[0]
     (tmp_path / "videos").mkdir()
@@ -117,12 +118,7 @@ def test_imported_data_trains(tmp_path: Path) -> None:
     """Downstream: `hgn train` reads an imported dataset like a generated one."""
     np.save(tmp_path / "seqs.npy", moving_square(6, 7, 16, 16))
     out = data.import_sequences(tmp_path / "seqs.npy", tmp_path / "d", size=16)
-    tiny = ["model.image_size=16", "model.frames=7", "model.latent_channels=4"]
-    tiny += ["model.encoder_filters=[8, 8, 8]", "model.fpsi_filters=[8]"]
-    tiny += ["model.hamiltonian_filters=[8, 8]", "model.decoder_filters=[8]"]
-    tiny += ["train.batch_size=2", "train.lr=1e-3"]
-    sets = [arg for item in tiny for arg in ("--set", item)]
-    torch.set_num_threads(1)
+    sets = set_args([*model_sets(TINY_HGN), "train.batch_size=2", "train.lr=1e-3"])
     run = tmp_path / "run"
     argv = ["train", "--data", str(out), "--out", str(run), "--steps", "2", "--model", "hgn"]
     assert main([*argv, *sets]) == 0
@@ -176,7 +172,9 @@ def bad(tmp_path: Path, name: str) -> Path:
         ("short", r"b: a sequence of 1 frame\(s\); sequences need at least 2"),
         ("empty", "empty folder"),
         ("truncated-image", r"frame_001.png: unreadable or truncated image"),
-        ("truncated-video", r"v1.mp4: unreadable or truncated video"),
+        pytest.param(  # writes an MP4 first: seconds
+            "truncated-video", r"v1.mp4: unreadable or truncated video", marks=pytest.mark.slow
+        ),
         ("nan.npy", r"nan.npy: float frames must be finite and in \[0, 1\]; found NaN"),
         ("inf.npy", r"inf.npy: .*found Inf"),
         ("range.npy", r"range.npy: .*found values from"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
+from helpers import TINY_HGN, model_sets, set_args
 
 from hgn import data as hgn_data
 from hgn.cli import build_parser, main
@@ -18,20 +18,8 @@ from hgn.evaluation.extrapolate import NO_STATES_EXTRAPOLATE
 from hgn.evaluation.metrics import NO_STATES, noise_floor
 from hgn.utils import UserError
 
-torch.set_num_threads(1)
-
 FRAMES = 14
-TINY = {
-    "image_size": 16,
-    "frames": 5,
-    "latent_channels": 4,
-    "encoder_filters": [8, 8, 8],
-    "fpsi_filters": [8],
-    "hamiltonian_filters": [8, 8],
-    "hamiltonian_kernels": [3, 2, 2],
-    "hamiltonian_strides": [1, 2, 2],
-    "decoder_filters": [8],
-}
+TINY = {**TINY_HGN, "frames": 5}
 
 
 def moving_square(n: int, t: int, size: int = 16) -> np.ndarray:
@@ -62,10 +50,10 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(imported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
-    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items()] + ["train.batch_size=2"]
+    sets = [*model_sets(TINY), "train.batch_size=2"]
     argv = ["train", "--data", str(imported), "--out", str(out), "--steps", "10", "--no-progress"]
     argv += ["--model", "hgn"]  # the tiny conv HGN (the small profile's default is HGN++)
-    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert main([*argv, *set_args(sets)]) == 0
     return out
 
 
@@ -75,6 +63,7 @@ def test_the_dataset_has_no_states(imported: Path) -> None:
     assert split.images.shape[1:] == (FRAMES, 16, 16, 3)
 
 
+@pytest.mark.slow
 def test_evaluate_skips_what_needs_states_and_says_so_once(
     run: Path, imported: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -98,6 +87,7 @@ def test_evaluate_skips_what_needs_states_and_says_so_once(
     assert (out / "mse_per_step.png").is_file() and (out / "energy.png").is_file()
 
 
+@pytest.mark.slow
 def test_extrapolate_compares_stored_frames_only(
     run: Path, imported: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -119,6 +119,7 @@ def test_non_symplectic_methods_change_volume(method: str) -> None:
     assert abs(float(torch.linalg.det(jac)) - 1.0) > 1e-4
 
 
+@pytest.mark.slow
 def test_leapfrog_energy_bounded_over_100k_steps_while_euler_grows() -> None:
     q0, p0 = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.5])
     e0 = pendulum_energy(q0, p0)
@@ -199,6 +200,7 @@ def _round_trip(method: str, dt: float, steps: int) -> float:
     return float(torch.maximum((qb[-1] - q0).abs(), (pb[-1] - p0).abs()).max())
 
 
+@pytest.mark.slow
 def test_explicit_leapfrog_is_first_order_and_irreversible_for_non_separable_h() -> None:
     order = math.log2(_coupled_error("leapfrog", 32) / _coupled_error("leapfrog", 64))
     assert order == pytest.approx(1.0, abs=0.25), order
@@ -208,6 +210,7 @@ def test_explicit_leapfrog_is_first_order_and_irreversible_for_non_separable_h()
     assert coarse > 1e-3 and math.log2(coarse / fine) == pytest.approx(1.0, abs=0.3)
 
 
+@pytest.mark.slow
 def test_implicit_midpoint_is_second_order_and_reversible_for_non_separable_h() -> None:
     order = math.log2(
         _coupled_error("implicit_midpoint", 32) / _coupled_error("implicit_midpoint", 64)

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import TINY_HGN, frames, tiny_model
 from torch import Tensor, nn
 
 from hgn.checks import config_from_dict
@@ -14,26 +15,16 @@ from hgn.models.hgn import MAX_LOGVAR
 from hgn.physics import integrators
 from hgn.utils import UserError
 
-torch.set_num_threads(1)
-
 TINY = {
-    "image_size": 16,
+    **{key: value for key, value in TINY_HGN.items() if not key.startswith("hamiltonian_")},
     "frames": 5,
-    "latent_channels": 4,
-    "encoder_filters": [8, 8, 8],
-    "fpsi_filters": [8],
-    "hamiltonian_filters": [8, 8, 8, 8],
-    "decoder_filters": [8],
+    "hamiltonian_filters": [8, 8, 8, 8],  # HGNConfig's kernels and strides: five layers
 }
+"""The tiny HGN with a deeper H (:data:`helpers.TINY_HGN` has two layers)."""
 
 
 def tiny(name: str = "hgn", **overrides) -> HGN:
-    torch.manual_seed(0)
-    return MODELS[name]({**TINY, **overrides})
-
-
-def frames(batch: int = 2, length: int = 5, size: int = 16) -> Tensor:
-    return torch.rand(batch, length, 3, size, size)
+    return tiny_model(name, TINY, **overrides)
 
 
 class SpringH(nn.Module):
@@ -118,6 +109,7 @@ def test_variants_are_presets_of_one_model() -> None:
     assert metrics["kl"] == 0.0
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_sequence() -> None:
     torch.manual_seed(1)
     x = torch.full((1, 5, 3, 16, 16), 0.8)

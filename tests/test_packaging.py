@@ -61,6 +61,7 @@ def test_runtime_dependencies_are_what_hgn_imports() -> None:
         assert {_name(r) for r in extras[extra]} == {package}
 
 
+@pytest.mark.slow
 def test_every_module_imports_without_the_optional_packages() -> None:
     """Import every hgn module with scipy and the optional packages made unimportable."""
     code = """
@@ -119,6 +120,7 @@ def test_mp4_without_an_encoder_is_refused_in_one_line(
         plots.check_output(tmp_path / "a.avi", plots.ANIMATION_SUFFIXES)
 
 
+@pytest.mark.slow
 def test_mp4_is_written_with_the_video_extra(tmp_path: Path) -> None:
     pytest.importorskip("av")
     import imageio.v3 as iio

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_HGNPP
 
 from hgn import runs
 from hgn.evaluation import physics
 from hgn.physics.systems import BACKGROUND, PALETTE, SYSTEMS, get_system
-
-torch.set_num_threads(1)
 
 DT = 0.125
 
@@ -199,11 +198,7 @@ def test_fit_sampler_fits_hgnpp_to_its_training_sequences_once() -> None:
     from hgn.models import MODELS
 
     torch.manual_seed(0)
-    model = MODELS["hgn++"](
-        {"image_size": 16, "frames": 9, "context_frames": 3, "state_dim": 4,
-         "encoder_filters": [4, 4, 4], "fpsi_hidden": 8, "energy_hidden": 8,
-         "energy_layers": 2, "latent_channels": 4, "decoder_filters": [4]}
-    ).eval()  # fmt: skip
+    model = MODELS["hgn++"](TINY_HGNPP).eval()
     images = np.random.default_rng(0).integers(0, 256, (10, 6, 16, 16, 3), dtype=np.uint8)
     assert runs.fit_sampler(model, FakeSplit(images[:, :, :8, :8])) == 0  # another size
     assert runs.fit_sampler(model, FakeSplit(images), n=7, batch=3) == 7

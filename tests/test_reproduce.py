@@ -58,6 +58,7 @@ def _table_rows(text: str) -> list[list[str]]:
     return tables
 
 
+@pytest.mark.slow
 def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
     summary = json.loads((smoke / "results.json").read_text())
     assert summary["requested_cells"] == summary["finished_cells"] == CELLS
@@ -122,6 +123,7 @@ def test_every_cell_is_filled_with_finite_numbers(smoke: Path) -> None:
     assert f"clean {profile.hgnpp_steps}-step sequences" in extrapolation
 
 
+@pytest.mark.slow
 def test_tables_carry_the_floor_the_excess_and_the_bars(smoke: Path) -> None:
     table = (smoke / "table1.md").read_text()
     noisy, clean = _table_rows(table)
@@ -141,6 +143,7 @@ def test_tables_carry_the_floor_the_excess_and_the_bars(smoke: Path) -> None:
     assert "(integrator not reversible)" in extrapolation  # HNN integrates with RK4
 
 
+@pytest.mark.slow
 def test_report_references_only_files_that_exist(smoke: Path) -> None:
     page = (smoke / "report.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', page)
@@ -152,6 +155,7 @@ def test_report_references_only_files_that_exist(smoke: Path) -> None:
         assert (smoke / link).is_file(), f"report.html references missing {link}"
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(smoke: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {p: p.stat().st_mtime_ns for p in smoke.glob("cells/*/*/result.json")}
 
@@ -164,6 +168,7 @@ def test_rerun_skips_finished_cells(smoke: Path, monkeypatch: pytest.MonkeyPatch
     assert {p: p.stat().st_mtime_ns for p in smoke.glob("cells/*/*/result.json")} == before
 
 
+@pytest.mark.slow
 def test_directory_of_another_profile_is_refused(
     smoke: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -192,6 +197,7 @@ def test_a_users_directory_is_refused_and_left_alone(
     assert (tmp_path / "file").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_results_directory_from_before_the_marker_is_adopted(tmp_path: Path) -> None:
     """A results directory an older hgn wrote (profile.json, no marker) still resumes."""
     out = tmp_path / "r"
@@ -221,6 +227,7 @@ def test_bad_input_is_one_line_and_nonzero(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_interrupted_cell_resumes_and_is_recorded_only_when_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,6 +258,7 @@ def test_interrupted_cell_resumes_and_is_recorded_only_when_done(
         assert record["train"][regime]["steps"] == rep.PROFILES["smoke"].train_steps
 
 
+@pytest.mark.slow
 def test_parallel_jobs_fill_cells_and_keep_logs(tmp_path: Path) -> None:
     out = tmp_path / "r"
     summary = rep.reproduce(
@@ -273,6 +281,7 @@ def test_parallel_jobs_start_the_longest_cells_first() -> None:
     assert minutes == {"hnn": 4.0, "hgn": 6.0, "hgn++": 26.0}
 
 
+@pytest.mark.slow
 def test_partial_report_is_labelled(tmp_path: Path) -> None:
     out = tmp_path / "r"
     rep.reproduce(out, "smoke", systems="mass-spring", models="hnn", progress=False)
@@ -285,6 +294,7 @@ def test_partial_report_is_labelled(tmp_path: Path) -> None:
     assert "—" in (out / "table1.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_cell_with_missing_numbers_still_gets_its_report(tmp_path: Path) -> None:
     """An Euler rollout's learned H can overflow along the 1,000-step drift rollout; the
     cell records it as missing (None), and the tables, figures and report say so instead
@@ -362,6 +372,7 @@ def _as_legacy(source: Path, target: Path) -> None:
     (target / "meta.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_data_root_datasets_are_used_as_they_are_even_in_the_old_layout(tmp_path: Path) -> None:
     first = tmp_path / "first"
     rep.reproduce(first, "smoke", systems="pendulum", models="hgn-determ", progress=False)
@@ -385,6 +396,7 @@ def test_data_root_datasets_are_used_as_they_are_even_in_the_old_layout(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_imported_datasets_run_without_floor_and_refuse_hnn_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -486,6 +498,7 @@ def test_paper_profile_is_the_published_scale() -> None:
     assert (paper.long_steps, paper.start) == (90, 30)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(smoke: Path, tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.skip(

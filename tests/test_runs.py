@@ -71,6 +71,7 @@ def test_a_checkpoint_that_is_not_hgns_is_refused_in_one_line(
         runs.read(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_opening_a_run_imports_nothing_from_training() -> None:
     """Evaluation, the run module and the Python API's ``hgn.load`` stand without the
     trainer (a fresh interpreter: this process has imported everything already)."""

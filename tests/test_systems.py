@@ -33,6 +33,7 @@ def reference(system, q0: np.ndarray, p0: np.ndarray) -> np.ndarray:
     return sol.y.T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_ground_truth_matches_dop853_and_conserves_energy(name: str) -> None:
     """The claim of the data docs: for all four systems, trajectories agree with SciPy's
@@ -232,6 +233,7 @@ def reference_field(system, q0: np.ndarray, p0: np.ndarray, steps: int = STEPS) 
     return sol.y.T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "settings"),
     [

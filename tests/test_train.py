@@ -13,6 +13,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
+from helpers import TINY_HGN, model_sets, set_args, tiny_dataset, train_tiny
 
 import hgn
 from hgn import data as hgn_data
@@ -23,16 +24,8 @@ from hgn.training.config import FOLLOWS_DATA, resolve
 from hgn.training.train import Batches, decay_factor, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
-torch.set_num_threads(1)
-
 TINY = [
-    "model.image_size=16",
-    "model.frames=7",
-    "model.latent_channels=4",
-    "model.encoder_filters=[8, 8, 8]",
-    "model.fpsi_filters=[8]",
-    "model.hamiltonian_filters=[8, 8]",
-    "model.decoder_filters=[8]",
+    *model_sets(TINY_HGN),
     "train.batch_size=4",
     "train.checkpoint_every=2",
     "train.image_every=2",
@@ -42,21 +35,17 @@ TINY = [
 
 def sets(*extra: str) -> list[str]:
     """The tiny conv HGN (``--model hgn``: the small profile's default is HGN++)."""
-    return ["--model", "hgn", *(arg for item in (*TINY, *extra) for arg in ("--set", item))]
+    return ["--model", "hgn", *set_args([*TINY, *extra])]
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "ms16"
-    hgn_data.generate(out, "mass-spring", n_train=8, n_test=4, steps=6, size=16, progress=False)
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "ms16")
 
 
 @pytest.fixture(scope="session")
 def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--data", str(dataset), "--out", str(out), "--steps", "3", *sets()]) == 0
-    return out
+    return train_tiny(dataset, tmp_path_factory.mktemp("runs") / "run", 3, *sets())
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
@@ -93,6 +82,7 @@ def test_resume_continues_to_more_steps(run: Path, dataset: Path, tmp_path: Path
     assert load_checkpoint(copy / CHECKPOINT)["step"] == 5
 
 
+@pytest.mark.slow
 def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
     base = ["train", "--data", str(dataset), *sets("model.name=hgn-determ")]
     assert main([*base, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
@@ -105,6 +95,7 @@ def test_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_moving_average_resumes_exactly_and_is_what_loads(dataset: Path, tmp_path: Path) -> None:
     """``train.ema``: the average is checkpointed (a resumed run ends with the same one
     as an uninterrupted run), it is the decay's average of the weights the steps
@@ -200,6 +191,7 @@ def test_batches_are_fixed_by_the_step_seed(dataset: Path) -> None:
 # ----------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--data", str(dataset), "--out", str(out)]) == 0
@@ -216,6 +208,7 @@ def test_evaluate_writes_metrics_and_plots(run: Path, dataset: Path, tmp_path: P
     assert (out / "energy.png").is_file()
 
 
+@pytest.mark.slow
 def test_prefix_protocol_reports_valid_prediction_time(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "prefix"
     argv = ["train", "--data", str(dataset), "--out", str(run), "--steps", "2"]
@@ -322,6 +315,7 @@ def test_resolve_rejects_unknown_profile_and_section(tmp_path: Path) -> None:
         resolve("small", bad)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_ranks_matches_one_process(
     dataset: Path, tmp_path: Path, torchrun: Callable[..., None]
 ) -> None:
@@ -353,6 +347,7 @@ sys.exit(f"gloo threads outlive the process group: {left}" if left else 0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's thread list")
 def test_leaving_distributed_joins_gloo_threads(
     tmp_path: Path, torchrun: Callable[..., None]
