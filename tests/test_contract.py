@@ -1,5 +1,5 @@
 """One contract for every registered model: each sequence model of ``hgn.models.MODELS``
-and each flow of ``hgn.flows.nhf.MODELS`` is put through the same checks, parametrized
+and each flow of ``hgn.flows.nhf.FLOWS`` is put through the same checks, parametrized
 over the registries when the tests are collected, so a model added to a registry is
 tested here without a line changed (its tiny config comes from
 :func:`helpers.tiny_model_config`, which fails loudly where it cannot shrink it).
@@ -35,7 +35,7 @@ from hgn.training.config import RunConfig, TrainConfig
 from hgn.utils import UserError, save_checkpoint
 
 SEQUENCE_MODELS = list(MODELS)
-FLOWS = list(nhf.MODELS.keys())
+FLOWS = list(nhf.FLOWS.keys())
 BATCH = 2
 
 NO_GRADIENT: dict[str, dict[str, str]] = {
@@ -78,10 +78,11 @@ def test_shapes(name: str) -> None:
     assert 0 <= model.state_offset < model.context_frames
     with torch.no_grad():
         state = model.encode(x)
-        assert isinstance(state, State) and state.q.shape == state.p.shape
-        assert state.q.shape[0] == BATCH
+        # q and p may differ in size (a recurrent model's p is its memory)
+        assert isinstance(state, State) and state.q.shape[0] == state.p.shape[0] == BATCH
         states = model.rollout(state, 3)
-        assert states.q.shape == states.p.shape == (BATCH, 4, *state.q.shape[1:])
+        assert states.q.shape == (BATCH, 4, *state.q.shape[1:])
+        assert states.p.shape == (BATCH, 4, *state.p.shape[1:])
         torch.testing.assert_close(states.q[:, 0], state.q)
         torch.testing.assert_close(states.p[:, 0], state.p)
         assert model.decode(state).shape == (BATCH, 3, SIZE, SIZE)
