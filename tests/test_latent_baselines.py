@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_HGNPP
 from torch import Tensor
 
 from hgn.models import HGNPP, MODELS, State
@@ -20,22 +21,12 @@ from hgn.models.latent import LatentConfig, LatentDynamicsModel
 from hgn.training.config import resolve
 from hgn.utils import UserError
 
-torch.set_num_threads(1)
-
 BASELINES = ("ode", "rgn", "lstm", "gru")
 """The issue's four; the stretch, LGN, has tests of its own (its steps are slow)."""
 ONE_WAY = {"rgn": "RGN", "lstm": "LSTM", "gru": "GRU"}
 
-TINY = {
-    "image_size": 16,
-    "frames": 9,
-    "context_frames": 3,
-    "state_dim": 4,
-    "encoder_filters": [4, 4, 4],
-    "fpsi_hidden": 8,
-    "latent_channels": 4,
-    "decoder_filters": [4],
-}
+TINY = {k: v for k, v in TINY_HGNPP.items() if not k.startswith("energy_")}
+"""HGN++'s tiny shared networks (tests/helpers.py), without its energies."""
 DYNAMICS = {
     "ode": {"dynamics_hidden": 8, "dynamics_layers": 2},
     "rgn": {"dynamics_hidden": 8, "dynamics_layers": 2},

@@ -20,8 +20,6 @@ from hgn.evaluation import physics
 from hgn.evaluation.extrapolate import plan
 from hgn.physics.systems import SYSTEMS, get_system
 
-torch.set_num_threads(1)
-
 START, CONTEXT, STEPS = 10, 5, 40
 ROWS = slice(0, 4)
 

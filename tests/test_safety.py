@@ -24,8 +24,6 @@ from hgn.training import train as hgn_train
 from hgn.training.config import resolve
 from hgn.utils import OUTPUT_MARKER, load_checkpoint, save_checkpoint
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
