@@ -141,10 +141,8 @@ def _where(results: dict[str, Any]) -> str:
     )
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The protocol's table and what it rests on, for people."""
-    rev = results["reversible"]
-    unit = results.get("position_units")
+def _extrapolate_head(results: dict[str, Any]) -> list[str]:
+    """The title, what was rolled out from where, and the table's header."""
     noise = "unknown" if results["noise"] is None else results["noise"]
     lines = [] if results.get("has_states", True) else [f"**Note: {NO_STATES_EXTRAPOLATE}.**", ""]
     lines += [
@@ -171,6 +169,12 @@ def markdown(results: dict[str, Any]) -> str:
         "| valid prediction time (steps) | RMS position error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    return lines
+
+
+def _rollout_rows(results: dict[str, Any]) -> list[str]:
+    """One table row per rollout (a rollout the model cannot do says so)."""
+    rev, unit, lines = results["reversible"], results.get("position_units"), []
     for name, r in results["rollouts"].items():
         label = r["label"]
         if "skipped" in r:
@@ -189,6 +193,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['mse_x1e4']:.2f} | {r['mean_image_mse_x1e4']:.2f} | {r['ratio']:.3f} "
             f"| {_vpt(r)} | {pos} |"
         )
+    return lines
+
+
+def _energy_and_truth(results: dict[str, Any]) -> list[str]:
+    """What the model could not do, the learned H's drift, reversibility, the truth."""
+    lines: list[str] = []
     drift = results["energy_drift"]
     cannot_do = [
         f"{r['label']}: {r['skipped']}" for r in results["rollouts"].values() if "skipped" in r
@@ -208,12 +218,19 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         energy,
         "",
-        "Reversibility: " + _reversibility(rev),
+        "Reversibility: " + _reversibility(results["reversible"]),
         "",
         f"Truth between stored frames: {results['truth']['between_frames']} (render check: "
         f"max difference {results['truth']['render_check_max_abs_uint8']}/255; simulation "
         f"check: {results['truth']['simulation_check_max_abs']}).",
     ]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The protocol's table and what it rests on, for people."""
+    unit = results.get("position_units")
+    lines = [*_extrapolate_head(results), *_rollout_rows(results), *_energy_and_truth(results)]
     if unit:
         lines += [
             "",
