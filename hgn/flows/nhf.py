@@ -1,6 +1,10 @@
 """Neural Hamiltonian Flows (paper Sec. 3.3, docs/SCIENCE.md §6) and the zuko baselines
 (RealNVP, NSF).
 
+Why one file of more than 600 lines: the flows share one :class:`DensityModel` contract
+(a zuko lazy distribution with the data maps, standardising and the logit map), and NHF
+and its baselines stand beside it so that their differences read side by side.
+
 An NHF is a normalising flow whose steps are Hamiltonian dynamics. Data x = q_T ∈ R^d is
 the position half of a phase-space state s = (q, p); the momentum p is a latent variable.
 Sampling draws s₀ = (q₀, p₀) from a simple prior π, runs T flow steps, and keeps q_T. Flow

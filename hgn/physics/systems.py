@@ -31,6 +31,11 @@ are recorded with every dataset through :meth:`System.render_info`.
 Two picture styles: ``"paper"`` (discs of :data:`PALETTE` colours with a one-pixel
 linear anti-aliased edge on the light grey :data:`BACKGROUND`) and ``"dm"`` (the suite's:
 discs of equally spaced hues with a sigmoid edge, radius √(m/π), on :data:`DM_BACKGROUND`).
+
+Why one file of more than 600 lines: :class:`System` holds what every system shares
+(constants and their per-trajectory variants, simulation, the uint8 renderer and its
+differentiable twin), and each system is a short subclass below it; split by concern,
+a system's physics and its picture would be read in different files.
 """
 
 from __future__ import annotations
