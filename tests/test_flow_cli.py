@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import TINY_FLOW as TINY
 
 from hgn.cli import main
@@ -332,3 +333,30 @@ def test_train_compiles_by_default_and_falls_back_to_eager(tmp_path, monkeypatch
         assert err.count("torch.compile failed") == (0 if extra == ["--no-compile"] else 1)
         saved = torch.load(out / "checkpoint.pt", weights_only=True)["config"]["train"]
         assert saved["compile"] is (extra != ["--no-compile"])
+
+
+def test_flow_train_has_the_config_system_of_hgn_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--print-config writes what --config reads back; the run keeps it as config.yaml;
+    --set overrides one key; the options typed beat the file; --resume refuses any
+    override in one line, where it used to ignore it silently."""
+    assert main(["flow", "train", "--print-config", "--hidden", "8"]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "c.yaml").write_text(printed.replace("layers: 2", "layers: 1"))
+    run = tmp_path / "r"
+    argv = ["flow", "train", "--config", str(tmp_path / "c.yaml"), "--target", "moons"]
+    argv += ["--out", str(run), "--steps", "2", "--no-compile", "--no-progress"]
+    assert main([*argv, "--set", "model.flow_steps=2", "--flow-steps", "3"]) == 0
+    kept = yaml.safe_load((run / "config.yaml").read_text())
+    assert (kept["model"]["hidden"], kept["model"]["layers"]) == (8, 1)
+    assert kept["model"]["flow_steps"] == 2  # --set comes last
+    assert kept["target"] == "moons" and kept["train"]["steps"] == 2
+    saved = load_checkpoint(run / CHECKPOINT)["config"]
+    assert saved["model"]["hidden"] == 8 and saved["model"]["layers"] == 1
+    resume = ["flow", "train", "--target", "moons", "--out", str(run), "--resume"]
+    assert "drop the overrides (--hidden)" in _bad([*resume, "--hidden", "32"], capsys)
+    assert main([*resume, "--steps", "3", "--no-progress"]) == 0  # a budget is no override
+    (tmp_path / "bad.yaml").write_text("model:\n  nope: 1\n")
+    bad = ["flow", "train", "--config", str(tmp_path / "bad.yaml"), "--print-config"]
+    assert "unknown config key model.nope" in _bad(bad, capsys)

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(given)  # what the user typed: which options they set themselves
     try:
         args.func(args)
     except BrokenPipeError:  # `hgn data info D | head -3`: the reader left; not an error

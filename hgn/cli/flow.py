@@ -5,10 +5,14 @@ with zuko's RealNVP and NSF. Parsing and validation only; the work is in
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hgn.errors import UserError
 
 DEFAULT_THREADS = 1
 
@@ -154,19 +158,77 @@ def _target_help() -> str:
     return f"target name ({', '.join(TARGET_NAMES)}) or a .npy file of shape (N, d) or (N, H, W)"
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from hgn.flows.train import train
+SETTINGS = {
+    **{key: "model" for key in (
+        "flow_steps", "leapfrog_steps", "hidden", "layers", "dt", "fixed_dt",
+        "quadratic_kinetic", "quadratic_potential", "prior", "sigma", "beta",
+        "posterior_hidden",
+    )},
+    **{key: "train" for key in (
+        "batch_size", "lr", "warmup", "clip", "n_samples", "objective", "seed", "compile",
+    )},
+    "target": "", "standardise": "", "logit": "",
+}  # fmt: skip
+"""The ``flow train`` options that are config values, by the section they set (``""``:
+the run's own keys); ``--steps`` and ``--max-minutes`` are budgets, not settings."""
 
+
+def _given(args: argparse.Namespace) -> set[str]:
+    """The destinations of the options the user typed (not left at their defaults)."""
+    typed = [token.split("=", 1)[0] for token in getattr(args, "argv", [])]
+    return {
+        action.dest
+        for action in args.parser._actions
+        if any(option in typed for option in action.option_strings)
+    }
+
+
+def _flow_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's config: defaults ← ``--config`` ← the options typed ← ``--set``."""
+    from hgn.flows.train import resolve_config
+
+    model, train = _model_config(args), dataclasses.asdict(_train_config(args))
+    base = {"target": args.target, "standardise": args.standardise, "logit": args.logit}
+    flat = {**base, "model": model, "train": train}
+    typed, budgets = _given(args) & set(SETTINGS), _given(args) & {"steps", "max_minutes"}
+    given: dict[str, Any] = {"model": {}, "train": {key: train[key] for key in budgets}}
+    for dest in typed:
+        section, key = SETTINGS[dest], "learn_dt" if dest == "fixed_dt" else dest
+        if section:
+            given[section][key] = flat[section][key]
+        else:
+            given[dest] = flat[dest]
+    if args.resume and (typed or args.config or args.sets):
+        shown = sorted("--" + d.replace("_", "-") for d in typed - {"target"})
+        shown += ["--config"] * bool(args.config) + ["--set"] * bool(args.sets)
+        if shown:
+            raise UserError(
+                "--resume continues a run with its saved config; drop the overrides "
+                f"({', '.join(shown)}), or train a new run"
+            )
+    defaults = {**base, "model": model, "train": train}
+    return resolve_config(defaults, args.config, given, args.sets)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from hgn.flows.train import FlowTrainConfig, dump_config, train
+
+    config = _flow_config(args)
+    if args.print_config:
+        sys.stdout.write(dump_config(config))
+        return
+    if not config["target"] or not args.out:
+        raise UserError("hgn flow train needs --target (or target in --config) and --out")
     _threads(args)
     result = train(
-        args.target,
+        config["target"],
         args.out,
-        _model_config(args),
-        _train_config(args),
+        config["model"],
+        FlowTrainConfig(**config["train"]),
         resume=args.resume,
         keep_steps=args.steps is None,
-        standardise=args.standardise,
-        logit=args.logit,
+        standardise=config["standardise"],
+        logit=config["logit"],
         tensorboard=not args.no_tensorboard,
         progress=args.progress,
     )
@@ -217,7 +279,6 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from hgn.flows.targets import check_points
     from hgn.flows.train import run_data, run_file
     from hgn.plots import check_output
-    from hgn.utils import UserError
 
     _threads(args)
     model, data = run_data(args.run, args.target)
@@ -270,9 +331,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     flow = sub.add_parser("flow", help="Neural Hamiltonian Flows: density estimation")
     fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="COMMAND")
 
-    p = fsub.add_parser("train", help="train an NHF on a target density or a .npy array")
-    p.add_argument("--target", required=True, help=_target_help())
-    p.add_argument("--out", required=True, help="run directory (checkpoint, TensorBoard)")
+    p = fsub.add_parser(
+        "train",
+        help="train an NHF on a target density or a .npy array",
+        description="Settings are layered as hgn train's: the defaults, then --config FILE "
+        "(YAML with model, train, target, standardise, logit; what --print-config writes "
+        "and every run keeps as config.yaml), then the options given here, then --set "
+        "section.key=value. --resume continues a run with its own saved config.",
+    )
+    p.add_argument("--target", default=None, help=_target_help() + " (or in --config)")
+    p.add_argument("--out", default=None, help="run directory (checkpoint, TensorBoard)")
     p.add_argument(
         "--max-minutes", type=float, default=None,
         help="wall-clock budget of this invocation, compilation included; without --steps "
@@ -286,9 +354,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="standardise the data to zero mean, unit variance (default: yes)",
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
+    p.add_argument("--config", default=None, help="YAML config file (see --print-config)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set model.hidden=32 (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     add_progress_flag(p)
     _model_args(p)
     _train_args(p, with_steps=True)
+    p.set_defaults(parser=p)
     p.set_defaults(func=cmd_train)
 
     p = fsub.add_parser("evaluate", help="test NLL (nats) with its standard error")

@@ -12,19 +12,21 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
 from hgn.checks import check_range, config_from_dict
 from hgn.flows.nhf import NHF, DensityModel, build, check_int, load, n_parameters
 from hgn.flows.targets import DataSource, check_points, data_source
 from hgn.runs import CHECKPOINT, FLOW, read
+from hgn.training.config import parse_set
 from hgn.training.loop import LoopConfig, LoopResult, train_loop
 from hgn.utils import (
     OUTPUT_MARKER,
@@ -37,6 +39,7 @@ from hgn.utils import (
     load_checkpoint,
     mark_output_dir,
     write_json,
+    write_text,
 )
 
 EVAL_FILE = "eval.json"
@@ -121,6 +124,82 @@ class FlowTrainConfig:
         if step < warm:
             return self.lr * (step + 1) / warm
         return 0.5 * self.lr * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
+
+
+RUN_KEYS = ("target", "standardise", "logit")
+"""A flow run config's keys beside its ``model`` and ``train`` sections."""
+
+CONFIG_FILE = "config.yaml"
+"""A flow run's config, as ``hgn flow train --config`` reads it back."""
+
+
+def _merge(config: dict[str, Any], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``config`` updated with ``values``, every key known (one line naming a stray)."""
+    out = {**config, "model": dict(config["model"]), "train": dict(config["train"])}
+    for key, value in values.items():
+        if key in ("model", "train"):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {key} must map keys to values, got {value!r}")
+            unknown = sorted(set(value) - set(config[key]))
+            if unknown:
+                known = ", ".join(sorted(config[key]))
+                raise UserError(f"unknown config key {key}.{unknown[0]} in {where}; valid: {known}")
+            out[key].update(value)
+        elif key in RUN_KEYS:
+            out[key] = value
+        else:
+            raise UserError(
+                f"unknown config key {key!r} in {where}; use model, train, {', '.join(RUN_KEYS)}"
+            )
+    return out
+
+
+def resolve_config(
+    base: dict[str, Any],
+    config_file: str | Path | None = None,
+    given: dict[str, Any] | None = None,
+    sets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A flow run's config as ``hgn train`` layers its own: ``base`` (the defaults) ←
+    ``config_file`` (YAML: ``model``, ``train``, ``target``, ``standardise``,
+    ``logit``) ← ``given`` (what the user set on the command line) ← ``--set
+    section.key=value``; every key validated, a wrong one named in one line."""
+    config = base
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            message = f"config file {path} is not valid YAML: {exc}".splitlines()[0]
+            raise UserError(message) from None
+        if not isinstance(values, dict):
+            raise UserError(f"config file {path} must map keys to values")
+        config = _merge(config, values, str(path))
+    config = _merge(config, given or {}, "the command line")
+    fields = {"model": set(config["model"]), "train": set(config["train"])}
+    for item in sets:
+        section, key, value = parse_set(item, fields)
+        config = _merge(config, {section: {key: value}}, f"--set {item}")
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Validate a resolved config's model and train sections (one line naming the key)."""
+    build({**config["model"], "dim": 2})
+    config_from_dict(FlowTrainConfig, config["train"], "train")
+    if not isinstance(config["standardise"], bool):
+        raise UserError(f"standardise must be true or false, got {config['standardise']!r}")
+    if config["logit"] is not None:
+        check_range(config["logit"], "logit", ge=0, lt=0.5)
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    """The config as YAML, loadable again with ``hgn flow train --config``."""
+    keys = ("target", "standardise", "logit", "model", "train")
+    return yaml.safe_dump({k: config[k] for k in keys}, sort_keys=False, default_flow_style=False)
 
 
 def optimiser(model: torch.nn.Module, lr: float = 1e-3) -> torch.optim.Adam:
@@ -225,6 +304,12 @@ def train(
     model = build(model_config)
     _prepare(model, data, standardise)
     claim_output_dir(out, TRAIN_KIND)  # only now: a bad target or config writes nothing
+    if saved is None:  # the run's config, as --config reads it back
+        model_keys = {k: v for k, v in model_config.items() if k not in ("dim", "logit")}
+        logit = model_config.get("logit") or None
+        run = {"target": target, "standardise": standardise, "logit": logit}
+        run |= {"model": model_keys, "train": asdict(cfg)}
+        write_text(out / CONFIG_FILE, dump_config(run))
     adam = optimiser(model, cfg.lr)
     params = list(model.parameters())
     iwae = cfg.objective == "iwae"
