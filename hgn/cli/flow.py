@@ -198,16 +198,44 @@ def _flow_config(args: argparse.Namespace) -> dict[str, Any]:
             given[section][key] = flat[section][key]
         else:
             given[dest] = flat[dest]
-    if args.resume and (typed or args.config or args.sets):
-        shown = sorted("--" + d.replace("_", "-") for d in typed - {"target"})
-        shown += ["--config"] * bool(args.config) + ["--set"] * bool(args.sets)
-        if shown:
-            raise UserError(
-                "--resume continues a run with its saved config; drop the overrides "
-                f"({', '.join(shown)}), or train a new run"
-            )
+    if args.resume:
+        _check_resume(args, typed, given)
     defaults = {**base, "model": model, "train": train}
     return resolve_config(defaults, args.config, given, args.sets)
+
+
+def _check_resume(args: argparse.Namespace, typed: set[str], given: dict[str, Any]) -> None:
+    """A resumed run trains with its saved config: refuse, in one line, any option typed
+    with another value than the run's (it used to be ignored silently), and --config or
+    --set; the same value typed again changes nothing and passes."""
+    from hgn.runs import FLOW, read
+
+    if not args.out or not Path(args.out, "checkpoint.pt").is_file():
+        return  # the trainer says there is nothing to resume
+    try:
+        saved = read(args.out)
+    except UserError:
+        return  # not a flow run: the trainer refuses it in its own words
+    if saved["kind"] != FLOW:
+        return
+    saved = saved["config"]
+    changed = []
+    for dest in typed - {"target"}:  # the target has its own check, with its own message
+        section = SETTINGS[dest]
+        if not section:
+            now, before = given[dest], saved.get(dest)
+        else:
+            key = "learn_dt" if dest == "fixed_dt" else dest
+            now, before = given[section][key], saved.get(section, {}).get(key, given[section][key])
+        if now != before:
+            changed.append(dest)
+    shown = sorted("--" + d.replace("_", "-") for d in changed)
+    shown += ["--config"] * bool(args.config) + ["--set"] * bool(args.sets)
+    if shown:
+        raise UserError(
+            "--resume continues a run with its saved config; drop the overrides "
+            f"({', '.join(shown)}), or train a new run"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> None:

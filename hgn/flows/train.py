@@ -193,7 +193,7 @@ def check_config(config: dict[str, Any]) -> None:
     if not isinstance(config["standardise"], bool):
         raise UserError(f"standardise must be true or false, got {config['standardise']!r}")
     if config["logit"] is not None:
-        check_range(config["logit"], "logit", ge=0, lt=0.5)
+        check_range(config["logit"], "--logit", ge=0, lt=0.5)
 
 
 def dump_config(config: dict[str, Any]) -> str:
