@@ -96,6 +96,15 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike, fix: str = "delete it to have it made again") -> Any:
+    """The JSON at ``path`` (one hgn wrote earlier), or one line saying it is damaged and
+    how to ``fix`` it: a truncated record must not end a resumed command in a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable or truncated ({exc}); {fix}") from None
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed derived from ``parts``: independent streams for (seed, split, step...)."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
@@ -50,6 +51,7 @@ from hgn.utils import (
     OUTPUT_MARKER,
     UserError,
     atomic_path,
+    check_memory,
     check_output_dir,
     claim_output_dir,
     derive_seed,
@@ -168,17 +170,29 @@ class Batches:
 TRAINED_ON_KEYS = ("system", "constants", "noise", "dt", "size")
 """What identifies a dataset's physics and pictures; ``hgn evaluate`` compares these."""
 
+SAME_DATA_KEYS = ("fingerprint", "seed", "steps", "n_train", "source")
+"""What else ``--resume`` compares: the data itself, not only its kind. Another seed of
+the same system, or another import of equal size, used to be trained on silently. The
+content fingerprint (:func:`hgn.data.store.fingerprint`, or the hash of imported frames)
+decides where both sides have one; runs and stores from before fingerprints compare
+the seed, the length and the size."""
+
 
 def trained_on(split: hgn_data.Split, path: str | os.PathLike) -> dict[str, Any]:
     """What a run records about its training data: the :data:`TRAINED_ON_KEYS`, the
-    sequence length, the data's seed and where it was (absolute path)."""
-    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, "steps", "seed")}
+    :data:`SAME_DATA_KEYS` (the content fingerprint among them) and where it was."""
+    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, *SAME_DATA_KEYS)}
     return {**record, "path": str(Path(path).resolve())}
 
 
-def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | None:
+def data_mismatch(
+    record: dict[str, Any] | None, meta: dict[str, Any], *, same_data: bool = False
+) -> str | None:
     """One sentence saying how ``meta`` differs from the data a run was trained on
-    (``record``, see :func:`trained_on`), or None when it does not (or is not known)."""
+    (``record``, see :func:`trained_on`), or None when it does not (or is not known).
+    ``same_data`` (for ``--resume``) also asks for the very same data, by the
+    :data:`SAME_DATA_KEYS` that both sides record; evaluating on other data of the same
+    kind is normal and asks only for the :data:`TRAINED_ON_KEYS`."""
     if not record:
         return None
 
@@ -193,6 +207,15 @@ def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | 
         for key in TRAINED_ON_KEYS
         if known(key, record.get(key)) != known(key, meta.get(key))
     ]
+    if same_data and not diffs:
+        keys = SAME_DATA_KEYS
+        if record.get("fingerprint") and meta.get("fingerprint"):
+            keys = ("fingerprint",)
+        diffs = [
+            f"{key} {meta.get(key)!r} (trained on {record.get(key)!r})"
+            for key in keys
+            if key in record and record[key] is not None and record[key] != meta.get(key)
+        ]
     if not diffs:
         return None
     return "this data differs from the run's training data: " + ", ".join(diffs)
@@ -205,10 +228,33 @@ def _check_out(out: Path, resume: bool) -> None:
         if not ckpt.exists():
             raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
         if not (out / OUTPUT_MARKER).exists():
+            _check_unmarked_run(out)
             return  # a run written before hgn marked its directories: train's own
     elif ckpt.exists():
         raise UserError(f"{out} already holds a run; pass --resume or choose another --out")
     check_output_dir(out, "train")
+
+
+def _check_unmarked_run(out: Path) -> None:
+    """Accept an unmarked folder holding a checkpoint as a run from before markers only
+    if its ``config.yaml`` (which resuming rewrites) is the one hgn wrote for that
+    checkpoint, or is absent: a copied checkpoint next to a user's own ``config.yaml``
+    once had that file replaced."""
+    config = out / "config.yaml"
+    if not config.exists():
+        return
+    saved = load_checkpoint(out / CHECKPOINT)
+    try:
+        ours = yaml.safe_load(dump_yaml(RunConfig.from_dict(saved["config"])))
+        same = yaml.safe_load(config.read_text(encoding="utf-8")) == ours
+    except (UserError, OSError, ValueError, yaml.YAMLError):
+        same = False
+    if not same:
+        raise UserError(
+            f"--out {out} has no hgn marker and its config.yaml is not the one hgn wrote "
+            f"for its {CHECKPOINT}; resume in a new folder holding only the checkpoint "
+            "(hgn never replaces files it did not write)"
+        )
 
 
 def _claim_out(out: Path, resume: bool) -> None:
@@ -229,11 +275,40 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def launch_env() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from the environment, checked before anything
+    is written: a stray ``RANK=1`` once rewrote config.yaml before the refusal, and
+    ``RANK=abc`` or ``WORLD_SIZE=2`` without a launcher ended in tracebacks or waits."""
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name, str(default))
+        try:
+            values[name] = int(text)
+        except ValueError:
+            values[name] = -1
+        if values[name] < (1 if name == "WORLD_SIZE" else 0):
+            raise UserError(
+                f"environment variable {name}={text!r} is not a valid count; unset it "
+                "(torchrun sets it for distributed training)"
+            )
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if rank >= world:
+        raise UserError(
+            f"environment variable RANK={rank} with WORLD_SIZE={world}: a rank must be "
+            "below the world size; unset RANK (torchrun sets it)"
+        )
+    if world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise UserError(
+            f"WORLD_SIZE={world} but no MASTER_ADDR/MASTER_PORT: launch with torchrun "
+            "--nproc-per-node N, or unset WORLD_SIZE"
+        )
+    return rank, world, local
+
+
 def _setup_distributed(device: str) -> torch.device:
     """Join the process group when launched by ``torchrun``; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _rank_env, world, local = launch_env()
     if world > 1 and not torch.distributed.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         resolved = resolve_device(device)
         if resolved.type == "cuda":
             resolved = torch.device("cuda", local)
@@ -287,6 +362,19 @@ def _agree_on(device: torch.device) -> Callable[[bool], bool]:
 
 
 # ----------------------------------------------------------------------------- running
+
+
+def _check_model_memory(config: RunConfig, ema: float) -> None:
+    """Refuse a model whose weights, gradients and Adam moments (and average) cannot fit
+    in memory, counted on PyTorch's ``meta`` device (no memory is taken): ``--set
+    model.fpsi_hidden=1000000000000`` used to end in an allocator traceback."""
+    with torch.device("meta"):
+        probe = get_model(config.name)(config.model)
+    count = sum(p.numel() for p in probe.parameters())
+    copies = 4 + (1 if ema else 0)  # weights, gradients, two Adam moments, the average
+    check_memory(
+        count * 4 * copies, f"a {config.name} of {count:,} parameters", "make the model smaller"
+    )
 
 
 def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
@@ -344,7 +432,9 @@ def train(
     ckpt = out / CHECKPOINT
     if resume and config is not None:
         raise UserError("--resume continues a run with its saved config; drop the overrides")
-    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes (others may see its claim)
+    env_rank, _world_env, _local = launch_env()
+    resolve_device(device)  # a bad --device is refused before anything is written
+    if env_rank == 0:  # only rank 0 writes (others may see its claim)
         _check_out(out, resume)
     elif resume and not ckpt.exists():
         raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
@@ -365,13 +455,14 @@ def train(
     if not resume:
         config = follow_data(config, split.meta)
     check_data(split, config.model)
-    mismatch = data_mismatch(record, split.meta)
+    mismatch = data_mismatch(record, split.meta, same_data=True)
     if mismatch:
         raise UserError(f"--resume continues a run on the data it was trained on; {mismatch}")
     dev = _setup_distributed(device)
     tc = config.train
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
 
+    _check_model_memory(config, tc.ema)
     torch.manual_seed(derive_seed(tc.seed, "init"))  # the initial weights follow the seed
     model = get_model(config.name)(config.model).to(dev)
     if not resume:
