@@ -71,13 +71,7 @@ class Sequences:
 # ----------------------------------------------------------------------------- sources
 def open_source(source: str | os.PathLike) -> Sequences:
     """Recognise ``source`` and open it; one line naming the file for any problem."""
-    path = Path(source)
-    try:
-        path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file or folder") from None
-    except OSError as exc:  # a symlink loop, no permission
-        raise UserError(f"{path}: cannot open it ({exc.strerror})") from None
+    path = check_source(source)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in ARRAY_SUFFIXES:
@@ -102,6 +96,19 @@ def open_source(source: str | os.PathLike) -> Sequences:
     if images:
         return _in_memory("frames", path, [path], _read_frames)
     raise UserError(f"{path}: empty folder (no sub-folders of frames, images or videos)")
+
+
+def check_source(source: str | os.PathLike) -> Path:
+    """``source`` as a path that exists, or one line: missing, a symlink loop, no
+    permission (``Path.resolve`` raises RuntimeError on a loop, so this comes first)."""
+    path = Path(source)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file or folder") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot open it ({exc.strerror})") from None
+    return path
 
 
 def _array_source(path: Path) -> Sequences:
@@ -346,7 +353,7 @@ def import_sequences(
             f"models take), got {size!r}"
         )
     loc = store.locate(out)
-    if loc.local and Path(loc.root).resolve() == Path(source).resolve():
+    if loc.local and Path(loc.root).resolve() == check_source(source).resolve():
         raise UserError("--out must not be the source itself")
     src = open_source(source)
     ids, starts, length = _windows(src, frames, stride)
