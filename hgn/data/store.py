@@ -588,6 +588,63 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, dict) and all(_number(v) for v in value.values())
+
+
+def _variant(value: Any) -> bool:
+    """The ``variant`` record of generated data: what ``system_of`` rebuilds it from."""
+    if not isinstance(value, dict):
+        return False
+    vary = value.get("vary", {})
+    ranges = isinstance(vary, dict) and all(
+        isinstance(r, list) and len(r) == 2 and all(_number(x) for x in r) for r in vary.values()
+    )
+    return (
+        ranges
+        and isinstance(value.get("style", "paper"), str)
+        and isinstance(value.get("random_colours", False), bool)
+        and isinstance(value.get("hamiltonian", True), bool)
+    )
+
+
+COMMON_KEYS: dict[str, Callable[[Any], bool]] = {
+    "size": lambda v: _count(v, 1, 4096),
+    "steps": lambda v: _count(v, 1, 1 << 24),
+    "dt": lambda v: _number(v) and v != 0,
+    "seed": lambda v: _count(v, 0, 1 << 64),
+    "version": _text,
+}
+"""Every store's metadata keys and what each must be (absent keys are refused too)."""
+
+OPTIONAL_KEYS: dict[str, Callable[[Any], bool]] = {
+    "has_states": lambda v: isinstance(v, bool),
+    "source": _text,
+    "parts": lambda v: _count(v, 1, MAX_PARTS),
+    "complete": lambda v: isinstance(v, bool),
+    "fingerprint": _text,
+    "imported_from": _text,
+    "system": lambda v: v is None or _text(v),
+}
+"""Keys that may be absent, or must be as said when present."""
+
+GENERATED_KEYS: dict[str, Callable[[Any], bool]] = {
+    "system": _text,
+    "constants": _numbers,
+    "noise": _number,
+    "dof": lambda v: _count(v, 1, 1024),
+    "integrator": lambda v: isinstance(v, dict)
+    and _text(v.get("method"))
+    and _count(v.get("substeps"), 1, 1 << 30),
+    "variant": _variant,
+}
+"""What generated data (``has_states``) also needs: the simulator is rebuilt from it."""
+
+
 def meta_problem(meta: dict[str, Any]) -> str | None:
     """What is wrong with a store's metadata, or None: the keys every reader relies on,
     with their types and ranges, so that a hand-edited or hostile ``zarr.json`` is one
@@ -597,28 +654,18 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
         return f"splits must map {' and '.join(SPLITS)} to their sizes"
     if not all(isinstance(v, dict) and _count(v.get("n"), 1) for v in splits.values()):
         return "each split needs a positive trajectory count n"
-    checks = {
-        "size": _count(meta.get("size"), 1, 4096),
-        "steps": _count(meta.get("steps"), 1, 1 << 24),
-        "dt": _number(meta.get("dt")) and meta.get("dt") != 0,
-        "parts": _count(meta.get("parts", 1), 1, MAX_PARTS),
-        "complete": isinstance(meta.get("complete", False), bool),
-        "has_states": isinstance(meta.get("has_states", True), bool),
-        "constants": isinstance(meta.get("constants", {}), dict)
-        and all(_number(v) for v in meta.get("constants", {}).values()),
-        "noise": meta.get("noise") is None or _number(meta.get("noise")),
-        "seed": _count(meta.get("seed", 0), 0, 1 << 64),
-        "variant": isinstance(meta.get("variant", {}), dict),
-    }
-    bad = [key for key, ok in checks.items() if not ok]
-    if bad:
-        return f"{bad[0]} {meta.get(bad[0])!r} is out of range or of the wrong type"
-    if meta.get("has_states", True) and not _count(meta.get("dof"), 1, 1024):
-        return f"dof {meta.get('dof')!r} is not a count"
-    for key in ("system", "source", "imported_from", "version", "fingerprint"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            return f"{key} is not text"
-    values = meta.get("variant", {}).get("values", [])
+    checks = dict(COMMON_KEYS)
+    generated = meta.get("has_states", True)  # stores from before imports lack the key
+    checks.update(GENERATED_KEYS if generated is True else {"source": _text})
+    for key, ok in checks.items():
+        if key not in meta:
+            return f"{key} is missing"
+        if not ok(meta[key]):
+            return f"{key} {meta[key]!r} is out of range or of the wrong type"
+    for key, ok in OPTIONAL_KEYS.items():
+        if key in meta and key not in checks and not ok(meta[key]):
+            return f"{key} {meta[key]!r} is out of range or of the wrong type"
+    values = meta.get("variant", {}).get("values", []) if generated is True else []
     if not isinstance(values, list) or not all(
         isinstance(v, str) and VALUE_NAME.fullmatch(v) and v not in (*STATES, "images")
         for v in values
