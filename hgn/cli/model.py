@@ -11,7 +11,14 @@ import torch
 
 from hgn.checks import check_range
 from hgn.cli import add_progress_flag
-from hgn.utils import UserError, check_memory, load_checkpoint, max_threads, positive_int
+from hgn.utils import (
+    UserError,
+    check_memory,
+    check_output_dir,
+    load_checkpoint,
+    max_threads,
+    positive_int,
+)
 
 MAX_PICTURE_STEPS = 10_000
 """The most steps a rollout or sample picture may take: ``--steps 10000000`` ran for
@@ -246,6 +253,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from hgn.evaluation.evaluate import evaluate
 
     _threads()
+    check_output_dir(args.out, "evaluate")  # both protocols: refused before the work
     positive_int(args.max_sequences, "--max-sequences", most=10_000_000)
     positive_int(args.batch_size, "--batch-size", most=MAX_SAMPLES)
     # what both protocols take, given once so that they cannot drift apart

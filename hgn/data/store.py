@@ -159,7 +159,7 @@ class Location:
             # one temporary name per writer: shard jobs started together all write the
             # same metadata, and a shared name lets one job's rename steal another's file
             tmp = f"{target}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-            with open(tmp, "wb") as f:
+            with open(tmp, "xb") as f:
                 f.write(data)
             os.replace(tmp, target)
         else:

@@ -364,17 +364,28 @@ def _agree_on(device: torch.device) -> Callable[[bool], bool]:
 # ----------------------------------------------------------------------------- running
 
 
-def _check_model_memory(config: RunConfig, ema: float) -> None:
-    """Refuse a model whose weights, gradients and Adam moments (and average) cannot fit
-    in memory, counted on PyTorch's ``meta`` device (no memory is taken): ``--set
-    model.fpsi_hidden=1000000000000`` used to end in an allocator traceback."""
+def _check_model_memory(config: RunConfig, frames: int, size: int) -> None:
+    """Refuse a model or a batch that cannot fit in memory, before anything is taken:
+    the weights, gradients and Adam moments (and average) counted on PyTorch's ``meta``
+    device, and a batch's frames with a generous factor for the activations. ``--set
+    model.fpsi_hidden=1000000000000`` or a batch of 10^12 used to end in an allocator
+    traceback."""
+    tc = config.train
     with torch.device("meta"):
         probe = get_model(config.name)(config.model)
     count = sum(p.numel() for p in probe.parameters())
-    copies = 4 + (1 if ema else 0)  # weights, gradients, two Adam moments, the average
+    copies = 4 + (1 if tc.ema else 0)  # weights, gradients, two Adam moments, the average
     check_memory(
         count * 4 * copies, f"a {config.name} of {count:,} parameters", "make the model smaller"
     )
+    batch = tc.batch_size * frames * 3 * size * size * 4 * BATCH_COPIES
+    check_memory(batch, f"a batch of {tc.batch_size} sequences", "lower train.batch_size")
+
+
+BATCH_COPIES = 16
+"""Copies of a batch's frames that training keeps alive at once (inputs, activations of
+the encoder and decoder, gradients), a deliberately high guess: the check is only
+meant to stop absurd batches before the allocator does, not to size good ones."""
 
 
 def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
@@ -462,7 +473,9 @@ def train(
     tc = config.train
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
 
-    _check_model_memory(config, tc.ema)
+    _check_model_memory(
+        config, getattr(config.model, "frames", split.meta["steps"] + 1), split.meta["size"]
+    )
     torch.manual_seed(derive_seed(tc.seed, "init"))  # the initial weights follow the seed
     model = get_model(config.name)(config.model).to(dev)
     if not resume:
