@@ -25,6 +25,9 @@ MAX_PICTURE_STEPS = 10_000
 more than five minutes before it ran out of memory, and no animation needs more."""
 MAX_TRAIN_STEPS = 10**9
 """The most optimisation steps ``--steps`` may ask for (a count beyond it is a typo)."""
+MAX_SPEED = 100.0
+"""The fastest ``rollout --speed``: the integrator's sub-steps grow with it, and a speed
+of 2^63 ran for good."""
 MAX_SAMPLES = 1_000
 """The most trajectories ``hgn sample`` draws into one picture (``--n 100000000`` grew to
 23 GB before the kernel killed it)."""
@@ -299,6 +302,7 @@ def _rollout(args: argparse.Namespace) -> None:
     from hgn.evaluation.evaluate import render_rollout
 
     _threads()
+    check_range(args.speed, "--speed", gt=0, le=MAX_SPEED)
     path = render_rollout(
         args.run,
         args.data,

@@ -342,7 +342,9 @@ def import_sequences(
     if not 0.0 < float(test_fraction) < 1.0 or not math.isfinite(float(test_fraction)):
         raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     if frames is not None:
-        frames = positive_int(frames, "--frames")
+        frames = positive_int(frames, "--frames", most=store.MAX_FRAMES)
+    if stride is not None:
+        stride = positive_int(stride, "--stride", most=store.MAX_FRAMES)
     if stride is not None and frames is None:
         raise UserError("--stride needs --frames (the window length)")
     if dt is not None and (not math.isfinite(float(dt)) or float(dt) <= 0):

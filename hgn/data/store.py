@@ -79,6 +79,8 @@ PART_NAME = re.compile(r"hgn-part-(\d{4,})-of-(\d{4,})\.json")
 MAX_PARTS = 9999
 """The most parts (shard jobs) a store may be written in: the part markers' names hold
 four digits, and a count beyond the data's blocks would only make empty shards."""
+MAX_FRAMES = 1 << 24
+"""The most frames a sequence may have (a window of ``--frames 2**63`` overflowed)."""
 PREVIEWS = "hgn-previews.json"
 """The record of the pictures ``hgn data show`` wrote into a dataset (name → SHA-256):
 a picture that still matches it is hgn's to replace or remove, any other is the user's."""
@@ -614,7 +616,7 @@ def _variant(value: Any) -> bool:
 
 COMMON_KEYS: dict[str, Callable[[Any], bool]] = {
     "size": lambda v: _count(v, 1, 4096),
-    "steps": lambda v: _count(v, 1, 1 << 24),
+    "steps": lambda v: _count(v, 1, MAX_FRAMES),
     "dt": lambda v: _number(v) and v != 0,
     "seed": lambda v: _count(v, 0, 1 << 64),
     "version": _text,
@@ -637,9 +639,9 @@ GENERATED_KEYS: dict[str, Callable[[Any], bool]] = {
     "constants": _numbers,
     "noise": _number,
     "dof": lambda v: _count(v, 1, 1024),
-    "integrator": lambda v: isinstance(v, dict)
-    and _text(v.get("method"))
-    and _count(v.get("substeps"), 1, 1 << 30),
+    "integrator": lambda v: (
+        isinstance(v, dict) and _text(v.get("method")) and _count(v.get("substeps"), 1, 1 << 30)
+    ),
     "variant": _variant,
 }
 """What generated data (``has_states``) also needs: the simulator is rebuilt from it."""
