@@ -292,14 +292,15 @@ def create(loc: Location, meta: dict[str, Any], arrays: dict[str, ArraySpec]) ->
 
 
 def write_arrays(loc: Location, meta: dict[str, Any], arrays: dict[str, ArraySpec]) -> None:
-    """Write the group and array metadata below the root. Idempotent: jobs with the
-    same settings write the same bytes, so a job that joins a store (a shard, or a rerun
-    after its creator was killed before this) writes them too."""
+    """Write the group and array metadata below the root, each only where it is absent:
+    a job that joins a store (a shard, or a rerun after its creator was killed before
+    this) writes what is missing, and never rewrites a layout its chunks follow (an
+    older hgn may have chunked the same settings differently)."""
     documents = _documents(meta, arrays)
     for key in sorted(k for k in documents if k != "zarr.json"):
         folder = posixpath.dirname(key)
         loc.fs.makedirs(loc.path(folder), exist_ok=True)
-        loc.write_json(json.loads(documents[key].to_bytes()), key)
+        loc.create_json(json.loads(documents[key].to_bytes()), key)
 
 
 def _documents(meta: dict[str, Any], arrays: dict[str, ArraySpec]) -> dict[str, Any]:
