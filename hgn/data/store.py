@@ -638,7 +638,7 @@ OPTIONAL_KEYS: dict[str, Callable[[Any], bool]] = {
 GENERATED_KEYS: dict[str, Callable[[Any], bool]] = {
     "system": _text,
     "constants": _numbers,
-    "noise": _number,
+    "noise": lambda v: _number(v) and v >= 0,
     "dof": lambda v: _count(v, 1, 1024),
     "integrator": lambda v: (
         isinstance(v, dict) and _text(v.get("method")) and _count(v.get("substeps"), 1, 1 << 30)
