@@ -595,8 +595,18 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _numbers(value: Any) -> bool:
-    return isinstance(value, dict) and all(_number(v) for v in value.values())
+def _constants(value: Any) -> bool:
+    """Named numbers; the names are passed on as keyword arguments of ``get_system``, so
+    none may be one of its own (``name``, ``noise``, ``style``...)."""
+    return (
+        isinstance(value, dict)
+        and all(_number(v) for v in value.values())
+        and all(VALUE_NAME.fullmatch(k) and k not in SYSTEM_ARGUMENTS for k in value)
+    )
+
+
+SYSTEM_ARGUMENTS = ("name", "noise", "style", "vary", "random_colours")
+"""The keyword arguments of ``get_system`` that are not constants."""
 
 
 def _variant(value: Any) -> bool:
@@ -637,7 +647,7 @@ OPTIONAL_KEYS: dict[str, Callable[[Any], bool]] = {
 
 GENERATED_KEYS: dict[str, Callable[[Any], bool]] = {
     "system": _text,
-    "constants": _numbers,
+    "constants": _constants,
     "noise": lambda v: _number(v) and v >= 0,
     "dof": lambda v: _count(v, 1, 1024),
     "integrator": lambda v: (
