@@ -6,9 +6,11 @@ bounded by the machine; bad input is one line and exit 2, never a traceback."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,16 +371,31 @@ def test_an_out_under_a_file_is_one_line(
     assert afile.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_out_is_refused_before_the_work(
-    dataset: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    dataset: Path,
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A read-only folder (for root, who writes anywhere, a read-only mount is
+    simulated: creating a file there fails with EROFS) is refused before evaluating."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
+    real = tempfile.TemporaryFile
+
+    def read_only_mount(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*args, dir=dir, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only_mount)
     try:
         argv = ["evaluate", str(trained), "--data", str(dataset), "--no-progress"]
         assert "cannot write" in refused([*argv, "--out", str(locked / "e")], capsys)
+        assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
 
