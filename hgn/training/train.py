@@ -371,8 +371,12 @@ def _check_model_memory(config: RunConfig, frames: int, size: int) -> None:
     model.fpsi_hidden=1000000000000`` or a batch of 10^12 used to end in an allocator
     traceback."""
     tc = config.train
-    with torch.device("meta"):
-        probe = get_model(config.name)(config.model)
+    try:
+        with torch.device("meta"):
+            probe = get_model(config.name)(config.model)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # sizes torch refuses
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"a {config.name} of these sizes cannot be built ({first})") from None
     count = sum(p.numel() for p in probe.parameters())
     copies = 4 + (1 if tc.ema else 0)  # weights, gradients, two Adam moments, the average
     check_memory(
