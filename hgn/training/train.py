@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from hgn import data as hgn_data
-from hgn.checks import config_from_dict
+from hgn.checks import check_range, config_from_dict
 from hgn.data import mean_frame, to_frames
 from hgn.models import get_model
 from hgn.physics.systems import System
@@ -59,6 +59,10 @@ from hgn.utils import (
     mark_output_dir,
     resolve_device,
 )
+
+MAX_LR = 1e3
+"""The largest learning rate accepted: Adam keeps it in float32 and 3.4e37 overflowed
+there (a traceback); any rate near this bound already diverges in a step."""
 
 IN_MEMORY_BYTES = 4 << 30
 """Training splits up to this size are read into RAM once; larger ones stay memory-mapped."""
@@ -475,6 +479,7 @@ def train(
         raise UserError(f"--resume continues a run on the data it was trained on; {mismatch}")
     dev = _setup_distributed(device)
     tc = config.train
+    check_range(tc.lr, "train.lr", gt=0, le=MAX_LR)  # Adam's float32 state overflows past it
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
 
     _check_model_memory(
