@@ -60,6 +60,13 @@ checkpoints written before ``state["averaged"]`` saved them."""
 TRAINED_ON_KEYS = ("system", "constants", "noise", "dt", "size")
 """What identifies a dataset's physics and pictures; evaluation compares these."""
 
+SAME_DATA_KEYS = ("fingerprint", "seed", "steps", "n_train", "source")
+"""What else ``--resume`` compares: the data itself, not only its kind. Another seed of
+the same system, or another import of equal size, used to be trained on silently. The
+content fingerprint (:func:`hgn.data.store.fingerprint`, or the hash of imported frames)
+decides where both sides have one; runs and stores from before fingerprints compare
+the seed, the length and the size."""
+
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
     """The checkpoint of a run directory, or ``run`` itself when it is a file."""
@@ -209,14 +216,19 @@ def store_sampler(run: str | os.PathLike, split: hgn_data.Split) -> int:
 
 def trained_on(split: hgn_data.Split, path: str | os.PathLike) -> dict[str, Any]:
     """What a run records about its training data: the :data:`TRAINED_ON_KEYS`, the
-    sequence length, the data's seed and where it was (absolute path)."""
-    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, "steps", "seed")}
+    :data:`SAME_DATA_KEYS` (the content fingerprint among them) and where it was."""
+    record = {key: split.meta.get(key) for key in (*TRAINED_ON_KEYS, *SAME_DATA_KEYS)}
     return {**record, "path": str(Path(path).resolve())}
 
 
-def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | None:
+def data_mismatch(
+    record: dict[str, Any] | None, meta: dict[str, Any], *, same_data: bool = False
+) -> str | None:
     """One sentence saying how ``meta`` differs from the data a run was trained on
-    (``record``, see :func:`trained_on`), or None when it does not (or is not known)."""
+    (``record``, see :func:`trained_on`), or None when it does not (or is not known).
+    ``same_data`` (for ``--resume``) also asks for the very same data, by the
+    :data:`SAME_DATA_KEYS` that both sides record; evaluating on other data of the same
+    kind is normal and asks only for the :data:`TRAINED_ON_KEYS`."""
     if not record:
         return None
 
@@ -231,6 +243,15 @@ def data_mismatch(record: dict[str, Any] | None, meta: dict[str, Any]) -> str | 
         for key in TRAINED_ON_KEYS
         if known(key, record.get(key)) != known(key, meta.get(key))
     ]
+    if same_data and not diffs:
+        keys = SAME_DATA_KEYS
+        if record.get("fingerprint") and meta.get("fingerprint"):
+            keys = ("fingerprint",)
+        diffs = [
+            f"{key} {meta.get(key)!r} (trained on {record.get(key)!r})"
+            for key in keys
+            if key in record and record[key] is not None and record[key] != meta.get(key)
+        ]
     if not diffs:
         return None
     return "this data differs from the run's training data: " + ", ".join(diffs)

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,35 +16,68 @@ import torch
 
 from hgn.errors import UserError  # defined where it needs no torch (the CLI's fast paths)
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+"""The process's umask, read once: files made by :func:`atomic_path` get the permissions
+a plain ``open`` would give them, not ``mkstemp``'s owner-only 0600."""
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary file beside ``path``; rename it over ``path`` on success.
 
-    Works for files and directories alike: whatever the body writes at the yielded path
-    appears at ``path`` in one rename, so a crash never leaves a half-written output
-    that looks complete.
+    Whatever the body writes at the yielded path appears at ``path`` in one rename, so
+    a crash never leaves a half-written output that looks complete. The temporary file
+    is created exclusively (``O_EXCL``) and kept until the rename: a name that is
+    unlinked and reused could be taken by another writer in between. ``durable`` also
+    fsyncs the file before the rename and the folder after it, so that a power cut
+    leaves the old file or the new one (for checkpoints; pictures need not pay for it).
+    Only files: hgn never replaces a directory this way (it could hold a user's files).
     """
     path = Path(path)
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise UserError(f"directory {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; hgn replaces files only")
     # keep the suffix last: writers such as imageio pick the format from it
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as exc:
+        raise UserError(f"cannot write in {path.parent} ({exc.strerror})") from None
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
-    os.unlink(tmp_name)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        if path.is_dir() and tmp.is_dir():
-            shutil.rmtree(path)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
+        if tmp.is_file() or tmp.is_symlink():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove the temporary files :func:`atomic_path` left beside ``path`` when a
+    process writing it was killed (``kill -9`` runs no cleanup). Only for files with a
+    single writer (a run's checkpoint), where no such file can belong to a live one."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -59,6 +91,15 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     """Write ``payload`` as JSON atomically. NaN and infinity are refused rather than
     written as tokens that strict JSON readers reject."""
     return write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, fix: str = "delete it to have it made again") -> Any:
+    """The JSON at ``path`` (one hgn wrote earlier), or one line saying it is damaged and
+    how to ``fix`` it: a truncated record must not end a resumed command in a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable or truncated ({exc}); {fix}") from None
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -75,7 +116,8 @@ def numpy_rng(*parts: int | str) -> np.random.Generator:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write a checkpoint atomically. ``payload`` must hold only tensors, numbers,
     strings, lists and dicts, so that :func:`load_checkpoint` can read it without pickle."""
-    with atomic_path(path) as tmp:
+    remove_stale_temporaries(path)
+    with atomic_path(path, durable=True) as tmp:
         torch.save(payload, tmp)
 
 
@@ -85,18 +127,39 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; train first or check the path")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
         raise UserError(
             f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
             "delete it or restore it from a backup"
         ) from None
+    problem = _checkpoint_problem(saved)
+    if problem:
+        raise UserError(f"{path} is not an hgn checkpoint ({problem}); check the path")
+    return saved
+
+
+def _checkpoint_problem(saved: Any) -> str | None:
+    """What makes a weights-only-loadable object unlike the checkpoints hgn writes (a
+    dict with a ``config`` dict, a ``state`` dict and an integer ``step`` if any), so
+    that a plain tensor or a foreign file is one line rather than a KeyError later."""
+    if not isinstance(saved, dict):
+        return f"it holds a {type(saved).__name__}, not a dict"
+    for key in ("config", "state"):
+        if not isinstance(saved.get(key), dict):
+            return f"no {key!r} dict"
+    step = saved.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step {step!r} is not a count"
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
     """Map 'auto' | 'cpu' | 'cuda[:i]' to a device, refusing CUDA when there is none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(
             "--device cuda was requested but no CUDA GPU is available; use --device cpu"
@@ -107,11 +170,49 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
 
 
-def positive_int(value: Any, what: str) -> int:
-    """Validate a strictly positive integer, naming the offending option in the error."""
-    if isinstance(value, bool) or int(value) != value or int(value) <= 0:
+def positive_int(value: Any, what: str, most: int | None = None) -> int:
+    """Validate a strictly positive integer (at most ``most``, if given), naming the
+    offending option in the error."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) > 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise UserError(f"{what} must be a positive integer, got {value!r}")
+    if most is not None and int(value) > most:
+        raise UserError(f"{what} must be at most {most}, got {value!r}")
     return int(value)
+
+
+def available_memory() -> int:
+    """Bytes of memory a command may still take: ``MemAvailable`` on Linux, else the
+    physical memory. Size options are checked against it before the work starts, so
+    that a huge count is one line instead of a process killed by the kernel."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(x for x in f if x.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(nbytes: float, what: str, fix: str) -> None:
+    """Refuse work whose estimated memory ``nbytes`` exceeds half of what is available
+    (the rest is for the process itself and its neighbours), in one line saying
+    ``what`` needs it and how to ``fix`` it."""
+    free = available_memory()
+    if nbytes > free / 2:
+        raise UserError(
+            f"{what} would need about {nbytes / 1e9:.3g} GB of memory, more than the "
+            f"{free / 2e9:.3g} GB this machine can spare; {fix}"
+        )
+
+
+def max_threads() -> int:
+    """The most CPU threads an option may ask for: the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 OUTPUT_MARKER = ".hgn-output.json"
@@ -128,6 +229,7 @@ def check_output_dir(path: str | os.PathLike, kind: str, option: str = "--out") 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file, not a directory; choose another {option}")
+    check_writable(path, option)
     if path.is_dir() and any(path.iterdir()):
         owner = _marker_kind(path / OUTPUT_MARKER)
         if owner != kind:
@@ -154,9 +256,33 @@ def claim_output_dir(path: str | os.PathLike, kind: str, option: str = "--out") 
     marker = path / OUTPUT_MARKER
     if _marker_kind(marker) == kind:
         return path
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create it ({exc.strerror})") from None
     mark_output_dir(path, kind)
     return path
+
+
+def check_writable(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse ``path`` (a directory to be written, existing or not) unless its nearest
+    existing ancestor is a directory this process can create files in. Probed by
+    creating and removing a temporary file: permission bits do not show read-only
+    mounts or immutable folders, and finding out after hours of work is too late."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UserError(
+            f"{option} {path}: {existing} is a file, not a directory; choose another {option}"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".hgn-probe."):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{option} {path}: cannot write in {existing} ({exc.strerror}); choose a "
+            f"writable {option}"
+        ) from None
 
 
 def mark_output_dir(path: str | os.PathLike, kind: str) -> None:

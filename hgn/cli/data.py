@@ -278,4 +278,11 @@ def _info(args: argparse.Namespace) -> None:
         if any(extras):
             lines.append("variant:    " + "; ".join(e for e in extras if e))
     lines += [f"seed:       {meta['seed']}", f"version:    hgn {meta['version']}"]
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes: a store's metadata is input
+    like any other, and terminal escape codes in it (say in ``imported_from``) must not
+    reach the user's terminal raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

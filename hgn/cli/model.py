@@ -11,7 +11,26 @@ import torch
 
 from hgn.checks import check_range
 from hgn.cli import add_progress_flag
-from hgn.utils import UserError, positive_int
+from hgn.utils import (
+    UserError,
+    check_memory,
+    check_output_dir,
+    load_checkpoint,
+    max_threads,
+    positive_int,
+)
+
+MAX_PICTURE_STEPS = 10_000
+"""The most steps a rollout or sample picture may take: ``--steps 10000000`` ran for
+more than five minutes before it ran out of memory, and no animation needs more."""
+MAX_TRAIN_STEPS = 10**9
+"""The most optimisation steps ``--steps`` may ask for (a count beyond it is a typo)."""
+MAX_SPEED = 100.0
+"""The fastest ``rollout --speed``: the integrator's sub-steps grow with it, and a speed
+of 2^63 ran for good."""
+MAX_SAMPLES = 1_000
+"""The most trajectories ``hgn sample`` draws into one picture (``--n 100000000`` grew to
+23 GB before the kernel killed it)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -163,13 +182,30 @@ def _picture_args(p: argparse.ArgumentParser, png: str) -> None:
     )
 
 
-def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of :func:`_picture_args`, checked, as keyword arguments."""
+def _picture_options(args: argparse.Namespace, n: int = 1) -> dict[str, Any]:
+    """The options of :func:`_picture_args`, checked, as keyword arguments; with the
+    memory the ``n`` rollouts of ``args.steps`` steps take checked too, before the model
+    is loaded (frames of the run's image size, several float copies of each)."""
+    steps = positive_int(args.steps, "--steps", most=MAX_PICTURE_STEPS)
+    checkpoint = os.path.join(args.run, "checkpoint.pt")
+    if os.path.isfile(checkpoint):
+        model = load_checkpoint(checkpoint)["config"].get("model", {})
+        size = model.get("image_size", 64) if isinstance(model, dict) else 64
+        size = size if isinstance(size, int) and 0 < size <= 4096 else 64
+        frames = 2 * n * (steps + 1) * 3 * size * size
+        check_memory(frames * 4 * 4, f"{n} rollout(s) of {steps} steps", "ask for fewer")
     return {
-        "fps": positive_int(args.fps, "--fps"),
+        "fps": positive_int(args.fps, "--fps", most=100),
         "device": args.device,
         "overwrite": args.overwrite,
     }
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """A seed torch accepts (0 ≤ seed < 2^63), or one line: torch raises on others."""
+    if not 0 <= seed < 2**63:
+        raise UserError(f"{option} must be an integer from 0 to 2^63 - 1, got {seed}")
+    return seed
 
 
 def _threads(requested: int = 1) -> None:
@@ -177,7 +213,7 @@ def _threads(requested: int = 1) -> None:
     Hamiltonian net on 4×4 maps), and when the cores are shared every multi-threaded op
     waits for a descheduled worker: on our 2-core machine under load, a training step
     took 20-40× longer with 2 threads than with 1 (docs/RESULTS.md, "Training speed")."""
-    torch.set_num_threads(positive_int(requested, "--threads"))
+    torch.set_num_threads(positive_int(requested, "--threads", most=max_threads()))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -185,7 +221,7 @@ def _train(args: argparse.Namespace) -> None:
     from hgn.training.train import train
 
     if args.steps is not None:
-        positive_int(args.steps, "--steps")
+        positive_int(args.steps, "--steps", most=MAX_TRAIN_STEPS)
     check_range(args.max_minutes, "--max-minutes", gt=0)
     if args.print_config:
         sys.stdout.write(
@@ -230,6 +266,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from hgn.evaluation.commands import evaluate
 
     _threads()
+    check_output_dir(args.out, "evaluate")  # both protocols: refused before the work
+    positive_int(args.max_sequences, "--max-sequences", most=10_000_000)
+    positive_int(args.batch_size, "--batch-size", most=MAX_SAMPLES)
     # what both protocols take, given once so that they cannot drift apart
     common = {
         "max_sequences": args.max_sequences,
@@ -290,6 +329,7 @@ def _rollout(args: argparse.Namespace) -> None:
     from hgn.evaluation.commands import render_rollout
 
     _threads()
+    check_range(args.speed, "--speed", gt=0, le=MAX_SPEED)
     path = render_rollout(
         args.run,
         args.data,
@@ -312,10 +352,10 @@ def _sample(args: argparse.Namespace) -> None:
     path = render_samples(
         args.run,
         args.out,
-        n=args.n,
+        n=positive_int(args.n, "--n", most=MAX_SAMPLES),
         steps=args.steps,
-        seed=args.seed,
+        seed=check_seed(args.seed),
         say=print,
-        **_picture_options(args),
+        **_picture_options(args, n=positive_int(args.n, "--n", most=MAX_SAMPLES)),
     )
     print(f"wrote {path}")

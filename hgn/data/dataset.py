@@ -79,14 +79,39 @@ def load(path: str | os.PathLike, split: str = "train") -> Split:
         for name in names:
             node = _array_node(loc, split, name)
             arrays[name] = ChunkedArray(loc, f"{split}/{name}", node)
-            if arrays[name].shape[0] != n:
-                raise UserError(
-                    f"dataset {loc.url} is damaged: {split}/{name} has "
-                    f"{arrays[name].shape[0]} rows, the metadata says {n}"
-                )
+            _check_array(loc, arrays[name], expected_array(meta, n, name))
     split_meta = {k: v for k, v in meta.items() if k != "splits"}
     split_meta.update(meta["splits"][split], split=split)
     return Split(os.fspath(path), split_meta, arrays)
+
+
+def expected_array(meta: dict[str, Any], n: int, name: str) -> tuple[tuple, tuple]:
+    """The leading shape and the dtypes an array of a split must have by the metadata:
+    frames (n, T+1, size, size, 3) uint8, states (n, T+1, dof) float32, per-trajectory
+    values (n, ...) floats."""
+    frames = meta["steps"] + 1
+    if name == "images":
+        return (n, frames, meta["size"], meta["size"], 3), (np.uint8,)
+    if name in STATES:
+        return (n, frames, meta["dof"]), (np.float32,)
+    return (n,), (np.float32, np.float64)
+
+
+def _check_array(loc: store.Location, array: ChunkedArray, want: tuple[tuple, tuple]) -> None:
+    """Refuse an array whose dtype or shape disagrees with the metadata. An edited
+    ``zarr.json`` saying float32 for the frames once made training read garbage
+    (uninitialised memory included) until the loss was infinite."""
+    shape, dtypes = want
+    if array.dtype not in [np.dtype(d) for d in dtypes]:
+        raise UserError(
+            f"dataset {loc.url} is damaged: {array.name} is {array.dtype}, hgn stores "
+            f"{' or '.join(np.dtype(d).name for d in dtypes)}"
+        )
+    if array.shape[: len(shape)] != shape or (len(shape) > 1 and array.shape != shape):
+        raise UserError(
+            f"dataset {loc.url} is damaged: {array.name} has shape {array.shape}, the "
+            f"metadata says {shape}"
+        )
 
 
 def _array_node(loc: store.Location, split: str, name: str) -> dict[str, Any]:
@@ -94,7 +119,7 @@ def _array_node(loc: store.Location, split: str, name: str) -> dict[str, Any]:
         return loc.read_json(split, name, "zarr.json")
     except FileNotFoundError:
         raise UserError(f"dataset {loc.url} is damaged: {split}/{name} is missing") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"dataset {loc.url}: {split}/{name} is unreadable ({exc})") from None
 
 
@@ -113,6 +138,12 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
         done = store.parts_done(loc, count)
         missing = sorted(set(range(count)) - done)
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        if not missing:
+            raise UserError(
+                f"dataset {loc.url} is incomplete: all {count} part(s) are written but a "
+                "job stopped before marking it complete; rerun the same command (any "
+                "shard's) to finish it"
+            )
         if count == 1:
             raise UserError(
                 f"dataset {loc.url} is incomplete: its generation was interrupted or is "

@@ -29,7 +29,7 @@ from hgn import __version__
 from hgn.data import store
 from hgn.data.store import SPLITS, STATES, ArraySpec, Location
 from hgn.physics.systems import System, get_system, one_thread
-from hgn.utils import UserError, numpy_rng, positive_int
+from hgn.utils import UserError, check_memory, numpy_rng, positive_int
 
 BLOCK = 1024
 """Trajectories per block of randomness (and per unit of sharding)."""
@@ -104,6 +104,8 @@ def generate(
         raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
     part = parse_shard(shard) or (0, 1)
     counts = {"train": n_train, "test": n_test}
+    _check_memory(sim, steps, size, block)
+    _check_substeps(sim, dt)
     meta = _meta(sim, counts, steps, dt, size, int(seed), block, part[1])
     specs = _specs(sim, meta)
     loc = store.locate(out)
@@ -112,14 +114,15 @@ def generate(
         return loc.url
     ranges = {name: _shard_rows(counts[name], block, part) for name in SPLITS}
     _check_space(loc, sim, meta, specs, ranges, report)
+    created = store.begin(loc, meta, specs, part, created)
+    if created is None:
+        return loc.url
     try:
-        if created:
-            store.create(loc, meta, specs)
         with store.terminate_cleanly(), one_thread():
             _write(loc, sim, meta, specs, ranges, progress)
     except BaseException:
         if part[1] == 1 and created:
-            store.discard(loc)
+            store.discard(loc, meta)
         raise
     record = {"index": part[0], "count": part[1], "version": __version__, "rows": ranges}
     store.finish_part(loc, meta, part[0], record)
@@ -138,7 +141,7 @@ def _meta(
 ) -> dict[str, Any]:
     """Everything needed to regenerate the dataset, in the form it takes on disk."""
     probe = sim.sample_variant(1, np.random.default_rng(0))
-    return {
+    meta = {
         "format": store.FORMAT,
         "version": __version__,
         "source": "generated",
@@ -170,6 +173,7 @@ def _meta(
         "parts": parts,
         "complete": False,
     }
+    return {**meta, "fingerprint": store.fingerprint(meta)}
 
 
 VALUE_DIMS = {"colours": ("trajectory", "body", "rgb"), "shift": ("trajectory", "xy")}
@@ -211,7 +215,10 @@ def _specs(sim: System, meta: dict[str, Any]) -> dict[str, ArraySpec]:
 
 
 def parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
-    """``"I/N"`` or ``(I, N)`` with 0 <= I < N, or None."""
+    """``"I/N"`` or ``(I, N)`` with 0 <= I < N <= :data:`store.MAX_PARTS`, or None (a
+    count of 10^11 once made the command and ``data info`` loop for good). Shards with
+    no whole block of rows are allowed, and empty: a scheduler's array of N jobs need
+    not know the data's size."""
     if shard is None:
         return None
     try:
@@ -220,7 +227,41 @@ def parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
         raise UserError(f"--shard must look like I/N (e.g. 0/8), got {shard!r}") from None
     if count < 1 or not 0 <= index < count:
         raise UserError(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
+    if count > store.MAX_PARTS:
+        raise UserError(f"--shard I/N allows N up to {store.MAX_PARTS}, got {count}")
     return index, count
+
+
+MAX_SUBSTEPS = 10_000
+"""The most integrator sub-steps per frame a dataset may need: more means constants so
+stiff (``--set g=1e308``) that the simulation would overflow or run for days."""
+
+
+def _check_substeps(sim: System, dt: float) -> None:
+    """Refuse constants and ``dt`` that need more than :data:`MAX_SUBSTEPS` sub-steps."""
+    try:
+        substeps = sim.substeps(dt)
+    except (OverflowError, ValueError):
+        substeps = math.inf
+    if not substeps <= MAX_SUBSTEPS:
+        raise UserError(
+            f"the {sim.name} constants {sim.constants} with --dt {dt:g} need {substeps:g} "
+            f"integrator sub-steps per frame (at most {MAX_SUBSTEPS}); use smaller constants "
+            "or a smaller --dt"
+        )
+
+
+def _check_memory(sim: System, steps: int, size: int, block: int) -> None:
+    """Refuse settings whose working set cannot fit in memory, before any work: one block
+    of simulated states (several float64 copies) and the ring of frame chunks. ``--steps
+    1e8`` used to end in a traceback from the allocator."""
+    frames = steps + 1
+    rows = store.image_rows(size * size * 3, frames, block)
+    states = 16 * block * frames * max(sim.dof, 1) * 8
+    images = 12 * rows * frames * size * size * 3
+    check_memory(
+        states + images, "generating this dataset", "use fewer --steps or a smaller --size"
+    )
 
 
 def _shard_rows(n: int, block: int, shard: tuple[int, int]) -> tuple[int, int]:
@@ -280,6 +321,16 @@ def _check_space(
         )
 
 
+def _check_finite(q: torch.Tensor, p: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Refuse a simulation that overflowed (``--set g=1e308``): infinite or NaN states
+    would be stored as data and drawn as garbage."""
+    if not (torch.isfinite(q).all() and torch.isfinite(p).all()):
+        raise UserError(
+            f"the {meta['system']} simulation overflowed (non-finite states) with "
+            f"constants {meta['constants']} and dt {meta['dt']}; use smaller values"
+        )
+
+
 def _draw(system: System, q: torch.Tensor, out: np.ndarray) -> np.ndarray:
     """Render on a writer thread, one intra-op thread each (see :func:`one_thread`)."""
     torch.set_num_threads(1)
@@ -308,6 +359,7 @@ def _write(
                     start, stop = index * block, min((index + 1) * block, hi)
                     rng = numpy_rng(meta["seed"], meta["system"], split, index)
                     q, p, values = sim.sample_with_variant(stop - start, rng, dt, steps)
+                    _check_finite(q, p, meta)
                     noisy = [
                         (x + sim.noise * torch.from_numpy(rng.standard_normal(tuple(x.shape))))
                         for x in (q, p)

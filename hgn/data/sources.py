@@ -20,6 +20,7 @@ false``), so the metrics that need them are skipped downstream.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -70,9 +71,7 @@ class Sequences:
 # ----------------------------------------------------------------------------- sources
 def open_source(source: str | os.PathLike) -> Sequences:
     """Recognise ``source`` and open it; one line naming the file for any problem."""
-    path = Path(source)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
+    path = check_source(source)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in ARRAY_SUFFIXES:
@@ -83,7 +82,10 @@ def open_source(source: str | os.PathLike) -> Sequences:
             f"{path}: not a source hgn can import (arrays {', '.join(ARRAY_SUFFIXES)}; "
             f"videos {', '.join(VIDEO_SUFFIXES)}; or a folder)"
         )
-    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    try:
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot list it ({exc.strerror})") from None
     folders = [p for p in entries if p.is_dir()]
     videos = [p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
@@ -94,6 +96,19 @@ def open_source(source: str | os.PathLike) -> Sequences:
     if images:
         return _in_memory("frames", path, [path], _read_frames)
     raise UserError(f"{path}: empty folder (no sub-folders of frames, images or videos)")
+
+
+def check_source(source: str | os.PathLike) -> Path:
+    """``source`` as a path that exists, or one line: missing, a symlink loop, no
+    permission (``Path.resolve`` raises RuntimeError on a loop, so this comes first)."""
+    path = Path(source)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file or folder") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot open it ({exc.strerror})") from None
+    return path
 
 
 def _array_source(path: Path) -> Sequences:
@@ -125,6 +140,8 @@ def _array_source(path: Path) -> Sequences:
         channels_last = False
     else:
         raise UserError(f"{path}: shape {array.shape} has no colour axis of 1 or 3 (last or third)")
+    if min(array.shape) == 0:
+        raise UserError(f"{path}: an empty array of shape {array.shape}; nothing to import")
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise UserError(f"{path}: dtype {array.dtype}; expected uint8 or floats in [0, 1]")
     n, t = array.shape[:2]
@@ -195,7 +212,7 @@ def _as_hwc(image: np.ndarray, where: Path) -> np.ndarray:
     """A frame as (H, W, C) with C = 1 or 3 (alpha dropped)."""
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4) or min(image.shape) == 0:
         raise UserError(f"{where}: an image of shape {image.shape}; expected gray or RGB")
     return image[..., :1] if image.shape[-1] == 2 else image[..., :3]
 
@@ -325,7 +342,9 @@ def import_sequences(
     if not 0.0 < float(test_fraction) < 1.0 or not math.isfinite(float(test_fraction)):
         raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     if frames is not None:
-        frames = positive_int(frames, "--frames")
+        frames = positive_int(frames, "--frames", most=store.MAX_FRAMES)
+    if stride is not None:
+        stride = positive_int(stride, "--stride", most=store.MAX_FRAMES)
     if stride is not None and frames is None:
         raise UserError("--stride needs --frames (the window length)")
     if dt is not None and (not math.isfinite(float(dt)) or float(dt) <= 0):
@@ -336,7 +355,7 @@ def import_sequences(
             f"models take), got {size!r}"
         )
     loc = store.locate(out)
-    if loc.local and Path(loc.root).resolve() == Path(source).resolve():
+    if loc.local and Path(loc.root).resolve() == check_source(source).resolve():
         raise UserError("--out must not be the source itself")
     src = open_source(source)
     ids, starts, length = _windows(src, frames, stride)
@@ -398,16 +417,18 @@ def import_sequences(
         return loc.url
     raw = sum(s.nbytes for s in specs.values())
     say(f"{loc.url}: {n} sequences of {length} frames, {store.human(raw)} before compression")
+    created = store.begin(loc, meta, specs, (0, 1), created)
+    if created is None:
+        return loc.url
     try:
-        if created:
-            store.create(loc, meta, specs)
         with store.terminate_cleanly():
-            _write(loc, src, specs, rows, ids, starts, length, size, progress)
+            digest = _write(loc, src, specs, rows, ids, starts, length, size, progress)
     except BaseException:
         if created:
-            store.discard(loc)
+            store.discard(loc, meta)
         raise
-    store.finish_part(loc, meta, 0, {"index": 0, "count": 1, "version": __version__})
+    record = {"index": 0, "count": 1, "version": __version__, "fingerprint": digest}
+    store.finish_part(loc, {**meta, "fingerprint": digest}, 0, record)
     return loc.url
 
 
@@ -421,8 +442,11 @@ def _write(
     length: int,
     size: int,
     progress: bool,
-) -> None:
-    """Resample and store every split's windows, one chunk at a time."""
+) -> str:
+    """Resample and store every split's windows, one chunk at a time; returns the
+    content fingerprint (a hash of every stored frame, in order), which identifies the
+    imported data in the runs trained on it."""
+    digest = hashlib.sha256()
     writer = store.ChunkWriter(loc)
     spec = specs["train/images"]
     ring = store.FrameRing(writer.pending_limit + 3, spec.chunks)
@@ -440,11 +464,13 @@ def _write(
                         raw = src.read(ids[part], starts[part], length)
                         drawn = resample(raw.reshape(-1, *raw.shape[2:]), size)
                         view[lo] = drawn.reshape(len(part), length, size, size, 3)
+                    digest.update(view.tobytes())
                     ring.busy[slot] = writer.put(f"{split}/images", spec, chunk, view)
                     bar.update(len(picked))
         writer.drain()
     finally:
         writer.close()
+    return digest.hexdigest()[:32]
 
 
 def _batches(n: int, step: int) -> Iterator[slice]:

@@ -39,12 +39,15 @@ partly written, and whose missing chunks zarr would read as zeros) never reads a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import posixpath
+import re
 import shutil
 import signal
+import sys
 import threading
 import uuid
 from collections import deque
@@ -61,7 +64,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from hgn.utils import UserError
+from hgn.utils import UserError, check_writable
 
 FORMAT = 2
 """Version of the layout, recorded in the metadata (1 was the ``.npy`` directories)."""
@@ -72,6 +75,15 @@ ATTRS = "hgn"
 SPLITS = ("train", "test")
 STATES = ("q", "p", "q_noisy", "p_noisy")
 PART = "hgn-part-{index:04d}-of-{count:04d}.json"
+PART_NAME = re.compile(r"hgn-part-(\d{4,})-of-(\d{4,})\.json")
+MAX_PARTS = 9999
+"""The most parts (shard jobs) a store may be written in: the part markers' names hold
+four digits, and a count beyond the data's blocks would only make empty shards."""
+MAX_FRAMES = 1 << 24
+"""The most frames a sequence may have (a window of ``--frames 2**63`` overflowed)."""
+PREVIEWS = "hgn-previews.json"
+"""The record of the pictures ``hgn data show`` wrote into a dataset (name → SHA-256):
+a picture that still matches it is hgn's to replace or remove, any other is the user's."""
 PREVIEW = "preview-{split}"
 """Name of ``hgn data show``'s pictures inside a local dataset directory (+ .png/.gif):
 hgn's own, so replaced without asking, and removed with the dataset."""
@@ -114,6 +126,30 @@ class Location:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.fs.cat_file(self.path(*parts)))
 
+    def create_json(self, value: Any, *parts: str) -> bool:
+        """Write a small JSON file only if none is there; False if one is. Exclusive on a
+        local disk (the file is written under a name of its own, then hard-linked into
+        place, which fails if the name exists), so that of two jobs started together on
+        one ``--out`` exactly one creates the store. Object stores have no such
+        operation; there it is a check, then a write."""
+        data = (json.dumps(value, indent=2) + "\n").encode()
+        target = self.path(*parts)
+        if not self.local:
+            if self.fs.exists(target):
+                return False
+            self.fs.pipe_file(target, data)
+            return True
+        tmp = f"{target}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+        with open(tmp, "xb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
     def write_json(self, value: Any, *parts: str) -> None:
         """Write a small JSON file, atomically on a local disk (object stores replace
         an object in one request anyway). Not fsync'ed, like the chunks: completion
@@ -125,7 +161,7 @@ class Location:
             # one temporary name per writer: shard jobs started together all write the
             # same metadata, and a shared name lets one job's rename steal another's file
             tmp = f"{target}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-            with open(tmp, "wb") as f:
+            with open(tmp, "xb") as f:
                 f.write(data)
             os.replace(tmp, target)
         else:
@@ -224,7 +260,12 @@ def image_rows(frame_bytes: int, frames: int, block: int) -> int:
 
 
 def numcodec(config: dict[str, Any], typesize: int) -> numcodecs.Blosc:
-    """The numcodecs Blosc object for a zarr v3 ``blosc`` codec configuration."""
+    """The numcodecs Blosc object for a zarr v3 ``blosc`` codec configuration (a
+    malformed one raises KeyError, TypeError or ValueError)."""
+    if config.get("cname") not in numcodecs.blosc.list_compressors():
+        raise ValueError(f"unknown Blosc compressor {config.get('cname')!r}")
+    if not isinstance(config.get("clevel"), int) or not 0 <= config["clevel"] <= 9:
+        raise ValueError(f"Blosc level {config.get('clevel')!r}")
     return numcodecs.Blosc(
         cname=config["cname"],
         clevel=config["clevel"],
@@ -234,11 +275,37 @@ def numcodec(config: dict[str, Any], typesize: int) -> numcodecs.Blosc:
     )
 
 
-def create(loc: Location, meta: dict[str, Any], arrays: dict[str, ArraySpec]) -> None:
-    """Write the group and array metadata (no chunks). ``arrays`` is keyed by
-    ``split/name``. zarr builds the metadata in memory (fast: no event loop round trips
-    per file), and each ``zarr.json`` is then written where the store lives. Shard jobs
-    that start together may both get here; they write the same bytes."""
+def create(loc: Location, meta: dict[str, Any], arrays: dict[str, ArraySpec]) -> bool:
+    """Create the store: its root ``zarr.json`` exclusively, then the array metadata
+    (no chunks). Returns False, writing nothing, when another job created the root
+    first: the caller must then check that job's settings against its own (two jobs
+    with different seeds on one ``--out`` once both wrote into one store)."""
+    documents = _documents(meta, arrays)
+    if loc.local:
+        Path(loc.root).mkdir(parents=True, exist_ok=True)
+    else:
+        loc.fs.makedirs(loc.root, exist_ok=True)
+    if not loc.create_json(json.loads(documents["zarr.json"].to_bytes()), "zarr.json"):
+        return False
+    write_arrays(loc, meta, arrays)
+    return True
+
+
+def write_arrays(loc: Location, meta: dict[str, Any], arrays: dict[str, ArraySpec]) -> None:
+    """Write the group and array metadata below the root, each only where it is absent:
+    a job that joins a store (a shard, or a rerun after its creator was killed before
+    this) writes what is missing, and never rewrites a layout its chunks follow (an
+    older hgn may have chunked the same settings differently)."""
+    documents = _documents(meta, arrays)
+    for key in sorted(k for k in documents if k != "zarr.json"):
+        folder = posixpath.dirname(key)
+        loc.fs.makedirs(loc.path(folder), exist_ok=True)
+        loc.create_json(json.loads(documents[key].to_bytes()), key)
+
+
+def _documents(meta: dict[str, Any], arrays: dict[str, ArraySpec]) -> dict[str, Any]:
+    """Every ``zarr.json`` of the store, built by zarr in memory (fast: no event loop
+    round trips per file). ``arrays`` is keyed by ``split/name``."""
     documents: dict[str, Any] = {}
     root = zarr.open_group(zarr.storage.MemoryStore(documents), mode="w", zarr_format=3)
     root.attrs.put({ATTRS: meta})
@@ -254,14 +321,7 @@ def create(loc: Location, meta: dict[str, Any], arrays: dict[str, ArraySpec]) ->
             dimension_names=spec.dims,
             chunk_key_encoding={"name": "default", "separator": SEPARATOR},
         )
-    # arrays and groups first, the root last: a reader that finds the root finds the rest
-    for key in sorted(documents, key=lambda k: (k == "zarr.json", k)):
-        folder = posixpath.dirname(key)
-        if folder:
-            loc.fs.makedirs(loc.path(folder), exist_ok=True)
-        elif loc.local:
-            Path(loc.root).mkdir(parents=True, exist_ok=True)
-        loc.write_json(json.loads(documents[key].to_bytes()), key)
+    return documents
 
 
 def chunk_key(index: int, ndim: int) -> str:
@@ -346,23 +406,27 @@ class ChunkedArray:
         try:
             self.shape = tuple(int(x) for x in node["shape"])
             self.dtype = np.dtype(node["data_type"])
-            grid = node["chunk_grid"]["configuration"]["chunk_shape"]
+            grid = [int(x) for x in node["chunk_grid"]["configuration"]["chunk_shape"]]
             codecs = node["codecs"]
             separator = node["chunk_key_encoding"]["configuration"]["separator"]
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{where} has unreadable zarr metadata ({exc})") from None
-        names = [c["name"] for c in codecs]
+            names = [c["name"] for c in codecs]
+            self.codec = numcodec(codecs[1]["configuration"], self.dtype.itemsize)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise UserError(f"{where} has unreadable zarr metadata ({exc!r})") from None
         if (
             names != ["bytes", "blosc"]
             or separator != SEPARATOR
+            or len(grid) != len(self.shape)
             or list(grid[1:]) != list(self.shape[1:])
+            or not grid[0] > 0
+            or min(self.shape, default=0) < 0
+            or self.dtype not in TORCH_DTYPES
         ):
             raise UserError(
-                f"{where} is not laid out as hgn writes it (codecs {names}, chunks {grid}); "
-                "rewrite it with hgn or read it with zarr"
+                f"{where} is not laid out as hgn writes it (codecs {names}, chunks {grid}, "
+                f"dtype {self.dtype}); rewrite it with hgn or read it with zarr"
             )
-        self.rows = int(grid[0])
-        self.codec = numcodec(codecs[1]["configuration"], self.dtype.itemsize)
+        self.rows = grid[0]
         self.ndim = len(self.shape)
         self._scratch: np.ndarray | None = None
         self._cached = -1
@@ -494,23 +558,144 @@ def split_key(key: Any, n: int) -> tuple[int | np.ndarray, tuple]:
 
 # ----------------------------------------------------------------------------- metadata
 def read_meta(loc: Location) -> dict[str, Any]:
-    """The hgn metadata of the store at ``loc``; one line when it is none."""
+    """The hgn metadata of the store at ``loc``, checked (:func:`check_meta`); one line
+    when it is none or malformed."""
     try:
         node = loc.read_json("zarr.json")
     except FileNotFoundError:
         raise UserError(f"{loc.url} is not an hgn dataset (no zarr.json)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{loc.url}: zarr.json is unreadable or corrupt ({exc})") from None
-    meta = node.get("attributes", {}).get(ATTRS) if isinstance(node, dict) else None
+    attributes = node.get("attributes") if isinstance(node, dict) else None
+    meta = attributes.get(ATTRS) if isinstance(attributes, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{loc.url} is a zarr store but not an hgn dataset (format {FORMAT})")
+    problem = meta_problem(meta)
+    if problem:
+        raise UserError(
+            f"dataset {loc.url} has malformed metadata ({problem}); regenerate or re-import it"
+        )
     return meta
 
 
+VALUE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+"""What the name of a per-trajectory value array may be: it becomes a path part, so a
+store's metadata must not be able to point a reader outside the store."""
+
+
+def _count(value: Any, low: int = 0, high: int = 1 << 40) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _constants(value: Any) -> bool:
+    """Named numbers; the names are passed on as keyword arguments of ``get_system``, so
+    none may be one of its own (``name``, ``noise``, ``style``...)."""
+    return (
+        isinstance(value, dict)
+        and all(_number(v) for v in value.values())
+        and all(VALUE_NAME.fullmatch(k) and k not in SYSTEM_ARGUMENTS for k in value)
+    )
+
+
+SYSTEM_ARGUMENTS = ("name", "noise", "style", "vary", "random_colours")
+"""The keyword arguments of ``get_system`` that are not constants."""
+
+
+def _variant(value: Any) -> bool:
+    """The ``variant`` record of generated data: what ``system_of`` rebuilds it from."""
+    if not isinstance(value, dict):
+        return False
+    vary = value.get("vary", {})
+    ranges = isinstance(vary, dict) and all(
+        isinstance(r, list) and len(r) == 2 and all(_number(x) for x in r) for r in vary.values()
+    )
+    return (
+        ranges
+        and isinstance(value.get("style", "paper"), str)
+        and isinstance(value.get("random_colours", False), bool)
+        and isinstance(value.get("hamiltonian", True), bool)
+    )
+
+
+COMMON_KEYS: dict[str, Callable[[Any], bool]] = {
+    "size": lambda v: _count(v, 1, 4096),
+    "steps": lambda v: _count(v, 1, MAX_FRAMES),
+    "dt": lambda v: _number(v) and v != 0,
+    "seed": lambda v: _count(v, 0, 1 << 64),
+    "version": _text,
+}
+"""Every store's metadata keys and what each must be (absent keys are refused too)."""
+
+OPTIONAL_KEYS: dict[str, Callable[[Any], bool]] = {
+    "has_states": lambda v: isinstance(v, bool),
+    "source": _text,
+    "parts": lambda v: _count(v, 1, MAX_PARTS),
+    "complete": lambda v: isinstance(v, bool),
+    "fingerprint": _text,
+    "imported_from": _text,
+    "system": lambda v: v is None or _text(v),
+}
+"""Keys that may be absent, or must be as said when present."""
+
+GENERATED_KEYS: dict[str, Callable[[Any], bool]] = {
+    "system": _text,
+    "constants": _constants,
+    "noise": lambda v: _number(v) and v >= 0,
+    "dof": lambda v: _count(v, 1, 1024),
+    "integrator": lambda v: (
+        isinstance(v, dict) and _text(v.get("method")) and _count(v.get("substeps"), 1, 1 << 30)
+    ),
+    "variant": _variant,
+}
+"""What generated data (``has_states``) also needs: the simulator is rebuilt from it."""
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a store's metadata, or None: the keys every reader relies on,
+    with their types and ranges, so that a hand-edited or hostile ``zarr.json`` is one
+    line here rather than a traceback, a hang or a read outside the store later."""
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        return f"splits must map {' and '.join(SPLITS)} to their sizes"
+    if not all(isinstance(v, dict) and _count(v.get("n"), 1) for v in splits.values()):
+        return "each split needs a positive trajectory count n"
+    checks = dict(COMMON_KEYS)
+    generated = meta.get("has_states", True)  # stores from before imports lack the key
+    checks.update(GENERATED_KEYS if generated is True else {"source": _text})
+    for key, ok in checks.items():
+        if key not in meta:
+            return f"{key} is missing"
+        if not ok(meta[key]):
+            return f"{key} {meta[key]!r} is out of range or of the wrong type"
+    for key, ok in OPTIONAL_KEYS.items():
+        if key in meta and key not in checks and not ok(meta[key]):
+            return f"{key} {meta[key]!r} is out of range or of the wrong type"
+    values = meta.get("variant", {}).get("values", []) if generated is True else []
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and VALUE_NAME.fullmatch(v) and v not in (*STATES, "images")
+        for v in values
+    ):
+        return f"variant values {values!r} are not array names"
+    return None
+
+
 def parts_done(loc: Location, count: int) -> set[int]:
-    """Indices of the parts whose marker is there."""
-    names = set(loc.listing())
-    return {i for i in range(count) if PART.format(index=i, count=count) in names}
+    """Indices of the parts whose marker is there (read from the listing, so a huge
+    ``count`` costs nothing)."""
+    done = set()
+    for name in loc.listing():
+        match = PART_NAME.fullmatch(name)
+        if match and int(match[2]) == count and int(match[1]) < count:
+            done.add(int(match[1]))
+    return done
 
 
 def finish_part(loc: Location, meta: dict[str, Any], index: int, record: dict[str, Any]) -> bool:
@@ -521,38 +706,117 @@ def finish_part(loc: Location, meta: dict[str, Any], index: int, record: dict[st
     ``complete``. Returns whether the store is complete."""
     count = meta["parts"]
     loc.write_json(record, PART.format(index=index, count=count))
+    return complete_if_done(loc, meta)
+
+
+def complete_if_done(loc: Location, meta: dict[str, Any]) -> bool:
+    """Set ``complete`` if every part's marker is there; returns whether it is. Also what
+    a rerun calls: a job killed between its marker and this write left a store whose
+    parts are all done but which no reader accepts. A single part's marker may carry
+    the content fingerprint of an import (known only once everything is written)."""
+    count = meta["parts"]
     if len(parts_done(loc, count)) < count:
         return False
     finished = {**meta, "complete": True}
+    if count == 1 and "fingerprint" not in finished:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            record = loc.read_json(PART.format(index=0, count=1))
+            if isinstance(record.get("fingerprint"), str):
+                finished["fingerprint"] = record["fingerprint"]
     node = loc.read_json("zarr.json")
     node.setdefault("attributes", {})[ATTRS] = finished
     loc.write_json(node, "zarr.json")
     return True
 
 
-def owned_keys(loc: Location) -> list[str]:
-    """The names under ``loc`` that an hgn dataset consists of (present ones only)."""
-    names = loc.listing()
-    ours = {"zarr.json", *SPLITS}
-    ours |= {PREVIEW.format(split=split) + end for split in SPLITS for end in (".png", ".gif")}
-    return [n for n in names if n in ours or (n.startswith("hgn-part-") and n.endswith(".json"))]
+def fingerprint(meta: dict[str, Any]) -> str:
+    """A content fingerprint of generated data: a hash of everything that determines
+    its bytes (the settings and the seed, :func:`identity`). A run records it, so that
+    ``--resume`` on another seed's data of the same system is refused."""
+    text = json.dumps(identity(meta), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def remove_dataset(loc: Location) -> None:
-    """Delete an hgn dataset's own entries at ``loc``, leaving anything else there."""
-    for name in owned_keys(loc):
-        path = loc.path(name)
-        if loc.fs.isdir(path):
-            loc.fs.rm(path, recursive=True)
-        else:
-            loc.fs.rm_file(path)
+def _entries(loc: Location, *parts: str) -> list[str]:
+    """Names directly under ``parts`` (empty when it is not a folder)."""
+    try:
+        listed = loc.fs.ls(loc.path(*parts), detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in listed)
+
+
+def _remove_if_empty(loc: Location, *parts: str) -> None:
+    if loc.fs.isdir(loc.path(*parts)) and not _entries(loc, *parts):
+        with contextlib.suppress(OSError):
+            loc.fs.rmdir(loc.path(*parts))
+
+
+def remove_dataset(loc: Location, meta: dict[str, Any] | None = None) -> None:
+    """Delete what hgn wrote of the dataset at ``loc`` and nothing else: the metadata,
+    the part markers, each array's chunks and metadata, pictures that still match the
+    record of ``hgn data show``; a folder goes only once empty, so a user's
+    ``train/my_labels.csv`` survives an ``--overwrite``. ``meta`` (the dataset's) names
+    its per-trajectory value arrays."""
+    values = (meta or {}).get("variant", {}).get("values", [])
+    arrays = ["images", *STATES, *[v for v in values if VALUE_NAME.fullmatch(str(v))]]
+    for split in SPLITS:
+        for array in arrays:
+            for name in _entries(loc, split, array):
+                if name == "zarr.json" or name.startswith("c" + SEPARATOR):
+                    loc.fs.rm_file(loc.path(split, array, name))
+            _remove_if_empty(loc, split, array)
+        if "zarr.json" in _entries(loc, split):
+            loc.fs.rm_file(loc.path(split, "zarr.json"))
+        _remove_if_empty(loc, split)
+    for name in own_previews(loc):
+        loc.fs.rm_file(loc.path(name))
+    for name in loc.listing():
+        if name in ("zarr.json", PREVIEWS) or PART_NAME.fullmatch(name):
+            loc.fs.rm_file(loc.path(name))
+
+
+def own_previews(loc: Location) -> list[str]:
+    """The pictures in the dataset at ``loc`` that ``hgn data show`` wrote and nobody has
+    changed since (their SHA-256 matches the record)."""
+    try:
+        record = loc.read_json(PREVIEWS)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(record, dict):
+        return []
+    names = set(loc.listing())
+    return [
+        name for name, digest in record.items() if name in names and _sha256(loc, name) == digest
+    ]
+
+
+def _sha256(loc: Location, name: str) -> str | None:
+    try:
+        return hashlib.sha256(loc.fs.cat_file(loc.path(name))).hexdigest()
+    except OSError:
+        return None
+
+
+def record_previews(loc: Location, paths: Iterable[Path]) -> None:
+    """Add pictures just written into the dataset to its :data:`PREVIEWS` record."""
+    try:
+        record = loc.read_json(PREVIEWS)
+    except (OSError, ValueError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    for path in paths:
+        record[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    loc.write_json(record, PREVIEWS)
 
 
 # ----------------------------------------------------------------------------- writing jobs
 def identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What must match for two metas to describe the same data (the package version,
-    how many parts wrote it and whether they are done need not)."""
-    return {k: v for k, v in meta.items() if k not in ("version", "parts", "complete")}
+    how many parts wrote it, whether they are done, and the fingerprint derived from
+    the rest need not)."""
+    skip = ("version", "parts", "complete", "fingerprint")
+    return {k: v for k, v in meta.items() if k not in skip}
 
 
 def describe(meta: dict[str, Any]) -> str:
@@ -562,17 +826,39 @@ def describe(meta: dict[str, Any]) -> str:
     )
 
 
+def begin(
+    loc: Location,
+    meta: dict[str, Any],
+    arrays: dict[str, ArraySpec],
+    part: tuple[int, int],
+    created: bool,
+) -> bool | None:
+    """Get the store at ``loc`` ready for part ``part``, after :func:`prepare` said
+    whether to create it (``created``): None when there is nothing to do, True when this
+    job created it (and may discard it on failure), False when it adds to a store that
+    exists. Creation is exclusive: of two jobs started together, the one that did not
+    create the store checks its settings against the creator's, and is refused if they
+    differ, before it writes anything.
+    """
+    if created and not create(loc, meta, arrays):
+        created = prepare(loc, meta, part, overwrite=False)
+    if created is False:
+        write_arrays(loc, meta, arrays)
+    return created
+
+
 def prepare(
     loc: Location, meta: dict[str, Any], part: tuple[int, int], overwrite: bool
 ) -> bool | None:
-    """Decide what to do at ``loc``: None when this part is already there (a no-op),
-    True when the store must be created, False to add to the existing store.
+    """Decide what to do at ``loc``: None when this part is already there (a no-op; a
+    store whose parts are all done is marked complete first), True when the store must
+    be created, False to add to the existing store.
 
     Refuses anything that is not an hgn dataset, and another hgn dataset unless
-    ``overwrite`` (which then removes only that dataset's own entries)."""
+    ``overwrite`` (which then removes only what hgn wrote of it)."""
+    if loc.local:
+        check_local_out(Path(loc.root))
     names = loc.listing()
-    if loc.local and Path(loc.root).exists() and not Path(loc.root).is_dir():
-        raise UserError(f"--out {loc.url} exists and is not a directory")
     if not names:
         return True
     if "zarr.json" not in names:
@@ -593,7 +879,7 @@ def prepare(
                 f"{loc.url} already holds a different dataset ({describe(existing)}); "
                 "choose another --out or pass --overwrite"
             )
-        remove_dataset(loc)
+        remove_dataset(loc, existing)
         return True
     if existing.get("complete"):
         return None
@@ -604,19 +890,34 @@ def prepare(
                 f"{meta['parts']}: use --shard I/{existing['parts']}, or --overwrite to "
                 "start again"
             )
-        remove_dataset(loc)
+        remove_dataset(loc, existing)
         return True
     if part[0] in parts_done(loc, meta["parts"]):
+        complete_if_done(loc, existing)
         return None
     return False
 
 
-def discard(loc: Location) -> None:
-    """Remove what an interrupted unsharded job wrote (it created the store)."""
-    with contextlib.suppress(OSError):
-        remove_dataset(loc)
+def check_local_out(root: Path) -> None:
+    """Refuse a local ``--out`` that is a file, lies under a file, or cannot be written."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} exists and is not a directory")
+    check_writable(root)
+
+
+def discard(loc: Location, meta: dict[str, Any]) -> None:
+    """Remove what an interrupted unsharded job wrote (it created the store). Called
+    while another error propagates, so a failure here is a warning, not a new error."""
+    try:
+        remove_dataset(loc, meta)
         if loc.local and not any(Path(loc.root).iterdir()):
             Path(loc.root).rmdir()
+    except OSError as exc:
+        print(
+            f"hgn: warning: could not remove the unfinished dataset at {loc.url} ({exc}); "
+            "remove it yourself or rerun the same command to finish it",
+            file=sys.stderr,
+        )
 
 
 def human(nbytes: float) -> str:

@@ -469,7 +469,18 @@ def load_array(path: str | Path) -> tuple[Tensor, tuple[int, int] | None]:
     bad = int((~np.isfinite(data)).any(axis=1).sum())
     if bad:
         raise UserError(f"{path} has {bad} rows with NaN or Inf; clean them first")
+    # squares of larger values overflow float32 in the standardisation (±1e38 did)
+    huge = int((np.abs(data) > MAX_MAGNITUDE).any(axis=1).sum())
+    if huge:
+        raise UserError(
+            f"{path} has {huge} rows with values beyond ±{MAX_MAGNITUDE:g}; rescale the data"
+        )
     return torch.as_tensor(data, dtype=torch.float32), image_shape
+
+
+MAX_MAGNITUDE = 1e15
+"""The largest magnitude a user's data point may have: its square, summed over the
+points, must stay finite in float32 (about 3e38)."""
 
 
 def check_points(x: Tensor, dim: int, what: str, unit_box: bool = False) -> Tensor:

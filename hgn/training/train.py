@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from hgn import data as hgn_data
-from hgn.checks import config_from_dict
+from hgn.checks import check_range, config_from_dict
 from hgn.data import mean_frame, to_frames
 from hgn.models import get_model
 from hgn.runs import CHECKPOINT, SEQUENCE, data_mismatch, store_sampler, trained_on
@@ -50,6 +51,7 @@ from hgn.utils import (
     OUTPUT_MARKER,
     UserError,
     atomic_path,
+    check_memory,
     check_output_dir,
     claim_output_dir,
     derive_seed,
@@ -57,6 +59,10 @@ from hgn.utils import (
     mark_output_dir,
     resolve_device,
 )
+
+MAX_LR = 1e3
+"""The largest learning rate accepted: Adam keeps it in float32 and 3.4e37 overflowed
+there (a traceback); any rate near this bound already diverges in a step."""
 
 IN_MEMORY_BYTES = 4 << 30
 """Training splits up to this size are read into RAM once; larger ones stay memory-mapped."""
@@ -172,10 +178,33 @@ def _check_out(out: Path, resume: bool) -> None:
         if not ckpt.exists():
             raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
         if not (out / OUTPUT_MARKER).exists():
+            _check_unmarked_run(out)
             return  # a run written before hgn marked its directories: train's own
     elif ckpt.exists():
         raise UserError(f"{out} already holds a run; pass --resume or choose another --out")
     check_output_dir(out, "train")
+
+
+def _check_unmarked_run(out: Path) -> None:
+    """Accept an unmarked folder holding a checkpoint as a run from before markers only
+    if its ``config.yaml`` (which resuming rewrites) is the one hgn wrote for that
+    checkpoint, or is absent: a copied checkpoint next to a user's own ``config.yaml``
+    once had that file replaced."""
+    config = out / "config.yaml"
+    if not config.exists():
+        return
+    saved = load_checkpoint(out / CHECKPOINT)
+    try:
+        ours = yaml.safe_load(dump_yaml(RunConfig.from_dict(saved["config"])))
+        same = yaml.safe_load(config.read_text(encoding="utf-8")) == ours
+    except (UserError, OSError, ValueError, yaml.YAMLError):
+        same = False
+    if not same:
+        raise UserError(
+            f"--out {out} has no hgn marker and its config.yaml is not the one hgn wrote "
+            f"for its {CHECKPOINT}; resume in a new folder holding only the checkpoint "
+            "(hgn never replaces files it did not write)"
+        )
 
 
 def _claim_out(out: Path, resume: bool) -> None:
@@ -196,11 +225,40 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def launch_env() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from the environment, checked before anything
+    is written: a stray ``RANK=1`` once rewrote config.yaml before the refusal, and
+    ``RANK=abc`` or ``WORLD_SIZE=2`` without a launcher ended in tracebacks or waits."""
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name, str(default))
+        try:
+            values[name] = int(text)
+        except ValueError:
+            values[name] = -1
+        if values[name] < (1 if name == "WORLD_SIZE" else 0):
+            raise UserError(
+                f"environment variable {name}={text!r} is not a valid count; unset it "
+                "(torchrun sets it for distributed training)"
+            )
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if rank >= world:
+        raise UserError(
+            f"environment variable RANK={rank} with WORLD_SIZE={world}: a rank must be "
+            "below the world size; unset RANK (torchrun sets it)"
+        )
+    if world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise UserError(
+            f"WORLD_SIZE={world} but no MASTER_ADDR/MASTER_PORT: launch with torchrun "
+            "--nproc-per-node N, or unset WORLD_SIZE"
+        )
+    return rank, world, local
+
+
 def _setup_distributed(device: str) -> torch.device:
     """Join the process group when launched by ``torchrun``; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _rank_env, world, local = launch_env()
     if world > 1 and not torch.distributed.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         resolved = resolve_device(device)
         if resolved.type == "cuda":
             resolved = torch.device("cuda", local)
@@ -254,6 +312,34 @@ def _agree_on(device: torch.device) -> Callable[[bool], bool]:
 
 
 # ----------------------------------------------------------------------------- running
+
+
+def _check_model_memory(config: RunConfig, frames: int, size: int) -> None:
+    """Refuse a model or a batch that cannot fit in memory, before anything is taken:
+    the weights, gradients and Adam moments (and average) counted on PyTorch's ``meta``
+    device, and a batch's frames with a generous factor for the activations. ``--set
+    model.fpsi_hidden=1000000000000`` or a batch of 10^12 used to end in an allocator
+    traceback."""
+    tc = config.train
+    try:
+        with torch.device("meta"):
+            probe = get_model(config.name)(config.model)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # sizes torch refuses
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"a {config.name} of these sizes cannot be built ({first})") from None
+    count = sum(p.numel() for p in probe.parameters())
+    copies = 4 + (1 if tc.ema else 0)  # weights, gradients, two Adam moments, the average
+    check_memory(
+        count * 4 * copies, f"a {config.name} of {count:,} parameters", "make the model smaller"
+    )
+    batch = tc.batch_size * frames * 3 * size * size * 4 * BATCH_COPIES
+    check_memory(batch, f"a batch of {tc.batch_size} sequences", "lower train.batch_size")
+
+
+BATCH_COPIES = 16
+"""Copies of a batch's frames that training keeps alive at once (inputs, activations of
+the encoder and decoder, gradients), a deliberately high guess: the check is only
+meant to stop absurd batches before the allocator does, not to size good ones."""
 
 
 def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
@@ -336,7 +422,9 @@ def train(
     ckpt = out / CHECKPOINT
     if resume and config is not None:
         raise UserError("--resume continues a run with its saved config; drop the overrides")
-    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes (others may see its claim)
+    env_rank, _world_env, _local = launch_env()
+    resolve_device(device)  # a bad --device is refused before anything is written
+    if env_rank == 0:  # only rank 0 writes (others may see its claim)
         _check_out(out, resume)
     elif resume and not ckpt.exists():
         raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
@@ -357,13 +445,17 @@ def train(
     if not resume:
         config = follow_data(config, split.meta)
     check_data(split, config.model)
-    mismatch = data_mismatch(record, split.meta)
+    mismatch = data_mismatch(record, split.meta, same_data=True)
     if mismatch:
         raise UserError(f"--resume continues a run on the data it was trained on; {mismatch}")
     dev = _setup_distributed(device)
     tc = config.train
+    check_range(tc.lr, "train.lr", gt=0, le=MAX_LR)  # Adam's float32 state overflows past it
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
 
+    _check_model_memory(
+        config, getattr(config.model, "frames", split.meta["steps"] + 1), split.meta["size"]
+    )
     torch.manual_seed(derive_seed(tc.seed, "init"))  # the initial weights follow the seed
     model = get_model(config.name)(config.model).to(dev)
     if not resume:

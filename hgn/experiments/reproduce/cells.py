@@ -28,7 +28,7 @@ from hgn.experiments.reproduce.profiles import LONG_RUN, REGIMES, ROWS, Profile
 from hgn.runs import open_sequence_model
 from hgn.training import config as hgn_config
 from hgn.training import train as hgn_train
-from hgn.utils import UserError, atomic_path, resolve_device, write_json
+from hgn.utils import UserError, atomic_path, read_json, resolve_device, write_json
 
 VPT_FRACTION = 0.5
 """Valid prediction time: the number of predicted steps before a frame's MSE first
@@ -134,7 +134,7 @@ def _stage(cell: Path, name: str, compute: Callable[[], dict[str, Any]]) -> dict
     run of the cell finished it, else computed and saved there (atomically)."""
     path = cell / f"stage-{name}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)
     value = compute()
     write_json(path, value)
     return value
@@ -359,6 +359,12 @@ def finished_cells(out: Path) -> dict[str, dict[str, Any]]:
     """All finished cells under ``out``, as ``{system: {model: result}}``."""
     cells: dict[str, dict[str, Any]] = {}
     for path in sorted((out / "cells").glob("*/*/result.json")):
-        record = json.loads(path.read_text())
+        record = read_json(path, "delete it to run that cell again")
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("system"), str)
+            and isinstance(record.get("model"), str)
+        ):
+            raise UserError(f"{path} is not a cell's result; delete it to run that cell again")
         cells.setdefault(record["system"], {})[record["model"]] = record
     return cells
