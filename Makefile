@@ -8,7 +8,7 @@ LOCK := requirements-lock.txt
 TORCH := torch==2.13.0
 UV := uv==0.13.8
 
-.PHONY: setup browser demo test quick lint lock clean
+.PHONY: setup browser demo test quick test-exhaustive lint lock clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test: setup browser
 # pyproject.toml), in under a minute on two cores, stopping at the first failure.
 quick: setup
 	$(BIN)/python -m pytest -m "not slow" -x -q
+
+# The property tests of damaged stores and hostile options at 500 examples each (minutes;
+# make test runs 25 of each).
+test-exhaustive: setup
+	$(BIN)/python -m pytest -m exhaustive tests/test_properties.py
 
 # The report test renders report.html in headless Chromium (Debian's package).
 browser:
