@@ -209,3 +209,14 @@ def test_sliding_states_describe_consecutive_frames() -> None:
     z, var, first = metrics.sliding_states(Last(), frames, steps=5)
     assert first == 2 and z.shape == (2, 5, 2) and not var.any()
     assert z[0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]  # the states of frames 2…6
+
+
+def test_symetric_reads_a_recurrent_models_decoded_latent_as_its_phase_space() -> None:
+    """An LSTM's or GRU's p is its memory, not q's partner: SyMetric gets the latent q
+    (read as its halves); a model whose q and p are partners gets [q, p]."""
+    from hgn.experiments.benchmark.metrics import flat
+    from hgn.models import State
+
+    q, memory = torch.randn(2, 32), torch.randn(2, 41)
+    assert torch.equal(flat(State(q, memory)), q)
+    assert flat(State(q, q + 1)).shape == (2, 64)

@@ -63,8 +63,14 @@ NO_STATES = "no true states (imported data)"
 
 
 def flat(state: State) -> Tensor:
-    """A state with leading axis B as ``(B, 2m)``, laid out [q, p]."""
-    return torch.cat([state.q.flatten(1), state.p.flatten(1)], dim=1)
+    """A state with leading axis B as ``(B, 2m)``, laid out [q, p]. Where p is not the
+    partner of q (its size differs: an LSTM's or a GRU's p is its recurrent memory, not a
+    momentum), the phase space a model claims is the latent it decodes, q, read as its
+    halves [q₁, q₂]."""
+    q, p = state.q.flatten(1), state.p.flatten(1)
+    if q.shape[1] != p.shape[1]:
+        return q
+    return torch.cat([q, p], dim=1)
 
 
 def _windows(frames: Tensor, count: int, context: int) -> Tensor:
