@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import NoReturn
 
@@ -36,6 +37,15 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="no progress bar (for logs and scripts)",
     )
+
+
+def command_line(words: list[str], options: dict[str, object], out: object) -> str:
+    """The shell command that reproduces a run, recorded with its results: ``words``,
+    then each option whose value is not None, then ``--out``."""
+    for flag, value in options.items():
+        if value is not None:
+            words = [*words, flag, str(value)]
+    return shlex.join([*words, "--out", str(out)])
 
 
 def build_parser() -> argparse.ArgumentParser:

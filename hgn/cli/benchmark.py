@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from hgn.cli import add_progress_flag
+from hgn.cli import add_progress_flag, command_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,17 +87,14 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run, recorded with the results."""
-    words = ["hgn", "benchmark", "--size", args.size]
-    for flag, value in (
-        ("--models", args.models),
-        ("--datasets", args.datasets),
-        ("--minutes", args.minutes),
-        ("--jobs", None if args.jobs == 1 else args.jobs),
-        ("--seed", args.seed or None),
-        ("--device", None if args.device == "cpu" else args.device),
-        ("--threads", args.threads),
-        ("--data-root", args.data_root),
-    ):
-        if value is not None:
-            words += [flag, str(value)]
-    return shlex.join([*words, "--out", str(args.out)])
+    options = {
+        "--models": args.models,
+        "--datasets": args.datasets,
+        "--minutes": args.minutes,
+        "--jobs": None if args.jobs == 1 else args.jobs,
+        "--seed": args.seed or None,
+        "--device": None if args.device == "cpu" else args.device,
+        "--threads": args.threads,
+        "--data-root": args.data_root,
+    }
+    return command_line(["hgn", "benchmark", "--size", args.size], options, args.out)

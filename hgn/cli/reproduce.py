@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from hgn.cli import add_progress_flag
+from hgn.cli import add_progress_flag, command_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,15 +84,12 @@ def _reproduce(args: argparse.Namespace) -> None:
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run, recorded with the results."""
-    words = ["hgn", "reproduce", "--profile", args.profile]
-    for flag, value in (
-        ("--systems", args.systems),
-        ("--models", args.models),
-        ("--data-root", args.data_root),
-        ("--device", None if args.device == "cpu" else args.device),
-        ("--threads", args.threads),
-        ("--jobs", None if args.jobs == 1 else args.jobs),
-    ):
-        if value is not None:
-            words += [flag, str(value)]
-    return shlex.join([*words, "--out", str(args.out)])
+    options = {
+        "--systems": args.systems,
+        "--models": args.models,
+        "--data-root": args.data_root,
+        "--device": None if args.device == "cpu" else args.device,
+        "--threads": args.threads,
+        "--jobs": None if args.jobs == 1 else args.jobs,
+    }
+    return command_line(["hgn", "reproduce", "--profile", args.profile], options, args.out)
