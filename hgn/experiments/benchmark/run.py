@@ -28,7 +28,7 @@ from hgn.experiments.benchmark.profiles import (
     get_size,
     style_of,
 )
-from hgn.experiments.reproduce.run import _announce, _run_parallel, default_threads
+from hgn.experiments.reproduce.run import default_threads, run_cells
 from hgn.utils import (
     OUTPUT_MARKER,
     UserError,
@@ -239,16 +239,7 @@ def _run(
         f"{len(requested)} cells, {len(requested) - len(todo)} already finished, "
         f"{len(todo)} to run"
     )
-    with tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress) as bar:
-        if jobs == 1:
-            for i, (col, model) in enumerate(todo):
-                _announce(say, bar, [(col, model)], todo[i + 1 :])
-                cells.run_cell(out, settings, col, model, paths[col], device, progress)
-                bar.update(1)
-        else:
-            _run_parallel(
-                out, settings, todo, paths, device, jobs, say, bar, run_cell=cells.run_cell
-            )
+    run_cells(out, settings, todo, paths, device, jobs, say, progress, cells.run_cell)
     summary = report.build_outputs(out, settings, requested, command, described, left_out)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary

@@ -265,15 +265,9 @@ def _run(
         f"hgn reproduce: profile {chosen.name}, {len(requested)} cells, "
         f"{len(requested) - len(todo)} already finished, {len(todo)} to run"
     )
-    with tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress) as bar:
-        if jobs == 1:
-            for i, (system, model) in enumerate(todo):
-                _announce(say, bar, [(system, model)], todo[i + 1 :])
-                cells.run_cell(out, chosen, system, model, paths[system], device, progress)
-                bar.update(1)
-        else:
-            todo = sorted(todo, key=lambda cell: -_expected_minutes(chosen, cell[1]))
-            _run_parallel(out, chosen, todo, paths, device, jobs, say, bar)
+    if jobs > 1:  # the longest first, so no core idles at the end
+        todo = sorted(todo, key=lambda cell: -_expected_minutes(chosen, cell[1]))
+    run_cells(out, chosen, todo, paths, device, jobs, say, progress, cells.run_cell)
     summary = report.build_outputs(out, chosen, requested, command, described)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary
@@ -288,6 +282,34 @@ def _expected_minutes(profile: Profile, model: str) -> float:
     if ROWS.lookup(model).long_run:
         runs.append(cells.train_settings(profile, model, long=True))
     return sum(r["max_minutes"] or r["steps"] / 1000 for r in runs)
+
+
+def run_cells(
+    out: Path,
+    settings: Any,
+    todo: Sequence[tuple[str, str]],
+    paths: Mapping[str, Any],
+    device: str,
+    jobs: int,
+    say: Any,
+    progress: bool,
+    run_cell: Callable[..., Any],
+) -> None:
+    """Run the ``todo`` cells (column, model) one at a time in this process, or ``jobs``
+    at a time in processes of their own (:func:`_run_parallel`), with a progress bar;
+    ``run_cell(out, settings, column, model, paths[column], device, progress)`` is
+    module-level (it is pickled into the new processes). ``hgn reproduce`` and ``hgn
+    benchmark`` both run their cells through this."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress) as bar:
+        if jobs == 1:
+            for i, (column, model) in enumerate(todo):
+                _announce(say, bar, [(column, model)], todo[i + 1 :])
+                run_cell(out, settings, column, model, paths[column], device, progress)
+                bar.update(1)
+        else:
+            _run_parallel(out, settings, todo, paths, device, jobs, say, bar, run_cell)
 
 
 def _announce(say: Any, bar: Any, running: Sequence[tuple[str, str]], queued: Sequence) -> None:
