@@ -444,8 +444,11 @@ def test_failed_compilation_falls_back_to_eager(tmp_path, monkeypatch, capsys) -
 
     monkeypatch.setattr(torch, "compile", broken)
     config = {"kind": "nhf", "flow_steps": 1, "hidden": 8, "posterior_hidden": 8}
-    cfg = FlowTrainConfig(steps=3, batch_size=16, seed=1)
-    assert cfg.compile  # the default
+    cfg = FlowTrainConfig(steps=3, batch_size=16, seed=1, compile=True)
+    assert cfg.compiles
+    # by default only runs long enough to repay a compilation compile (issue 24)
+    assert not FlowTrainConfig(steps=3).compiles and FlowTrainConfig(steps=5000).compiles
+    assert FlowTrainConfig().compiles and FlowTrainConfig(max_minutes=1.0).compiles
     assert train("gmm", tmp_path / "a", config, cfg, tensorboard=False).step == 3
     err = capsys.readouterr().err.strip().splitlines()
     warnings = [line for line in err if "torch.compile failed" in line]

@@ -75,7 +75,7 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
-    from hgn.flows.train import DEFAULT_MINUTES, FlowTrainConfig
+    from hgn.flows.train import COMPILE_MIN_STEPS, DEFAULT_MINUTES, FlowTrainConfig
 
     d = FlowTrainConfig()
     g = p.add_argument_group("training")
@@ -110,14 +110,17 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
         "0: none",
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
-    # train: compiled by default (it pays within a 10-minute run); compare: eager unless
-    # asked (its models train on the clock, so a compilation is paid out of their minutes)
     g.add_argument(
         "--compile", action=argparse.BooleanOptionalAction,
         default=d.compile if with_steps else False,
         help="train through torch.compile: ~15%% faster steps after a 15-50 s compilation "
         "at the start, eager if compiling fails or the first compiled gradient differs "
-        "from eager's (default: %(default)s; --no-compile for short runs)",
+        "from eager's (default: "
+        + (
+            f"only runs on the clock or of {COMPILE_MIN_STEPS:,} steps or more)"
+            if with_steps
+            else "no: each model trains on its own minutes, which a compilation would use)"
+        ),
     )  # fmt: skip
     g.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS,

@@ -46,6 +46,9 @@ EVAL_FILE = "eval.json"
 DEFAULT_MINUTES = 9.5
 """The budget of a flow run given neither steps nor minutes (:class:`FlowTrainConfig`)."""
 STEP_CAP = 10**9
+COMPILE_MIN_STEPS = 2000
+"""Runs of at least this many steps (or on the clock) compile by default: at ~15 % faster
+steps a 15-50 s compilation is repaid within about 2,000 steps."""
 """The step budget of a run given in minutes alone: never the one that ends it."""
 TRAIN_KIND = "flow train"
 COMPARE_KIND = "flow compare"
@@ -84,8 +87,9 @@ class FlowTrainConfig:
     NLL after 3,000 steps from 3.787 (ELBO, K = 1) to 3.710 for 2.2 × the time a step."""
     clip: float = 10.0
     seed: int = 0
-    compile: bool = True
-    """Train through ``torch.compile``: it fuses the element-wise work of the leapfrog and
+    compile: bool | None = None
+    """Train through ``torch.compile`` (None: when the run repays it, :attr:`compiles`):
+    it fuses the element-wise work of the leapfrog and
     its hand-written backward, which is most of an eager NHF step (43.6 against 51.3 ms at
     the defaults, one thread); the 15-50 s compilation at the first step is repaid within
     a few minutes, so a 10-minute default run gets more steps (docs/RESULTS.md, "Training
@@ -105,8 +109,17 @@ class FlowTrainConfig:
         check_range(self.max_minutes, "--max-minutes", gt=0, le=1e6)
         if self.objective not in ("iwae", "elbo"):
             raise UserError(f"--objective must be iwae or elbo, got {self.objective!r}")
-        if not isinstance(self.compile, bool):
-            raise UserError(f"compile must be true or false, got {self.compile!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise UserError(f"compile must be true, false or null (auto), got {self.compile!r}")
+
+    @property
+    def compiles(self) -> bool:
+        """Whether this run compiles: as set, or (``compile`` None) when it is long enough
+        to repay the compilation: on the clock, or :data:`COMPILE_MIN_STEPS` steps or more
+        (a compilation of 15-50 s for ``--steps 2`` was all of a short run's time)."""
+        if self.compile is not None:
+            return self.compile
+        return self.steps is None or self.steps >= COMPILE_MIN_STEPS
 
     def lr_at(self, step: int, fraction: float = 0.0, warm_from: float | None = None) -> float:
         """The learning rate of ``step``. In a run of ``max_minutes`` alone (no ``steps``)
@@ -322,7 +335,7 @@ def train(
         return loss
 
     compiled = (
-        _Compiled(model.loss, params, "" if desc == "flow" else desc) if cfg.compile else None
+        _Compiled(model.loss, params, "" if desc == "flow" else desc) if cfg.compiles else None
     )
 
     def step_fn(step: int) -> dict[str, float]:
