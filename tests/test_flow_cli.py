@@ -312,10 +312,14 @@ def test_a_compiled_gradient_unlike_eager_falls_back_to_eager(
             torch.testing.assert_close(ran[key], value, rtol=0, atol=0)
 
 
-def test_train_compiles_by_default_and_falls_back_to_eager(tmp_path, monkeypatch, capsys) -> None:
-    """`flow train` compiles unless --no-compile; a compiler that fails (here: a stub, so
-    the test costs no compilation) gives one warning line and an eager run that succeeds.
-    The saved config records what was asked for, so --resume keeps it."""
+def test_train_compiles_when_asked_or_long_enough_and_falls_back_to_eager(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """`flow train` compiles with --compile, and by default only a run long enough to
+    repay the compilation (a 2-step run does not); a compiler that fails (here: a stub,
+    so the test costs no compilation) gives one warning line and an eager run that
+    succeeds. The saved config records what was asked for (None: the default), so
+    --resume keeps it."""
 
     def broken(fn, **kwargs):
         def fail(*args, **kw):
@@ -325,14 +329,15 @@ def test_train_compiles_by_default_and_falls_back_to_eager(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "compile", broken)
     small = [a for a in TINY if a != "--no-compile"]
-    for name, extra in (("default", []), ("compile", ["--compile"]), ("eager", ["--no-compile"])):
+    cases = (("default", [], 0, None), ("compile", ["--compile"], 1, True))
+    for name, extra, warnings, recorded in (*cases, ("eager", ["--no-compile"], 0, False)):
         out = tmp_path / name
         args = ["flow", "train", "--target", "moons", "--out", str(out), "--steps", "2"]
         assert main([*args, *small, *extra, "--no-tensorboard"]) == 0
         err = capsys.readouterr().err
-        assert err.count("torch.compile failed") == (0 if extra == ["--no-compile"] else 1)
+        assert err.count("torch.compile failed") == warnings
         saved = torch.load(out / "checkpoint.pt", weights_only=True)["config"]["train"]
-        assert saved["compile"] is (extra != ["--no-compile"])
+        assert saved["compile"] is recorded
 
 
 def test_flow_train_has_the_config_system_of_hgn_train(
