@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
     parsers inherit the class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"hgn: error: {message} (see {self.prog} --help)\n")
+        where = "" if self.prog == "hgn" else f"{self.prog}: "  # bare hgn: not "hgn: hgn:"
+        self.exit(2, f"hgn: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
