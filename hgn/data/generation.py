@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hgn import __version__
-from hgn.data import store
+from hgn.data import metadata, store
 from hgn.data.store import SPLITS, STATES, ArraySpec, Location
 from hgn.physics.systems import System, get_system, one_thread
 from hgn.utils import UserError, check_memory, numpy_rng, positive_int
@@ -215,7 +215,7 @@ def _specs(sim: System, meta: dict[str, Any]) -> dict[str, ArraySpec]:
 
 
 def parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
-    """``"I/N"`` or ``(I, N)`` with 0 <= I < N <= :data:`store.MAX_PARTS`, or None (a
+    """``"I/N"`` or ``(I, N)`` with 0 <= I < N <= :data:`metadata.MAX_PARTS`, or None (a
     count of 10^11 once made the command and ``data info`` loop for good). Shards with
     no whole block of rows are allowed, and empty: a scheduler's array of N jobs need
     not know the data's size."""
@@ -227,8 +227,8 @@ def parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
         raise UserError(f"--shard must look like I/N (e.g. 0/8), got {shard!r}") from None
     if count < 1 or not 0 <= index < count:
         raise UserError(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
-    if count > store.MAX_PARTS:
-        raise UserError(f"--shard I/N allows N up to {store.MAX_PARTS}, got {count}")
+    if count > metadata.MAX_PARTS:
+        raise UserError(f"--shard I/N allows N up to {metadata.MAX_PARTS}, got {count}")
     return index, count
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hgn import __version__
-from hgn.data import store
+from hgn.data import metadata, store
 from hgn.data.generation import SIZES
 from hgn.data.store import SPLITS, ArraySpec
 from hgn.plots import require_video
@@ -342,9 +342,9 @@ def import_sequences(
     if not 0.0 < float(test_fraction) < 1.0 or not math.isfinite(float(test_fraction)):
         raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     if frames is not None:
-        frames = positive_int(frames, "--frames", most=store.MAX_FRAMES)
+        frames = positive_int(frames, "--frames", most=metadata.MAX_FRAMES)
     if stride is not None:
-        stride = positive_int(stride, "--stride", most=store.MAX_FRAMES)
+        stride = positive_int(stride, "--stride", most=metadata.MAX_FRAMES)
     if stride is not None and frames is None:
         raise UserError("--stride needs --frames (the window length)")
     if dt is not None and (not math.isfinite(float(dt)) or float(dt) <= 0):
