@@ -209,3 +209,13 @@ def test_output_read_only_in_part_ends_quietly(pendulum64: Path) -> None:
     head.stdin.close()  # type: ignore[union-attr]
     head.wait()
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_shell_completion_knows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``hgn completion bash`` is generated from the parser: every command and its
+    options are there, the newest included."""
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    for word in ("train", "benchmark", "info", "flow", "--max-minutes", "--print-config"):
+        assert word in script, word
+    assert main(["completion", "fish"]) == 2  # not a shell it writes for: one line

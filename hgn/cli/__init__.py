@@ -50,7 +50,7 @@ def command_line(words: list[str], options: dict[str, object], out: object) -> s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hgn.cli import benchmark, data, flow, info, model, reproduce
+    from hgn.cli import benchmark, completion, data, flow, info, model, reproduce
 
     parser = _Parser(
         prog="hgn",
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.register(sub)
     benchmark.register(sub)
     info.register(sub)
+    completion.register(sub)
     return parser
 
 
