@@ -12,6 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_HGNPP as HELPERS_TINY
 
 from hgn import data as hgn_data
 from hgn.cli import main
@@ -186,16 +187,8 @@ def test_imported_and_unreadable_data_are_skipped(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
-TINY_HGNPP = {
-    "context_frames": 3,
-    "state_dim": 4,
-    "encoder_filters": [4, 4, 4],
-    "fpsi_hidden": 8,
-    "energy_hidden": 8,
-    "energy_layers": 2,
-    "latent_channels": 4,
-    "decoder_filters": [4],
-}
+TINY_HGNPP = {k: v for k, v in HELPERS_TINY.items() if k not in ("image_size", "frames")}
+"""HGN++'s tiny networks (tests/helpers.py) at the data's own size and window."""
 
 
 def test_cli_oracle(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hgn.data.presets import PRESETS
-from hgn.experiments.reproduce.profiles import _TINY_HGN, _TINY_HGNPP, _TINY_HNN
+from hgn.experiments.reproduce.profiles import _TINY_HGN, _TINY_HGNPP, _TINY_HNN, choose
 from hgn.physics.systems import SYSTEMS
 from hgn.utils import UserError
 
@@ -175,24 +175,16 @@ def get_size(name: str) -> Size:
 
 
 def choose_models(models: str | Sequence[str] | None) -> list[str]:
-    """The models to run: the given comma list, or :data:`MODEL_ORDER`; by default the
-    names not registered in this version are left out silently, given ones are refused
-    with one line (a typo gets the closest registered name)."""
+    """The models to run: the given comma list (in the registry's order), or
+    :data:`MODEL_ORDER`; by default the names not registered in this version are left
+    out silently, given ones are refused with one line (a typo gets the closest
+    registered name)."""
     from hgn.models import MODELS
 
     registered = list(MODELS)
     if models is None:
         return [m for m in MODEL_ORDER if m in registered]
-    items = models.split(",") if isinstance(models, str) else list(models)
-    items = list(dict.fromkeys(item.strip() for item in items if item.strip()))
-    if not items:
-        raise UserError(f"no model given; choose from: {', '.join(registered)}")
-    for item in items:
-        if item not in registered:
-            close = difflib.get_close_matches(item, registered, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"unknown model {item!r}{hint}; registered: {', '.join(registered)}")
-    return items
+    return choose(models, registered, "model")
 
 
 def dataset_kind(name: str) -> str:
