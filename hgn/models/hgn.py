@@ -218,14 +218,17 @@ class EnergyNet(nn.Module):
                 layers.append(nn.Softplus())
             width = filters
         self.net = nn.Sequential(*layers)
-        try:
-            with torch.no_grad():
-                self.net(torch.zeros(1, in_channels, cfg.latent_size, cfg.latent_size))
-        except RuntimeError:
-            raise UserError(
-                f"model.hamiltonian_kernels/strides shrink a {cfg.latent_size}×"
-                f"{cfg.latent_size} latent map below one pixel; use fewer stride-2 layers"
-            ) from None
+        # the map's side after each layer, by the convolution's arithmetic (a probe forward
+        # pass cost ~0.2 s a model on the meta device, where the trainer sizes models first)
+        side = cfg.latent_size
+        for kernel, stride in zip(cfg.hamiltonian_kernels, cfg.hamiltonian_strides, strict=True):
+            padding = kernel - 1 if stride == 1 else 2 * ((kernel - 1) // 2)
+            side = (side + padding - kernel) // stride + 1
+            if side < 1:
+                raise UserError(
+                    f"model.hamiltonian_kernels/strides shrink a {cfg.latent_size}×"
+                    f"{cfg.latent_size} latent map below one pixel; use fewer stride-2 layers"
+                )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).flatten(1).sum(1)
