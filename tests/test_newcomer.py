@@ -12,18 +12,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import model_sets, set_args
 
 from hgn import data as hgn_data
 from hgn.cli import main
 from hgn.runs import CHECKPOINT, METRICS_LOG
 from hgn.utils import load_checkpoint, save_checkpoint
 
-TINY_HGNPP = [
-    "--set", "model.encoder_filters=[4,4,4,4]", "--set", "model.fpsi_hidden=8",
-    "--set", "model.energy_hidden=8", "--set", "model.latent_channels=4",
-    "--set", "model.decoder_filters=[4]", "--set", "model.state_dim=2",
-    "--set", "train.batch_size=2", "--no-progress",
-]  # fmt: skip
+_TINY = {
+    "encoder_filters": [4, 4, 4, 4], "fpsi_hidden": 8, "energy_hidden": 8,
+    "latent_channels": 4, "decoder_filters": [4], "state_dim": 2,
+}  # fmt: skip
+TINY_HGNPP = [*set_args([*model_sets(_TINY), "train.batch_size=2"]), "--no-progress"]
+"""A tiny HGN++ that keeps the default image size free to follow the data (four encoder
+layers reach the 4×4 or 8×8 latent map from 32×32 or 64×64 frames)."""
 
 
 @pytest.fixture(scope="module")
