@@ -220,3 +220,69 @@ def test_symetric_reads_a_recurrent_models_decoded_latent_as_its_phase_space() -
     q, memory = torch.randn(2, 32), torch.randn(2, 41)
     assert torch.equal(flat(State(q, memory)), q)
     assert flat(State(q, q + 1)).shape == (2, 64)
+
+
+def test_every_model_declares_what_the_sweep_turns() -> None:
+    """The sweep's β and width name real config keys of every default model, and a
+    variant scales exactly its knob."""
+    import dataclasses
+
+    from hgn.experiments.benchmark import tuning
+    from hgn.training import config as hgn_config
+
+    for model in choose_models(None):
+        values = dataclasses.asdict(hgn_config.resolve("small", model=model).model)
+        for variant, (knob, factor) in tuning.VARIANTS.items():
+            new, train = dict(values), {"lr": 1e-3}
+            tuning.apply_variant(model, variant, new, train)
+            changed = {k for k in values if new[k] != values[k]} | (
+                {"lr"} if train["lr"] != 1e-3 else set()
+            )
+            assert changed, f"{model} {variant} changed nothing"
+            if knob == "lr":
+                assert changed == {"lr"} and train["lr"] == pytest.approx(1e-3 * factor)
+            elif knob == "beta":
+                key = tuning.BETA.get(model, "kl_weight")
+                assert changed == {key} and new[key] == pytest.approx(values[key] * factor)
+            else:
+                assert changed == set(tuning.WIDTH[model])
+
+
+def test_a_tuning_sweep_chooses_and_the_table_trains_the_choice(tmp_path: Path) -> None:
+    from hgn.experiments.benchmark import tuning
+
+    sweep = tmp_path / "sweep"
+    assert main(_argv(sweep, "rgn", "pendulum", "--tune")) == 0
+    tune = json.loads((sweep / "tune.json").read_text())
+    entry = tune["models"]["rgn"]
+    assert set(entry["scores"]) == {tuning.DEFAULT, *tuning.VARIANTS}
+    finite = {v: s for v, s in entry["scores"].items() if s is not None}
+    assert entry["chosen"] == min(finite, key=finite.get)
+    cell = json.loads((sweep / "cells/pendulum/rgn@lr-x3/result.json").read_text())
+    profile = json.loads((sweep / "cells/pendulum/rgn/result.json").read_text())
+    assert cell["variant"] == "lr-x3" and profile["variant"] == tuning.DEFAULT
+    assert "| rgn |" in (sweep / "tune.md").read_text()
+    table = tmp_path / "table"
+    assert main(_argv(table, "rgn", "pendulum", "--tuned", str(sweep))) == 0
+    record = json.loads((table / "cells/pendulum/rgn/result.json").read_text())
+    assert record["variant"] == entry["chosen"]
+    settings = json.loads((table / "settings.json").read_text())
+    assert settings["tuned"] == {"rgn": entry["chosen"]} and settings["clock"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tune", "--tuned", "x"], "give one of them"),
+        (["--tuned", "nowhere"], "is not a tuning sweep's tune.json"),
+        (["--clock", "moon"], "--clock must be one of wall, cpu, got 'moon'"),
+    ],
+)
+def test_bad_tuning_options_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    argv = ["benchmark", "--out", str(tmp_path / "o"), "--no-progress", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err.splitlines()[-1], err
+    assert not (tmp_path / "o").exists()

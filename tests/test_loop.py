@@ -206,3 +206,25 @@ def test_progress_rate_is_never_negative_after_switching_units(
     progress.close()
     printed = capsys.readouterr().err
     assert "it/s" in printed and not re.search(r"-[0-9.]+it/s", printed), printed
+
+
+@pytest.mark.parametrize(("clock", "steps"), [("wall", range(2, 10)), ("cpu", [10])])
+def test_a_cpu_clock_budget_does_not_count_time_the_cpu_spent_elsewhere(
+    tmp_path: Path, clock: str, steps
+) -> None:
+    """Steps that wait (here: sleep, as a run does while other processes hold the cores)
+    spend a wall-clock budget but not a CPU-time one: the benchmark's cells stay equal
+    on a busy machine."""
+    import time
+
+    model, opt = _problem()
+    inner = _step_fn(model, opt)
+
+    def waiting(i: int) -> dict[str, float]:
+        time.sleep(0.05)
+        return inner(i)
+
+    loop = LoopConfig(steps=10, seed=3, max_minutes=0.005, clock=clock, tensorboard=False)
+    result = train_loop(tmp_path / clock, {"model": model, "optimizer": opt}, waiting, loop, {})
+    assert result.step in steps
+    assert result.stopped_by == ("time" if clock == "wall" else "steps")

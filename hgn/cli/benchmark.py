@@ -48,6 +48,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--jobs", type=int, default=1, help="cells trained at once, 1 or 2 (default 1)"
     )
+    cmd.add_argument(
+        "--clock",
+        default=None,
+        metavar="{cpu,wall}",
+        help="what --minutes counts: this process's CPU time (fair while other work shares "
+        "the machine) or the wall clock (default: cpu on the CPU, wall on a GPU)",
+    )
+    cmd.add_argument(
+        "--tune",
+        action="store_true",
+        help="run the tuning sweep instead of the table: each model's profile and its "
+        "variants (learning rate ÷3, ×3, β ÷10, dynamics width ×2) as rows of their own, "
+        "scored by the forward MSE ratio; writes tune.md and tune.json",
+    )
+    cmd.add_argument(
+        "--tuned",
+        default=None,
+        metavar="DIR",
+        help="a finished tuning sweep (`--tune`'s --out): train each model with the variant "
+        "it chose (default: every model's profile)",
+    )
     cmd.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     cmd.add_argument(
@@ -82,6 +103,9 @@ def _benchmark(args: argparse.Namespace) -> None:
         data_root=args.data_root,
         command=_command(args),
         progress=args.progress,
+        clock=args.clock,
+        tune=args.tune,
+        tuned=args.tuned,
     )
 
 
@@ -92,9 +116,12 @@ def _command(args: argparse.Namespace) -> str:
         "--datasets": args.datasets,
         "--minutes": args.minutes,
         "--jobs": None if args.jobs == 1 else args.jobs,
+        "--clock": args.clock,
+        "--tuned": args.tuned,
         "--seed": args.seed or None,
         "--device": None if args.device == "cpu" else args.device,
         "--threads": args.threads,
         "--data-root": args.data_root,
     }
-    return command_line(["hgn", "benchmark", "--size", args.size], options, args.out)
+    words = ["hgn", "benchmark", "--size", args.size, *(["--tune"] if args.tune else [])]
+    return command_line(words, options, args.out)

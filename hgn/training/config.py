@@ -30,6 +30,9 @@ from hgn.utils import UserError
 
 SECTIONS = ("model", "train")
 
+CLOCKS = ("wall", "cpu")
+"""What a time budget can count (:attr:`TrainConfig.budget_clock`)."""
+
 
 @dataclass
 class TrainConfig:
@@ -42,6 +45,11 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 = off)."""
     seed: int = 0
     max_minutes: float | None = None
+    budget_clock: str = "wall"
+    """What ``max_minutes`` counts: ``"wall"`` (the wall clock) or ``"cpu"`` (this
+    process's CPU time, all its threads). A CPU-time budget is the fair one for runs that
+    share a CPU with other work (``hgn benchmark`` cells): each gets the same computation
+    however busy the machine is. On a GPU only the wall clock measures the work."""
     checkpoint_every: int = 500
     log_every: int = 10
     image_every: int = 500
@@ -75,6 +83,10 @@ class TrainConfig:
             check_range(getattr(self, key), f"train.{key}", ge=0)
         check_range(self.lr, "train.lr", gt=0)
         check_range(self.max_minutes, "train.max_minutes", gt=0)
+        if self.budget_clock not in CLOCKS:
+            raise UserError(
+                f"train.budget_clock must be one of {', '.join(CLOCKS)}, got {self.budget_clock!r}"
+            )
         check_range(self.ema, "train.ema", ge=0, lt=1)
         check_range(self.lr_decay, "train.lr_decay", ge=0, le=1)
         check_range(self.prioritize, "train.prioritize", ge=0, le=1)

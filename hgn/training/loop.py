@@ -45,6 +45,9 @@ class LoopConfig:
     steps: int
     seed: int = 0
     max_minutes: float | None = None
+    clock: str = "wall"
+    """What ``max_minutes`` and the recorded seconds count: ``"wall"`` or ``"cpu"``
+    (the process's CPU time; :attr:`hgn.training.config.TrainConfig.budget_clock`)."""
     checkpoint_every: int = 500
     log_every: int = 10
     desc: str = "train"
@@ -288,11 +291,12 @@ def train_loop(
     budget = None if loop.max_minutes is None else 60.0 * loop.max_minutes
     result = LoopResult(step=start, seconds=0.0, start=start)
     bar = _Progress(loop, start, budget, before - budget_start, loop.writer and loop.progress)
-    t0 = time.perf_counter()
+    clock = time.process_time if loop.clock == "cpu" else time.perf_counter
+    t0 = clock()
     try:
         for step in range(start, loop.steps):
             # checked before every step, so a resume whose budget is spent takes none
-            used = before + time.perf_counter() - t0 - budget_start
+            used = before + clock() - t0 - budget_start
             out_of_time = budget is not None and used > budget
             if agree is not None:
                 out_of_time = agree(out_of_time)
@@ -311,7 +315,7 @@ def train_loop(
                     f"{ckpt_path if ckpt_path.exists() else '(none yet)'}: lower the learning "
                     "rate or tighten gradient clipping, then --resume"
                 )
-            now = time.perf_counter() - t0
+            now = clock() - t0
             elapsed = before + now
             done = step + 1
             bar.update(done, elapsed - budget_start, now)
@@ -337,6 +341,6 @@ def train_loop(
             writer.close()
         if log is not None:
             log.close()
-    result.seconds = before + time.perf_counter() - t0
+    result.seconds = before + clock() - t0
     checkpoint(result.step, result.seconds)
     return result

@@ -540,6 +540,7 @@ def train(
         steps=tc.steps,
         seed=tc.seed,
         max_minutes=tc.max_minutes,
+        clock=tc.budget_clock,
         checkpoint_every=tc.checkpoint_every,
         log_every=tc.log_every,
         desc=f"train {config.name}",

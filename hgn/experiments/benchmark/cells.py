@@ -30,7 +30,7 @@ import torch
 from hgn import data as hgn_data
 from hgn.data import mean_frame
 from hgn.evaluation import extrapolate, physics
-from hgn.experiments.benchmark import metrics
+from hgn.experiments.benchmark import metrics, tuning
 from hgn.experiments.benchmark.profiles import TINY, Settings, style_of
 from hgn.experiments.reproduce.cells import (
     TRAINED,
@@ -69,6 +69,8 @@ def run_config(settings: Settings, model: str, meta: Mapping[str, Any]) -> hgn_c
     the smoke size, its config's defaults with the tiny networks of :data:`TINY`), the
     data's image size, the size's overrides (smoke: short windows), the cell's minutes
     and the seed."""
+    model, variant = tuning.split_row(model)
+    variant = variant or settings.tuned.get(model)
     spec = get_model(model)
     base = hgn_config.resolve(PROFILE, model=model)
     values = dataclasses.asdict(spec.config({}) if settings.size.tiny else base.model)
@@ -84,9 +86,11 @@ def run_config(settings: Settings, model: str, meta: Mapping[str, Any]) -> hgn_c
         "max_minutes": settings.minutes,
         "seed": settings.seed,
         "image_every": 0,
+        "budget_clock": settings.clock,
     }
     if settings.size.tiny:
         train["batch_size"] = settings.size.batch_size
+    tuning.apply_variant(model, variant, values, train)
     return hgn_config.RunConfig.from_dict({"model": {"name": model, **values}, "train": train})
 
 
@@ -176,12 +180,14 @@ def run_cell(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and score one ``(dataset, model)`` cell; write its result last.
+    """Train and score one ``(dataset, model)`` cell; write its result last. ``model`` is
+    a row: a registered model, or in a tuning sweep a model and its variant.
 
     ``paths["data"]``: the dataset (train and test splits). The signature is
     ``hgn reproduce``'s, so that its job pool runs benchmark cells too.
     """
     cell = out / "cells" / column / model
+    name, variant = tuning.split_row(model)
     cell.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     data_path = Path(paths["data"])
@@ -192,10 +198,11 @@ def run_cell(
         "size": settings.name,
         "minutes": settings.minutes,
         "seed": settings.seed,
-        "can_run_backwards": bool(get_model(model).cls.can_run_backwards),
-        "can_change_speed": bool(get_model(model).cls.can_change_speed),
+        "variant": variant or settings.tuned.get(name) or tuning.DEFAULT,
+        "can_run_backwards": bool(get_model(name).cls.can_run_backwards),
+        "can_change_speed": bool(get_model(name).cls.can_change_speed),
     }
-    reason = data_refusal(model, meta)
+    reason = data_refusal(name, meta)
     if reason is not None:  # the data cannot train this model: say so everywhere
         record.update(
             cannot=reason,

@@ -140,13 +140,43 @@ class Settings:
     size: Size
     minutes: float
     seed: int
+    clock: str = "wall"
+    """What the minutes count (:attr:`hgn.training.config.TrainConfig.budget_clock`)."""
+    tune: bool = False
+    """A tuning sweep (:mod:`~hgn.experiments.benchmark.tuning`): every model's variants
+    are rows of their own."""
+    tuned: Mapping[str, str] = field(default_factory=dict)
+    """The variant each model trains with (from ``--tuned``; none: its profile)."""
 
     @property
     def name(self) -> str:
         return self.size.name
 
     def settings(self) -> dict[str, Any]:
-        return {"size": self.size.settings(), "minutes": self.minutes, "seed": self.seed}
+        return {
+            "size": self.size.settings(),
+            "minutes": self.minutes,
+            "seed": self.seed,
+            "clock": self.clock,
+            "tune": self.tune,
+            "tuned": dict(self.tuned),
+        }
+
+
+LEGACY_SETTINGS = {"clock": "wall", "tune": False, "tuned": {}}
+"""What a results directory written before these settings existed was made with."""
+
+
+def check_clock(value: Any, device: str) -> str:
+    """``--clock`` (default: ``cpu`` on the CPU, where it keeps cells fair on a busy
+    machine; ``wall`` on a GPU, whose work the process's CPU time does not count)."""
+    from hgn.training.config import CLOCKS
+
+    if value is None:
+        return "cpu" if device == "cpu" else "wall"
+    if value not in CLOCKS:
+        raise UserError(f"--clock must be one of {', '.join(CLOCKS)}, got {value!r}")
+    return str(value)
 
 
 def check_minutes(value: Any) -> float:

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
-from hgn.experiments.benchmark import cells, report
+from hgn.experiments.benchmark import cells, report, tuning
 from hgn.experiments.benchmark.profiles import (
+    LEGACY_SETTINGS,
     MODEL_ORDER,
     Settings,
     Size,
+    check_clock,
     check_jobs,
     check_minutes,
     choose_datasets,
@@ -64,11 +66,13 @@ def _check_settings(out: Path, settings: Settings) -> bool:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise UserError(f"{path} is corrupt; use another --out") from None
+    if isinstance(saved, dict):
+        saved = {**LEGACY_SETTINGS, **saved}
     if saved != settings.settings():
         was = saved.get("size", {}).get("name") if isinstance(saved, dict) else None
         raise UserError(
-            f"{out} holds a benchmark of size {was!r} with other settings (minutes, seed or "
-            "size); use another --out (finished cells are never overwritten)"
+            f"{out} holds a benchmark of size {was!r} with other settings (minutes, seed, "
+            "size, clock or tuning); use another --out (finished cells are never overwritten)"
         )
     return True
 
@@ -165,20 +169,33 @@ def benchmark(
     data_root: str | Path | None = None,
     command: str | None = None,
     progress: bool = True,
+    clock: str | None = None,
+    tune: bool = False,
+    tuned: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the benchmark and write every output; returns the summary.
 
     Every option is checked before anything is written. ``models``, ``datasets``:
     comma-separated names (default: :data:`~.profiles.MODEL_ORDER` as registered,
     :data:`~.profiles.DATASET_ORDER`). ``minutes``: training wall clock per cell
-    (default: the size's). ``jobs``: cells at once, 1 or 2.
+    (default: the size's), counted by ``clock`` (:func:`~.profiles.check_clock`).
+    ``jobs``: cells at once, 1 or 2. ``tune``: run the tuning sweep
+    (:mod:`~hgn.experiments.benchmark.tuning`) instead of the table; ``tuned``: a sweep's
+    directory, whose chosen variants the table's models train with.
     """
     chosen = get_size(size)
     model_names = choose_models(models)
     left_out = [m for m in MODEL_ORDER if m not in model_names] if models is None else []
     names = choose_datasets(datasets)
+    if tune and tuned is not None:
+        raise UserError("--tune runs the sweep that --tuned reads: give one of them")
     settings = Settings(
-        chosen, check_minutes(chosen.minutes if minutes is None else minutes), _seed(seed)
+        chosen,
+        check_minutes(chosen.minutes if minutes is None else minutes),
+        _seed(seed),
+        clock=check_clock(clock, device),
+        tune=tune,
+        tuned=tuning.read_tuned(tuned, model_names) if tuned is not None else {},
     )
     jobs = check_jobs(jobs)
     threads = positive_int(
@@ -228,7 +245,8 @@ def _run(
     for name in names:
         path, described[column(name)] = dataset(name, root, settings.size, progress)
         paths[column(name)] = {"data": path}
-    requested = [(c, m) for c in paths for m in models]
+    rows = tuning.rows(models) if settings.tune else models
+    requested = [(c, m) for c in paths for m in rows]
     done = cells.finished_cells(out)
     todo = [(c, m) for c, m in requested if m not in done.get(c, {})]
     say = tqdm.write if progress else (lambda _msg: None)
@@ -241,5 +259,13 @@ def _run(
     )
     run_cells(out, settings, todo, paths, device, jobs, say, progress, cells.run_cell)
     summary = report.build_outputs(out, settings, requested, command, described, left_out)
+    if settings.tune:
+        tuning.write(
+            out,
+            tuning.summarise(cells.finished_cells(out), models, list(paths)),
+            settings.minutes,
+            command,
+        )
+        say(f"wrote {out / 'tune.md'}")
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary
