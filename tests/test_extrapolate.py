@@ -218,6 +218,26 @@ def test_protocol_on_a_tiny_untrained_model(clean: Path) -> None:
     assert strip.shape[0] == 5 and movie.shape[0] == STEPS + 1
 
 
+def test_a_backward_window_of_its_own_rolls_back_from_the_end(clean: Path) -> None:
+    """``backward_start="end"``: the backward rollout reads the last window and rolls back
+    to frame 0, scored exactly as a protocol started there scores it; the forward
+    rollouts keep their window."""
+    split = hgn_data.load(clean, "test")
+    mean = mean_frame(hgn_data.load(clean, "train"))
+    model, kw = tiny(), {"batch_size": 3, "drift_steps": 5, "progress": False}
+    both, pictures = ex.run_protocol(model, split, mean, start=3, backward_start="end", **kw)
+    end = STEPS + 1 - model.context_frames
+    there, _ = ex.run_protocol(model, split, mean, start=end, **kw)
+    back = both["rollouts"]["backward"]
+    assert both["backward_start"] == end and back["steps"] == end and back["frames"] == [end, 0]
+    assert back["per_step_mse"] == there["rollouts"]["backward"]["per_step_mse"]
+    assert both["rollouts"]["forward"]["steps"] == STEPS - 3
+    assert pictures["backward"].shape[0] == end + 1
+    assert "reads a window of its own from frame" in markdown(both)
+    strip, _ = rollout_pictures(pictures, both)
+    assert strip.shape[0] == 5
+
+
 def test_an_irreversible_integrator_still_gets_numbers_and_says_so(clean: Path) -> None:
     split = hgn_data.load(clean, "test")
     mean = mean_frame(hgn_data.load(clean, "train"))
@@ -277,6 +297,9 @@ def test_cli_extrapolate_end_to_end(
         (["--start", "-1"], "--start must be a non-negative integer"),
         (["--start", "12"], "runs past the last frame (12)"),
         (["--start", "0"], "no earlier frame"),
+        (["--start", "3", "--backward-start", "soon"], "must be a frame index or 'end'"),
+        (["--start", "3", "--backward-start", "0"], "--backward-start 0 leaves no earlier"),
+        (["--start", "3", "--backward-start", "13"], "--backward-start 13 is past the last"),
     ],
 )
 def test_cli_extrapolate_bad_input(

@@ -204,11 +204,17 @@ def test_cli_oracle(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 0
     out = tmp_path / "ex"
     argv = ["evaluate", str(run), "--data", str(data), "--protocol", "extrapolate", "--oracle"]
-    assert main([*argv, "--start", "3", "--out", str(out), "--no-progress"]) == 0
+    argv += ["--start", "3", "--backward-start", "end"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
     assert "oracle" in capsys.readouterr().out
     results = json.loads((out / "extrapolate.json").read_text())
     oracle = results["oracle"]
     assert set(oracle["rollouts"]) == set(results["rollouts"])
+    # the oracle reads the backward rollout's own window, as the model does
+    back = results["rollouts"]["backward"]
+    assert results["backward_start"] == 13 - TINY_HGNPP["context_frames"]
+    assert oracle["rollouts"]["backward"]["steps"] == back["steps"] > 3
+    assert oracle["backward_state_error"]["relative_max"] < 0.05
     assert oracle["fit"]["frames_read"] == 3 and oracle["state_error"]["relative_max"] < 0.05
     assert len(oracle["sensitivity"]) == len(orc.ERRORS)
     assert all("vpt_fraction_of_oracle" in r for r in results["rollouts"].values())

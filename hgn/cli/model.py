@@ -120,6 +120,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="extrapolate: first frame of the window the model reads (default 30)",
     )
     p.add_argument(
+        "--backward-start",
+        metavar="FRAME|end",
+        help="extrapolate: the backward rollout reads a window of its own from FRAME, or "
+        "from the last window of the test set with 'end', and rolls back to frame 0 (how "
+        "a long test set is rolled far backwards; default: --start's window)",
+    )
+    p.add_argument(
         "--align",
         choices=["start", "state"],
         help="extrapolate: start every rollout at the window's first frame (start, the "
@@ -281,8 +288,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.protocol == "extrapolate":
         _extrapolate(args, common)
         return
-    if args.start is not None or args.align is not None or args.oracle:
-        raise UserError("--start, --align and --oracle belong to --protocol extrapolate")
+    if args.start is not None or args.align is not None or args.oracle or args.backward_start:
+        raise UserError(
+            "--start, --backward-start, --align and --oracle belong to --protocol extrapolate"
+        )
     metrics = evaluate(args.run, args.data, args.out, **common)
     for name, s in metrics["splits"].items():
         print(
@@ -301,9 +310,18 @@ def _extrapolate(args: argparse.Namespace, common: dict[str, Any]) -> None:
 
     start = DEFAULT_START if args.start is None else args.start
     align = "start" if args.align is None else args.align
+    backward = args.backward_start
+    if backward is not None and backward != "end":
+        try:
+            backward = int(backward)
+        except ValueError:
+            raise UserError(
+                f"--backward-start must be a frame index or 'end', got {backward!r}"
+            ) from None
     results = extrapolate(
-        args.run, args.data, args.out, start=start, align=align, oracle=args.oracle, **common
-    )
+        args.run, args.data, args.out, start=start, align=align, oracle=args.oracle,
+        backward_start=backward, **common,
+    )  # fmt: skip
     for name, r in results["rollouts"].items():
         if "skipped" in r:
             print(f"{name:>8}: cannot ({r['skipped']})")

@@ -249,9 +249,11 @@ def extrapolate(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     oracle: bool = False,
+    backward_start: int | str | None = None,
 ) -> dict[str, Any]:
     """``hgn evaluate RUN --data LONGTEST --protocol extrapolate`` (``oracle``: with the
-    oracle's row, :mod:`hgn.evaluation.oracle`): run the protocol on
+    oracle's row, :mod:`hgn.evaluation.oracle`; ``backward_start``: the backward
+    rollout's own window, a frame or ``"end"``): run the protocol on
     the test split and write ``extrapolate.{json,md}`` and pictures into ``out`` (each
     file atomically; ``out`` must be new, empty or an earlier ``hgn evaluate`` output).
     ``warn`` hears at once when the data is not what the run was trained on (the length
@@ -278,6 +280,7 @@ def extrapolate(
         align=align,
         progress=progress,
         oracle=oracle,
+        backward_start=backward_start,
     )
     if not split.has_states and warn is not None:  # once the protocol is known to fit
         warn(NO_STATES_EXTRAPOLATE)

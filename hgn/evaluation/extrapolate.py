@@ -115,11 +115,27 @@ ROLLOUTS = (
 # ----------------------------------------------------------------------------- plan
 
 
-def check_start(start: Any) -> int:
+def check_start(start: Any, flag: str = "--start") -> int:
     """``--start`` as an int, or a one-line error for a negative or fractional one."""
     if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
-        raise UserError(f"--start must be a non-negative integer (a frame index), got {start!r}")
+        raise UserError(f"{flag} must be a non-negative integer (a frame index), got {start!r}")
     return int(start)
+
+
+END = "end"
+"""``--backward-start end``: the last window that fits in the test set."""
+
+
+def backward_window(value: Any, frames: int, context: int) -> int | None:
+    """The first frame of the backward rollout's own window: ``None`` (the forward
+    rollouts' window, today's protocol), a frame index, or :data:`END` (the last window
+    of ``context`` frames in a test set of ``frames``). A long backward rollout needs a
+    window near the end, as a long forward one needs one near the start."""
+    if value is None:
+        return None
+    if value == END:
+        return max(0, frames - context)
+    return check_start(value, "--backward-start")
 
 
 LONGER_GENERATED = "hgn data generate --steps 90"
@@ -129,26 +145,34 @@ regenerated; imported data has no simulator to extend it."""
 
 
 def plan(
-    frames: int, start: int, context: int, offset: int, longer: str = LONGER_GENERATED
+    frames: int,
+    start: int,
+    context: int,
+    offset: int,
+    longer: str = LONGER_GENERATED,
+    backward_only: bool = False,
 ) -> dict[str, int]:
     """Check that the protocol fits a test set of ``frames`` frames and return the state
     frame ``s0`` and the steps of each rollout; a one-line :class:`UserError` otherwise,
-    whose hint ends in ``longer`` (how to make a longer test set)."""
+    whose hint ends in ``longer`` (how to make a longer test set). ``backward_only``: the
+    window of the backward rollout alone (``--backward-start``), which needs no frames
+    after it."""
     last = frames - 1
-    start = check_start(start)
+    flag = "--backward-start" if backward_only else "--start"
+    start = check_start(start, flag)
     if start > last:
         raise UserError(
-            f"--start {start} is past the last frame ({last}) of the test set; "
-            f"use a smaller --start or a longer test set ({longer})"
+            f"{flag} {start} is past the last frame ({last}) of the test set; "
+            f"use a smaller {flag} or a longer test set ({longer})"
         )
     if start + context - 1 > last:
         raise UserError(
-            f"the model reads {context} frames, so a window from --start {start} runs past "
-            f"the last frame ({last}); use --start ≤ {max(0, last - context + 1)} or a "
+            f"the model reads {context} frames, so a window from {flag} {start} runs past "
+            f"the last frame ({last}); use {flag} ≤ {max(0, last - context + 1)} or a "
             f"longer test set ({longer})"
         )
     s0 = start + offset
-    if last - s0 < 2:
+    if last - s0 < 2 and not backward_only:
         raise UserError(
             f"the test set is too short for the protocol: the inferred state is at frame "
             f"{s0} and the last frame is {last}; forward and 2× rollouts need at least 2 "
@@ -156,8 +180,8 @@ def plan(
         )
     if s0 < 1:
         raise UserError(
-            "--start 0 leaves no earlier frame to roll backward to; use --start ≥ 1 "
-            f"(the default is {DEFAULT_START} on a 90-step test set)"
+            f"{flag} 0 leaves no earlier frame to roll backward to; use {flag} ≥ 1 "
+            f"(the default --start is {DEFAULT_START} on a 90-step test set)"
         )
     return {"s0": s0, **{r.name: r.steps(s0, last) for r in ROLLOUTS}}
 
@@ -300,7 +324,7 @@ def _score_batch(
     mean image, and (where the data's system is readable) body-position errors."""
     device, mean, reader, plan_ = ctx["device"], ctx["mean"], ctx["reader"], ctx["plan"]
     s0, shown = plan_["s0"], pictures.get("index") if rows.start == 0 else None
-    for r in ROLLOUTS:
+    for r in ctx["runs"]:
         if r.name in ctx["skipped"]:
             continue
         pred, _ = roll(plan_[r.name], ctx["dt"] * r.speed)
@@ -400,14 +424,23 @@ def _drift_and_reversibility(
 
 
 def _context(
-    model: SequenceModel, split: hgn_data.Split, mean: Tensor, start: int, align: str, n: int
+    model: SequenceModel,
+    split: hgn_data.Split,
+    mean: Tensor,
+    start: int,
+    align: str,
+    n: int,
+    backward_only: bool = False,
 ) -> dict[str, Any]:
     """What every batch of a protocol run shares: the plan, the truth, the noise floor,
-    the mean image and where it puts the bodies."""
+    the mean image and where it puts the bodies; the rollouts it runs (``backward_only``:
+    the backward one, from its own window)."""
     meta = split.meta
     back = rolled_back(model, align)
     longer = LONGER_GENERATED if split.has_states else LONGER_IMPORTED
-    plan_ = plan(meta["steps"] + 1, start, model.context_frames, model.state_offset - back, longer)
+    offset = model.state_offset - back
+    frames = meta["steps"] + 1
+    plan_ = plan(frames, start, model.context_frames, offset, longer, backward_only)
     truth = Truth(split)
     floor = 0.0
     if (meta.get("noise") or 0) > 0 and truth.system is not None:
@@ -416,9 +449,14 @@ def _context(
     mean_pos = None
     if reader is not None:  # where the mean image puts the bodies: the no-skill level
         mean_pos = physics.recover(viz.hwc(mean.cpu()), reader).bodies()
+    runs = tuple(r for r in ROLLOUTS if not backward_only or r.name == "backward")
     return {
         "device": mean.device, "mean": mean, "plan": plan_, "back": back, "truth": truth,
         "floor": floor, "reader": reader, "mean_pos": mean_pos, "dt": model.trained_dt,
+        "start": start, "runs": runs,
+        "skipped": {
+            r.name: why for r in runs if (why := cannot(model, model.trained_dt * r.speed))
+        },
     }  # fmt: skip
 
 
@@ -463,6 +501,33 @@ def _header(
     }
 
 
+def _scored(
+    model: SequenceModel,
+    split: hgn_data.Split,
+    ctx: dict[str, Any],
+    n: int,
+    batch_size: int,
+    vpt_fraction: float,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rollouts of ``ctx`` on the first ``n`` sequences, batch by batch, from the
+    window at ``ctx["start"]``: their summaries, and the pictures of the first batch's
+    liveliest sequence."""
+    start, context, tally = ctx["start"], model.context_frames, _Tally()
+    pictures: dict[str, Any] = {"s0": ctx["plan"]["s0"]}
+    for lo in tqdm(range(0, n, batch_size), desc="extrapolate", disable=not progress):
+        rows = slice(lo, min(lo + batch_size, n))
+        images = np.array(split.images[rows])
+        states = tuple(None if a is None else np.array(a[rows]) for a in (split.q, split.p))
+        window = to_frames(images[:, start : start + context], ctx["device"])
+        if lo == 0:  # the picture shows the first batch's liveliest sequence
+            shown = int(np.asarray(images, np.float32).std(1).mean((1, 2, 3)).argmax())
+            pictures.update(truth=images[shown], index=shown)
+        roll = _Rollouts(model, window, ctx["back"])
+        _score_batch(roll, images, states, rows, ctx, tally, pictures)  # type: ignore[arg-type]
+    return {r.name: _summary(r, tally, ctx, vpt_fraction) for r in ctx["runs"]}, pictures
+
+
 @torch.no_grad()
 def run_protocol(
     model: SequenceModel,
@@ -477,48 +542,48 @@ def run_protocol(
     align: str = "start",
     progress: bool = True,
     oracle: bool = False,
+    backward_start: int | str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the protocol on ``split`` with mean image ``mean (3, H, W)``, the rollouts
     starting at the window's first frame or at the inferred state (``align``, see the
     module docs). Returns the results (JSON-ready) and the arrays the pictures need
     (the shown sequence). With ``oracle``, ``results["oracle"]`` holds the true physics
     from a state fitted to the same frames (:mod:`hgn.evaluation.oracle`) and each
-    rollout its ``vpt_fraction_of_oracle``."""
+    rollout its ``vpt_fraction_of_oracle``. ``backward_start`` (a frame, or
+    :data:`END`): the backward rollout reads its own window there, so that a long test
+    set is rolled far backwards as well as forwards (None: from ``start``'s window)."""
     n = min(positive_int(max_sequences, "--max-sequences"), len(split))
     batch_size = positive_int(batch_size, "--batch-size")
+    b_start = backward_window(backward_start, split.meta["steps"] + 1, model.context_frames)
     ctx = _context(model, split, mean, start, align, n)
-    context, tally = model.context_frames, _Tally()
-    ctx["skipped"] = {
-        r.name: why for r in ROLLOUTS if (why := cannot(model, ctx["dt"] * r.speed)) is not None
-    }
-    pictures: dict[str, Any] = {"s0": ctx["plan"]["s0"]}
-    for lo in tqdm(range(0, n, batch_size), desc="extrapolate", disable=not progress):
-        rows = slice(lo, min(lo + batch_size, n))
-        images = np.array(split.images[rows])
-        states = tuple(None if a is None else np.array(a[rows]) for a in (split.q, split.p))
-        window = to_frames(images[:, start : start + context], ctx["device"])
-        if lo == 0:  # the picture shows the first batch's liveliest sequence
-            shown = int(np.asarray(images, np.float32).std(1).mean((1, 2, 3)).argmax())
-            pictures.update(truth=images[shown], index=shown)
-        roll = _Rollouts(model, window, ctx["back"])
-        _score_batch(roll, images, states, rows, ctx, tally, pictures)  # type: ignore[arg-type]
-    rollouts = {r.name: _summary(r, tally, ctx, vpt_fraction) for r in ROLLOUTS}
+    back_ctx = None
+    if b_start is not None and "backward" not in ctx["skipped"]:
+        back_ctx = _context(model, split, mean, b_start, align, n, backward_only=True)
+    rollouts, pictures = _scored(model, split, ctx, n, batch_size, vpt_fraction, progress)
+    if back_ctx is not None:
+        back, back_pictures = _scored(model, split, back_ctx, n, batch_size, vpt_fraction, progress)
+        rollouts["backward"] = back["backward"]
+        pictures["backward"] = back_pictures["backward"]
     # the long rollout and the round trip on the first few sequences only
-    few = np.array(split.images[: min(n, DRIFT_SEQUENCES), start : start + context])
+    few = np.array(split.images[: min(n, DRIFT_SEQUENCES), start : start + model.context_frames])
     roll = _Rollouts(model, to_frames(few, ctx["device"]), ctx["back"])
     trip_steps = min(ROUND_TRIP_STEPS, ctx["plan"]["backward"])
     energy, drift, reversible = _drift_and_reversibility(
         model, roll, drift_steps, trip_steps, ctx["dt"]
     )
     settings = {"sequences": n, "start": start, "align": align, "vpt_fraction": vpt_fraction}
+    if back_ctx is not None:
+        settings["backward_start"] = b_start
     results = _header(model, split, ctx, settings)
     results.update(reversible=reversible, energy_drift=drift, rollouts=rollouts)
     if oracle:
         from hgn.evaluation.oracle import run_oracle
 
+        backward = None if back_ctx is None else (b_start, back_ctx["plan"])
         results["oracle"] = run_oracle(
-            split, rollouts, n=n, start=start, context_frames=context, plan=ctx["plan"],
-            mean=mean, floor=ctx["floor"], fraction=vpt_fraction, batch_size=batch_size,
+            split, rollouts, n=n, start=start, context_frames=model.context_frames,
+            plan=ctx["plan"], mean=mean, floor=ctx["floor"], fraction=vpt_fraction,
+            batch_size=batch_size, backward=backward,
         )  # fmt: skip
     pictures["energy"] = energy
     results["shown"] = pictures["index"]

@@ -309,14 +309,17 @@ def oracle_rollouts(
     batch_size: int = 32,
     iterations: int = ITERATIONS,
     scale: Tensor | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """The oracle on sequences ``rows`` of a generated ``split``: the state at frame
     ``plan["s0"]`` (= ``start + state_index``) fitted to the ``context_frames`` frames
     from ``start`` (at least :data:`MIN_FRAMES`), the protocol's four rollouts
-    (:data:`hgn.evaluation.extrapolate.ROLLOUTS`, steps from ``plan``) simulated from it,
-    rendered as the data is and scored as the protocol scores a model. Returns
-    ``{"rollouts": {name: score}, "state_error": {...}, "fit": {...}}``."""
+    (:data:`hgn.evaluation.extrapolate.ROLLOUTS`, steps from ``plan``; ``names``: only
+    those) simulated from it, rendered as the data is and scored as the protocol scores
+    a model. Returns ``{"rollouts": {name: score}, "state_error": {...}, "fit": {...}}``."""
     from hgn.evaluation.extrapolate import ROLLOUTS
+
+    runs = tuple(r for r in ROLLOUTS if names is None or r.name in names)
 
     meta, s0 = split.meta, plan["s0"]
     if s0 != start + state_index:
@@ -343,20 +346,20 @@ def oracle_rollouts(
         found = system.positions(q_hat.detach()) - system.positions(q_true)
         position_errors.append(found.square().sum(-1).mean(-1).sqrt().numpy())
         frames = []
-        for r in ROLLOUTS:
+        for r in runs:
             f, _, available[r.name] = truth.frames(
                 images, q, p, s0, r.speed, plan[r.name], f"{r.name}/{batch.start}", batch
             )
             frames.append(f)
         mses, bases = _score_rollouts(
-            system, q_hat.detach(), p_hat.detach(), frames, meta, [r.speed for r in ROLLOUTS],
+            system, q_hat.detach(), p_hat.detach(), frames, meta, [r.speed for r in runs],
             mean,
         )  # fmt: skip
-        for r, m, b in zip(ROLLOUTS, mses, bases, strict=True):
+        for r, m, b in zip(runs, mses, bases, strict=True):
             parts["mse"].setdefault(r.name, []).append(m)
             parts["base"].setdefault(r.name, []).append(b)
     rollouts = {}
-    for r in ROLLOUTS:
+    for r in runs:
         mse, base = (np.concatenate(parts[key][r.name]) for key in ("mse", "base"))
         result = score(mse, base, available[r.name], floor, fraction)
         rollouts[r.name] = {"label": r.label, **_headline(result)}
@@ -475,10 +478,12 @@ def run_oracle(
     batch_size: int = 32,
     iterations: int = ITERATIONS,
     errors: tuple[float, ...] = ERRORS,
+    backward: tuple[int, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """``results["oracle"]`` of the protocol for the model's ``model_rollouts`` (whose
     entries get ``vpt_fraction_of_oracle``) on the first ``n`` sequences, or
-    ``{"skipped": reason}``."""
+    ``{"skipped": reason}``. ``backward``: the start and plan of the backward rollout's
+    own window (``--backward-start``), fitted there as the model reads it there."""
     reason = skip_reason(split)
     if reason is not None:
         return {"skipped": reason}
@@ -489,6 +494,15 @@ def run_oracle(
         split, rows, start, context_frames, state_index, plan, mean=mean, floor=floor,
         fraction=fraction, batch_size=batch_size, iterations=iterations, scale=scale,
     )  # fmt: skip
+    if backward is not None:
+        b_start, b_plan = backward
+        back = oracle_rollouts(
+            split, rows, b_start, context_frames, b_plan["s0"] - b_start, b_plan, mean=mean,
+            floor=floor, fraction=fraction, batch_size=batch_size, iterations=iterations,
+            scale=scale, names=("backward",),
+        )  # fmt: skip
+        result["rollouts"]["backward"] = back["rollouts"]["backward"]
+        result["backward_state_error"] = back["state_error"]
     result["sensitivity"] = sensitivity(
         split, errors, rows=rows, s0=plan["s0"], steps=plan["forward"], mean=mean,
         floor=floor, fraction=fraction, scale=scale,

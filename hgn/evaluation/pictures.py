@@ -27,6 +27,12 @@ def _columns(s0: int, last: int, count: int = 16) -> np.ndarray:
     return np.arange(s0 - (s0 // stride) * stride, last + 1, stride)
 
 
+def _state_frame(results: dict[str, Any], r: dict[str, Any]) -> float:
+    """The frame rollout ``r`` starts at: its own (the backward rollout reads a window of
+    its own with ``--backward-start``), else the protocol's state frame."""
+    return r["frames"][0] if "frames" in r else results["state_frame"]
+
+
 def _state_at(
     pictures: dict[str, Any], results: dict[str, Any], name: str, frame: float, hold: bool
 ) -> np.ndarray | None:
@@ -36,7 +42,7 @@ def _state_at(
     r = results["rollouts"][name]
     if "skipped" in r:  # a rollout the model cannot do: blank
         return None
-    k = (frame - results["state_frame"]) / r["speed"]
+    k = (frame - _state_frame(results, r)) / r["speed"]
     if hold:
         k = math.floor(k + 1e-9)
     if k < -1e-9 or k > r["steps"] + 1e-9 or abs(k - round(k)) > 1e-9:
@@ -121,11 +127,12 @@ def plot_errors(results: dict[str, Any], path: Path) -> None:
     has_pos = any("per_step_position_rms" in r for r in results["rollouts"].values())
     fig, axes = plt.subplots(1, 2 if has_pos else 1, figsize=(11 if has_pos else 6, 4), dpi=110)
     axes = np.atleast_1d(axes)
-    s0 = results["state_frame"]
+    starts = {results["state_frame"]}
     for i, (name, r) in enumerate(results["rollouts"].items()):
         if "skipped" in r:
             continue
-        when = s0 + r["speed"] * np.arange(r["steps"] + 1)
+        starts.add(_state_frame(results, r))
+        when = _state_frame(results, r) + r["speed"] * np.arange(r["steps"] + 1)
         colour = f"C{i}"
         curve = np.array([np.nan if v is None else v for v in r["per_step_mse"]])
         axes[0].plot(when, curve, "-", color=colour, label=r["label"], lw=1.4)
@@ -146,7 +153,8 @@ def plot_errors(results: dict[str, Any], path: Path) -> None:
         axes[1].set(xlabel="frame (physical time)", ylabel="RMS position error (world units)")
         axes[1].set_title("body positions read back from the frames", fontsize=9)
     for ax in axes:
-        ax.axvline(s0, color="k", lw=0.8, alpha=0.5)
+        for s0 in sorted(starts):
+            ax.axvline(s0, color="k", lw=0.8, alpha=0.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -141,6 +141,18 @@ def _where(results: dict[str, Any]) -> str:
     )
 
 
+def _backward_window(results: dict[str, Any]) -> str:
+    """The backward rollout's own window, in words ("" when it shares the others')."""
+    if results.get("backward_start") is None:
+        return ""
+    first = results["rollouts"]["backward"]["frames"][0]
+    return (
+        f" The backward rollout reads a window of its own from frame "
+        f"{results['backward_start']} (`--backward-start`) and rolls back from frame "
+        f"{first:g} to frame 0."
+    )
+
+
 def _extrapolate_head(results: dict[str, Any]) -> list[str]:
     """The title, what was rolled out from where, and the table's header."""
     noise = "unknown" if results["noise"] is None else results["noise"]
@@ -152,8 +164,8 @@ def _extrapolate_head(results: dict[str, Any]) -> list[str]:
         f"on {results['system']}; test data `{results.get('data', '?')}`: "
         f"{results['sequences']} sequences of {results['frames']} frames, observation "
         f"noise {noise}. The model reads {results['context_frames']} frame(s) "
-        f"from frame {results['start']}; {_where(results)} Each predicted frame is compared "
-        "with the simulator's frame at the same physical time.",
+        f"from frame {results['start']}; {_where(results)}{_backward_window(results)} Each "
+        "predicted frame is compared with the simulator's frame at the same physical time.",
         "",
         f"Ratio = model MSE / mean-image MSE on the same frames (mean image: "
         f"{results.get('mean_image', 'the training frames')}); 1.0 is no better than "
