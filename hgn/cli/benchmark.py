@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hgn.cli import add_progress_flag, command_line
+from hgn.cli import add_progress_flag, command_line, deprecated_alias
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "protocol and sample physics, and write results.json, benchmark.md, report.html, "
         "vpt.png and strip_DATASET.png into --out. A model that cannot do what a protocol "
         "asks gets 'cannot: reason' in that cell, a metric the data cannot support "
-        "'n/a: reason'. Rerunning resumes: finished cells are kept. Sizes: "
+        "'n/a: reason'. Rerunning resumes: finished cells are kept. Profiles: "
         + "; ".join(f"{name}: {s.description}" for name, s in SIZES.items()),
     )
     cmd.add_argument("--out", required=True, metavar="DIR", help="results directory")
-    cmd.add_argument("--size", default="smoke", choices=list(SIZES), help="default: smoke")
+    cmd.add_argument(
+        "--profile",
+        default="smoke",
+        choices=list(SIZES),
+        help="how big a benchmark: the sizes above (as hgn reproduce --profile)",
+    )
+    deprecated_alias(cmd, "--size", "--profile")
     cmd.add_argument(
         "--models",
         default=None,
@@ -43,12 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--minutes",
         default=None,
         metavar="M",
-        help=f"training minutes per cell, > 0 and ≤ {MAX_MINUTES} (default: the size's; small: 10)",
+        help=f"training minutes per cell, > 0 and ≤ {MAX_MINUTES} (default: the profile's; "
+        "small: 10)",
     )
-    cmd.add_argument(
-        "--jobs", type=int, default=1, help="cells trained at once, 1 or 2 (default 1)"
-    )
-    cmd.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    cmd.add_argument("--jobs", type=int, default=1, help="cells trained at once, 1 or 2")
+    cmd.add_argument("--seed", type=int, default=0, help="training seed")
     cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     cmd.add_argument(
         "--threads",
@@ -71,7 +76,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
     benchmark(
         args.out,
-        size=args.size,
+        size=args.profile,
         models=args.models,
         datasets=args.datasets,
         minutes=args.minutes,
@@ -97,4 +102,4 @@ def _command(args: argparse.Namespace) -> str:
         "--threads": args.threads,
         "--data-root": args.data_root,
     }
-    return command_line(["hgn", "benchmark", "--size", args.size], options, args.out)
+    return command_line(["hgn", "benchmark", "--profile", args.profile], options, args.out)
