@@ -9,7 +9,7 @@ from hgn.cli import add_progress_flag, command_line, deprecated_alias
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hgn benchmark`` to the top-level parser."""
-    from hgn.experiments.benchmark import DATASET_ORDER, MAX_MINUTES, MODEL_ORDER, SIZES
+    from hgn.experiments.benchmark import SIZES
 
     cmd = sub.add_parser(
         "benchmark",
@@ -30,9 +30,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--profile",
         default="smoke",
         choices=list(SIZES),
-        help="how big a benchmark: the sizes above (as hgn reproduce --profile)",
+        help="how big a benchmark: the profiles above (as hgn reproduce --profile)",
     )
     deprecated_alias(cmd, "--size", "--profile")
+    _selection_args(cmd)
+    cmd.add_argument("--jobs", type=int, default=1, help="cells trained at once, 1 or 2")
+    cmd.add_argument("--seed", type=int, default=0, help="training seed")
+    cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    cmd.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: 1 on CPU, as hgn reproduce)",
+    )
+    cmd.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="where datasets are generated or reused (default: DIR/data)",
+    )
+    add_progress_flag(cmd)
+    cmd.set_defaults(func=_benchmark)
+
+
+def _selection_args(cmd: argparse.ArgumentParser) -> None:
+    """What a benchmark compares (rows, columns) and for how long per cell."""
+    from hgn.experiments.benchmark import DATASET_ORDER, MAX_MINUTES, MODEL_ORDER
+
     cmd.add_argument(
         "--models",
         default=None,
@@ -52,23 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"training minutes per cell, > 0 and ≤ {MAX_MINUTES} (default: the profile's; "
         "small: 10)",
     )
-    cmd.add_argument("--jobs", type=int, default=1, help="cells trained at once, 1 or 2")
-    cmd.add_argument("--seed", type=int, default=0, help="training seed")
-    cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    cmd.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads per process (default: 1 on CPU, as hgn reproduce)",
-    )
-    cmd.add_argument(
-        "--data-root",
-        default=None,
-        metavar="DIR",
-        help="where datasets are generated or reused (default: DIR/data)",
-    )
-    add_progress_flag(cmd)
-    cmd.set_defaults(func=_benchmark)
 
 
 def _benchmark(args: argparse.Namespace) -> None:

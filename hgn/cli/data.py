@@ -58,11 +58,11 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
         "--system", default=None, help=f"one of: {', '.join(SYSTEMS)} (default: {d['system']})"
     )
     gen.add_argument(
-        "--train", dest="n_train", type=int, default=None,
+        "--train", dest="n_train", type=int, default=None, metavar="N",
         help=f"training trajectories (default: {d['n_train']})",
     )  # fmt: skip
     gen.add_argument(
-        "--test", dest="n_test", type=int, default=None,
+        "--test", dest="n_test", type=int, default=None, metavar="N",
         help=f"test trajectories (default: {d['n_test']})",
     )  # fmt: skip
     gen.add_argument(

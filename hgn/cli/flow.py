@@ -386,7 +386,7 @@ def _add_train(fsub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=None, help=_target_help() + " (or in --config)")
     p.add_argument("--out", default=None, help="run directory to create or resume (required)")
     p.add_argument(
-        "--minutes", dest="max_minutes", type=float, default=None,
+        "--minutes", dest="max_minutes", type=float, default=None, metavar="M",
         help="wall-clock budget of this invocation, compilation included; without --steps "
         "the learning-rate schedule follows the clock and ends with it (default: "
         f"{DEFAULT_MINUTES:g} when --steps is not given either; on --resume, what is "
@@ -479,7 +479,9 @@ def _add_compare(fsub: argparse._SubParsersAction) -> None:
         help="results directory to write (required; left out, compare-TARGET is still "
         "written, with a deprecation line)",
     )  # fmt: skip
-    p.add_argument("--minutes", type=float, default=2.0, help="wall-clock budget per model")
+    p.add_argument(
+        "--minutes", type=float, default=2.0, metavar="M", help="wall-clock budget per model"
+    )
     p.add_argument(
         "--models", default=",".join(DEFAULT_MODELS),
         help="comma-separated: NHF (the architecture options below), NHF-LF<k>, "

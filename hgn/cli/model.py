@@ -82,6 +82,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--minutes",
         dest="max_minutes",
         type=float,
+        metavar="M",
         help="wall-clock budget counted from the start of this command (default: the "
         "config's train.max_minutes; on --resume, what is left of the run's saved budget)",
     )
