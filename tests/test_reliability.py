@@ -322,7 +322,16 @@ def test_info_of_a_store_claiming_a_huge_part_count_returns(copy: Path) -> None:
         (["sample", "{run}", "--n", "100000000", "--out", "{tmp}/s.gif"], "--n must be at most"),
         (["sample", "{run}", "--frames", "10000001", "--out", "{tmp}/s.gif"], "--frames must"),
         (
-            ["rollout", "{run}", "--data", "{data}", "--frames", "10000001", "--out", "{tmp}/r.gif"],
+            [
+                "rollout",
+                "{run}",
+                "--data",
+                "{data}",
+                "--frames",
+                "10000001",
+                "--out",
+                "{tmp}/r.gif",
+            ],
             "--frames must be at most",
         ),
         (["sample", "{run}", "--seed", "-1", "--out", "{tmp}/s.gif"], "--seed must be"),
