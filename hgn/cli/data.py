@@ -251,7 +251,7 @@ def _generate(args: argparse.Namespace) -> None:
         **settings,
         **constants,
     )
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" (shard {args.shard})" if args.shard else ""))
 
 
 def _presets(args: argparse.Namespace) -> None:
