@@ -40,7 +40,7 @@ def _argv(out: Path, models: str, datasets: str, *extra: str) -> list[str]:
         "benchmark",
         "--out",
         str(out),
-        "--size",
+        "--profile",
         "smoke",
         "--models",
         models,

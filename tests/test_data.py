@@ -406,7 +406,7 @@ def test_random_variants_are_recorded_per_trajectory(tmp_path: Path) -> None:
 
 
 def test_cli_generate_info_show_presets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    common = ["--system", "three-body", "--train", "10", "--test", "4", "--steps", "3"]
+    common = ["--system", "three-body", "--train", "10", "--test", "4", "--frames", "4"]
     common += ["--size", "16", "--no-progress", "--set", "orbit_noise=0.05"]
     for index in range(2):
         args = ["data", "generate", *common, "--shard", f"{index}/2", "--out"]
@@ -438,7 +438,7 @@ def test_cli_generate_info_show_presets(tmp_path: Path, capsys: pytest.CaptureFi
     listing = capsys.readouterr().out
     assert "dm-double-pendulum-colors" in listing and "paper-pendulum" in listing
     preset = ["data", "generate", "--preset", "dm-pendulum", "--train", "8", "--test", "2"]
-    assert main([*preset, "--steps", "3", "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert main([*preset, "--frames", "4", "--no-progress", "--out", str(tmp_path / "p")]) == 0
     meta = data.info(tmp_path / "p")
     assert (meta["dt"], meta["size"], meta["noise"], meta["constants"]["factor"]) == (
         0.05,

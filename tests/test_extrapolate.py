@@ -339,7 +339,7 @@ def test_cli_rollout_backward_at_double_speed(
     run: Path, clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "r.png"
-    argv = ["rollout", str(run), "--data", str(clean), "--out", str(out), "--steps", "4"]
+    argv = ["rollout", str(run), "--data", str(clean), "--out", str(out), "--frames", "5"]
     assert main([*argv, "--speed", "2", "--backward"]) == 0
     assert iio.imread(out).ndim == 3
 

@@ -203,7 +203,7 @@ def test_commands_never_replace_what_they_did_not_write(run: str, tmp_path, caps
     (foreign / "eval.json").write_text("user's")
     assert main(["flow", "evaluate", str(foreign), "--n-importance", "2", "--n-test", "20"]) == 0
     assert (foreign / "eval.json").read_text() == "user's"
-    assert "not written" in capsys.readouterr().out
+    assert "did not write eval.json" in capsys.readouterr().out
     assert "pass --out" in _bad(["flow", "plot", str(foreign / "checkpoint.pt")], capsys)
 
 
@@ -230,11 +230,11 @@ def test_saved_models_work_with_every_command(tmp_path, capsys) -> None:
 
 
 def test_max_minutes_on_resume_counts_from_this_invocation(tmp_path, capsys) -> None:
-    """Issue 9, defect 4: a run that has used 10 minutes resumes with --max-minutes 1 and
-    trains; without --max-minutes what is left of its saved budget (none) applies."""
+    """Issue 9, defect 4: a run that has used 10 minutes resumes with --minutes 1 and
+    trains; without --minutes what is left of its saved budget (none) applies."""
     out = str(tmp_path / "r")
     train = ["flow", "train", "--target", "moons", "--out", out, *TINY, "--no-tensorboard"]
-    assert main([*train, "--steps", "3", "--max-minutes", "5"]) == 0
+    assert main([*train, "--steps", "3", "--minutes", "5"]) == 0
     ckpt = tmp_path / "r" / "checkpoint.pt"
     saved = torch.load(ckpt, weights_only=True)
     saved["seconds"] = 600.0  # as if training had taken 10 minutes
@@ -242,7 +242,7 @@ def test_max_minutes_on_resume_counts_from_this_invocation(tmp_path, capsys) -> 
     capsys.readouterr()
     assert main([*train, "--steps", "6", "--resume"]) == 0
     assert "trained 0 steps in this run, 3 in all" in capsys.readouterr().out
-    assert main([*train, "--steps", "6", "--resume", "--max-minutes", "1"]) == 0
+    assert main([*train, "--steps", "6", "--resume", "--minutes", "1"]) == 0
     assert "trained 3 steps in this run, 6 in all" in capsys.readouterr().out
 
 
@@ -253,7 +253,7 @@ def test_progress_against_the_budget_that_ends_the_run(tmp_path, capsys) -> None
     base = ["flow", "train", "--target", "moons", "--no-tensorboard", "--flow-steps", "1",
             "--hidden", "8", "--posterior-hidden", "8", "--batch-size", "16",
             "--no-compile"]  # fmt: skip
-    assert main([*base, "--out", str(tmp_path / "a"), "--max-minutes", "0.002"]) == 0
+    assert main([*base, "--out", str(tmp_path / "a"), "--minutes", "0.002"]) == 0
     err = capsys.readouterr().err
     # the bar counts seconds of budget; the step count only appears in its postfix
     assert "s budget" in err and f"/{STEP_CAP} [" not in err

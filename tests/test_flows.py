@@ -510,10 +510,10 @@ def test_model_config_strict(config: dict, message: str) -> None:
         ({"clip": math.inf}, "--clip must be a finite"),
         ({"steps": 0}, "--steps must be an integer ≥ 1"),
         ({"batch_size": 2.5}, "--batch-size must be an integer"),
-        ({"n_samples": 0}, "--n-samples"),
+        ({"n_samples": 0}, "--momentum-samples"),
         ({"seed": -1}, "--seed"),
-        ({"max_minutes": math.nan}, "--max-minutes must be"),
-        ({"max_minutes": -1.0}, "--max-minutes must be"),
+        ({"max_minutes": math.nan}, "--minutes must be"),
+        ({"max_minutes": -1.0}, "--minutes must be"),
     ],
 )
 def test_train_config_range_checked(values: dict, message: str) -> None:

@@ -127,18 +127,18 @@ def test_extrapolate_refuses_a_too_short_imported_set(
 
 
 @pytest.mark.parametrize(
-    "options", [[], ["--backward", "--steps", "3"], ["--speed", "0.5"], ["--speed", "2"]]
+    "options", [[], ["--backward", "--frames", "4"], ["--speed", "0.5"], ["--speed", "2"]]
 )
 def test_rollout(run: Path, imported: Path, tmp_path: Path, options: list[str]) -> None:
     out = tmp_path / "rollout.png"
-    argv = ["rollout", str(run), "--data", str(imported), "--steps", "6", *options]
+    argv = ["rollout", str(run), "--data", str(imported), "--frames", "7", *options]
     assert main([*argv, "--out", str(out)]) == 0
     assert iio.imread(out).ndim == 3
 
 
 def test_sample(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.gif"
-    assert main(["sample", str(run), "--n", "2", "--steps", "4", "--out", str(out)]) == 0
+    assert main(["sample", str(run), "--n", "2", "--frames", "5", "--out", str(out)]) == 0
     assert out.is_file()
 
 

@@ -140,7 +140,7 @@ def _resume_with_budget(run_dir: Path, steps: int, minutes: float, from_now: boo
 
 
 def test_a_budget_given_now_counts_from_this_invocation(tmp_path: Path) -> None:
-    """`--resume --max-minutes 30` after an hour of training trains (the budget used to
+    """`--resume --minutes 30` after an hour of training trains (the budget used to
     cover the whole run, so such a resume stopped after one step)."""
     _run(tmp_path / "run", 4)
     path = tmp_path / "run" / CHECKPOINT

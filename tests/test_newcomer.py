@@ -103,13 +103,13 @@ def test_a_run_samples_alike_after_its_data_moved(
     assert load_checkpoint(run / CHECKPOINT)["sampler"]["sequences"] == 6
     capsys.readouterr()
     assert (
-        main(["sample", str(run), "--out", str(tmp_path / "a.png"), "--n", "2", "--steps", "3"])
+        main(["sample", str(run), "--out", str(tmp_path / "a.png"), "--n", "2", "--frames", "4"])
         == 0
     )
     assert "aggregate posterior of 6 training sequences" in capsys.readouterr().out
     data.rename(tmp_path / "moved")
     assert (
-        main(["sample", str(run), "--out", str(tmp_path / "b.png"), "--n", "2", "--steps", "3"])
+        main(["sample", str(run), "--out", str(tmp_path / "b.png"), "--n", "2", "--frames", "4"])
         == 0
     )
     assert "aggregate posterior of 6 training sequences" in capsys.readouterr().out
@@ -162,7 +162,7 @@ def test_rollout_on_another_systems_data_warns_as_evaluate_does(
     hgn_data.generate(other, "mass-spring", n_train=2, n_test=2, steps=8, progress=False)
     capsys.readouterr()
     rollout = ["rollout", str(run), "--data", str(other), "--out", str(tmp_path / "r.png")]
-    assert main([*rollout, "--steps", "3"]) == 0
+    assert main([*rollout, "--frames", "4"]) == 0
     err = capsys.readouterr().err
     assert "hgn: warning: this data differs from the run's training data: system" in err
 
@@ -218,7 +218,7 @@ def test_shell_completion_knows_every_command(capsys: pytest.CaptureFixture[str]
     options are there, the newest included."""
     assert main(["completion", "bash"]) == 0
     script = capsys.readouterr().out
-    for word in ("train", "benchmark", "info", "flow", "--max-minutes", "--print-config"):
+    for word in ("train", "benchmark", "info", "flow", "--minutes", "--print-config"):
         assert word in script, word
     with pytest.raises(SystemExit) as refused:  # not a shell it writes for: one line
         main(["completion", "fish"])

@@ -223,7 +223,7 @@ def check_damaged_store(base: dict[str, Path], changes: list[tuple], train: bool
             assert listing(store) == damaged
         # a rerun of the command that wrote it: finishes, does nothing, or refuses
         argv = ["data", "generate", "--system", "mass-spring", "--train", "8", "--test", "4"]
-        argv += ["--steps", "6", "--size", "16", "--no-progress", "--out", str(store)]
+        argv += ["--frames", "7", "--size", "16", "--no-progress", "--out", str(store)]
         works_or_one_line(argv)
         assert listing(base["root"]) == shared  # nothing outside the workspace changed
         assert {p.name for p in here.iterdir()} <= {"store", "p.png", "p.gif", "run", "eval"}
@@ -257,19 +257,19 @@ HOSTILE = st.one_of(
 
 OPTIONS: dict[str, list[str]] = {
     "generate": [
-        "--train", "--test", "--steps", "--dt", "--size", "--seed", "--noise",
+        "--train", "--test", "--frames", "--dt", "--size", "--seed", "--noise",
         "--set g=", "--set friction=", "--shard 0/", "--vary k=1:",
     ],
     "import": ["--size", "--test-fraction", "--frames", "--stride", "--dt", "--seed"],
     "show": ["--n", "--frames"],
     "train": [
-        "--steps", "--max-minutes", "--threads", "--set train.lr=", "--set train.batch_size=",
+        "--steps", "--minutes", "--threads", "--set train.lr=", "--set train.batch_size=",
         "--set model.latent_channels=", "--set train.seed=", "--set train.grad_clip=",
         "--set model.dt=",
     ],
     "evaluate": ["--max-sequences", "--batch-size", "--vpt-fraction"],
-    "sample": ["--n", "--steps", "--fps", "--seed"],
-    "rollout": ["--index", "--steps", "--speed", "--fps"],
+    "sample": ["--n", "--frames", "--fps", "--seed"],
+    "rollout": ["--index", "--frames", "--speed", "--fps"],
 }  # fmt: skip
 
 
@@ -278,20 +278,20 @@ def base_argv(command: str, base: dict[str, Path], here: Path) -> list[str]:
     out = str(here / "out")
     if command == "generate":
         return ["data", "generate", "--system", "mass-spring", "--train", "2", "--test", "1",
-                "--steps", "2", "--size", "16", "--no-progress", "--out", out]  # fmt: skip
+                "--frames", "3", "--size", "16", "--no-progress", "--out", out]  # fmt: skip
     if command == "import":
         return ["data", "import", str(base["source"]), "--out", out, "--no-progress"]
     if command == "show":
         return ["data", "show", str(base["store"]), "--out", str(here / "p"), "--overwrite"]
     if command == "train":
         return ["train", "--data", str(base["store"]), "--out", out, "--steps", "1",
-                "--max-minutes", "0.05", "--no-progress", *sets()]  # fmt: skip
+                "--minutes", "0.05", "--no-progress", *sets()]  # fmt: skip
     if command == "evaluate":
         return ["evaluate", str(base["run"]), "--data", str(base["store"]), "--out", out,
                 "--max-sequences", "2", "--no-progress"]  # fmt: skip
     if command == "sample":
-        return ["sample", str(base["run"]), "--n", "2", "--steps", "2", "--out", f"{out}.gif"]
-    return ["rollout", str(base["run"]), "--data", str(base["store"]), "--steps", "2",
+        return ["sample", str(base["run"]), "--n", "2", "--frames", "3", "--out", f"{out}.gif"]
+    return ["rollout", str(base["run"]), "--data", str(base["store"]), "--frames", "3",
             "--out", f"{out}.gif"]  # fmt: skip
 
 

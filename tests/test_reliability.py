@@ -293,7 +293,7 @@ def test_sharded_store_with_every_marker_is_finished_by_any_shard(tmp_path: Path
     ("extra", "message"),
     [
         (["--shard", "0/99999999999"], "--shard I/N allows N up to 9999"),
-        (["--steps", "100000000"], "of memory"),
+        (["--frames", "100000001"], "of memory"),
         (["--set", "g=1e308"], "sub-steps per frame"),
         (["--train", "10000000000000"], "free"),
     ],
@@ -301,7 +301,7 @@ def test_sharded_store_with_every_marker_is_finished_by_any_shard(tmp_path: Path
 def test_generate_bounds_its_sizes(
     tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    argv = ["data", "generate", "--train", "4", "--test", "2", "--steps", "4", "--size", "16"]
+    argv = ["data", "generate", "--train", "4", "--test", "2", "--frames", "5", "--size", "16"]
     argv += ["--no-progress", "--out", str(tmp_path / "d"), *extra]
     code, _, err = run(argv, capsys)
     lines = err.strip().splitlines()  # the size estimate may come first
@@ -320,10 +320,19 @@ def test_info_of_a_store_claiming_a_huge_part_count_returns(copy: Path) -> None:
     ("argv", "message"),
     [
         (["sample", "{run}", "--n", "100000000", "--out", "{tmp}/s.gif"], "--n must be at most"),
-        (["sample", "{run}", "--steps", "10000000", "--out", "{tmp}/s.gif"], "--steps must"),
+        (["sample", "{run}", "--frames", "10000001", "--out", "{tmp}/s.gif"], "--frames must"),
         (
-            ["rollout", "{run}", "--data", "{data}", "--steps", "10000000", "--out", "{tmp}/r.gif"],
-            "--steps must be at most",
+            [
+                "rollout",
+                "{run}",
+                "--data",
+                "{data}",
+                "--frames",
+                "10000001",
+                "--out",
+                "{tmp}/r.gif",
+            ],
+            "--frames must be at most",
         ),
         (["sample", "{run}", "--seed", "-1", "--out", "{tmp}/s.gif"], "--seed must be"),
     ],

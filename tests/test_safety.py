@@ -177,9 +177,9 @@ def test_out_of_range_config_values_fail_with_one_line(
 
 
 def test_max_minutes_must_be_finite(data: Path, tmp_path: Path, capsys) -> None:
-    argv = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--max-minutes"]
-    assert "--max-minutes must be a finite number > 0" in error_of([*argv, "nan"], capsys)
-    assert "--max-minutes must be a finite number > 0" in error_of([*argv, "inf"], capsys)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--minutes"]
+    assert "--minutes must be a finite number > 0" in error_of([*argv, "nan"], capsys)
+    assert "--minutes must be a finite number > 0" in error_of([*argv, "inf"], capsys)
 
 
 # ----------------------------------------------------------------------------- defect 4
@@ -188,7 +188,7 @@ def test_max_minutes_must_be_finite(data: Path, tmp_path: Path, capsys) -> None:
 def test_max_minutes_on_resume_counts_from_this_invocation(
     trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """The README's `--resume --steps N` after a spent budget: without --max-minutes
+    """The README's `--resume --steps N` after a spent budget: without --minutes
     the saved budget applies (nothing is left, and the command says how to go on); with
     it, the run trains on (it used to stop after one step either way)."""
     run = tmp_path / "run"
@@ -200,8 +200,8 @@ def test_max_minutes_on_resume_counts_from_this_invocation(
     capsys.readouterr()
     assert main([*resume, "--steps", "4"]) == 0
     out = capsys.readouterr().out
-    assert "trained 2 steps" in out and "pass --max-minutes" in out
-    assert main([*resume, "--steps", "4", "--max-minutes", "5"]) == 0
+    assert "trained 2 steps" in out and "pass --minutes" in out
+    assert main([*resume, "--steps", "4", "--minutes", "5"]) == 0
     assert load_checkpoint(run / CHECKPOINT)["step"] == 4
 
 
@@ -303,10 +303,10 @@ def test_evaluate_on_another_systems_data_says_so(
 
 def test_usage_mistakes_are_one_line_too(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "--max-minutes", "soon"])
+        main(["train", "--minutes", "soon"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hgn: error: hgn train: argument --max-minutes")
+    assert len(err) == 1 and err[0].startswith("hgn: error: hgn train: argument --minutes")
 
 
 def test_data_from_before_friction_and_offset_is_not_another_dataset() -> None:

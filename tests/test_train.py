@@ -227,13 +227,13 @@ def test_rollout_renders_truth_and_prediction(
     run: Path, dataset: Path, tmp_path: Path, suffix: str
 ) -> None:
     out = tmp_path / f"roll{suffix}"
-    argv = ["rollout", str(run), "--data", str(dataset), "--index", "1", "--steps", "6"]
+    argv = ["rollout", str(run), "--data", str(dataset), "--index", "1", "--frames", "7"]
     # (an animation shows the truth at every step; GIF writers drop repeated frames)
     options = ["--speed", "2", "--backward"] if suffix == ".png" else []
     assert main([*argv, *options, "--out", str(out)]) == 0
     image = iio.imread(out)
     if suffix == ".gif":
-        assert image.shape[0] == 7  # steps + 1 frames, truth | prediction side by side
+        assert image.shape[0] == 7  # --frames, truth | prediction side by side
         assert image.shape[2] > 2 * image.shape[1] - 8
     else:
         assert image.shape[1] > 6 * image.shape[0] / 2  # 2 rows × 7 columns
@@ -241,10 +241,10 @@ def test_rollout_renders_truth_and_prediction(
 
 def test_sample_writes_pictures(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.png"
-    assert main(["sample", str(run), "--n", "3", "--steps", "4", "--out", str(out)]) == 0
-    assert iio.imread(out).shape == (3 * 129 + 1, 5 * 129 + 1, 3)  # n rows, steps+1 columns
+    assert main(["sample", str(run), "--n", "3", "--frames", "5", "--out", str(out)]) == 0
+    assert iio.imread(out).shape == (3 * 129 + 1, 5 * 129 + 1, 3)  # n rows, --frames columns
     gif = tmp_path / "samples.gif"
-    assert main(["sample", str(run), "--n", "3", "--steps", "4", "--out", str(gif)]) == 0
+    assert main(["sample", str(run), "--n", "3", "--frames", "5", "--out", str(gif)]) == 0
     assert iio.imread(gif).shape[-3:] == (129 + 1, 3 * 129 + 1, 3)
 
 
@@ -294,8 +294,8 @@ def test_bad_inputs_fail_with_one_line(
     assert "does not exist" in error_of(
         ["rollout", str(run), "--data", data, "--out", missing], capsys
     )
-    assert "--steps must be a positive" in error_of(
-        ["sample", str(run), "--steps", "0", "--out", new + ".gif"], capsys
+    assert "--frames must be an integer of at least 2" in error_of(
+        ["sample", str(run), "--frames", "1", "--out", new + ".gif"], capsys
     )
     assert "out of range" in error_of(
         ["rollout", str(run), "--data", data, "--index", "99", "--out", new + ".gif"], capsys

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from hgn import data
-from hgn.cli import add_progress_flag
+from hgn.cli import add_progress_flag, deprecated_alias, frames_option, warn_deprecated
 from hgn.data.presets import PRESETS, preset
 from hgn.physics.systems import STYLES, SYSTEMS
 from hgn.utils import UserError
@@ -31,33 +31,79 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
     group = sub.add_parser("data", help="generate, import and inspect pixel datasets")
     commands = group.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    _add_generate(commands)
+    presets = commands.add_parser("presets", help="list the named dataset settings")
+    presets.set_defaults(func=_presets)
+    _add_import(commands)
+    _add_show(commands)
+    info = commands.add_parser("info", help="print a dataset's metadata")
+    info.add_argument("path", metavar="DIR", help="dataset directory or URL")
+    info.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+    info.set_defaults(func=_info)
 
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    d = GENERATE_DEFAULTS
     gen = commands.add_parser(
         "generate",
         help="simulate a system and render its trajectories",
         description="Simulate trajectories, add observation noise and render them as "
         "RGB frames into a compressed zarr store (the paper's pendulum with no options; "
-        "see `hgn data presets` for named settings). Prints the estimated size on disk "
-        "before starting. OUT may be a directory or an fsspec URL (s3://, gs://, "
-        "memory://, file://).",
+        "see `hgn data presets` for named settings, whose values stand in for the "
+        "defaults below). Prints the estimated size on disk before starting. OUT may be "
+        "a directory or an fsspec URL (s3://, gs://, memory://, file://).",
     )
     gen.add_argument("--preset", default=None, help="named settings (hgn data presets)")
-    gen.add_argument("--system", default=None, help=f"one of: {', '.join(SYSTEMS)} [pendulum]")
-    gen.add_argument("--train", dest="n_train", type=int, default=None, help="[50000]")
-    gen.add_argument("--test", dest="n_test", type=int, default=None, help="[10000]")
-    gen.add_argument("--steps", type=int, default=None, help="steps per trajectory, T [30]")
-    gen.add_argument("--dt", type=float, default=None, help="time between frames [0.125]")
     gen.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help=f"image height and width, one of {', '.join(map(str, data.SIZES))} [64]",
+        "--system", default=None, help=f"one of: {', '.join(SYSTEMS)} (default: {d['system']})"
     )
-    gen.add_argument("--seed", type=int, default=0, help="[0]")
     gen.add_argument(
-        "--noise", type=float, default=None, help="observation noise std [the system's]"
+        "--train", dest="n_train", type=int, default=None, metavar="N",
+        help=f"training trajectories (default: {d['n_train']})",
+    )  # fmt: skip
+    gen.add_argument(
+        "--test", dest="n_test", type=int, default=None, metavar="N",
+        help=f"test trajectories (default: {d['n_test']})",
+    )  # fmt: skip
+    gen.add_argument(
+        "--frames", type=int, default=None,
+        help=f"frames per trajectory, the first included (default: {d['steps'] + 1})",
+    )  # fmt: skip
+    deprecated_alias(gen, "--steps", "--frames", lambda t: t + 1, " (--steps T is --frames T+1)")
+    gen.add_argument(
+        "--dt", type=float, default=None, help=f"time between frames (default: {d['dt']})"
     )
-    gen.add_argument("--style", default=None, choices=STYLES, help="pictures [paper]")
+    gen.add_argument(
+        "--size", type=int, default=None,
+        help=f"image height and width, one of {', '.join(map(str, data.SIZES))} "
+        f"(default: {d['size']})",
+    )  # fmt: skip
+    gen.add_argument("--seed", type=int, default=0, help="seed of everything random")
+    gen.add_argument(
+        "--noise", type=float, default=None,
+        help="observation noise std (default: the system's)",
+    )  # fmt: skip
+    gen.add_argument(
+        "--style", default=None, choices=STYLES, help=f"pictures (default: {d['style']})"
+    )
+    _variant_args(gen)
+    gen.add_argument(
+        "--shard", default=None, metavar="I/N", help="write only shard I of N (0-based)"
+    )
+    gen.add_argument(
+        "--out", default=None,
+        help="dataset directory or URL to write (required; left out, data/PRESET or "
+        "data/SYSTEM is still written, with a deprecation line)",
+    )  # fmt: skip
+    gen.add_argument(
+        "--overwrite", action="store_true", help="replace a different hgn dataset at --out"
+    )
+    add_progress_flag(gen)
+    gen.set_defaults(func=_generate)
+
+
+def _variant_args(gen: argparse.ArgumentParser) -> None:
+    """``generate``'s options that change the physics or the pictures per trajectory."""
     gen.add_argument(
         "--set",
         dest="constants",
@@ -75,21 +121,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="draw a constant per trajectory from a range, e.g. --vary l=0.5:1; repeatable",
     )
     gen.add_argument(
-        "--random-colours", action="store_true", default=None, help="random body colours"
+        "--random-colors",
+        dest="random_colours",
+        action="store_true",
+        default=None,
+        help="random body colors per trajectory (as the *-colors presets)",
     )
-    gen.add_argument(
-        "--shard", default=None, metavar="I/N", help="write only shard I of N (0-based)"
-    )
-    gen.add_argument("--out", default=None, help="output directory or URL [data/SYSTEM]")
-    gen.add_argument(
-        "--overwrite", action="store_true", help="replace a different hgn dataset at --out"
-    )
-    add_progress_flag(gen)
-    gen.set_defaults(func=_generate)
+    deprecated_alias(gen, "--random-colours", "--random-colors")
 
-    presets = commands.add_parser("presets", help="list the named dataset settings")
-    presets.set_defaults(func=_presets)
 
+def _add_import(commands: argparse._SubParsersAction) -> None:
     imp = commands.add_parser(
         "import",
         help="make a dataset from your own image sequences",
@@ -98,26 +139,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(one per sequence, or one long video cut with --frames/--stride). Frames are "
         "centre-cropped to a square and area-resampled; the dataset has no states.",
     )
-    imp.add_argument("source", metavar="SOURCE")
-    imp.add_argument("--out", required=True, help="output directory or URL")
+    imp.add_argument("source", metavar="SOURCE", help="array file, folder or videos")
+    imp.add_argument("--out", required=True, help="dataset directory or URL to write")
     imp.add_argument(
         "--size",
         type=int,
         default=None,
-        help=f"one of {', '.join(map(str, data.SIZES))} [the largest within the frames]",
+        help=f"one of {', '.join(map(str, data.SIZES))} (default: the largest within the frames)",
     )
-    imp.add_argument("--test-fraction", type=float, default=0.1, help="[0.1]")
-    imp.add_argument("--frames", type=int, default=None, help="cut windows of this length")
-    imp.add_argument("--stride", type=int, default=None, help="window step [--frames]")
-    imp.add_argument("--dt", type=float, default=None, help="time between frames [1/fps]")
-    imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split [0]")
+    imp.add_argument(
+        "--test-fraction", type=float, default=0.1, help="share of the sequences held out"
+    )
+    imp.add_argument(
+        "--frames", type=int, default=None,
+        help="cut windows of this many frames (default: whole sequences)",
+    )  # fmt: skip
+    imp.add_argument(
+        "--stride", type=int, default=None, help="frames between windows (default: --frames)"
+    )
+    imp.add_argument("--dt", type=float, default=None, help="time between frames (default: 1/fps)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     imp.add_argument("--overwrite", action="store_true", help="replace an hgn dataset at --out")
     add_progress_flag(imp)
     imp.set_defaults(func=_import)
 
+
+def _add_show(commands: argparse._SubParsersAction) -> None:
     show = commands.add_parser("show", help="write a PNG grid and a GIF of some trajectories")
-    show.add_argument("path", metavar="DIR")
-    show.add_argument("--split", default="train", choices=data.SPLITS)
+    show.add_argument("path", metavar="DIR", help="dataset directory or URL")
+    show.add_argument("--split", default="train", choices=data.SPLITS, help="which split")
     show.add_argument("--n", type=int, default=6, help="trajectories to show")
     show.add_argument("--frames", type=int, default=10, help="frames per row of the grid")
     show.add_argument(
@@ -128,11 +178,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     show.add_argument("--overwrite", action="store_true", help="replace existing PREFIX files")
     show.set_defaults(func=_show)
-
-    info = commands.add_parser("info", help="print a dataset's metadata")
-    info.add_argument("path", metavar="DIR")
-    info.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
-    info.set_defaults(func=_info)
 
 
 def _pairs(pairs: list[str], option: str, form: str) -> dict[str, str]:
@@ -181,18 +226,23 @@ def _generate(args: argparse.Namespace) -> None:
         settings.update(chosen)
     given = {
         k: getattr(args, k)
-        for k in ("system", "n_train", "n_test", "steps", "dt", "size", "noise", "style")
+        for k in ("system", "n_train", "n_test", "dt", "size", "noise", "style")
         if getattr(args, k) is not None
     }
+    if args.frames is not None:
+        given["steps"] = frames_option(args.frames)
     settings.update(given)
     constants.update(_constants(args.constants))
     if args.vary:
         settings["vary"] = _ranges(args.vary)
     if args.random_colours:
         settings["random_colours"] = True
-    name = args.preset or settings["system"]
+    out = args.out
+    if out is None:  # the old default: a guessed place for what may be hours of work
+        out = f"data/{args.preset or settings['system']}"
+        warn_deprecated("hgn data generate without --out", f"--out DIR (writing {out})")
     out = data.generate(
-        args.out or f"data/{name}",
+        out,
         seed=args.seed,
         shard=args.shard,
         progress=args.progress,
@@ -201,7 +251,7 @@ def _generate(args: argparse.Namespace) -> None:
         **settings,
         **constants,
     )
-    print(f"dataset at {out}")
+    print(f"wrote {out}" + (f" (shard {args.shard})" if args.shard else ""))
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -227,7 +277,7 @@ def _import(args: argparse.Namespace) -> None:
         progress=args.progress,
         report=_echo,
     )
-    print(f"dataset at {out}")
+    print(f"wrote {out}")
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -262,7 +312,7 @@ def _info(args: argparse.Namespace) -> None:
         variant = meta.get("variant", {})
         extras = [
             f"style {variant['style']}" if variant.get("style", "paper") != "paper" else "",
-            "random colours" if variant.get("random_colours") else "",
+            "random colors" if variant.get("random_colours") else "",
             "varying " + ", ".join(variant["vary"]) if variant.get("vary") else "",
             "not Hamiltonian (friction)" if not variant.get("hamiltonian", True) else "",
         ]

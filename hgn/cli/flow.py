@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hgn.cli import add_progress_flag, deprecated_alias, warn_deprecated
 from hgn.errors import UserError
 
 DEFAULT_THREADS = 1
@@ -22,37 +23,29 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
     d = NHFConfig(dim=1)
     g = p.add_argument_group("NHF architecture")
-    g.add_argument(
-        "--flow-steps", type=int, default=d.flow_steps, help="T Hamiltonians (%(default)s)"
-    )
+    g.add_argument("--flow-steps", type=int, default=d.flow_steps, help="T Hamiltonians")
     g.add_argument(
         "--leapfrog-steps", type=int, default=d.leapfrog_steps,
-        help="leapfrog sub-steps per flow step (%(default)s; compare's NHF-LF<k> sets k)",
+        help="leapfrog sub-steps per flow step (compare's NHF-LF<k> sets k)",
     )  # fmt: skip
-    g.add_argument("--hidden", type=int, default=d.hidden, help="K and V MLP width (%(default)s)")
-    g.add_argument(
-        "--layers", type=int, default=d.layers, help="K and V hidden layers (%(default)s)"
-    )
-    g.add_argument(
-        "--dt", type=float, default=d.dt, help="initial time per flow step (%(default)s)"
-    )
+    g.add_argument("--hidden", type=int, default=d.hidden, help="K and V MLP width")
+    g.add_argument("--layers", type=int, default=d.layers, help="K and V hidden layers")
+    g.add_argument("--dt", type=float, default=d.dt, help="initial time per flow step")
     g.add_argument("--fixed-dt", action="store_true", help="do not learn the step sizes")
     g.add_argument(
         "--quadratic-kinetic", action=argparse.BooleanOptionalAction,
-        default=d.quadratic_kinetic, help="K(p) = |p|²/2 + MLP(p) (default: yes)",
+        default=d.quadratic_kinetic, help="K(p) = |p|²/2 + MLP(p)",
     )  # fmt: skip
     g.add_argument(
         "--quadratic-potential", action=argparse.BooleanOptionalAction,
-        default=d.quadratic_potential, help="V(q) = |q|²/2 + MLP(q) (default: no)",
+        default=d.quadratic_potential, help="V(q) = |q|²/2 + MLP(q)",
     )  # fmt: skip
     g.add_argument("--prior", choices=PRIORS, default=d.prior, help="prior on (q0, p0)")
-    g.add_argument("--sigma", type=float, default=d.sigma, help="soft-uniform width (%(default)s)")
-    g.add_argument(
-        "--beta", type=float, default=d.beta, help="soft-uniform sharpness (%(default)s)"
-    )
+    g.add_argument("--sigma", type=float, default=d.sigma, help="soft-uniform width")
+    g.add_argument("--beta", type=float, default=d.beta, help="soft-uniform sharpness")
     g.add_argument(
         "--posterior-hidden", type=int, default=d.posterior_hidden,
-        help="width of f_psi(p | q) (%(default)s)",
+        help="width of f_psi(p | q)",
     )  # fmt: skip
 
 
@@ -82,23 +75,25 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     if with_steps:  # compare sets each model's steps from its time budget
         g.add_argument(
             "--steps", type=int, default=None,
-            help="train exactly this many steps (the schedule follows the steps: "
-            "reproducible to the bit); default: a time budget (--max-minutes, "
-            f"{DEFAULT_MINUTES:g} if neither is given); on --resume: the run's own",
+            help="optimiser steps: train exactly this many (the schedule follows the "
+            "steps: reproducible to the bit) (default: a time budget, --minutes, "
+            f"{DEFAULT_MINUTES:g} if neither is given; on --resume, the run's own)",
         )  # fmt: skip
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (%(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     g.add_argument(
         "--warmup", type=float, default=d.warmup,
-        help="fraction of the run spent warming the learning rate up (%(default)s)",
+        help="fraction of the run spent warming the learning rate up",
     )  # fmt: skip
-    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (%(default)s)")
+    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip")
     g.add_argument(
-        "--n-samples", type=int, default=d.n_samples,
-        help="momentum samples per point in NHF's objective (%(default)s); a step costs "
+        "--momentum-samples", dest="n_samples", type=int, default=d.n_samples, metavar="K",
+        help="K, momentum samples per point in NHF's training objective (config key "
+        "train.n_samples); a step costs "
         "about K times one sample's, so in many dimensions 1 trains further in a fixed time "
         "(digits, 2.5 minutes: -91.8 nats with 1 against -90.2 with 4)",
     )  # fmt: skip
+    deprecated_alias(p, "--n-samples", "--momentum-samples")
     g.add_argument(
         "--objective", choices=("iwae", "elbo"), default=d.objective,
         help="NHF's training objective: the importance-weighted bound or the ELBO",
@@ -106,8 +101,8 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     g.add_argument(
         "--logit", type=float, default=None, metavar="ALPHA",
         help="map data in [0, 1] through logit(ALPHA + (1 - 2 ALPHA) x) before standardising "
-        "(densities stay those of x); default: the target's own (digits 1e-6, else none), "
-        "0: none",
+        "(densities stay those of x); 0: none (default: the target's own: digits 1e-6, "
+        "else none)",
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random")
     g.add_argument(
@@ -124,7 +119,7 @@ def _train_args(p: argparse.ArgumentParser, with_steps: bool) -> None:
     )  # fmt: skip
     g.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS,
-        help="torch CPU threads (%(default)s: these small networks gain little from more)",
+        help="torch CPU threads (these small networks gain little from more)",
     )  # fmt: skip
 
 
@@ -173,7 +168,7 @@ SETTINGS = {
     "target": "", "standardise": "", "logit": "",
 }  # fmt: skip
 """The ``flow train`` options that are config values, by the section they set (``""``:
-the run's own keys); ``--steps`` and ``--max-minutes`` are budgets, not settings."""
+the run's own keys); ``--steps`` and ``--minutes`` are budgets, not settings."""
 
 
 def _given(args: argparse.Namespace) -> set[str]:
@@ -232,13 +227,23 @@ def _check_resume(args: argparse.Namespace, typed: set[str], given: dict[str, An
             now, before = given[section][key], saved.get(section, {}).get(key, given[section][key])
         if now != before:
             changed.append(dest)
-    shown = sorted("--" + d.replace("_", "-") for d in changed)
+    shown = sorted(_option(args.parser, dest) for dest in changed)
     shown += ["--config"] * bool(args.config) + ["--set"] * bool(args.sets)
     if shown:
         raise UserError(
             "--resume continues a run with its saved config; drop the overrides "
             f"({', '.join(shown)}), or train a new run"
         )
+
+
+def _option(parser: argparse.ArgumentParser, dest: str) -> str:
+    """The option that sets ``dest``, as ``--help`` spells it (not an old spelling, not
+    the config key: ``n_samples`` is ``--momentum-samples``)."""
+    return next(
+        a.option_strings[0]
+        for a in parser._actions
+        if a.dest == dest and a.option_strings and a.help is not argparse.SUPPRESS
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -268,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"trained {done} steps in this run, {result.step} in all, {result.seconds:.0f} s "
         f"({result.stopped_by} budget)"
     )
-    print(f"run saved in {args.out}; next: hgn flow evaluate {args.out}")
+    print(f"wrote {args.out}; next: hgn flow evaluate {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -289,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         line += f"; entropy {r['entropy']:.4f}, gap {r['gap']:.4f}"
     print(line)
     if not r["written"]:
-        print("eval.json not written (not a run dir); pass --out FILE")
+        print("did not write eval.json (not a run directory); pass --out FILE")
         return
     note = ""
     if r["replaced"]:
@@ -301,7 +306,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from hgn.flows.train import sample
 
     _threads(args)
-    print(f"written {sample(args.run, args.n, args.out, args.seed, args.overwrite)}")
+    print(f"wrote {sample(args.run, args.n, args.out, args.seed, args.overwrite)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -327,14 +332,17 @@ def cmd_plot(args: argparse.Namespace) -> None:
         model, reference, data.image_shape, out, title=f"{Path(args.run).name} on {data.name}",
         step=args.step, n_importance=args.n_importance, progress=args.progress,
     )  # fmt: skip
-    print(f"written {path}")
+    print(f"wrote {path}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from hgn.flows.compare import compare, compare_markdown
 
     _threads(args)
-    out = Path(args.out or f"compare-{Path(args.target).stem}")
+    if args.out is None:  # the old default: a guessed place for minutes of work per model
+        args.out = f"compare-{Path(args.target).stem}"
+        warn_deprecated("hgn flow compare without --out", f"--out DIR (writing {args.out})")
+    out = Path(args.out)
     table = compare(
         args.target,
         out,
@@ -350,17 +358,22 @@ def cmd_compare(args: argparse.Namespace) -> None:
         logit=args.logit,
     )
     print(compare_markdown(table))
-    print(f"written {out / 'compare.md'}, {out / 'compare.json'} and {out / 'figure10.png'}")
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {out / 'figure10.png'}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``flow`` group and its sub-commands to the top-level parser."""
-    from hgn.cli import add_progress_flag
-    from hgn.flows.compare import DEFAULT_MODELS
-    from hgn.flows.train import DEFAULT_MINUTES
-
     flow = sub.add_parser("flow", help="Neural Hamiltonian Flows: density estimation")
     fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="COMMAND")
+    _add_train(fsub)
+    _add_evaluate(fsub)
+    _add_sample(fsub)
+    _add_plot(fsub)
+    _add_compare(fsub)
+
+
+def _add_train(fsub: argparse._SubParsersAction) -> None:
+    from hgn.flows.train import DEFAULT_MINUTES
 
     p = fsub.add_parser(
         "train",
@@ -371,18 +384,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "section.key=value. --resume continues a run with its own saved config.",
     )
     p.add_argument("--target", default=None, help=_target_help() + " (or in --config)")
-    p.add_argument("--out", default=None, help="run directory (checkpoint, TensorBoard)")
+    p.add_argument("--out", default=None, help="run directory to create or resume (required)")
     p.add_argument(
-        "--max-minutes", type=float, default=None,
+        "--minutes", dest="max_minutes", type=float, default=None, metavar="M",
         help="wall-clock budget of this invocation, compilation included; without --steps "
         "the learning-rate schedule follows the clock and ends with it (default: "
-        f"{DEFAULT_MINUTES:g} minutes when --steps is not given either; on --resume "
-        "without it: what is left of the run's saved budget)",
+        f"{DEFAULT_MINUTES:g} when --steps is not given either; on --resume, what is "
+        "left of the run's saved budget)",
     )  # fmt: skip
+    deprecated_alias(p, "--max-minutes", "--minutes")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--standardise", action=argparse.BooleanOptionalAction, default=True,
-        help="standardise the data to zero mean, unit variance (default: yes)",
+        help="standardise the data to zero mean, unit variance",
     )  # fmt: skip
     p.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     p.add_argument("--config", default=None, help="YAML config file (see --print-config)")
@@ -399,48 +413,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(parser=p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(fsub: argparse._SubParsersAction) -> None:
     p = fsub.add_parser("evaluate", help="test NLL (nats) with its standard error")
     p.add_argument("run", help="run directory (or a checkpoint file)")
     p.add_argument("--target", default=None, help="default: the run's own; " + _target_help())
+    p.add_argument("--n-importance", type=int, default=128, help="K of the IWAE bound")
     p.add_argument(
-        "--n-importance", type=int, default=128, help="K of the IWAE bound (%(default)s)"
-    )
-    p.add_argument("--n-test", type=int, default=None, help="use only the first N test points")
+        "--n-test", type=int, default=None,
+        help="use only the first N test points (default: all)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the importance samples (%(default)s)"
-    )
-    p.add_argument(
-        "--out", default=None, help="write the JSON here (default: RUN/eval.json, the run's own)"
+        "--out", default=None, help="JSON file to write (default: RUN/eval.json, the run's own)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     add_progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_sample(fsub: argparse._SubParsersAction) -> None:
     p = fsub.add_parser("sample", help="draw samples into a .npy array or a .png picture")
     p.add_argument("run", help="run directory (or a checkpoint file)")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="FILE.npy or FILE.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_plot(fsub: argparse._SubParsersAction) -> None:
     p = fsub.add_parser(
         "plot",
         help="Figure 9 for a 2-D NHF; a grid of samples for image data; 2-D marginals else",
     )
     p.add_argument("run", help="run directory (or a checkpoint file)")
     p.add_argument(
-        "--out", default=None, help="PNG path (default RUN/figure9.png, or RUN/plot.png)"
-    )
+        "--out", default=None,
+        help="PNG file to write (default: RUN/figure9.png for a 2-D NHF, else RUN/plot.png)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--target", default=None, help="target to draw (default: the run's own)")
-    p.add_argument("--step", type=int, default=-1, help="flow step whose K, V to draw (last)")
-    p.add_argument("--n-importance", type=int, default=32, help="K for the density (%(default)s)")
+    p.add_argument(
+        "--step", type=int, default=-1, help="flow step whose K, V to draw (-1: the last)"
+    )
+    p.add_argument("--n-importance", type=int, default=32, help="K for the density")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     add_progress_flag(p)
     p.set_defaults(func=cmd_plot)
+
+
+def _add_compare(fsub: argparse._SubParsersAction) -> None:
+    from hgn.flows.compare import DEFAULT_MODELS
 
     p = fsub.add_parser(
         "compare",
@@ -448,23 +474,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "final NLL, NLL against wall-clock time, time to a common NLL (Figure 10)",
     )
     p.add_argument("--target", required=True, help=_target_help())
-    p.add_argument("--out", default=None, help="output directory (default compare-TARGET)")
-    p.add_argument("--minutes", type=float, default=2.0, help="budget per model (%(default)s)")
+    p.add_argument(
+        "--out", default=None,
+        help="results directory to write (required; left out, compare-TARGET is still "
+        "written, with a deprecation line)",
+    )  # fmt: skip
+    p.add_argument(
+        "--minutes", type=float, default=2.0, metavar="M", help="wall-clock budget per model"
+    )
     p.add_argument(
         "--models", default=",".join(DEFAULT_MODELS),
         help="comma-separated: NHF (the architecture options below), NHF-LF<k>, "
-        "RealNVP-<k>, NSF-<k> (%(default)s)",
+        "RealNVP-<k>, NSF-<k>",
     )  # fmt: skip
     p.add_argument(
         "--reference", default="RealNVP-3",
-        help="model whose final NLL is the common level (%(default)s)",
+        help="model whose final NLL is the common level",
     )  # fmt: skip
     p.add_argument(
         "--curve-points", type=int, default=8,
-        help="moments of training at which test NLL is measured (%(default)s)",
+        help="moments of training at which test NLL is measured",
     )  # fmt: skip
-    p.add_argument("--n-importance", type=int, default=128, help="K of NHF's bound (%(default)s)")
-    p.add_argument("--n-test", type=int, default=2000, help="test points (%(default)s)")
+    p.add_argument("--n-importance", type=int, default=128, help="K of NHF's bound")
+    p.add_argument("--n-test", type=int, default=2000, help="test points")
     add_progress_flag(p)
     _model_args(p)
     _train_args(p, with_steps=False)

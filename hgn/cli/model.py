@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from hgn.checks import check_range
-from hgn.cli import add_progress_flag
+from hgn.cli import add_progress_flag, deprecated_alias, frames_option
 from hgn.utils import (
     UserError,
     check_memory,
@@ -20,9 +20,9 @@ from hgn.utils import (
     positive_int,
 )
 
-MAX_PICTURE_STEPS = 10_000
-"""The most steps a rollout or sample picture may take: ``--steps 10000000`` ran for
-more than five minutes before it ran out of memory, and no animation needs more."""
+MAX_PICTURE_FRAMES = 10_001
+"""The most frames a rollout or sample picture may take: 10,000,001 ran for more than
+five minutes before it ran out of memory, and no animation needs more."""
 MAX_TRAIN_STEPS = 10**9
 """The most optimisation steps ``--steps`` may ask for (a count beyond it is a typo)."""
 MAX_SPEED = 100.0
@@ -35,6 +35,13 @@ MAX_SAMPLES = 1_000
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_rollout(sub)
+    _add_sample(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     from hgn.models import MODELS, get_model
     from hgn.training.config import DEFAULT_PROFILE, PROFILES
 
@@ -47,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "config go to --out; --resume continues a stopped run exactly.",
     )
     p.add_argument("--data", help="dataset directory (hgn data generate)")
-    p.add_argument("--out", help="run directory to create (or to resume)")
+    p.add_argument("--out", help="run directory to create or resume (required)")
     p.add_argument(
         "--profile",
         choices=list(PROFILES),
@@ -68,19 +75,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--steps", type=int, help="total optimisation steps (overrides the config)")
     p.add_argument(
-        "--max-minutes",
-        type=float,
-        help="wall-clock budget counted from the start of this command; without it, "
-        "--resume gets what is left of the run's saved budget",
+        "--steps", type=int, help="optimiser steps in all (default: the config's train.steps)"
     )
+    p.add_argument(
+        "--minutes",
+        dest="max_minutes",
+        type=float,
+        metavar="M",
+        help="wall-clock budget counted from the start of this command (default: the "
+        "config's train.max_minutes; on --resume, what is left of the run's saved budget)",
+    )
+    deprecated_alias(p, "--max-minutes", "--minutes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="CPU threads for torch (default 1: faster on a shared machine, see docs)",
+        help="CPU threads for torch (1 is fastest on shared cores: HGN's many tiny ops "
+        "each wait for every descheduled worker)",
     )
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
@@ -88,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_progress_flag(p)
     p.set_defaults(func=_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="per-step MSE, mean-image baseline, energy, valid prediction time",
@@ -96,9 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run directory (hgn train --out)")
     p.add_argument("--data", required=True, help="dataset directory")
-    p.add_argument("--out", required=True, help="directory to write")
-    p.add_argument("--max-sequences", type=int, default=1000, help="per split (default 1000)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, metavar="EVAL", help="directory to write")
+    p.add_argument("--max-sequences", type=int, default=1000, help="per split")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     p.add_argument(
         "--vpt-fraction",
         type=float,
@@ -114,26 +129,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "long test set, infer the state at --start and roll forward, backward, at 2x and "
         "1/2 speed against the simulator (extrapolate.md, .json and pictures)",
     )
+    _extrapolate_args(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_progress_flag(p)
+    p.set_defaults(func=_evaluate)
+
+
+def _extrapolate_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``evaluate --protocol extrapolate`` (refused with ``tables``)."""
+    from hgn.evaluation.extrapolate import DEFAULT_START
+
     p.add_argument(
         "--start",
         type=int,
-        help="extrapolate: first frame of the window the model reads (default 30)",
+        help=f"extrapolate: first frame of the window the model reads (default: {DEFAULT_START})",
     )
     p.add_argument(
         "--backward-start",
         metavar="FRAME|end",
         help="extrapolate: the backward rollout reads a window of its own from FRAME, or "
         "from the last window of the test set with 'end', and rolls back to frame 0 (how "
-        "a long test set is rolled far backwards; default: --start's window)",
+        "a long test set is rolled far backwards) (default: --start's window)",
     )
     p.add_argument(
         "--align",
         choices=["start", "state"],
-        help="extrapolate: start every rollout at the window's first frame (start, the "
-        "default: a model whose state sits later in its window, like HGN++, is first "
-        "taken back there with its own dynamics, so all models are scored on the same "
-        "frames) or at the frame of the inferred state (state: no frame the encoder "
-        "read is scored)",
+        help="extrapolate: start every rollout at the window's first frame (start: a model "
+        "whose state sits later in its window, like HGN++, is first taken back there with "
+        "its own dynamics, so all models are scored on the same frames) or at the frame of "
+        "the inferred state (state: no frame the encoder read is scored) (default: start)",
     )
     p.add_argument(
         "--oracle",
@@ -142,44 +166,55 @@ def register(sub: argparse._SubParsersAction) -> None:
         "state fitted to the same frames), the model's valid time as a fraction of it, and "
         "the oracle's valid time against a relative state error (0.01 %% to 3 %%)",
     )
-    p.add_argument("--device", default="auto")
-    add_progress_flag(p)
-    p.set_defaults(func=_evaluate)
 
+
+def _add_rollout(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rollout",
         help="animate a rollout next to the ground truth",
         description="Infer the state of one sequence and roll it out, faster/slower (--speed) "
         "or backwards (--backward); the ground truth is shown where the data has a frame.",
     )
-    p.add_argument("run")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("run", help="run directory (hgn train --out)")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split")
     p.add_argument("--index", type=int, default=0, help="sequence index in the split")
-    p.add_argument("--steps", type=int, default=30)
+    _frames_arg(p)
     p.add_argument("--speed", type=float, default=1.0, help="multiplies dt")
     p.add_argument("--backward", action="store_true", help="negate dt: run back in time")
     _picture_args(p, "(a strip)")
     p.set_defaults(func=_rollout)
 
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample",
-        help="new trajectories from the prior z ~ N(0, I)",
-        description="Sample initial states from the prior and roll them out (paper Fig. 8).",
+        help="new trajectories from the model's prior or aggregate posterior",
+        description="Sample initial states and roll them out (paper Fig. 8); says what it "
+        "samples from.",
     )
-    p.add_argument("run")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("run", help="run directory (hgn train --out)")
+    p.add_argument("--n", type=int, default=8, help="trajectories to draw")
+    _frames_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial states")
     _picture_args(p, "(one row per sample)")
     p.set_defaults(func=_sample)
+
+
+def _frames_arg(p: argparse.ArgumentParser) -> None:
+    """``--frames`` of a rollout picture, and its old spelling ``--steps`` (the steps
+    between the frames: ``--steps T`` is ``--frames T+1``)."""
+    p.add_argument(
+        "--frames", type=int, default=31, help="frames of each rollout, the first included"
+    )
+    deprecated_alias(p, "--steps", "--frames", lambda t: t + 1, " (--steps T is --frames T+1)")
 
 
 def _picture_args(p: argparse.ArgumentParser, png: str) -> None:
     """What ``rollout`` and ``sample`` share: they write one picture, so they take it and
     its options alike (read back by :func:`_picture_options`)."""
     p.add_argument("--fps", type=int, default=8, help="frames per second of a .gif/.mp4")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help=f".gif, .mp4 or .png {png}")
     p.add_argument(
         "--overwrite",
@@ -190,18 +225,20 @@ def _picture_args(p: argparse.ArgumentParser, png: str) -> None:
 
 
 def _picture_options(args: argparse.Namespace, n: int = 1) -> dict[str, Any]:
-    """The options of :func:`_picture_args`, checked, as keyword arguments; with the
-    memory the ``n`` rollouts of ``args.steps`` steps take checked too, before the model
-    is loaded (frames of the run's image size, several float copies of each)."""
-    steps = positive_int(args.steps, "--steps", most=MAX_PICTURE_STEPS)
+    """The options of :func:`_picture_args` and ``--frames``, checked, as keyword
+    arguments (``steps``: the steps between the frames); with the memory the ``n``
+    rollouts take checked too, before the model is loaded (frames of the run's image
+    size, several float copies of each)."""
+    steps = frames_option(args.frames, most=MAX_PICTURE_FRAMES)
     checkpoint = os.path.join(args.run, "checkpoint.pt")
     if os.path.isfile(checkpoint):
         model = load_checkpoint(checkpoint)["config"].get("model", {})
         size = model.get("image_size", 64) if isinstance(model, dict) else 64
         size = size if isinstance(size, int) and 0 < size <= 4096 else 64
         frames = 2 * n * (steps + 1) * 3 * size * size
-        check_memory(frames * 4 * 4, f"{n} rollout(s) of {steps} steps", "ask for fewer")
+        check_memory(frames * 4 * 4, f"{n} rollout(s) of {steps + 1} frames", "ask for fewer")
     return {
+        "steps": steps,
         "fps": positive_int(args.fps, "--fps", most=100),
         "device": args.device,
         "overwrite": args.overwrite,
@@ -229,7 +266,7 @@ def _train(args: argparse.Namespace) -> None:
 
     if args.steps is not None:
         positive_int(args.steps, "--steps", most=MAX_TRAIN_STEPS)
-    check_range(args.max_minutes, "--max-minutes", gt=0)
+    check_range(args.max_minutes, "--minutes", gt=0)
     if args.print_config:
         sys.stdout.write(
             dump_yaml(
@@ -260,11 +297,11 @@ def _train(args: argparse.Namespace) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"trained {result.step} steps in {result.seconds / 60:.1f} min "
-            f"(stopped by {result.stopped_by}); checkpoint: {args.out}/checkpoint.pt"
+            f"(stopped by {result.stopped_by}); wrote {args.out}/checkpoint.pt"
         )
         if result.stopped_by == "time" and result.step == result.start:
             print(
-                "the run's saved time budget was already spent; pass --max-minutes M to "
+                "the run's saved time budget was already spent; pass --minutes M to "
                 "train M more minutes"
             )
 
@@ -353,7 +390,6 @@ def _rollout(args: argparse.Namespace) -> None:
         args.data,
         args.out,
         index=args.index,
-        steps=args.steps,
         speed=args.speed,
         backward=args.backward,
         split=args.split,
@@ -367,13 +403,13 @@ def _sample(args: argparse.Namespace) -> None:
     from hgn.evaluation.commands import render_samples
 
     _threads()
+    n = positive_int(args.n, "--n", most=MAX_SAMPLES)
     path = render_samples(
         args.run,
         args.out,
-        n=positive_int(args.n, "--n", most=MAX_SAMPLES),
-        steps=args.steps,
+        n=n,
         seed=check_seed(args.seed),
         say=print,
-        **_picture_options(args, n=positive_int(args.n, "--n", most=MAX_SAMPLES)),
+        **_picture_options(args, n=n),
     )
     print(f"wrote {path}")

@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch (default 1 on CPU: this workload is many small "
-        "convolutions, which run fastest single-threaded on a few shared cores)",
+        help="CPU threads for torch: this workload is many small convolutions, which run "
+        "fastest single-threaded on a few shared cores (default: 1 on CPU)",
     )
     cmd.add_argument(
         "--jobs",

@@ -253,14 +253,14 @@ def _check_substeps(sim: System, dt: float) -> None:
 
 def _check_memory(sim: System, steps: int, size: int, block: int) -> None:
     """Refuse settings whose working set cannot fit in memory, before any work: one block
-    of simulated states (several float64 copies) and the ring of frame chunks. ``--steps
+    of simulated states (several float64 copies) and the ring of frame chunks. ``--frames
     1e8`` used to end in a traceback from the allocator."""
     frames = steps + 1
     rows = store.image_rows(size * size * 3, frames, block)
     states = 16 * block * frames * max(sim.dof, 1) * 8
     images = 12 * rows * frames * size * size * 3
     check_memory(
-        states + images, "generating this dataset", "use fewer --steps or a smaller --size"
+        states + images, "generating this dataset", "use fewer --frames or a smaller --size"
     )
 
 

@@ -138,7 +138,7 @@ def backward_window(value: Any, frames: int, context: int) -> int | None:
     return check_start(value, "--backward-start")
 
 
-LONGER_GENERATED = "hgn data generate --steps 90"
+LONGER_GENERATED = "hgn data generate --frames 91"
 LONGER_IMPORTED = "hgn data import with longer sequences, e.g. --frames 91 for a video"
 """How to get a longer test set, for the refusals of :func:`plan`: generated data is
 regenerated; imported data has no simulator to extend it."""

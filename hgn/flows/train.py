@@ -74,7 +74,7 @@ class FlowTrainConfig:
     bought on a 2-core machine; docs/RESULTS.md, "Checkerboard in 10 minutes"), and a fixed
     count sized for a slower shared core (the earlier default, 10,500 steps) is 60 % of
     what 9.5 minutes buy on that machine. ``--steps N`` trains exactly N steps instead
-    (reproducible to the bit). ``--resume --max-minutes M`` continues for M minutes on
+    (reproducible to the bit). ``--resume --minutes M`` continues for M minutes on
     a schedule of its own (from the peak rate: the Adam moments are restored, so
     without a warm-up)."""
     batch_size: int = 512
@@ -101,12 +101,12 @@ class FlowTrainConfig:
         if self.steps is not None:
             check_int(self.steps, "--steps", 1, 10**9)
         check_int(self.batch_size, "--batch-size", 1, 1 << 20)
-        check_int(self.n_samples, "--n-samples", 1, 4096)
+        check_int(self.n_samples, "--momentum-samples", 1, 4096)
         check_int(self.seed, "--seed", 0, 2**63 - 1)
         check_range(self.lr, "--lr", gt=0, le=1)
         check_range(self.warmup, "--warmup", ge=0, lt=1)
         check_range(self.clip, "--clip", gt=0, le=1e6)
-        check_range(self.max_minutes, "--max-minutes", gt=0, le=1e6)
+        check_range(self.max_minutes, "--minutes", gt=0, le=1e6)
         if self.objective not in ("iwae", "elbo"):
             raise UserError(f"--objective must be iwae or elbo, got {self.objective!r}")
         if self.compile is not None and not isinstance(self.compile, bool):

@@ -7,7 +7,7 @@ resumption, and a NaN/Inf guard that stops the run and keeps the last good check
 a non-finite loss stops it, and a checkpoint is never written with non-finite weights.
 
 Time budgets: a budget given for this invocation (``budget_from_now``, e.g.
-``--max-minutes`` on the command line) counts from its start; otherwise the saved
+``--minutes`` on the command line) counts from its start; otherwise the saved
 budget applies as what is left of it, counted from when it was set (the checkpoint
 records that moment as ``budget_start``, in seconds of the run).
 

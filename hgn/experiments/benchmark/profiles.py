@@ -200,7 +200,7 @@ def check_jobs(value: Any) -> int:
 
 def get_size(name: str) -> Size:
     if name not in SIZES:
-        raise UserError(f"unknown size {name!r}; choose one of: {', '.join(SIZES)}")
+        raise UserError(f"unknown --profile {name!r}; choose one of: {', '.join(SIZES)}")
     return SIZES[name]
 
 

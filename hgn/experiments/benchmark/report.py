@@ -394,7 +394,7 @@ def build_outputs(
 def _heading(summary: Mapping[str, Any]) -> str:
     size = summary["size"]
     return (
-        f"Size `{size['name']}` ({size['description']}); {summary['minutes_per_cell']:g} "
+        f"Profile `{size['name']}` ({size['description']}); {summary['minutes_per_cell']:g} "
         f"minutes of training per cell on this machine ({summary['machine']}); seed "
         f"{summary['seed']}. Last built by `{summary['command']}` from every finished cell "
         "in this directory. — = not run yet."

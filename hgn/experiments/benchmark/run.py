@@ -71,8 +71,8 @@ def _check_settings(out: Path, settings: Settings) -> bool:
     if saved != settings.settings():
         was = saved.get("size", {}).get("name") if isinstance(saved, dict) else None
         raise UserError(
-            f"{out} holds a benchmark of size {was!r} with other settings (minutes, seed, "
-            "size, clock or tuning); use another --out (finished cells are never overwritten)"
+            f"{out} holds a benchmark of profile {was!r} with other settings (minutes, seed, "
+            "profile, clock or tuning); use another --out (finished cells are never overwritten)"
         )
     return True
 
@@ -237,7 +237,7 @@ def _run(
     from tqdm.auto import tqdm
 
     _claim(out, settings)
-    command = command or f"hgn benchmark --size {settings.name} --out {out}"
+    command = command or f"hgn benchmark --profile {settings.name} --out {out}"
     root = Path(data_root) if data_root else out / "data"
     root.mkdir(parents=True, exist_ok=True)
     paths: dict[str, dict[str, Path]] = {}
