@@ -145,6 +145,15 @@ def evaluate(
             energies = energy
     fit_recorded(model, saved)  # HGN++ samples its training data's aggregate posterior
     metrics["samples"] = score_samples(model, splits["test"]) if states else None
+    _write_metrics(out, metrics, curves, energies)
+    return metrics
+
+
+def _write_metrics(
+    out: Path, metrics: dict[str, Any], curves: dict[str, np.ndarray], energies: np.ndarray
+) -> None:
+    """Claim ``out`` and write the paper protocol's files, only once every number is
+    computed (a failed evaluation leaves no half-written report), each atomically."""
     claim_output_dir(out, "evaluate")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -154,7 +163,6 @@ def evaluate(
         plot_mse(curves, tmp)
     with atomic_path(out / "energy.png") as tmp:
         plot_energy(energies, tmp)
-    return metrics
 
 
 def render_rollout(
