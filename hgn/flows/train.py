@@ -5,6 +5,10 @@ Everything here is a thin layer over :mod:`hgn.flows.nhf` (the models),
 checkpoints, resume, NaN guard, progress): the ``hgn flow`` commands call these functions
 and nothing else. Every command that writes refuses a directory or file it did not write
 (:func:`hgn.utils.claim_output_dir`, :func:`hgn.utils.check_output_file`).
+
+Why one file of more than 600 lines: a flow run's whole life is here (its config file,
+training with the compiled step and its eager fallback, evaluation and sampling), each
+reading the run's one saved config through the same few helpers.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ prior: the picture is a function of the configuration, so p must carry the motio
 so does the Lagrangian LGN; the other baselines (ODE, RGN, LSTM, GRU) decode the whole
 state, q and p concatenated, because nothing in their dynamics makes one half a
 configuration and the other its momentum.
+
+Why one file of more than 600 lines: the config, the three networks and the model that
+joins them are one contract that every latent model subclasses; apart, each model would
+import three modules to read what it inherits.
 """
 
 from __future__ import annotations
