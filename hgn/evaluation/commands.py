@@ -122,9 +122,7 @@ def evaluate(
         "run": str(run),
         "data": str(data),
         "system": data_name(splits["test"].meta),
-        "model": saved["config"]["model"]["name"],
-        "trained_steps": int(saved["step"]),
-        "trained_seconds": float(saved["seconds"]),
+        **_training_done(saved),
         **protocol_of(model, splits["test"].meta["steps"]),
         "vpt_fraction": vpt_fraction,
         "trained_on": saved.get("trained_on"),
@@ -147,6 +145,16 @@ def evaluate(
     metrics["samples"] = score_samples(model, splits["test"]) if states else None
     _write_metrics(out, metrics, curves, energies)
     return metrics
+
+
+def _training_done(saved: dict[str, Any]) -> dict[str, Any]:
+    """The model and how long it trained, from its checkpoint: both protocols' reports
+    name them, since numbers of an early checkpoint are not the run's."""
+    return {
+        "model": saved["config"]["model"]["name"],
+        "trained_steps": int(saved["step"]),
+        "trained_seconds": float(saved["seconds"]),
+    }
 
 
 def _write_metrics(
@@ -295,9 +303,7 @@ def extrapolate(
     results = {
         "run": str(run),
         "data": str(data),
-        "model": saved["config"]["model"]["name"],
-        "trained_steps": int(saved["step"]),
-        "trained_seconds": float(saved["seconds"]),
+        **_training_done(saved),
         "mean_image": f"average frame of the {source.meta['split']} split of {data} "
         f"({min(len(source), 1000)} sequences)",
         "data_mismatch": mismatch,

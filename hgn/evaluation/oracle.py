@@ -324,12 +324,8 @@ def oracle_rollouts(
     from hgn.evaluation.extrapolate import ROLLOUTS
 
     runs = tuple(r for r in ROLLOUTS if names is None or r.name in names)
-
     meta, s0 = split.meta, plan["s0"]
-    if s0 != start + state_index:
-        raise ValueError(f"plan's s0 {s0} is not start {start} + state_index {state_index}")
-    reader = physics.readable(split)
-    assert reader is not None, "oracle_rollouts needs data whose positions can be read"
+    reader = _position_reader(split, start, state_index, s0)
     truth = Truth(split)
     read = min(max(context_frames, MIN_FRAMES, state_index + 1), meta["steps"] + 1 - start)
     scale = state_scale(split, rows.stop) if scale is None else scale
@@ -361,6 +357,16 @@ def oracle_rollouts(
         "state_error": _state_error(np.concatenate(errors), np.concatenate(position_errors)),
         "fit": _fit_settings(read, state_index, iterations),
     }
+
+
+def _position_reader(split: hgn_data.Split, start: int, state_index: int, s0: int) -> System:
+    """The system that reads the split's body positions from its frames (the fit starts
+    from them); a plan whose first state is not the fitted frame is a caller's bug."""
+    if s0 != start + state_index:
+        raise ValueError(f"plan's s0 {s0} is not start {start} + state_index {state_index}")
+    reader = physics.readable(split)
+    assert reader is not None, "oracle_rollouts needs data whose positions can be read"
+    return reader
 
 
 def _state_errors(
