@@ -1,10 +1,12 @@
 """hgn.runs: opening a run of either kind, old checkpoints included, without the trainer;
-and the package's import graph (no cycles; evaluation never imports training)."""
+and the package's layout: its import graph (no cycles; evaluation never imports training)
+and the README's map of it."""
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,29 @@ def test_the_package_has_no_import_cycles() -> None:
     ]
     assert not cycles, cycles[:5]
     assert not any(m.startswith("hgn.training") for m in graph["hgn.evaluation.evaluate"])
+
+
+def test_the_readme_layout_table_names_every_module() -> None:
+    """The README's "Layout" table is a newcomer's map of the package (issue 22), so a
+    new module must be added to it: each module is named there, alone, after a
+    neighbour in its row (``pictures.py`` after ``hgn/evaluation/reports.py``), or as
+    its folder (``hgn/cli/``); and nothing it names is gone."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named: set[str] = set()
+    for row in (line for line in table.splitlines() if line.startswith("| `")):
+        first, rest = row[1:].split("|", 1)
+        paths = re.findall(r"`([^`]+)`", first)
+        folder = paths[0].rsplit("/", 1)[0]
+        named |= {p if "/" in p else f"{folder}/{p}" for p in paths}
+        named |= set(re.findall(r"`(hgn/[^`]+)`", rest))
+    folders = tuple(p for p in named if p.endswith("/"))
+    modules = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    missing = sorted(m for m in modules if m not in named and not m.startswith(folders))
+    assert not missing, f"README's Layout table does not name {missing}"
+    stale = sorted(p for p in named if not (PACKAGE.parent / p).exists())
+    assert not stale, f"README's Layout table names what does not exist: {stale}"

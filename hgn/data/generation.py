@@ -107,16 +107,33 @@ def generate(
     _check_memory(sim, steps, size, block)
     _check_substeps(sim, dt)
     meta = _meta(sim, counts, steps, dt, size, int(seed), block, part[1])
-    specs = _specs(sim, meta)
     loc = store.locate(out)
+    _write_shard(loc, sim, meta, part, overwrite, progress, report)
+    return loc.url
+
+
+def _write_shard(
+    loc: Location,
+    sim: System,
+    meta: dict[str, Any],
+    part: tuple[int, int],
+    overwrite: bool,
+    progress: bool,
+    report: Report | None,
+) -> None:
+    """Write shard ``part`` of the dataset ``meta`` describes into ``loc``: nothing when
+    the store already holds it; else the size estimate, then the rows, then the shard's
+    record. An unsharded store this call created is removed again when the writing fails
+    (a shard leaves its store to the other shards)."""
+    specs = _specs(sim, meta)
     created = store.prepare(loc, meta, part, overwrite)
     if created is None:
-        return loc.url
-    ranges = {name: _shard_rows(counts[name], block, part) for name in SPLITS}
+        return
+    ranges = {name: _shard_rows(meta["splits"][name]["n"], meta["block"], part) for name in SPLITS}
     _check_space(loc, sim, meta, specs, ranges, report)
     created = store.begin(loc, meta, specs, part, created)
     if created is None:
-        return loc.url
+        return
     try:
         with store.terminate_cleanly(), one_thread():
             _write(loc, sim, meta, specs, ranges, progress)
@@ -126,7 +143,6 @@ def generate(
         raise
     record = {"index": part[0], "count": part[1], "version": __version__, "rows": ranges}
     store.finish_part(loc, meta, part[0], record)
-    return loc.url
 
 
 def _meta(

@@ -23,10 +23,9 @@ leaves the frame at any constant in the ranges) and the mass-spring moves horizo
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from hgn.utils import UserError
+from hgn.registry import Registry
 
 PAPER = {"dt": 0.125, "size": 64, "steps": 30, "n_train": 50_000, "n_test": 10_000}
 DM = {
@@ -79,18 +78,17 @@ def _build() -> dict[str, dict[str, Any]]:
     return presets
 
 
-PRESETS = _build()
+PRESETS: Registry[dict[str, Any]] = Registry(
+    "preset", _build(), choices="`hgn data presets` lists them all"
+)
 """Every preset by name: keyword arguments of :func:`hgn.data.generate` plus a
 ``description``."""
 
 
 def preset(name: str) -> dict[str, Any]:
-    """The settings of preset ``name`` (a copy), or one line naming the close ones."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown preset {name!r}{hint}; `hgn data presets` lists them all")
-    settings = dict(PRESETS[name])
+    """The settings of preset ``name`` (a copy, so a caller may change it), or one line
+    naming the closest name."""
+    settings = dict(PRESETS.lookup(name))
     settings.pop("description")
     settings["constants"] = dict(settings.get("constants", {}))
     return settings

@@ -339,6 +339,48 @@ def import_sequences(
     where it is. ``size`` defaults to the largest model size that is not larger than
     the source frames. ``report`` receives notices (cropping, defaults, size on disk)."""
     say = report or (lambda line: None)
+    frames, stride = _check_options(size, test_fraction, frames, stride, dt)
+    loc = store.locate(out)
+    if loc.local and Path(loc.root).resolve() == check_source(source).resolve():
+        raise UserError("--out must not be the source itself")
+    src = open_source(source)
+    ids, starts, length = _windows(src, frames, stride)
+    size, dt = _size_and_dt(src, size, dt, say)
+    rows = _split(src, len(ids), test_fraction, seed)
+    window = {"frames": frames, "stride": stride, "test_fraction": float(test_fraction)}
+    meta = _import_meta(src, rows, window, length, size, float(dt), int(seed))
+    specs = _image_specs(rows, length, size)
+    created = store.prepare(loc, meta, (0, 1), overwrite)
+    if created is None:
+        return loc.url
+    raw = sum(s.nbytes for s in specs.values())
+    say(
+        f"{loc.url}: {len(ids)} sequences of {length} frames, {store.human(raw)} before compression"
+    )
+    created = store.begin(loc, meta, specs, (0, 1), created)
+    if created is None:
+        return loc.url
+    try:
+        with store.terminate_cleanly():
+            digest = _write(loc, src, specs, rows, ids, starts, length, size, progress)
+    except BaseException:
+        if created:
+            store.discard(loc, meta)
+        raise
+    record = {"index": 0, "count": 1, "version": __version__, "fingerprint": digest}
+    store.finish_part(loc, {**meta, "fingerprint": digest}, 0, record)
+    return loc.url
+
+
+def _check_options(
+    size: int | None,
+    test_fraction: float,
+    frames: int | None,
+    stride: int | None,
+    dt: float | None,
+) -> tuple[int | None, int | None]:
+    """Refuse a bad option before the source is opened (a video can take a while to
+    read); returns ``frames`` and ``stride`` as checked integers."""
     if not 0.0 < float(test_fraction) < 1.0 or not math.isfinite(float(test_fraction)):
         raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     if frames is not None:
@@ -354,11 +396,15 @@ def import_sequences(
             f"--size must be one of {', '.join(map(str, SIZES))} (the image sizes the "
             f"models take), got {size!r}"
         )
-    loc = store.locate(out)
-    if loc.local and Path(loc.root).resolve() == check_source(source).resolve():
-        raise UserError("--out must not be the source itself")
-    src = open_source(source)
-    ids, starts, length = _windows(src, frames, stride)
+    return frames, stride
+
+
+def _size_and_dt(
+    src: Sequences, size: int | None, dt: float | None, say: Report
+) -> tuple[int, float]:
+    """The image size and time step, each the user's or derived from the source; a
+    derived value (and a crop of non-square frames) is reported, since the user did not
+    choose it."""
     h, w, _ = src.shape
     if size is None:
         fitting = [s for s in SIZES if s <= min(h, w)]
@@ -370,16 +416,35 @@ def import_sequences(
         dt = 1.0 / src.fps if src.fps else DEFAULT_DT
         why = f"1/fps of the video ({src.fps:g} fps)" if src.fps else "the paper's"
         say(f"--dt not given: recorded {dt:g} ({why})")
-    n = len(ids)
-    n_test = max(1, round(n * float(test_fraction)))  # a test split, however small
+    return size, dt
+
+
+def _split(src: Sequences, n: int, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """The windows of each split, shuffled by ``seed``: at least one test window, however
+    small the fraction, so that every imported dataset can be evaluated."""
+    n_test = max(1, round(n * float(test_fraction)))
     if n_test < 1 or n - n_test < 1:
         raise UserError(
             f"{src.path}: {n} sequence(s) cannot be split into train and test with "
             f"--test-fraction {test_fraction}; give more sequences or use --frames"
         )
     order = numpy_rng(seed, "import-split").permutation(n)
-    rows = {"train": order[: n - n_test], "test": order[n - n_test :]}
-    meta = {
+    return {"train": order[: n - n_test], "test": order[n - n_test :]}
+
+
+def _import_meta(
+    src: Sequences,
+    rows: dict[str, np.ndarray],
+    window: dict[str, Any],
+    length: int,
+    size: int,
+    dt: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The dataset's metadata, in the form of a generated one's, with nothing known of
+    the physics (no system, constants, states or bodies): the models read only the
+    pictures and ``dt``; ``window`` records how the sequences were cut."""
+    return {
         "format": store.FORMAT,
         "version": __version__,
         "source": f"imported {src.kind}",
@@ -387,22 +452,27 @@ def import_sequences(
         "system": None,
         "constants": {},
         "noise": None,
-        "dt": float(dt),
+        "dt": dt,
         "steps": length - 1,
-        "seed": int(seed),
+        "seed": seed,
         "size": size,
         "dof": None,
         "bodies": None,
         "has_states": False,
-        "n_train": n - n_test,
-        "n_test": n_test,
-        "import": {"frames": frames, "stride": stride, "test_fraction": float(test_fraction)},
+        "n_train": len(rows["train"]),
+        "n_test": len(rows["test"]),
+        "import": window,
         "splits": {name: {"n": len(r)} for name, r in rows.items()},
         "parts": 1,
         "complete": False,
     }
+
+
+def _image_specs(rows: dict[str, np.ndarray], length: int, size: int) -> dict[str, ArraySpec]:
+    """Each split's one array, its pictures (an import has no states), in chunks of
+    about a megabyte."""
     chunk_rows = store.image_rows(size * size * 3, length, 1 << 20)
-    specs = {
+    return {
         f"{split}/images": ArraySpec(
             (len(rows[split]), length, size, size, 3),
             np.dtype(np.uint8),
@@ -412,24 +482,6 @@ def import_sequences(
         )
         for split in SPLITS
     }
-    created = store.prepare(loc, meta, (0, 1), overwrite)
-    if created is None:
-        return loc.url
-    raw = sum(s.nbytes for s in specs.values())
-    say(f"{loc.url}: {n} sequences of {length} frames, {store.human(raw)} before compression")
-    created = store.begin(loc, meta, specs, (0, 1), created)
-    if created is None:
-        return loc.url
-    try:
-        with store.terminate_cleanly():
-            digest = _write(loc, src, specs, rows, ids, starts, length, size, progress)
-    except BaseException:
-        if created:
-            store.discard(loc, meta)
-        raise
-    record = {"index": 0, "count": 1, "version": __version__, "fingerprint": digest}
-    store.finish_part(loc, {**meta, "fingerprint": digest}, 0, record)
-    return loc.url
 
 
 def _write(

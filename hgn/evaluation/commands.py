@@ -122,9 +122,7 @@ def evaluate(
         "run": str(run),
         "data": str(data),
         "system": data_name(splits["test"].meta),
-        "model": saved["config"]["model"]["name"],
-        "trained_steps": int(saved["step"]),
-        "trained_seconds": float(saved["seconds"]),
+        **_training_done(saved),
         **protocol_of(model, splits["test"].meta["steps"]),
         "vpt_fraction": vpt_fraction,
         "trained_on": saved.get("trained_on"),
@@ -145,6 +143,25 @@ def evaluate(
             energies = energy
     fit_recorded(model, saved)  # HGN++ samples its training data's aggregate posterior
     metrics["samples"] = score_samples(model, splits["test"]) if states else None
+    _write_metrics(out, metrics, curves, energies)
+    return metrics
+
+
+def _training_done(saved: dict[str, Any]) -> dict[str, Any]:
+    """The model and how long it trained, from its checkpoint: both protocols' reports
+    name them, since numbers of an early checkpoint are not the run's."""
+    return {
+        "model": saved["config"]["model"]["name"],
+        "trained_steps": int(saved["step"]),
+        "trained_seconds": float(saved["seconds"]),
+    }
+
+
+def _write_metrics(
+    out: Path, metrics: dict[str, Any], curves: dict[str, np.ndarray], energies: np.ndarray
+) -> None:
+    """Claim ``out`` and write the paper protocol's files, only once every number is
+    computed (a failed evaluation leaves no half-written report), each atomically."""
     claim_output_dir(out, "evaluate")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -154,7 +171,6 @@ def evaluate(
         plot_mse(curves, tmp)
     with atomic_path(out / "energy.png") as tmp:
         plot_energy(energies, tmp)
-    return metrics
 
 
 def render_rollout(
@@ -287,9 +303,7 @@ def extrapolate(
     results = {
         "run": str(run),
         "data": str(data),
-        "model": saved["config"]["model"]["name"],
-        "trained_steps": int(saved["step"]),
-        "trained_seconds": float(saved["seconds"]),
+        **_training_done(saved),
         "mean_image": f"average frame of the {source.meta['split']} split of {data} "
         f"({min(len(source), 1000)} sequences)",
         "data_mismatch": mismatch,

@@ -45,8 +45,9 @@ undefined or huge; None where the oracle's mean is 0.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ from hgn.evaluation.truth import Truth
 from hgn.physics.integrators import rollout
 from hgn.physics.systems import System, one_thread
 from hgn.utils import numpy_rng
+
+if TYPE_CHECKING:  # extrapolate imports this module: at run time its names are imported late
+    from hgn.evaluation.extrapolate import Rollout
 
 ERRORS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 """Relative state errors of the sensitivity curve (0.01 % to 3 %)."""
@@ -320,15 +324,15 @@ def oracle_rollouts(
     from hgn.evaluation.extrapolate import ROLLOUTS
 
     runs = tuple(r for r in ROLLOUTS if names is None or r.name in names)
-
     meta, s0 = split.meta, plan["s0"]
-    if s0 != start + state_index:
-        raise ValueError(f"plan's s0 {s0} is not start {start} + state_index {state_index}")
-    reader = physics.readable(split)
-    assert reader is not None, "oracle_rollouts needs data whose positions can be read"
+    reader = _position_reader(split, start, state_index, s0)
     truth = Truth(split)
     read = min(max(context_frames, MIN_FRAMES, state_index + 1), meta["steps"] + 1 - start)
     scale = state_scale(split, rows.stop) if scale is None else scale
+    fit = functools.partial(
+        fit_state, dt=meta["dt"], state_index=state_index, scale=scale,
+        iterations=iterations, reader=reader,
+    )  # fmt: skip
     parts: dict[str, dict[str, list[np.ndarray]]] = {"mse": {}, "base": {}}
     available: dict[str, np.ndarray] = {}
     errors, position_errors = [], []
@@ -337,51 +341,85 @@ def oracle_rollouts(
         images = np.array(split.images[batch])
         q, p = np.array(split.q[batch]), np.array(split.p[batch])
         system = truth.bound(batch)
-        q_hat, p_hat = fit_state(
-            system, images[:, start : start + read], meta["dt"], state_index,
-            scale=scale, iterations=iterations, reader=reader,
-        )  # fmt: skip
-        q_true, p_true = torch.from_numpy(q[:, s0]), torch.from_numpy(p[:, s0])
-        errors.append(relative_error(system, q_hat, p_hat, q_true, p_true, scale).numpy())
-        found = system.positions(q_hat.detach()) - system.positions(q_true)
-        position_errors.append(found.square().sum(-1).mean(-1).sqrt().numpy())
-        frames = []
+        q_hat, p_hat = (x.detach() for x in fit(system, images[:, start : start + read]))
+        relative, position = _state_errors(system, q_hat, p_hat, q[:, s0], p[:, s0], scale)
+        errors.append(relative)
+        position_errors.append(position)
         for r in runs:
-            f, _, available[r.name] = truth.frames(
-                images, q, p, s0, r.speed, plan[r.name], f"{r.name}/{batch.start}", batch
+            frames, _, available[r.name] = truth.frames(
+                images, q, p, s0, r.speed, plan[r.name], f"{r.name}/{lo}", batch
             )
-            frames.append(f)
-        mses, bases = _score_rollouts(
-            system, q_hat.detach(), p_hat.detach(), frames, meta, [r.speed for r in runs],
-            mean,
-        )  # fmt: skip
-        for r, m, b in zip(runs, mses, bases, strict=True):
-            parts["mse"].setdefault(r.name, []).append(m)
-            parts["base"].setdefault(r.name, []).append(b)
+            (mse,), (base,) = _score_rollouts(system, q_hat, p_hat, [frames], meta, [r.speed], mean)
+            parts["mse"].setdefault(r.name, []).append(mse)
+            parts["base"].setdefault(r.name, []).append(base)
+    return {
+        "rollouts": _rollout_scores(runs, parts, available, floor, fraction),
+        "state_error": _state_error(np.concatenate(errors), np.concatenate(position_errors)),
+        "fit": _fit_settings(read, state_index, iterations),
+    }
+
+
+def _position_reader(split: hgn_data.Split, start: int, state_index: int, s0: int) -> System:
+    """The system that reads the split's body positions from its frames (the fit starts
+    from them); a plan whose first state is not the fitted frame is a caller's bug."""
+    if s0 != start + state_index:
+        raise ValueError(f"plan's s0 {s0} is not start {start} + state_index {state_index}")
+    reader = physics.readable(split)
+    assert reader is not None, "oracle_rollouts needs data whose positions can be read"
+    return reader
+
+
+def _state_errors(
+    system: System, q_hat: Tensor, p_hat: Tensor, q: np.ndarray, p: np.ndarray, scale: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence, how far the fitted state is from the true one ``(q, p)``: relative to
+    the data's spread (:func:`relative_error`), and as the RMS distance of the bodies'
+    positions in world units (what the pictures show)."""
+    q_true, p_true = torch.from_numpy(q), torch.from_numpy(p)
+    relative = relative_error(system, q_hat, p_hat, q_true, p_true, scale).numpy()
+    found = system.positions(q_hat) - system.positions(q_true)
+    return relative, found.square().sum(-1).mean(-1).sqrt().numpy()
+
+
+def _rollout_scores(
+    runs: tuple[Rollout, ...],
+    parts: dict[str, dict[str, list[np.ndarray]]],
+    available: dict[str, np.ndarray],
+    floor: float,
+    fraction: float,
+) -> dict[str, dict[str, Any]]:
+    """Each protocol rollout's score over all batches, as the protocol scores a model's
+    (the same :func:`~hgn.evaluation.metrics.score`), so the two sit in one table."""
     rollouts = {}
     for r in runs:
         mse, base = (np.concatenate(parts[key][r.name]) for key in ("mse", "base"))
         result = score(mse, base, available[r.name], floor, fraction)
         rollouts[r.name] = {"label": r.label, **_headline(result)}
-    err, pos = np.concatenate(errors), np.concatenate(position_errors)
+    return rollouts
+
+
+def _state_error(err: np.ndarray, pos: np.ndarray) -> dict[str, Any]:
+    """How far the fitted states are from the true ones, per sequence ``err`` relative
+    and ``pos`` in world units: the oracle's own error, which bounds how good it can be."""
     return {
-        "rollouts": rollouts,
-        "state_error": {
-            "relative_mean": float(err.mean()),
-            "relative_median": float(np.median(err)),
-            "relative_max": float(err.max()),
-            "position_rms_world": float(np.sqrt(np.square(pos).mean())),
-            "units": "RMS over q and p coordinates of (fitted − true) / (the coordinate's "
-            "std over the data), angles wrapped",
-        },
-        "fit": {
-            "frames_read": read,
-            "state_index": state_index,
-            "iterations": iterations,
-            "learning_rate": LEARNING_RATE,
-            "optimiser": "Adam, cosine-decayed, best iterate per sequence",
-            "start": "positions read back from the frames, quadratic fit in time, p = M(q) dq/dt",
-        },
+        "relative_mean": float(err.mean()),
+        "relative_median": float(np.median(err)),
+        "relative_max": float(err.max()),
+        "position_rms_world": float(np.sqrt(np.square(pos).mean())),
+        "units": "RMS over q and p coordinates of (fitted − true) / (the coordinate's "
+        "std over the data), angles wrapped",
+    }
+
+
+def _fit_settings(read: int, state_index: int, iterations: int) -> dict[str, Any]:
+    """How the states were fitted, recorded with the scores so a reader can redo it."""
+    return {
+        "frames_read": read,
+        "state_index": state_index,
+        "iterations": iterations,
+        "learning_rate": LEARNING_RATE,
+        "optimiser": "Adam, cosine-decayed, best iterate per sequence",
+        "start": "positions read back from the frames, quadratic fit in time, p = M(q) dq/dt",
     }
 
 

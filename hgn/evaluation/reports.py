@@ -26,12 +26,32 @@ def _pm(stats: dict[str, Any]) -> str:
 
 def metrics_markdown(metrics: dict[str, Any]) -> str:
     """A human-readable summary of :func:`evaluate`'s metrics."""
-    first, steps = metrics.get("first_scored_frame", 0), metrics["unroll_steps"]
     mismatch = metrics.get("data_mismatch")
     lines = [f"**Warning: {mismatch}.**", ""] if mismatch else []
     if metrics.get("skipped"):
         lines += [f"**Note: {metrics['skipped']}.**", ""]
-    lines += [
+    lines += _metrics_intro(metrics)
+    lines += [_split_row(name, s) for name, s in metrics["splits"].items()]
+    lines += ["", "Per-step MSE ×1e4 (mean over sequences):", ""]
+    lines += _per_step_table(metrics)
+    if any(s["vpt"] for s in metrics["splits"].values()):
+        lines += [
+            "",
+            "Valid prediction time: predicted frames after the prefix before the per-frame "
+            f"MSE first exceeds noise floor + {metrics['vpt_fraction']} × (the split's "
+            "mean-image MSE − noise floor), both over the predicted frames"
+            + (" (floor 0 without true states)." if metrics.get("skipped") else "."),
+        ]
+    if metrics.get("samples"):
+        lines += ["", samples_markdown(metrics["samples"])]
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_intro(metrics: dict[str, Any]) -> list[str]:
+    """The title, what was evaluated and how each column is measured (a reader of the
+    file alone must be able to tell), and the head of the per-split table."""
+    first, steps = metrics.get("first_scored_frame", 0), metrics["unroll_steps"]
+    return [
         f"# Evaluation of `{metrics['run']}`",
         "",
         f"Model `{metrics['model']}` after {metrics['trained_steps']} steps "
@@ -51,29 +71,37 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         "| H variance ×1e4 | H std / abs(mean H) | valid prediction time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, s in metrics["splits"].items():
-        vpt = "n/a (paper protocol)"
-        if s["vpt"] is not None:
-            v = s["vpt"]
-            vpt = f"{v['steps_mean']:.1f} ± {v['steps_std']:.1f} of {v['of']} steps"
-        e = s["energy"]
-        floor = s["noise_floor_ratio"]
-        floor_text = "n/a" if floor is None else f"{floor:.3f}"
-        lines.append(
-            f"| {name} | {s['n']} | {_pm(s['mse'])} | {_pm(s['baseline_mse'])} "
-            f"| {s['ratio_to_baseline']:.3f} | {floor_text} "
-            f"| {e['var_mean_x1e4']:.3g} "
-            f"| {e['relative_std']:.2e} | {vpt} |"
-        )
-    lines += ["", "Per-step MSE ×1e4 (mean over sequences):", ""]
+
+
+def _split_row(name: str, s: dict[str, Any]) -> str:
+    """One split's row of the summary table (n/a where the protocol or data has none)."""
+    vpt = "n/a (paper protocol)"
+    if s["vpt"] is not None:
+        v = s["vpt"]
+        vpt = f"{v['steps_mean']:.1f} ± {v['steps_std']:.1f} of {v['of']} steps"
+    e = s["energy"]
+    floor = s["noise_floor_ratio"]
+    floor_text = "n/a" if floor is None else f"{floor:.3f}"
+    return (
+        f"| {name} | {s['n']} | {_pm(s['mse'])} | {_pm(s['baseline_mse'])} "
+        f"| {s['ratio_to_baseline']:.3f} | {floor_text} "
+        f"| {e['var_mean_x1e4']:.3g} "
+        f"| {e['relative_std']:.2e} | {vpt} |"
+    )
+
+
+def _per_step_table(metrics: dict[str, Any]) -> list[str]:
+    """The model's and the mean image's MSE every 5 steps and at the last, one column
+    each per split: where along the rollout the model stops beating the mean image."""
+    steps = metrics["unroll_steps"]
     names = list(metrics["splits"])
-    lines.append(
+    lines = [
         "| step | "
         + " | ".join(names)
         + " | "
         + " | ".join(f"{n} mean image" for n in names)
         + " |"
-    )
+    ]
     lines.append("|---" * (1 + 2 * len(names)) + "|")
     for t in sorted({*range(0, steps + 1, 5), steps}):
         model_cols = [metrics["splits"][n]["mse"]["per_step_mean"][t] * SCALE for n in names]
@@ -81,17 +109,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             metrics["splits"][n]["baseline_mse"]["per_step_mean"][t] * SCALE for n in names
         ]
         lines.append(f"| {t} | " + " | ".join(f"{v:.2f}" for v in [*model_cols, *base_cols]) + " |")
-    if any(s["vpt"] for s in metrics["splits"].values()):
-        lines += [
-            "",
-            "Valid prediction time: predicted frames after the prefix before the per-frame "
-            f"MSE first exceeds noise floor + {metrics['vpt_fraction']} × (the split's "
-            "mean-image MSE − noise floor), both over the predicted frames"
-            + (" (floor 0 without true states)." if metrics.get("skipped") else "."),
-        ]
-    if metrics.get("samples"):
-        lines += ["", samples_markdown(metrics["samples"])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _reversibility(rev: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from hgn.checks import check_range
 from hgn.flows.nhf import DensityModel, NHFConfig, build, check_int, load, n_parameters
 from hgn.flows.targets import check_points, data_source
 from hgn.flows.train import COMPARE_KIND, FlowTrainConfig, Snapshot, saved_run, train
+from hgn.training.loop import LoopResult
 from hgn.utils import (
     UserError,
     atomic_path,
@@ -135,11 +136,7 @@ def compare(
     if not models or len(set(models)) != len(models):
         raise UserError(f"--models needs distinct model names, got {','.join(models)}")
     data = data_source(target, cfg.seed)
-    nhf_config = {"kind": "nhf", **asdict(NHFConfig(data.dim)), **nhf_config, "dim": data.dim}
-    n_nhf = n_parameters(build(nhf_config))
-    specs = {name: model_spec(name, nhf_config, n_nhf, data.dim) for name in models}
-    for spec in specs.values():
-        build(spec)  # a bad configuration fails before any training
+    specs = _model_specs(models, nhf_config, data.dim)
     out = claim_output_dir(out, COMPARE_KIND)
     x = check_points(data.test_set(), data.dim, f"test data of {target}")[:n_test]
     rows = []
@@ -148,38 +145,12 @@ def compare(
         if row_file.is_file():  # finished by an earlier, interrupted compare
             rows.append(json.loads(row_file.read_text()))
             continue
-        # on the clock: each model's schedule spans ``minutes`` of its own training,
-        # compilation included; a model an interrupted compare left half-trained gets
-        # what is left of its saved budget (max_minutes None), not a new one
-        fresh = saved_run(out / name) is None
-        run_cfg = replace(cfg, steps=None, max_minutes=minutes if fresh else None)
         snapshots: list[Snapshot] = []
-        result = train(
-            target, out / name, spec, run_cfg, desc=name, resume=True, logit=logit,
-            progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
-            snapshots=snapshots,
+        result = _train_on_the_clock(
+            target, out / name, name, spec, cfg, minutes, curve_points, snapshots,
+            progress=progress, logit=logit,
         )  # fmt: skip
-        model = load(out / name)
-        nll, nll_se = _mean_nll(model, x, n_importance)
-        curve = []
-        for snap in snapshots:
-            model.load_state_dict(snap.state)
-            curve.append([snap.seconds, snap.step, _mean_nll(model, x, n_importance)[0]])
-        model = load(out / name)
-        rows.append(
-            {
-                "model": name,
-                "config": model.config(),
-                "parameters": n_parameters(model),
-                "nll": nll,
-                "nll_se": nll_se,
-                "train_s": result.seconds,
-                "steps": result.step,
-                "curve": curve,
-                **throughput(model, x[:256], n_importance),
-                "history": [(h["step"], h["loss"], h["steps_per_s"]) for h in result.history],
-            }
-        )
+        rows.append(_scored_row(out / name, name, result, snapshots, x, n_importance))
         write_json(row_file, rows[-1])
     table = {
         "target": target,
@@ -191,13 +162,89 @@ def compare(
         "rows": rows,
         **time_to_level(rows, reference),
     }
+    _write_compare(out, table)
+    return table
+
+
+def _model_specs(
+    models: tuple[str, ...], nhf_config: dict[str, Any], dim: int
+) -> dict[str, dict[str, Any]]:
+    """The config of each model in ``--models``, sized against NHF's parameter count;
+    each is built once here, so that a bad configuration fails before any training."""
+    nhf_config = {"kind": "nhf", **asdict(NHFConfig(dim)), **nhf_config, "dim": dim}
+    n_nhf = n_parameters(build(nhf_config))
+    specs = {name: model_spec(name, nhf_config, n_nhf, dim) for name in models}
+    for spec in specs.values():
+        build(spec)
+    return specs
+
+
+def _train_on_the_clock(
+    target: str,
+    run: Path,
+    name: str,
+    spec: dict[str, Any],
+    cfg: FlowTrainConfig,
+    minutes: float,
+    curve_points: int,
+    snapshots: list[Snapshot],
+    *,
+    progress: bool,
+    logit: float | None,
+) -> LoopResult:
+    """Train one model on the clock: its schedule spans ``minutes`` of its own training,
+    compilation included; a model an interrupted compare left half-trained gets what is
+    left of its saved budget (max_minutes None), not a new one. ``snapshots`` receives
+    ``curve_points`` copies of the weights taken as it trains."""
+    fresh = saved_run(run) is None
+    run_cfg = replace(cfg, steps=None, max_minutes=minutes if fresh else None)
+    return train(
+        target, run, spec, run_cfg, desc=name, resume=True, logit=logit,
+        progress=progress, snapshot_seconds=60.0 * minutes / curve_points,
+        snapshots=snapshots,
+    )  # fmt: skip
+
+
+def _scored_row(
+    run: Path,
+    name: str,
+    result: LoopResult,
+    snapshots: list[Snapshot],
+    x: Tensor,
+    n_importance: int,
+) -> dict[str, Any]:
+    """One model's row: its final test NLL, the NLL of each snapshot taken while it
+    trained (the time-to-NLL curve; scored afterwards, so scoring costs no training
+    time), its size and its speed."""
+    model = load(run)
+    nll, nll_se = _mean_nll(model, x, n_importance)
+    curve = []
+    for snap in snapshots:
+        model.load_state_dict(snap.state)
+        curve.append([snap.seconds, snap.step, _mean_nll(model, x, n_importance)[0]])
+    model = load(run)
+    return {
+        "model": name,
+        "config": model.config(),
+        "parameters": n_parameters(model),
+        "nll": nll,
+        "nll_se": nll_se,
+        "train_s": result.seconds,
+        "steps": result.step,
+        "curve": curve,
+        **throughput(model, x[:256], n_importance),
+        "history": [(h["step"], h["loss"], h["steps_per_s"]) for h in result.history],
+    }
+
+
+def _write_compare(out: Path, table: dict[str, Any]) -> None:
+    """``compare.json``, ``compare.md`` and Figure 10, each file written atomically."""
     write_json(out / "compare.json", table)
     with atomic_path(out / "compare.md") as tmp:
         tmp.write_text(compare_markdown(table))
     from hgn.flows import plots as flow_plots
 
     flow_plots.figure10(table, out / "figure10.png")
-    return table
 
 
 def time_to_level(rows: list[dict[str, Any]], reference: str) -> dict[str, Any]:

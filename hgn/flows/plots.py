@@ -7,11 +7,14 @@ matplotlib with the Agg backend (no display needed); every figure is written ato
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from hgn.flows.nhf import NHF, DensityModel
@@ -139,75 +142,126 @@ def figure9(
         raise UserError(f"flow plot draws 2-D densities; this model is {model.dim}-D")
     if not -len(model.steps) <= step < len(model.steps):
         raise UserError(f"--step must be in [0, {len(model.steps) - 1}] (or negative from the end)")
-    flow_step = model.steps[step]
     ref = reference.numpy()
     lim = float(np.quantile(np.abs(ref), 0.999)) * 1.15
-    axis, x = _grid(lim, resolution)
-    extent = (-lim, lim, -lim, lim)
-    z = (x - model.loc) / model.scale
-
-    density = model.log_prob(x, n_importance, "density" if progress else None).exp().numpy()
-    p_lim = 3.0
-    _, p_grid = _grid(p_lim, resolution)
-    kinetic = flow_step.kinetic(p_grid).numpy()
-    potential = flow_step.potential(z).numpy()
-
-    _, xc = _grid(lim * 0.95, 21)
-    zc = (xc - model.loc) / model.scale
-    q1, _ = flow_step(zc, torch.zeros_like(zc), substeps=1)  # one sub-step
-    move = ((q1 - zc) * model.scale).numpy()
-    xc, axis = xc.numpy(), axis.numpy()
-
+    fields = _figure9_fields(model, step, lim, resolution, n_importance, progress)
     torch.manual_seed(derive_seed(seed, "figure9"))
     s0 = model.prior.sample((n_paths,))
     qs, _ = model.path(*s0.split(2, -1))
     qs = (model.loc + model.scale * qs).numpy()
 
     fig, axes = plt.subplots(1, 6, figsize=(24, 4.2))
-    res = resolution
-    axes[0].hist2d(ref[:, 0], ref[:, 1], bins=res, range=[[-lim, lim]] * 2, cmap="magma")
-    axes[0].set_title("target density")
-    # the IWAE estimate of a density is heavy-tailed upwards (a rare large importance
-    # weight): a few grid points would otherwise set the colour scale and hide the rest
-    top = float(np.quantile(density, 0.995))
-    axes[1].imshow(density.reshape(res, res), extent=extent, origin="lower", cmap="magma", vmax=top)
-    axes[1].set_title(f"learned density (IWAE, K={n_importance})")
-    k_img = axes[2].imshow(
-        kinetic.reshape(res, res), extent=(-p_lim, p_lim, -p_lim, p_lim), origin="lower",
-        cmap="viridis",
-    )  # fmt: skip
-    axes[2].set_title(f"kinetic energy K(p), step {step % len(model.steps)}")
-    axes[2].set_xlabel("p₁")
-    axes[2].set_ylabel("p₂")
-    fig.colorbar(k_img, ax=axes[2], fraction=0.046)
-    v_img = axes[3].imshow(
-        potential.reshape(res, res), extent=extent, origin="lower", cmap="viridis"
-    )
-    axes[3].set_title(f"potential energy V(q), step {step % len(model.steps)}")
-    fig.colorbar(v_img, ax=axes[3], fraction=0.046)
-    axes[4].contourf(axis, axis, potential.reshape(res, res), levels=20, cmap="viridis", alpha=0.6)
-    axes[4].quiver(xc[:, 0], xc[:, 1], move[:, 0], move[:, 1], angles="xy", color="k", width=0.004)
-    axes[4].set_title("one leapfrog step from rest")
-    axes[5].imshow(
-        density.reshape(res, res),
-        extent=extent,
-        origin="lower",
-        cmap="Greys",
-        alpha=0.5,
-        vmax=top,
-    )
-    for i in range(n_paths):
-        axes[5].plot(qs[:, i, 0], qs[:, i, 1], lw=0.4, alpha=0.5, color="tab:blue")
-    axes[5].scatter(qs[0, :, 0], qs[0, :, 1], s=3, color="tab:green", label="q₀ ~ prior")
-    axes[5].scatter(qs[-1, :, 0], qs[-1, :, 1], s=3, color="tab:red", label="q_T")
-    axes[5].legend(loc="upper right", fontsize=7, markerscale=3)
-    axes[5].set_title(f"integrated flow ({len(model.steps)} steps)")
+    top = _draw_densities(axes[0], axes[1], ref, fields, n_importance)
+    _draw_energies(fig, axes[2], axes[3], axes[4], fields, step % len(model.steps))
+    _draw_paths(axes[5], fields, qs, top, len(model.steps))
     for ax in (axes[0], axes[1], axes[3], axes[4], axes[5]):
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
     for ax in axes:
         ax.set_aspect("equal")
     return save_figure(fig, path)
+
+
+P_LIM = 3.0
+"""Half the width of Figure 9's kinetic-energy panel: momenta of a standard normal prior."""
+
+
+@dataclass
+class _Fields:
+    """What Figure 9's panels show, on grids of ``res`` × ``res`` points over ±``lim``."""
+
+    lim: float
+    res: int
+    axis: np.ndarray
+    density: np.ndarray
+    kinetic: np.ndarray
+    potential: np.ndarray
+    arrows_at: np.ndarray
+    arrows: np.ndarray
+
+
+def _figure9_fields(
+    model: NHF, step: int, lim: float, res: int, n_importance: int, progress: bool
+) -> _Fields:
+    """The learned density (the IWAE bound), K and V of flow step ``step`` and where one
+    leapfrog sub-step from rest moves the points of a coarse grid."""
+    flow_step = model.steps[step]
+    axis, x = _grid(lim, res)
+    z = (x - model.loc) / model.scale
+    density = model.log_prob(x, n_importance, "density" if progress else None).exp().numpy()
+    _, p_grid = _grid(P_LIM, res)
+    kinetic = flow_step.kinetic(p_grid).numpy()
+    potential = flow_step.potential(z).numpy()
+    _, xc = _grid(lim * 0.95, 21)
+    zc = (xc - model.loc) / model.scale
+    q1, _ = flow_step(zc, torch.zeros_like(zc), substeps=1)  # one sub-step
+    move = ((q1 - zc) * model.scale).numpy()
+    return _Fields(
+        lim, res, axis.numpy(), density, kinetic, potential, arrows_at=xc.numpy(), arrows=move
+    )
+
+
+def _draw_densities(
+    target: Axes, learned: Axes, ref: np.ndarray, f: _Fields, n_importance: int
+) -> float:
+    """The target's histogram and the learned density; returns the density's colour-scale
+    top, which the paths panel shares."""
+    lim, res = f.lim, f.res
+    target.hist2d(ref[:, 0], ref[:, 1], bins=res, range=[[-lim, lim]] * 2, cmap="magma")
+    target.set_title("target density")
+    # the IWAE estimate of a density is heavy-tailed upwards (a rare large importance
+    # weight): a few grid points would otherwise set the colour scale and hide the rest
+    top = float(np.quantile(f.density, 0.995))
+    learned.imshow(
+        f.density.reshape(res, res), extent=(-lim, lim, -lim, lim), origin="lower",
+        cmap="magma", vmax=top,
+    )  # fmt: skip
+    learned.set_title(f"learned density (IWAE, K={n_importance})")
+    return top
+
+
+def _draw_energies(
+    fig: Figure, kinetic: Axes, potential: Axes, leapfrog: Axes, f: _Fields, step: int
+) -> None:
+    """K(p) and V(q) of flow step ``step``, and one leapfrog step from rest over V."""
+    res, extent = f.res, (-f.lim, f.lim, -f.lim, f.lim)
+    k_img = kinetic.imshow(
+        f.kinetic.reshape(res, res), extent=(-P_LIM, P_LIM, -P_LIM, P_LIM), origin="lower",
+        cmap="viridis",
+    )  # fmt: skip
+    kinetic.set_title(f"kinetic energy K(p), step {step}")
+    kinetic.set_xlabel("p₁")
+    kinetic.set_ylabel("p₂")
+    fig.colorbar(k_img, ax=kinetic, fraction=0.046)
+    v_img = potential.imshow(
+        f.potential.reshape(res, res), extent=extent, origin="lower", cmap="viridis"
+    )
+    potential.set_title(f"potential energy V(q), step {step}")
+    fig.colorbar(v_img, ax=potential, fraction=0.046)
+    leapfrog.contourf(
+        f.axis, f.axis, f.potential.reshape(res, res), levels=20, cmap="viridis", alpha=0.6
+    )
+    at, move = f.arrows_at, f.arrows
+    leapfrog.quiver(at[:, 0], at[:, 1], move[:, 0], move[:, 1], angles="xy", color="k", width=0.004)
+    leapfrog.set_title("one leapfrog step from rest")
+
+
+def _draw_paths(ax: Axes, f: _Fields, qs: np.ndarray, top: float, n_steps: int) -> None:
+    """Paths of prior samples through the whole flow, over the learned density."""
+    ax.imshow(
+        f.density.reshape(f.res, f.res),
+        extent=(-f.lim, f.lim, -f.lim, f.lim),
+        origin="lower",
+        cmap="Greys",
+        alpha=0.5,
+        vmax=top,
+    )
+    for i in range(qs.shape[1]):
+        ax.plot(qs[:, i, 0], qs[:, i, 1], lw=0.4, alpha=0.5, color="tab:blue")
+    ax.scatter(qs[0, :, 0], qs[0, :, 1], s=3, color="tab:green", label="q₀ ~ prior")
+    ax.scatter(qs[-1, :, 0], qs[-1, :, 1], s=3, color="tab:red", label="q_T")
+    ax.legend(loc="upper right", fontsize=7, markerscale=3)
+    ax.set_title(f"integrated flow ({n_steps} steps)")
 
 
 def figure10(table: dict[str, Any], path: str | Path) -> Path:

@@ -5,6 +5,10 @@ Everything here is a thin layer over :mod:`hgn.flows.nhf` (the models),
 checkpoints, resume, NaN guard, progress): the ``hgn flow`` commands call these functions
 and nothing else. Every command that writes refuses a directory or file it did not write
 (:func:`hgn.utils.claim_output_dir`, :func:`hgn.utils.check_output_file`).
+
+Why one file of more than 600 lines: a flow run's whole life is here (its config file,
+training with the compiled step and its eager fallback, evaluation and sampling), each
+reading the run's one saved config through the same few helpers.
 """
 
 from __future__ import annotations
@@ -295,34 +299,20 @@ def train(
     budget_from_now = cfg.max_minutes is not None
     saved = saved_run(out) if resume else None
     if saved is not None:
-        if target != saved["target"]:
-            raise UserError(
-                f"{out} was trained on {saved['target']!r}; --resume continues on it, "
-                f"not on {target!r} (train a new run for another target)"
-            )
         model_config, standardise = saved["model"], saved["standardise"]
-        budgets = {"steps": saved["train"]["steps"] if keep_steps else cfg.steps}
-        if budget_from_now:
-            budgets["max_minutes"] = cfg.max_minutes
-        cfg = config_from_dict(FlowTrainConfig, {**saved["train"], **budgets}, "train")
+        cfg = _resumed_config(out, target, saved, cfg, keep_steps)
     elif cfg.steps is None and cfg.max_minutes is None:
         cfg = replace(cfg, max_minutes=DEFAULT_MINUTES)
     data = data_source(target, cfg.seed)
     model_config = {**model_config, "dim": data.dim}
     if saved is None:
-        alpha = data.logit if logit is None else logit
-        model_config.pop("logit", None)
-        model_config |= {"logit": alpha} if alpha else {}
+        model_config = _with_logit(model_config, data.logit if logit is None else logit)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build(model_config)
     _prepare(model, data, standardise)
     claim_output_dir(out, TRAIN_KIND)  # only now: a bad target or config writes nothing
-    if saved is None:  # the run's config, as --config reads it back
-        model_keys = {k: v for k, v in model_config.items() if k not in ("dim", "logit")}
-        logit = model_config.get("logit") or None
-        run = {"target": target, "standardise": standardise, "logit": logit}
-        run |= {"model": model_keys, "train": asdict(cfg)}
-        write_text(out / CONFIG_FILE, dump_config(run))
+    if saved is None:
+        _write_run_config(out, target, standardise, model_config, cfg)
     adam = optimiser(model, cfg.lr)
     params = list(model.parameters())
     iwae = cfg.objective == "iwae"
@@ -365,7 +355,34 @@ def train(
                 clock["start"] += time.perf_counter() - start - seconds  # not training time
         return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
-    config = {
+    config = _run_record(target, model, cfg, standardise)
+
+    def schedule(fraction: float) -> None:  # the share of the run done, by either budget
+        clock["fraction"] = fraction
+
+    loop = _loop_config(cfg, desc, tensorboard, progress, budget_from_now)
+    result = train_loop(
+        out, {"model": model, "optimizer": adam}, step_fn, loop, config, resume=resume,
+        schedule=schedule, extra={"kind": FLOW},
+    )  # fmt: skip
+    if "start" in clock and snapshots is not None:  # the trained model, at its own time
+        _last_snapshot(model, snapshots, clock["start"], result.step)
+    return result
+
+
+def _with_logit(model_config: dict[str, Any], alpha: float | None) -> dict[str, Any]:
+    """A new run's model config with the logit map's α (none for 0 or None: data that
+    needs no map gets none)."""
+    model_config = dict(model_config)
+    model_config.pop("logit", None)
+    return model_config | ({"logit": alpha} if alpha else {})
+
+
+def _run_record(
+    target: str, model: DensityModel, cfg: FlowTrainConfig, standardise: bool
+) -> dict[str, Any]:
+    """What the checkpoint records of the run, enough to open it without its config file."""
+    return {
         "target": target,
         "model": model.config(),
         "train": asdict(cfg),
@@ -373,10 +390,46 @@ def train(
         "parameters": n_parameters(model),
     }
 
-    def schedule(fraction: float) -> None:  # the share of the run done, by either budget
-        clock["fraction"] = fraction
 
-    loop = LoopConfig(
+def _resumed_config(
+    out: Path, target: str, saved: dict[str, Any], cfg: FlowTrainConfig, keep_steps: bool
+) -> FlowTrainConfig:
+    """A resumed run's train settings: the saved ones, but this call's budgets (its
+    ``steps`` unless ``keep_steps``; its ``max_minutes`` if given). Refuses another
+    target: the saved model and its standardisation were fitted to the saved one."""
+    if target != saved["target"]:
+        raise UserError(
+            f"{out} was trained on {saved['target']!r}; --resume continues on it, "
+            f"not on {target!r} (train a new run for another target)"
+        )
+    budgets = {"steps": saved["train"]["steps"] if keep_steps else cfg.steps}
+    if cfg.max_minutes is not None:
+        budgets["max_minutes"] = cfg.max_minutes
+    return config_from_dict(FlowTrainConfig, {**saved["train"], **budgets}, "train")
+
+
+def _write_run_config(
+    out: Path,
+    target: str,
+    standardise: bool,
+    model_config: dict[str, Any],
+    cfg: FlowTrainConfig,
+) -> None:
+    """The new run's config as ``--config`` reads it back (the data's ``dim`` is left
+    out: the target gives it; no logit map is written as None)."""
+    model_keys = {k: v for k, v in model_config.items() if k not in ("dim", "logit")}
+    logit = model_config.get("logit") or None
+    run = {"target": target, "standardise": standardise, "logit": logit}
+    run |= {"model": model_keys, "train": asdict(cfg)}
+    write_text(out / CONFIG_FILE, dump_config(run))
+
+
+def _loop_config(
+    cfg: FlowTrainConfig, desc: str, tensorboard: bool, progress: bool, budget_from_now: bool
+) -> LoopConfig:
+    """The shared training loop's settings for a flow: a run with only a time budget
+    gets a step cap it never reaches."""
+    return LoopConfig(
         steps=STEP_CAP if cfg.steps is None else cfg.steps,
         seed=cfg.seed,
         max_minutes=cfg.max_minutes,
@@ -386,16 +439,16 @@ def train(
         progress=progress,
         budget_from_now=budget_from_now,
     )
-    result = train_loop(
-        out, {"model": model, "optimizer": adam}, step_fn, loop, config, resume=resume,
-        schedule=schedule, extra={"kind": FLOW},
-    )  # fmt: skip
-    if "start" in clock and snapshots is not None:  # the trained model, at its own time
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        last = snapshots[-1].step if snapshots else -1
-        if last != result.step:
-            snapshots.append(Snapshot(time.perf_counter() - clock["start"], result.step, state))
-    return result
+
+
+def _last_snapshot(model: DensityModel, snapshots: list[Snapshot], start: float, step: int) -> None:
+    """The trained model as the curve's last point, at its training time since ``start``
+    (the clock with snapshot-taking left out), unless a snapshot was just taken at
+    ``step``."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    last = snapshots[-1].step if snapshots else -1
+    if last != step:
+        snapshots.append(Snapshot(time.perf_counter() - start, step, state))
 
 
 COMPILED_GRAD_TOLERANCE = 1e-3

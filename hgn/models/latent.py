@@ -27,6 +27,10 @@ prior: the picture is a function of the configuration, so p must carry the motio
 so does the Lagrangian LGN; the other baselines (ODE, RGN, LSTM, GRU) decode the whole
 state, q and p concatenated, because nothing in their dynamics makes one half a
 configuration and the other its momentum.
+
+Why one file of more than 600 lines: the config, the three networks and the model that
+joins them are one contract that every latent model subclasses; apart, each model would
+import three modules to read what it inherits.
 """
 
 from __future__ import annotations
@@ -447,23 +451,14 @@ class LatentDynamicsModel(SequenceModel):
         backward = torch.zeros(batch, dtype=torch.bool, device=device)
         if cfg.forward_backward and self.training:
             backward[batch // 2 :] = True
-        # context start and the state's frame: 0 and k-1 forwards, W-k and W-1 backwards
-        start = torch.where(backward, window - k, 0)
         rows = torch.arange(batch, device=device)[:, None]
-        context = frames[rows, start[:, None] + torch.arange(k, device=device)]
-        mean, logvar = self.posterior(context)
-        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-        kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1).mean()
+        z, kl = self._sample_posterior(frames, backward, rows)
         s0 = self.initial_state(z)
         sign = torch.where(backward, -1.0, 1.0)[:, None]
         states = self.train_rollout(s0, sign * cfg.dt, horizon, frames)  # (B, H+1, ·)
         offsets = torch.arange(horizon + 1, device=device)
         times = torch.where(backward[:, None], window - 1 - offsets, k - 1 + offsets)
-        picked = offsets.expand(batch, -1)
-        if cfg.decode_frames is not None and cfg.decode_frames < horizon + 1:
-            # the state's own frame, which anchors the encoder, and a random subset of the rest
-            later = 1 + torch.rand(batch, horizon, device=device).argsort(1)
-            picked = torch.cat([picked[:, :1], later[:, : cfg.decode_frames - 1]], dim=1)
+        picked = self._decoded_steps(batch, horizon, device)
         target = frames[rows, times[rows, picked]]
         recon = self.decode(State(states.q[rows, picked], states.p[rows, picked]))
         error = recon.float() - target.float()  # one difference serves every term below
@@ -485,6 +480,30 @@ class LatentDynamicsModel(SequenceModel):
             self._grow(mse.detach(), target, horizon)
         metrics["loss"] = loss
         return loss, {key: value.detach() for key, value in metrics.items()}
+
+    def _sample_posterior(
+        self, frames: Tensor, backward: Tensor, rows: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """A latent ``z`` drawn from the posterior of each window's context (its first k
+        frames forwards, its last k backwards) and the batch's mean KL to the prior."""
+        window, k = frames.shape[1], self.config.context_frames
+        start = torch.where(backward, window - k, 0)
+        context = frames[rows, start[:, None] + torch.arange(k, device=frames.device)]
+        mean, logvar = self.posterior(context)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1).mean()
+        return z, kl
+
+    def _decoded_steps(self, batch: int, horizon: int, device: torch.device) -> Tensor:
+        """The rolled-out steps decoded and scored, per sequence ``(B, ·)``: all of them,
+        or with ``decode_frames`` the state's own step, which anchors the encoder, and a
+        random subset of the rest (decoding is most of a step's cost)."""
+        picked = torch.arange(horizon + 1, device=device).expand(batch, -1)
+        n = self.config.decode_frames
+        if n is not None and n < horizon + 1:
+            later = 1 + torch.rand(batch, horizon, device=device).argsort(1)
+            picked = torch.cat([picked[:, :1], later[:, : n - 1]], dim=1)
+        return picked
 
     def _consistency(self, frames: Tensor, states: State, times: Tensor, rows: Tensor) -> Tensor:
         """Per sequence ``(B,)``, the distance the latent consistency term

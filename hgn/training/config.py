@@ -26,6 +26,7 @@ import yaml
 from hgn.checks import check_range, config_from_dict
 from hgn.models import get_model
 from hgn.models.hgnpp import SEVERAL_BODIES
+from hgn.registry import Registry
 from hgn.utils import UserError
 
 SECTIONS = ("model", "train")
@@ -152,7 +153,7 @@ SMALL_LATENT_TRAIN: dict[str, Any] = {
 # "default" names the model used when none is given (else the "model" section's name).
 # Every profile's H is separable, K(p) + V(q): the paper assumes it, and only then is the
 # leapfrog symplectic and exactly reversible (hgn.physics.integrators, measured).
-PROFILES: dict[str, dict[str, Any]] = {
+_PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         # The published architecture and hyper-parameters (HGNConfig's defaults).
         "model": {"name": "hgn", "image_size": 64, "frames": 31, "dt": 0.125, "separable": True},
@@ -226,6 +227,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
     },
 }
+PROFILES: Registry[dict[str, Any]] = Registry("profile", _PROFILES)
+"""The built-in profiles by name (``hgn train --profile``), in the order ``--help`` lists
+them; :func:`resolve` copies one before layering on it, so the entries are never changed."""
 DEFAULT_PROFILE = "small"
 
 
@@ -317,9 +321,7 @@ def resolve(
     sets: Sequence[str] = (),
 ) -> RunConfig:
     """Profile → YAML file → ``--model`` → ``--set`` overrides, validated."""
-    if profile not in PROFILES:
-        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    layers = copy.deepcopy(PROFILES[profile])
+    layers = copy.deepcopy(PROFILES.lookup(profile))
     user: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
     if config_file is not None:
         for section, values in _read_yaml(config_file).items():

@@ -282,23 +282,8 @@ def run_cell(
     cell.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     nets: dict[str, Any] = {}
-    record: dict[str, Any] = {
-        "system": system,
-        "model": model,
-        "registered_model": ROWS.lookup(model).model,
-        "profile": profile.name,
-        "config": {},
-        "train": {},
-        "paper": {},
-        "samples": {},
-    }
-    # (run, its training data, the test data of its paper-protocol numbers, own budget)
-    runs = [(regime, paths[regime], paths[regime], False) for regime in REGIMES]
-    if ROWS.lookup(model).long_run:
-        if "hgnpp" not in paths:
-            raise UserError(f"{model} needs its clean long training set (paths['hgnpp'])")
-        runs.append((LONG_RUN, paths["hgnpp"], paths["clean"], True))  # clean 30-step test
-    for name, train_data, test_data, long in runs:
+    record = _new_record(system, model, profile)
+    for name, train_data, test_data, long in _cell_runs(model, paths):
         values = model_config(profile, model, {**data.info(train_data), "path": train_data})
         run = cell / f"run-{name}"
         nets[name], record["train"][name] = _trained(
@@ -322,26 +307,60 @@ def run_cell(
             nets[record["extrapolation_run"]], paths, cell / "extrapolate", profile, dev
         ),
     )
-    arrays = _rollout_pictures(nets, paths, profile, dev)
+    _save_rollouts(cell, _rollout_pictures(nets, paths, profile, dev), profile.size)
+    record["files"] = _cell_files(system, model, record["extrapolation"]["files"])
+    _require_finite(record, f"{system} × {model}")
+    write_json(cell / "result.json", record)
+    return record
+
+
+def _new_record(system: str, model: str, profile: Profile) -> dict[str, Any]:
+    """What a cell's result says it is, with a section per stage for the stages to fill
+    (``config``, ``train``, ``paper`` and ``samples`` by run name)."""
+    return {
+        "system": system,
+        "model": model,
+        "registered_model": ROWS.lookup(model).model,
+        "profile": profile.name,
+        "config": {},
+        "train": {},
+        "paper": {},
+        "samples": {},
+    }
+
+
+def _cell_runs(model: str, paths: Mapping[str, Path]) -> list[tuple[str, Path, Path, bool]]:
+    """The cell's training runs: ``(name, its training data, the test data of its
+    paper-protocol numbers, whether it has its own long budget)``, one per regime, and
+    HGN++'s long run, whose paper numbers are on the clean 30-step test set."""
+    runs = [(regime, paths[regime], paths[regime], False) for regime in REGIMES]
+    if ROWS.lookup(model).long_run:
+        if "hgnpp" not in paths:
+            raise UserError(f"{model} needs its clean long training set (paths['hgnpp'])")
+        runs.append((LONG_RUN, paths["hgnpp"], paths["clean"], True))
+    return runs
+
+
+def _save_rollouts(cell: Path, arrays: dict[str, np.ndarray], size: int) -> None:
+    """The test animation as a GIF (truth beside prediction, enlarged to about 64 pixels
+    so it can be seen) and every other picture array into ``rollouts.npz``."""
     animation = arrays.pop("animation")  # (n, 2, T+1, H, W, 3): truth | prediction
     frames = np.stack([plots.grid(animation[:, :, t]) for t in range(animation.shape[2])])
-    plots.save_animation(
-        cell / "test.gif", plots.upscale(frames, max(1, 64 // profile.size)), fps=8
-    )
+    plots.save_animation(cell / "test.gif", plots.upscale(frames, max(1, 64 // size)), fps=8)
     with atomic_path(cell / "rollouts.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
-    files = record["extrapolation"]["files"]
-    record["files"] = {
+
+
+def _cell_files(system: str, model: str, extrapolation: Mapping[str, str]) -> dict[str, str]:
+    """The cell's files relative to the reproduction's folder, as the report links them."""
+    return {
         "rollouts": f"cells/{system}/{model}/rollouts.npz",
         "animation": f"cells/{system}/{model}/test.gif",
         **{
             f"extrapolation_{key}": f"cells/{system}/{model}/extrapolate/{name}"
-            for key, name in files.items()
+            for key, name in extrapolation.items()
         },
     }
-    _require_finite(record, f"{system} × {model}")
-    write_json(cell / "result.json", record)
-    return record
 
 
 def _require_finite(value: Any, where: str) -> None:
