@@ -18,6 +18,7 @@ freedom) gets a finished cell that says so in every place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -171,6 +172,57 @@ def _timed(compute: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]
     return timed
 
 
+def _new_record(settings: Settings, column: str, row: str) -> dict[str, Any]:
+    """What a cell's result says before anything is trained: which cell, at which
+    settings, and what its model declares it can do."""
+    name, variant = tuning.split_row(row)
+    cls = get_model(name).cls
+    return {
+        "dataset": column,
+        "model": row,
+        "size": settings.name,
+        "minutes": settings.minutes,
+        "seed": settings.seed,
+        "variant": variant or settings.tuned.get(name) or tuning.DEFAULT,
+        "can_run_backwards": bool(cls.can_run_backwards),
+        "can_change_speed": bool(cls.can_change_speed),
+    }
+
+
+def _scores(
+    cell: Path, net: Any, saved: dict, data_path: Path, settings: Settings, dev: torch.device
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every protocol's stage on the trained model (each resumable, with its seconds),
+    and the arrays of the rollout strip."""
+    meta, test, size = hgn_data.info(data_path), hgn_data.load(data_path, "test"), settings.size
+    strip: dict[str, np.ndarray] = {}
+
+    def vpt() -> dict[str, Any]:
+        result, arrays = metrics.dm_vpt_of(
+            net, test, size.horizon, size.eval_sequences, size.batch_size, dev
+        )
+        strip.update(arrays)
+        return result
+
+    scores: dict[str, Any] = {"dm_vpt": _stage(cell, "dm-vpt", _timed(vpt))}
+    scores["dm_vpt"].update(discriminates=style_of(meta) == "dm", style=style_of(meta))
+    if not strip and "n/a" not in scores["dm_vpt"]:  # read back from a finished stage
+        _, strip = metrics.dm_vpt_of(net, test, size.horizon, 1, 1, dev)
+    symetric = functools.partial(
+        metrics.symetric_of, net, test, size.symetric_batches, size.symetric_steps, dev,
+        settings.seed,
+    )  # fmt: skip
+    scores["symetric"] = _stage(cell, "symetric", _timed(symetric))
+    mean = mean_frame(hgn_data.load(data_path, "train")).to(dev)
+    scores["extrapolation"] = _stage(
+        cell, "extrapolation", _timed(lambda: _extrapolation(net, test, mean, settings))
+    )
+    scores["samples"] = _stage(
+        cell, "samples", _timed(lambda: _samples(net, saved, test, settings))
+    )
+    return scores, strip
+
+
 def run_cell(
     out: Path,
     settings: Settings,
@@ -187,22 +239,12 @@ def run_cell(
     ``hgn reproduce``'s, so that its job pool runs benchmark cells too.
     """
     cell = out / "cells" / column / model
-    name, variant = tuning.split_row(model)
     cell.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     data_path = Path(paths["data"])
     meta = hgn_data.info(data_path)
-    record: dict[str, Any] = {
-        "dataset": column,
-        "model": model,
-        "size": settings.name,
-        "minutes": settings.minutes,
-        "seed": settings.seed,
-        "variant": variant or settings.tuned.get(name) or tuning.DEFAULT,
-        "can_run_backwards": bool(get_model(name).cls.can_run_backwards),
-        "can_change_speed": bool(get_model(name).cls.can_change_speed),
-    }
-    reason = data_refusal(name, meta)
+    record = _new_record(settings, column, model)
+    reason = data_refusal(tuning.split_row(model)[0], meta)
     if reason is not None:  # the data cannot train this model: say so everywhere
         record.update(
             cannot=reason,
@@ -211,43 +253,12 @@ def run_cell(
         write_json(cell / "result.json", record)
         return record
     run = cell / "run"
-    config = run_config(settings, model, meta)
-    record["train"] = _train(run, config, data_path, device, progress)
+    record["train"] = _train(run, run_config(settings, model, meta), data_path, device, progress)
     net, saved = open_sequence_model(run, dev)
     record["config"] = dataclasses.asdict(net.config)
     record["context_frames"], record["state_offset"] = net.context_frames, net.state_offset
-    test = hgn_data.load(data_path, "test")
-    size = settings.size
-    strip: dict[str, np.ndarray] = {}
-
-    def vpt() -> dict[str, Any]:
-        result, arrays = metrics.dm_vpt_of(
-            net, test, size.horizon, size.eval_sequences, size.batch_size, dev
-        )
-        strip.update(arrays)
-        return result
-
-    record["dm_vpt"] = _stage(cell, "dm-vpt", _timed(vpt))
-    record["dm_vpt"]["discriminates"] = style_of(meta) == "dm"
-    record["dm_vpt"]["style"] = style_of(meta)
-    if not strip and "n/a" not in record["dm_vpt"]:  # read back from a finished stage
-        _, strip = metrics.dm_vpt_of(net, test, size.horizon, 1, 1, dev)
-    record["symetric"] = _stage(
-        cell,
-        "symetric",
-        _timed(
-            lambda: metrics.symetric_of(
-                net, test, size.symetric_batches, size.symetric_steps, dev, settings.seed
-            )
-        ),
-    )
-    mean = mean_frame(hgn_data.load(data_path, "train")).to(dev)
-    record["extrapolation"] = _stage(
-        cell, "extrapolation", _timed(lambda: _extrapolation(net, test, mean, settings))
-    )
-    record["samples"] = _stage(
-        cell, "samples", _timed(lambda: _samples(net, saved, test, settings))
-    )
+    scores, strip = _scores(cell, net, saved, data_path, settings, dev)
+    record.update(scores)
     if strip:
         with atomic_path(cell / "strip.npz") as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **strip)
