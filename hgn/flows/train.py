@@ -267,6 +267,71 @@ def saved_run(out: Path) -> dict[str, Any] | None:
     return load_checkpoint(check)["config"] if check.is_file() else None
 
 
+class _FlowStep:
+    """One training step of a flow: the learning rate of the schedule, a batch, the loss
+    and its gradient (compiled where that pays), clipping, Adam, and a copy of the
+    weights every ``snapshot_seconds`` of training. The metrics stay tensors: the
+    training loop reads them at its log steps only."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        adam: torch.optim.Optimizer,
+        data: Any,
+        cfg: FlowTrainConfig,
+        compiled: _Compiled | None,
+        resumed: bool,
+        snapshots: list[Snapshot] | None,
+        snapshot_seconds: float | None,
+    ) -> None:
+        self.model, self.adam, self.data, self.cfg, self.compiled = model, adam, data, cfg, compiled
+        self.params = list(model.parameters())
+        self.resumed, self.snapshots, self.snapshot_seconds = resumed, snapshots, snapshot_seconds
+        self.clock: dict[str, float] = {}
+
+    def _loss_and_grad(self, loss_fn: Callable[..., Tensor], batch: Tensor) -> Tensor:
+        loss = loss_fn(batch, self.cfg.n_samples, self.cfg.objective == "iwae")
+        self.adam.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
+    def _learning_rate(self, step: int) -> float:
+        fraction = self.clock.get("fraction", 0.0)
+        if self.resumed:  # no warm-up (lr_at)
+            warm_from = None
+        else:  # fresh: warm up from the end of the first (compiling) step
+            warm_from = self.clock.setdefault("warm_from", fraction) if step > 0 else math.inf
+        lr = self.cfg.lr_at(step, fraction, warm_from)
+        for group in self.adam.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _snapshot(self, step: int, start: float) -> None:
+        """Copy the weights when the next snapshot is due; the copying is not training
+        time (the clock's start moves past it)."""
+        if self.snapshots is None or self.snapshot_seconds is None:
+            return
+        seconds = time.perf_counter() - start
+        if seconds >= (len(self.snapshots) + 1) * self.snapshot_seconds:
+            copy = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.snapshots.append(Snapshot(seconds, step + 1, copy))
+            self.clock["start"] += time.perf_counter() - start - seconds
+
+    def __call__(self, step: int) -> dict[str, float | Tensor]:
+        start = self.clock.setdefault("start", time.perf_counter())
+        lr = self._learning_rate(step)
+        batch = self.data.sample_train(self.cfg.batch_size)
+        if self.compiled is not None and self.compiled.usable:
+            loss = self.compiled.run(self._loss_and_grad, batch, self.model.loss)
+        else:
+            loss = self._loss_and_grad(self.model.loss, batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        if torch.isfinite(grad_norm):  # a rare non-finite gradient skips the step
+            self.adam.step()
+        self._snapshot(step, start)
+        return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr}
+
+
 def train(
     target: str,
     out: str | Path,
@@ -314,46 +379,14 @@ def train(
     if saved is None:
         _write_run_config(out, target, standardise, model_config, cfg)
     adam = optimiser(model, cfg.lr)
-    params = list(model.parameters())
-    iwae = cfg.objective == "iwae"
-    clock: dict[str, float] = {}
-
-    def loss_and_grad(loss_fn: Callable[..., Tensor], batch: Tensor) -> Tensor:
-        loss = loss_fn(batch, cfg.n_samples, iwae)
-        adam.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss
-
     compiled = (
-        _Compiled(model.loss, params, "" if desc == "flow" else desc) if cfg.compiles else None
+        _Compiled(model.loss, list(model.parameters()), "" if desc == "flow" else desc)
+        if cfg.compiles
+        else None
     )
-
-    def step_fn(step: int) -> dict[str, float]:
-        start = clock.setdefault("start", time.perf_counter())
-        fraction = clock.get("fraction", 0.0)
-        if saved is not None:  # resumed: no warm-up (lr_at)
-            warm_from = None
-        else:  # fresh: warm up from the end of the first (compiling) step
-            warm_from = clock.setdefault("warm_from", fraction) if step > 0 else math.inf
-        lr = cfg.lr_at(step, fraction, warm_from)
-        for group in adam.param_groups:
-            group["lr"] = lr
-        batch = data.sample_train(cfg.batch_size)
-        if compiled is not None and compiled.usable:
-            loss = compiled.run(loss_and_grad, batch, model.loss)
-        else:
-            loss = loss_and_grad(model.loss, batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        if torch.isfinite(grad_norm):  # a rare non-finite gradient skips the step
-            adam.step()
-        seconds = time.perf_counter() - start
-        if snapshots is not None and snapshot_seconds is not None:
-            due = (len(snapshots) + 1) * snapshot_seconds
-            if seconds >= due:
-                copy = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                snapshots.append(Snapshot(seconds, step + 1, copy))
-                clock["start"] += time.perf_counter() - start - seconds  # not training time
-        return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
+    step_fn = _FlowStep(model, adam, data, cfg, compiled, saved is not None, snapshots,
+                        snapshot_seconds)  # fmt: skip
+    clock = step_fn.clock
 
     config = _run_record(target, model, cfg, standardise)
 
