@@ -234,26 +234,27 @@ def test_chunk_shuffle_reads_every_row_once_an_epoch_a_few_chunks_at_a_time() ->
 def test_batches_of_a_split_larger_than_memory(
     dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Out of core, the chunk-aware order with its background reads: windows of the
-    data's own sequences, the same for a fresh sampler (a resumed run) at any step."""
+    """Out of core, batches built ahead in the chunk-aware order: windows of the data's
+    own sequences where the plan says, the same for a fresh sampler (a resumed run) at
+    any step, and the same whether or not they were built in the background."""
     monkeypatch.setattr(hgn_train, "IN_MEMORY_BYTES", 0)
     split = hgn_data.load(dataset, "train")
     images = torch.from_numpy(np.asarray(split.images))
     first = Batches(split, 4, 3, torch.device("cpu"), seed=7)
-    assert first.prefetch is not None
-    drawn = []
-    for step in range(5):
-        torch.manual_seed(step)
-        drawn.append((first(step), first.rows.clone()))
+    assert first.chunked is not None
+    drawn = [first(step) for step in range(5)]
+    plans = [first.chunked.plan(step) for step in range(5)]
     first.close()
     resumed = Batches(split, 4, 3, torch.device("cpu"), seed=7)
-    torch.manual_seed(3)
-    torch.testing.assert_close(resumed(3), drawn[3][0], rtol=0, atol=0)
+    torch.testing.assert_close(resumed(3), drawn[3], rtol=0, atol=0)
+    assert resumed.chunked is not None
+    torch.testing.assert_close(resumed.chunked.build(4), drawn[4], rtol=0, atol=0)
     resumed.close()
-    for x, rows in drawn:
-        for window, row in zip(x, rows.tolist(), strict=True):
-            whole = to_frames(images[row], "cpu")
-            assert any(torch.equal(window, whole[s : s + 4]) for s in range(len(whole) - 3))
+    for x, (rows, starts) in zip(drawn, plans, strict=True):
+        expected = images[
+            torch.from_numpy(rows)[:, None], torch.from_numpy(starts)[:, None] + torch.arange(4)
+        ]
+        torch.testing.assert_close(x, to_frames(expected, "cpu"), rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- evaluate

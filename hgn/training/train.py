@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from hgn import data as hgn_data
 from hgn.checks import check_range, config_from_dict
 from hgn.data import mean_frame, to_frames
-from hgn.data.prefetch import ChunkPrefetcher, ChunkShuffle
+from hgn.data.prefetch import ChunkBatches
 from hgn.data.store import ChunkedArray
 from hgn.models import get_model
 from hgn.runs import CHECKPOINT, SEQUENCE, data_mismatch, store_sampler, trained_on
@@ -107,12 +107,13 @@ class Batches:
     uniform; the draw still comes from the reseeded global RNG, so it stays exact on
     resume and the same on every rank.
 
-    A split too large for memory (over :data:`IN_MEMORY_BYTES`) is read in the
-    chunk-aware order of :class:`hgn.data.prefetch.ChunkShuffle` (an epoch's rows a few
-    chunks at a time; a function of (``seed``, step), so still exact on resume), its
-    chunks decoded ahead by a background thread (:class:`hgn.data.prefetch.ChunkPrefetcher`):
-    uniformly random rows there decoded a whole chunk each on the training thread.
-    Prioritised draws need any row at any step and keep the random reads.
+    A split too large for memory (over :data:`IN_MEMORY_BYTES`) is read by
+    :class:`hgn.data.prefetch.ChunkBatches`: the chunk-aware order of an epoch's rows, a
+    few chunks at a time, and windows that start where ``(seed, step)`` says (still
+    exact on resume, without the global RNG), each batch built by background threads
+    before its step asks for it. Uniformly random rows there decoded a whole chunk each
+    on the training thread. Prioritised draws need any row at any step and keep the
+    random reads, as does a call without a step.
     """
 
     def __init__(
@@ -135,21 +136,16 @@ class Batches:
         # of images in [0, 1], so the error-driven share visits every sequence early on
         self.errors = torch.ones(len(images), dtype=torch.float64)
         self.rows = torch.zeros(0, dtype=torch.long)
-        self.shuffle: ChunkShuffle | None = None
-        self.prefetch: ChunkPrefetcher | None = None
+        self.chunked: ChunkBatches | None = None
         if not self.in_memory and not prioritize and isinstance(images, ChunkedArray):
-            total = batch_size * self.world
-            self.shuffle = ChunkShuffle(
-                len(images), images.rows, total, WINDOW_CHUNKS, derive_seed(seed, "batches")
-            )
-            self.ahead = -(-WINDOW_CHUNKS * images.rows // total)  # a window's batches
-            self.prefetch = ChunkPrefetcher(images, keep=2 * WINDOW_CHUNKS)
+            self.chunked = ChunkBatches(
+                images, frames, batch_size, device, seed=derive_seed(seed, "batches"),
+                rank=self.rank, world=self.world, window=WINDOW_CHUNKS,
+            )  # fmt: skip
 
-    def _draw(self, step: int | None) -> Tensor:
-        """The global batch's rows."""
+    def _draw(self) -> Tensor:
+        """The global batch's rows, from the reseeded global RNG."""
         total = self.batch_size * self.world
-        if self.shuffle is not None and step is not None:
-            return torch.from_numpy(self.shuffle(step))
         if self.prioritize:
             n, share = len(self.images), self.prioritize
             weights = (1 - share) / n + share * self.errors / self.errors.sum()
@@ -159,21 +155,17 @@ class Batches:
     def __call__(self, step: int | None = None) -> torch.Tensor:
         """The batch of ``step`` (the chunk-aware order needs it; without it, or for
         a split in memory, the rows are random draws)."""
+        if self.chunked is not None and step is not None:
+            return self.chunked(step)
         frames = self.frames
         total = self.batch_size * self.world
-        rows = self.rows = self._draw(step)
+        rows = self.rows = self._draw()
         starts = torch.randint(self.length - frames + 1, (total,))
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         rows, starts = rows[mine], starts[mine]
         times = starts[:, None] + torch.arange(frames)
         if self.in_memory:
             window = self.images[rows[:, None], times]
-        elif self.prefetch is not None and step is not None:
-            seqs = torch.from_numpy(self.prefetch.read(rows.numpy()))
-            window = seqs[torch.arange(len(rows))[:, None], times]
-            assert self.shuffle is not None
-            later = range(step + 1, step + 1 + self.ahead)
-            self.prefetch.ahead([self.shuffle(k)[mine] for k in later])
         else:  # read each sequence once, in file order, then cut the windows
             unique, inverse = np.unique(rows.numpy(), return_inverse=True)
             seqs = torch.from_numpy(np.asarray(self.images[unique]))
@@ -182,8 +174,8 @@ class Batches:
 
     def close(self) -> None:
         """Stop the background reads (if any)."""
-        if self.prefetch is not None:
-            self.prefetch.close()
+        if self.chunked is not None:
+            self.chunked.close()
 
     def record(self, errors: Tensor) -> None:
         """Store this rank's per-sequence errors ``(batch_size,)`` of the last batch (all
