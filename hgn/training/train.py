@@ -417,7 +417,8 @@ class Average:
     that opening a run (:mod:`hgn.runs`) needs nothing of torch's ``AveragedModel``."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.average = AveragedModel(model)
+        # its counter where the weights are: the update reads it there, not on the host
+        self.average = AveragedModel(model).to(next(model.parameters()).device)
         self.move = ema_with_warmup(decay)
 
     def update(self, model: torch.nn.Module, keep: Tensor | None = None) -> None:
