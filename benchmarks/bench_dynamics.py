@@ -49,8 +49,8 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = (None, "hgn")
-"""The profile's default model (HGN++) and the conv HGN."""
+MODELS = ("hgn++", "hgn")
+"""HGN++ and the conv HGN (``--models`` chooses)."""
 
 
 def trainer(
@@ -105,11 +105,11 @@ def trainer(
     return config.name, step, batch, horizon
 
 
-def worker(profile: str, threads: int) -> None:
+def worker(profile: str, threads: int, models: list[str]) -> None:
     """Serve timing requests on stdin: ``INDEX STEPS`` → the seconds per step of model
-    ``INDEX`` of :data:`MODELS` over ``STEPS`` steps; the first line out describes them."""
+    ``INDEX`` of ``models`` over ``STEPS`` steps; the first line out describes them."""
     torch.set_num_threads(threads)
-    runs = [trainer(name, profile) for name in MODELS]
+    runs = [trainer(name, profile) for name in models]
     for _, step, *_ in runs:
         step()  # untimed: allocator, first-call overheads
     print(";".join(f"{name},{batch},{horizon}" for name, _, batch, horizon in runs), flush=True)
@@ -128,7 +128,7 @@ class Worker:
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         env = {**os.environ, "PYTHONPATH": str(root)}
         command = [sys.executable, __file__, "--worker", "--profile", args.profile]
-        command += ["--threads", str(args.threads)]
+        command += ["--threads", str(args.threads), "--models", *args.models]
         self.process = subprocess.Popen(
             command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -201,7 +201,7 @@ PHASES = {
 HGN++ rolls out by ``train_rollout``, the conv HGN by ``rollout``)."""
 
 
-def breakdown(profile: str, steps: int) -> None:
+def breakdown(profile: str, steps: int, models: list[str]) -> None:
     """Where a training step's time goes, per model: the forward pass's parts by the wall
     time of the methods in :data:`PHASES`, the backward pass, the rest (clipping, Adam,
     the average, the loss's own arithmetic); then ``torch.profiler``'s split by kind of
@@ -228,7 +228,7 @@ def breakdown(profile: str, steps: int) -> None:
 
     backward = torch.Tensor.backward
     torch.Tensor.backward = timed("backward", backward)  # type: ignore[method-assign]
-    for name in MODELS:
+    for name in models:
         built: list[Any] = []
         label, step, *_ = trainer(name, profile, built)
         model = built[0]
@@ -281,20 +281,21 @@ def main() -> None:
     parser.add_argument(
         "--profile-steps", type=int, default=0, help="print where a step's time goes"
     )
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_steps:
         torch.set_num_threads(args.threads)
-        breakdown(args.profile, args.profile_steps)
+        breakdown(args.profile, args.profile_steps, args.models)
         return
     if args.worker:
-        worker(args.profile, args.threads)
+        worker(args.profile, args.threads, args.models)
         return
     if args.before:
         compare(args)
         return
     torch.set_num_threads(args.threads)
-    runs = [trainer(name, args.profile) for name in MODELS]
+    runs = [trainer(name, args.profile) for name in args.models]
     times: dict[str, list[float]] = {name: [] for name, *_ in runs}
     for _, step, *_ in runs:
         step()  # untimed: allocator, first-call overheads
