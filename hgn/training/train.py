@@ -632,6 +632,25 @@ def _lr_schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, dev: torch.d
     return schedule
 
 
+def _loop_config(
+    config: RunConfig, writer: bool, progress: bool, budget_from_now: bool
+) -> LoopConfig:
+    """The loop's budgets and bookkeeping from the train section."""
+    tc = config.train
+    return LoopConfig(
+        steps=tc.steps,
+        seed=tc.seed,
+        max_minutes=tc.max_minutes,
+        clock=tc.budget_clock,
+        checkpoint_every=tc.checkpoint_every,
+        log_every=tc.log_every,
+        desc=f"train {config.name}",
+        writer=writer,
+        progress=progress,
+        budget_from_now=budget_from_now,
+    )
+
+
 def train(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -671,18 +690,7 @@ def train(
         _claim_out(out, resume)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(dump_yaml(config))
-    loop = LoopConfig(
-        steps=tc.steps,
-        seed=tc.seed,
-        max_minutes=tc.max_minutes,
-        clock=tc.budget_clock,
-        checkpoint_every=tc.checkpoint_every,
-        log_every=tc.log_every,
-        desc=f"train {config.name}",
-        writer=writer,
-        progress=progress,
-        budget_from_now=max_minutes is not None,
-    )
+    loop = _loop_config(config, writer, progress, budget_from_now=max_minutes is not None)
     distributed = torch.distributed.is_initialized()
     try:
         result = train_loop(
