@@ -162,6 +162,21 @@ def test_a_skipped_step_leaves_the_average_and_adam_alone() -> None:
         assert torch.equal(fresh.state_dict()["weights"][name], value.detach())
 
 
+def test_skipping_adam_resumes_the_state_of_an_unfused_adam() -> None:
+    """Runs saved before issue 27 hold a plain Adam's state (unfused, its step counts on
+    the host): a resumed run loads it, fused, and steps on."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    plain = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).square().sum().backward()
+    plain.step()
+    resumed = SkippingAdam(model.parameters(), lr=0.1)
+    resumed.load_state_dict(copy.deepcopy(plain.state_dict()))
+    assert all(group["fused"] for group in resumed.param_groups)
+    resumed.step_unless(torch.tensor(False))
+    assert {float(s["step"]) for s in resumed.state_dict()["state"].values()} == {2.0}
+
+
 def test_yaml_config_and_model_flag(dataset: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  integrator: euler\ntrain:\n  seed: 3\n")
