@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,7 +162,8 @@ def checkout(commit: str) -> Path:
 
 def compare(args: argparse.Namespace) -> None:
     """Old code against new, rounds alternating between the two worker processes."""
-    workers = {args.before: Worker(checkout(args.before), args), "now": Worker(ROOT, args)}
+    old = checkout(args.before)
+    workers = {args.before: Worker(old, args), "now": Worker(ROOT, args)}
     models = workers["now"].models
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
@@ -170,6 +172,7 @@ def compare(args: argparse.Namespace) -> None:
                 times.setdefault((label, index), []).append(w.time(index, args.steps))
     for w in workers.values():
         w.close()
+    shutil.rmtree(old)
     print(f"torch {torch.__version__}, CPU threads {args.threads}, profile {args.profile}")
     print(f"{args.rounds} rounds of {args.steps} steps, alternating {args.before} and now")
     print("| model | code | s/step (median) | steps/s | speed-up, paired per round |")
