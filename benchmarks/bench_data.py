@@ -18,7 +18,10 @@ the size on disk, and the loader against the training step.
    trainer's own ``Batches`` with the in-memory path switched off (what it does for a
    larger split), next to the training step's consumption (sequences per second of the
    ``small`` and ``paper`` profiles on this CPU, from ``benchmarks/bench_train.py``).
-3. **``--full``**: the paper-scale pendulum (50,000 + 10,000 trajectories, 31 frames,
+3. **``--loader STORE``** (alone): random batches of 16 from a store read as one larger
+   than memory, the trainer's random rows on the training thread against its
+   chunk-aware order with background decoding (:func:`loader`), and the memory held.
+4. **``--full``**: the paper-scale pendulum (50,000 + 10,000 trajectories, 31 frames,
    64×64) with the CLI into ``--dir``: wall time, the child's peak resident memory
    (VmHWM, polled) and the size on disk against the raw 22.9 GB. The store is deleted
    afterwards (only the temporary folder the script made).
@@ -212,6 +215,62 @@ def reading(path: Path, batches: int = 40) -> None:
         )
 
 
+def rss_mib() -> tuple[float, float]:
+    """This process's resident memory now and at its peak, MiB (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    values = {key: value.split()[0] for key, value in values.items() if value.split()}
+    return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
+
+
+def loader(path: Path, rounds: int, batches: int) -> None:
+    """Random batches of 16 from a store larger than memory: the trainer's ``Batches``
+    with uniformly random rows read on the calling thread (the path before issue 27,
+    still taken without a step number) against its chunk-aware order with background
+    decoding, rounds alternating; memory held by the new path, against the raw size."""
+    import hgn.training.train as training
+
+    training.IN_MEMORY_BYTES = 0  # the path of a split larger than memory
+    split = data.load(path)
+    frames = split.meta["steps"] + 1
+    raw = int(np.prod(split.images.shape))
+    print(
+        f"store {path}: {len(split):,} sequences of {frames} frames at "
+        f"{split.meta['size']}×{split.meta['size']}, raw {raw / 1e9:.1f} GB, "
+        f"{split.images.rows} per chunk; machine: {machine()}",
+        flush=True,
+    )
+    old = training.Batches(split, frames, 16, torch.device("cpu"), seed=0)
+    new = training.Batches(split, frames, 16, torch.device("cpu"), seed=0)
+    before, _ = rss_mib()
+    rates: dict[str, list[float]] = {
+        "random rows, training thread": [],
+        "chunk-aware, prefetched": [],
+    }
+    for r in range(rounds):
+        # each round's steps far from the last round's: the new path starts cold (no
+        # batch built ahead while the old one ran), so its rate is not flattered
+        first = r * 1_000_000
+        for name, draw in zip(rates, (lambda k: old(), new), strict=True):
+            start = time.perf_counter()
+            for step in range(first, first + batches):
+                torch.manual_seed(step)
+                draw(step)
+            rates[name].append(batches * 16 / (time.perf_counter() - start))
+    now, peak = rss_mib()
+    new.close()
+    for name, values in rates.items():
+        print(f"  {name}: {np.median(values):,.0f} seq/s (median of {rounds} rounds of {batches})")
+    first, second = rates.values()
+    paired = np.asarray(second) / np.asarray(first)
+    spread = f"[{paired.min():.1f}-{paired.max():.1f}]"
+    print(f"  speed-up, paired per round: {np.median(paired):.1f}x {spread}")
+    print(
+        f"  resident memory: {before:,.0f} MiB before, {now:,.0f} MiB after, peak {peak:,.0f} "
+        f"MiB (raw frames {raw / 2**20:,.0f} MiB)"
+    )
+
+
 def full(out_dir: Path) -> None:
     """The paper-scale pendulum through the CLI."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,8 +299,14 @@ def main() -> None:
     parser.add_argument("--ref-n", type=int, default=1_000, help="trajectories for the reference")
     parser.add_argument("--full", action="store_true", help="also the 60,000-trajectory run")
     parser.add_argument("--dir", default="/work/data", help="where --full writes")
+    parser.add_argument("--loader", type=Path, help="only the loader comparison, on this store")
+    parser.add_argument("--rounds", type=int, default=5, help="--loader: rounds")
+    parser.add_argument("--batches", type=int, default=20, help="--loader: batches a round")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.loader:
+        loader(args.loader, args.rounds, args.batches)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         out = Path(tmp) / "pendulum"
         generation(args.n, args.ref_n, out)

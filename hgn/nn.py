@@ -48,10 +48,10 @@ def _mm(a: Tensor, b: Tensor, add: Tensor | None = None) -> Tensor:
     Below :data:`NARROW` output columns the transposed form was faster at every width
     timed (2-10), above it the plain one (16-64).
     """
-    if b.shape[1] < NARROW:
-        out = (b.t() @ a.t()).t()
+    if b.shape[1] < NARROW:  # torch.mm: both are matrices, and matmul's checks cost a call
+        out = torch.mm(b.t(), a.t()).t()
         return out if add is None else out + add
-    return a @ b if add is None else torch.addmm(add, a, b)
+    return torch.mm(a, b) if add is None else torch.addmm(add, a, b)
 
 
 class _EnergyGrad(torch.autograd.Function):
@@ -70,11 +70,14 @@ class _EnergyGrad(torch.autograd.Function):
     (:func:`_mm`). It is once differentiable:
     nothing in hgn takes a third derivative of an energy.
 
-    Inputs are ``(x, quadratic, w, W_1, b_1, …, W_L, b_L)``; ``x`` is 2-D.
+    Inputs are ``(x, quadratic, w, W_1, b_1, …, W_L, b_L)``; ``x`` is 2-D and ``w`` the
+    output layer's ``(1, hidden)`` weight itself (selecting its row outside would record
+    a node, and a backward through it, at every call).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, quadratic: bool, w: Tensor, *wb: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, quadratic: bool, out_weight: Tensor, *wb: Tensor) -> Tensor:
+        w = out_weight[0]
         weights, biases = wb[0::2], wb[1::2]
         depth = len(weights)
         hs, ss = [x], []
@@ -125,7 +128,7 @@ class _EnergyGrad(torch.autograd.Function):
             d_s.mul_(s)
             d_pre.append(d_s.addcmul_(d_s, s, value=-1))  # ⊙ σ' = σ - σ²
         grads: list[Tensor | None] = [None] * (3 + 2 * depth)
-        grads[2] = d_w
+        grads[2] = d_w[None]
         d_h = None
         for k in range(depth - 1, -1, -1):  # back up the forward activations
             d_a = d_pre[k] if d_h is None else d_pre[k].addcmul_(d_h, ss[k])
@@ -183,8 +186,10 @@ class EnergyMLP(nn.Module):
         params: list[Tensor] = []
         for layer in self.layers:
             params += [layer.weight, layer.bias]
+        if x.dim() == 2:  # as the leapfrog calls it: no reshapes to record
+            return _EnergyGrad.apply(x, self.quadratic, self.out.weight, *params)
         flat = x.reshape(-1, x.shape[-1])
-        grad = _EnergyGrad.apply(flat, self.quadratic, self.out.weight[0], *params)
+        grad = _EnergyGrad.apply(flat, self.quadratic, self.out.weight, *params)
         return grad.reshape(x.shape)
 
     def grad_autograd(self, x: Tensor) -> Tensor:

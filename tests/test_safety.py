@@ -131,8 +131,8 @@ def test_a_non_finite_gradient_skips_the_step(
 ) -> None:
     """A NaN gradient with a finite loss (here injected at the third step) must not
     reach the optimiser: it used to write NaN into the weights and the checkpoint."""
-    real_loss, real_step = HGN.loss, torch.optim.Adam.step
-    calls = {"loss": 0, "step": 0}
+    real_loss = HGN.loss
+    calls = {"loss": 0}
 
     def poisoned(self, frames):
         loss, metrics = real_loss(self, frames)
@@ -141,17 +141,14 @@ def test_a_non_finite_gradient_skips_the_step(
             loss.register_hook(lambda grad: grad * float("nan"))
         return loss, metrics
 
-    def counted(self, *args, **kwargs):
-        calls["step"] += 1
-        return real_step(self, *args, **kwargs)
-
     monkeypatch.setattr(HGN, "loss", poisoned)
-    monkeypatch.setattr(torch.optim.Adam, "step", counted)
     config = resolve("small", model="hgn", sets=[*sets()[3::2], "train.log_every=1"])
     result = hgn_train.train(data, tmp_path / "run", config, steps=4, progress=False)
-    assert result.step == 4 and calls["step"] == 3
+    assert result.step == 4
     assert [h.get("skipped_steps", 0.0) for h in result.history] == [0.0, 0.0, 1.0, 1.0]
     saved = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    # the optimiser took three steps: the skipped one left its moments and count alone
+    assert {float(s["step"]) for s in saved["state"]["optimizer"]["state"].values()} == {3.0}
     assert all(torch.isfinite(v).all() for v in saved["state"]["model"].values())
 
 

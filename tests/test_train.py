@@ -3,6 +3,7 @@ the bad inputs each command must refuse with one clear line and nothing overwrit
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from helpers import TINY_HGN, model_sets, set_args, tiny_dataset, train_tiny
@@ -18,10 +20,13 @@ from helpers import TINY_HGN, model_sets, set_args, tiny_dataset, train_tiny
 import hgn
 from hgn import data as hgn_data
 from hgn.cli import main
+from hgn.data import to_frames
+from hgn.data.prefetch import ChunkShuffle
 from hgn.models import HGN
 from hgn.runs import CHECKPOINT, open_sequence_model
+from hgn.training import train as hgn_train
 from hgn.training.config import FOLLOWS_DATA, resolve
-from hgn.training.train import Batches, decay_factor, ema_with_warmup
+from hgn.training.train import Average, Batches, SkippingAdam, decay_factor, ema_with_warmup
 from hgn.utils import UserError, load_checkpoint
 
 TINY = [
@@ -132,6 +137,46 @@ def test_moving_average_decay_warms_up() -> None:
         torch.testing.assert_close(avg[0], torch.full((3,), 1 - decay))
 
 
+def test_a_skipped_step_leaves_the_average_and_adam_alone() -> None:
+    """The step skipped on the device (``keep``/``skip`` tensors, no host check) leaves
+    the average, its count, the weights and Adam's moments and count as they were."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    average, opt = Average(model, 0.9), SkippingAdam(model.parameters(), lr=0.1)
+    for skip in (False, False, True):
+        before = (copy.deepcopy(average.state_dict()), copy.deepcopy(opt.state_dict()))
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step_unless(torch.tensor(skip))
+        average.update(model, keep=torch.tensor(not skip))
+    assert float(average.state_dict()["n_averaged"]) == 2
+    assert {float(s["step"]) for s in opt.state_dict()["state"].values()} == {2.0}
+    for name, value in before[0]["weights"].items():
+        assert torch.equal(value, average.state_dict()["weights"][name])
+    for index, state in before[1]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], opt.state_dict()["state"][index][key])
+    # the first update copies the weights, later ones move by the warm-up's share
+    fresh = Average(model, 0.9)
+    fresh.update(model)
+    for name, value in model.named_parameters():
+        assert torch.equal(fresh.state_dict()["weights"][name], value.detach())
+
+
+def test_skipping_adam_resumes_the_state_of_an_unfused_adam() -> None:
+    """Runs saved before issue 27 hold a plain Adam's state (unfused, its step counts on
+    the host): a resumed run loads it, fused, and steps on."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    plain = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).square().sum().backward()
+    plain.step()
+    resumed = SkippingAdam(model.parameters(), lr=0.1)
+    resumed.load_state_dict(copy.deepcopy(plain.state_dict()))
+    assert all(group["fused"] for group in resumed.param_groups)
+    resumed.step_unless(torch.tensor(False))
+    assert {float(s["step"]) for s in resumed.state_dict()["state"].values()} == {2.0}
+
+
 def test_yaml_config_and_model_flag(dataset: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  integrator: euler\ntrain:\n  seed: 3\n")
@@ -186,6 +231,45 @@ def test_batches_are_fixed_by_the_step_seed(dataset: Path) -> None:
     assert x.shape == (3, 4, 3, 16, 16) and x.dtype == torch.float32 and x.max() <= 1
     torch.manual_seed(0)
     torch.testing.assert_close(batches(), x)
+
+
+def test_chunk_shuffle_reads_every_row_once_an_epoch_a_few_chunks_at_a_time() -> None:
+    order = ChunkShuffle(n=50, rows_per_chunk=8, batch=4, window=2, seed=1)
+    epoch = np.concatenate([order(k) for k in range(order.per_epoch)])
+    assert order.per_epoch == 12 and len(np.unique(epoch)) == 48 and epoch.max() < 50
+    for k in range(order.per_epoch):  # a batch spans at most two windows of two chunks
+        assert len(np.unique(order(k) // 8)) <= 4
+    again = ChunkShuffle(n=50, rows_per_chunk=8, batch=4, window=2, seed=1)
+    assert np.array_equal(again(17), order(17))  # a function of (seed, batch): resumable
+    assert not np.array_equal(order(12), order(0))  # the next epoch has its own order
+    other = ChunkShuffle(n=50, rows_per_chunk=8, batch=4, window=2, seed=2)
+    assert not np.array_equal(other(0), order(0))
+
+
+def test_batches_of_a_split_larger_than_memory(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of core, batches built ahead in the chunk-aware order: windows of the data's
+    own sequences where the plan says, the same for a fresh sampler (a resumed run) at
+    any step, and the same whether or not they were built in the background."""
+    monkeypatch.setattr(hgn_train, "IN_MEMORY_BYTES", 0)
+    split = hgn_data.load(dataset, "train")
+    images = torch.from_numpy(np.asarray(split.images))
+    first = Batches(split, 4, 3, torch.device("cpu"), seed=7)
+    assert first.chunked is not None
+    drawn = [first(step) for step in range(5)]
+    plans = [first.chunked.plan(step) for step in range(5)]
+    first.close()
+    resumed = Batches(split, 4, 3, torch.device("cpu"), seed=7)
+    torch.testing.assert_close(resumed(3), drawn[3], rtol=0, atol=0)
+    assert resumed.chunked is not None
+    torch.testing.assert_close(resumed.chunked.build(4), drawn[4], rtol=0, atol=0)
+    resumed.close()
+    for x, (rows, starts) in zip(drawn, plans, strict=True):
+        expected = images[
+            torch.from_numpy(rows)[:, None], torch.from_numpy(starts)[:, None] + torch.arange(4)
+        ]
+        torch.testing.assert_close(x, to_frames(expected, "cpu"), rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -254,6 +254,21 @@ class HamiltonianNet(nn.Module):
         # rate per step, and these must travel O(1) to set the oscillation frequency
         self.log_ab = nn.Parameter(torch.zeros(2)) if cfg.quadratic else None
 
+    def _quadratic(self, x: Tensor, which: int) -> Tensor:
+        """½a|q|² (``which`` 0) or ½b|p|² (1) per sample, of the ``quadratic`` option."""
+        assert self.log_ab is not None
+        return 0.5 * (QUADRATIC_RATE * self.log_ab[which]).exp() * x.square().flatten(1).sum(1)
+
+    def kinetic_energy(self, p: Tensor) -> Tensor:
+        """K(p) of a separable H, the quadratic part included."""
+        energy = self.kinetic(p)
+        return energy if self.log_ab is None else energy + self._quadratic(p, 1)
+
+    def potential_energy(self, q: Tensor) -> Tensor:
+        """V(q) of a separable H, the quadratic part included."""
+        energy = self.potential(q)
+        return energy if self.log_ab is None else energy + self._quadratic(q, 0)
+
     def forward(self, q: Tensor, p: Tensor) -> Tensor:
         if self.separable:
             energy = self.kinetic(p) + self.potential(q)
@@ -292,7 +307,11 @@ class Decoder(nn.Module):
         self.to_rgb = nn.Conv2d(widths[blocks], 3, 3, padding=1)
 
     def forward(self, q: Tensor) -> Tensor:
-        return torch.sigmoid(self.to_rgb(self.blocks(self.stem(q))))
+        # channels-last: oneDNN's convolutions of a few channels on large maps are
+        # several times slower in NCHW (docs/RESULTS.md, "Training speed"); the images
+        # leave in the usual layout for the losses and callers
+        x = self.stem(q.contiguous(memory_format=torch.channels_last))
+        return torch.sigmoid(self.to_rgb(self.blocks(x))).contiguous()
 
     @torch.no_grad()
     def init_output(self, mean_frame: Tensor) -> None:
@@ -408,11 +427,20 @@ class HGN(SequenceModel):
         dt = self.config.dt if dt is None else check_dt(dt)
         substeps = substeps_for(dt, self.config.dt)
         with torch.autocast(state.q.device.type, enabled=False):
-            grad_fn = integrators.grad_of(self.h_net)
             dtype = torch.promote_types(state.q.dtype, torch.float32)  # at least float32
-            qs, ps = integrators.rollout(
-                grad_fn, state.q.to(dtype), state.p.to(dtype), dt, steps, self.step_fn, substeps
-            )
+            q, p = state.q.to(dtype), state.p.to(dtype)
+            if self.config.separable and self.config.integrator == "leapfrog":
+                # the same map with one ∇K and one ∇V a step instead of three joint ∇H
+                # (first same as last: the closing kick's ∇V is the next opening one)
+                h = self.h_net
+                qs, ps = integrators.leapfrog_separable(
+                    integrators.grad_of_energy(h.kinetic_energy),
+                    integrators.grad_of_energy(h.potential_energy),
+                    q, p, dt, steps, substeps=substeps,
+                )  # fmt: skip
+            else:
+                grad_fn = integrators.grad_of(self.h_net)
+                qs, ps = integrators.rollout(grad_fn, q, p, dt, steps, self.step_fn, substeps)
         return State(qs.transpose(0, 1), ps.transpose(0, 1))
 
     def decode(self, state: State) -> Tensor:

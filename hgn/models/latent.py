@@ -239,7 +239,8 @@ class FrameEncoder(nn.Module):
             stacked = (frames + self.colour_gain * chroma).flatten(1, 2)
         last = stacked[:, -3:]
         earlier = stacked[:, :-3] - last.repeat(1, stacked.shape[1] // 3 - 1, 1, 1)
-        features = self.body(torch.cat([last, earlier], dim=1))
+        stacked = torch.cat([last, earlier], dim=1).contiguous(memory_format=torch.channels_last)
+        features = self.body(stacked)
         mean, raw = self.head(features.flatten(1)).chunk(2, dim=1)
         return mean, MAX_LOGVAR - F.softplus(MAX_LOGVAR - raw)
 

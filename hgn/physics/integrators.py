@@ -211,13 +211,31 @@ EnergyGrad = Callable[[Tensor], Tensor]
 
 
 def grad_of_energy(energy: Callable[[Tensor], Tensor]) -> EnergyGrad:
-    """Turn a batched energy ``E(x) -> (batch,)`` into ``x -> ∇E(x)`` (``torch.func``).
+    """Turn a batched energy ``E(x) -> (batch,)`` into ``x -> ∇E(x)``.
 
-    The separable counterpart of :func:`grad_of`, for :func:`leapfrog_separable`; same
-    reasons (per-sample gradient of the summed energy, composes with ``torch.compile``,
-    differentiable with respect to the parameters ``energy`` closes over).
+    The separable counterpart of :func:`grad_of`, for :func:`leapfrog_separable`: the
+    per-sample gradient of the summed energy, differentiable with respect to the
+    parameters ``energy`` closes over whenever gradients are recorded. Eagerly it is
+    ``torch.autograd.grad(create_graph=True)``: on the conv HGN's small energy networks
+    ``torch.func.grad`` dispatched every operation through its transform too, and a
+    rollout with its backward pass took 1.16× as long for the same numbers
+    (docs/RESULTS.md, "Training speed"). Under ``torch.compile``, which traces
+    ``torch.func`` but not a nested ``autograd.grad``, it is ``torch.func.grad``.
     """
-    return torch.func.grad(lambda x: energy(x).sum())
+    traced = torch.func.grad(lambda x: energy(x).sum())
+
+    def grad(x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return traced(x)
+        record = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaf = x if x.requires_grad else x.detach().requires_grad_()
+            (gradient,) = torch.autograd.grad(
+                energy(leaf).sum(), leaf, create_graph=record, materialize_grads=True
+            )
+        return gradient
+
+    return grad
 
 
 def leapfrog_separable(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from hgn.runs import CHECKPOINT, METRICS_LOG
@@ -208,6 +209,137 @@ def tensorboard_writer(path: Path, start: int) -> Any:
     return SummaryWriter(str(path), purge_step=start)
 
 
+class LossGuard:
+    """Stops a run whose loss turned non-finite, without a host sync per step.
+
+    A loss that is a Python number is checked at once. A tensor's verdict stays on its
+    device: the first non-finite step and its value are kept there and read only by
+    :meth:`check`, which the loop calls at log steps, before every checkpoint and at the
+    end, so the run stops with the step that went wrong, and before any checkpoint
+    would hold what came after it (a host sync per step stalls a GPU's queue; the
+    trainer skips every optimiser step after a non-finite loss on the device itself,
+    so the weights stay the last good ones until then).
+    """
+
+    def __init__(self) -> None:
+        self.bad: tuple[int, float] | None = None
+        # the first non-finite loss on the device: its step (−1: none yet) and value
+        self.step: Tensor | None = None
+        self.value: Tensor | None = None
+
+    def see(self, step: int, loss: float | Tensor) -> None:
+        """Record ``loss`` of ``step``; a non-finite number raises at once."""
+        if not isinstance(loss, Tensor):
+            if not math.isfinite(loss):
+                self.bad = (step, float(loss))
+                self.check()
+            return
+        loss = loss.detach().reshape(()).float()
+        if self.step is None or self.value is None:
+            self.step = torch.full((), -1.0, device=loss.device)
+            self.value = torch.zeros((), device=loss.device)
+        fresh = (self.step < 0) & ~torch.isfinite(loss)  # Python scalars: no copy to the device
+        self.step = torch.where(fresh, float(step), self.step)
+        self.value = torch.where(fresh, loss, self.value)
+
+    def check(self) -> None:
+        """Raise :class:`_StopRun` if a loss seen so far was not finite."""
+        if self.bad is None and self.step is not None and self.value is not None:
+            step = int(self.step)  # the host syncs, at log steps and checkpoints only
+            if step >= 0:
+                self.bad = (step, float(self.value))
+        if self.bad is not None:
+            step, value = self.bad
+            raise _StopRun(f"loss became {value} at step {step}; stopped")
+
+
+class _StopRun(Exception):
+    """The loss guard's verdict, turned into the run's :class:`UserError` by the loop
+    (which knows the last good checkpoint)."""
+
+
+def _restore(run_dir: Path, objects: Mapping[str, Any], resume: bool) -> tuple[int, float, float]:
+    """Load a saved run into ``objects``: (steps done, seconds spent, the seconds at which
+    the current time budget began); zeros for a fresh run."""
+    ckpt_path = run_dir / CHECKPOINT
+    if not ckpt_path.exists():
+        return 0, 0.0, 0.0
+    if not resume:
+        raise UserError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    saved = load_checkpoint(ckpt_path)
+    states = saved["state"]
+    for name, obj in objects.items():
+        obj.load_state_dict(states[name if name in states else LEGACY_STATE_NAMES[name]])
+    return (
+        int(saved["step"]),
+        float(saved.get("seconds", 0.0)),
+        float(saved.get("budget_start", 0.0)),
+    )
+
+
+def _last_good(ckpt_path: Path) -> str:
+    return str(ckpt_path) if ckpt_path.exists() else "(none yet)"
+
+
+@dataclass
+class _Saver:
+    """Writes the run's checkpoint, never with a non-finite tensor in it (the run then
+    stops with a :class:`UserError` and the last good checkpoint stays on disk)."""
+
+    path: Path
+    objects: Mapping[str, Any]
+    config: Mapping[str, Any]
+    extra: Mapping[str, Any]
+    budget_start: float
+    writer: bool
+
+    def __call__(self, step: int, elapsed: float) -> None:
+        if not self.writer:
+            return
+        state = _stateful(self.objects)
+        bad = non_finite_entry(state)
+        if bad is not None:
+            raise UserError(
+                f"{bad} became non-finite by step {step}; not saved. The last good "
+                f"checkpoint is {_last_good(self.path)}: lower the learning rate or tighten "
+                "gradient clipping, then --resume"
+            )
+        entries = {"step": step, "seconds": elapsed, "budget_start": self.budget_start}
+        entries |= {"config": dict(self.config), "state": state}
+        save_checkpoint(self.path, {**self.extra, **entries})
+
+
+@dataclass
+class _Logs:
+    """Where logged metrics go: the result's history, the JSON lines, TensorBoard, the bar."""
+
+    result: LoopResult
+    bar: _Progress
+    log: MetricsLog | None
+    tensorboard: Any
+
+    def write(self, done: int, metrics: Mapping[str, float | Tensor], rate: float) -> None:
+        # the one host sync of the metrics: they stay tensors between log steps
+        values = {key: float(value) for key, value in metrics.items()}
+        values["steps_per_s"] = rate
+        self.bar.postfix(done, values)
+        self.result.history.append({"step": done, **values})
+        if self.log is not None:
+            self.log.write(done, values)
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, done)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.log is not None:
+            self.log.close()
+
+
 def train_loop(
     run_dir: str | Path,
     objects: Mapping[str, Any],
@@ -229,7 +361,7 @@ def train_loop(
     ``run_dir/checkpoint.pt``. ``step_fn`` performs one optimisation step and returns
     scalars to log, floats or 0-d tensors (read only at log steps); a non-finite
     ``loss`` stops the run with a :class:`UserError` after restoring nothing (the last
-    checkpoint on disk is the last good state).
+    checkpoint on disk is the last good state; :class:`LossGuard` says when it is seen).
     ``on_log(step, writer)`` may add images to TensorBoard every ``log_images_every``
     steps. ``agree(stop)`` turns this process's wall-clock verdict into one shared by
     all distributed ranks (e.g. an all-reduce), so that they stop at the same step.
@@ -241,57 +373,21 @@ def train_loop(
     with a :class:`UserError` and the last good checkpoint stays on disk.
     """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT
-    start, before = 0, 0.0  # steps and seconds already spent by earlier processes
-    budget_start = 0.0  # the run's seconds when the current time budget began
-    if ckpt_path.exists():
-        if not resume:
-            raise UserError(
-                f"{run_dir} already holds a run; pass --resume to continue it "
-                "or choose another --out"
-            )
-        saved = load_checkpoint(ckpt_path)
-        for name, obj in objects.items():
-            states = saved["state"]
-            obj.load_state_dict(states[name if name in states else LEGACY_STATE_NAMES[name]])
-        start, before = int(saved["step"]), float(saved.get("seconds", 0.0))
-        budget_start = float(saved.get("budget_start", 0.0))
+    start, before, budget_start = _restore(run_dir, objects, resume)
     if loop.budget_from_now:
         budget_start = before
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    writer = None
+    tensorboard = None
     if loop.tensorboard and loop.writer:
-        writer = tensorboard_writer(run_dir / "tensorboard", start)
-    log = MetricsLog(run_dir / METRICS_LOG, start) if loop.writer else None
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        if not loop.writer:
-            return
-        state = _stateful(objects)
-        bad = non_finite_entry(state)
-        if bad is not None:
-            raise UserError(
-                f"{bad} became non-finite by step {step}; not saved. The last good "
-                f"checkpoint is {ckpt_path if ckpt_path.exists() else '(none yet)'}: lower "
-                "the learning rate or tighten gradient clipping, then --resume"
-            )
-        save_checkpoint(
-            ckpt_path,
-            {
-                **(extra or {}),
-                "step": step,
-                "seconds": elapsed,
-                "budget_start": budget_start,
-                "config": dict(config),
-                "state": state,
-            },
-        )
-
+        tensorboard = tensorboard_writer(run_dir / "tensorboard", start)
+    save = _Saver(run_dir / CHECKPOINT, objects, config, extra or {}, budget_start, loop.writer)
     budget = None if loop.max_minutes is None else 60.0 * loop.max_minutes
     result = LoopResult(step=start, seconds=0.0, start=start)
     bar = _Progress(loop, start, budget, before - budget_start, loop.writer and loop.progress)
+    log = MetricsLog(run_dir / METRICS_LOG, start) if loop.writer else None
+    logs = _Logs(result, bar, log, tensorboard)
     clock = time.process_time if loop.clock == "cpu" else time.perf_counter
+    guard = LossGuard()
     t0 = clock()
     try:
         for step in range(start, loop.steps):
@@ -308,39 +404,27 @@ def train_loop(
                 schedule(min(1.0, max(step / loop.steps, by_time)))
             torch.manual_seed(derive_seed(loop.seed, "step", step))
             metrics = dict(step_fn(step))
-            loss = float(metrics.get("loss", 0.0))
-            if not math.isfinite(loss):
-                raise UserError(
-                    f"loss became {loss} at step {step}; stopped. The last good checkpoint is "
-                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'}: lower the learning "
-                    "rate or tighten gradient clipping, then --resume"
-                )
+            guard.see(step, metrics.get("loss", 0.0))
             now = clock() - t0
-            elapsed = before + now
-            done = step + 1
-            bar.update(done, elapsed - budget_start, now)
+            done = result.step = step + 1
+            bar.update(done, before + now - budget_start, now)
             if done % loop.log_every == 0 or done == loop.steps:
-                # the one host sync of the metrics: they stay tensors between log steps
-                metrics = {key: float(value) for key, value in metrics.items()}
-                metrics["steps_per_s"] = (done - start) / max(now, 1e-9)
-                bar.postfix(done, metrics)
-                result.history.append({"step": done, **metrics})
-                if log is not None:
-                    log.write(done, metrics)
-                if writer is not None:
-                    for key, value in metrics.items():
-                        writer.add_scalar(key, value, done)
-            if writer is not None and on_log and log_images_every and done % log_images_every == 0:
-                on_log(done, writer)
-            result.step = done
+                guard.check()
+                logs.write(done, metrics, (done - start) / max(now, 1e-9))
+            images = on_log is not None and log_images_every and done % log_images_every == 0
+            if tensorboard is not None and images:
+                on_log(done, tensorboard)
             if done % loop.checkpoint_every == 0 and done != loop.steps:
-                checkpoint(done, elapsed)
+                guard.check()
+                save(done, before + now)
+        guard.check()
+    except _StopRun as stop:
+        raise UserError(
+            f"{stop}. The last good checkpoint is {_last_good(save.path)}: lower the "
+            "learning rate or tighten gradient clipping, then --resume"
+        ) from None
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if log is not None:
-            log.close()
+        logs.close()
     result.seconds = before + clock() - t0
-    checkpoint(result.step, result.seconds)
+    save(result.step, result.seconds)
     return result

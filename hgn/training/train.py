@@ -37,6 +37,8 @@ from torch.optim.swa_utils import AveragedModel
 from hgn import data as hgn_data
 from hgn.checks import check_range, config_from_dict
 from hgn.data import mean_frame, to_frames
+from hgn.data.prefetch import ChunkBatches
+from hgn.data.store import ChunkedArray
 from hgn.models import get_model
 from hgn.runs import CHECKPOINT, SEQUENCE, data_mismatch, store_sampler, trained_on
 from hgn.training.config import (
@@ -66,6 +68,11 @@ there (a traceback); any rate near this bound already diverges in a step."""
 
 IN_MEMORY_BYTES = 4 << 30
 """Training splits up to this size are read into RAM once; larger ones stay memory-mapped."""
+
+WINDOW_CHUNKS = 8
+"""Chunks whose rows a split larger than memory mixes at a time
+(:class:`hgn.data.prefetch.ChunkShuffle`): at 64×64, 128 sequences, 8 batches of 16
+per window; about two windows of decoded chunks are held (~100 MB)."""
 
 # ----------------------------------------------------------------------------- data
 
@@ -99,6 +106,14 @@ class Batches:
     sequence's latest error (:meth:`record`, part of the saved state), the rest stays
     uniform; the draw still comes from the reseeded global RNG, so it stays exact on
     resume and the same on every rank.
+
+    A split too large for memory (over :data:`IN_MEMORY_BYTES`) is read by
+    :class:`hgn.data.prefetch.ChunkBatches`: the chunk-aware order of an epoch's rows, a
+    few chunks at a time, and windows that start where ``(seed, step)`` says (still
+    exact on resume, without the global RNG), each batch built by background threads
+    before its step asks for it. Uniformly random rows there decoded a whole chunk each
+    on the training thread. Prioritised draws need any row at any step and keep the
+    random reads, as does a call without a step.
     """
 
     def __init__(
@@ -108,6 +123,7 @@ class Batches:
         batch_size: int,
         device: torch.device,
         prioritize: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.frames, self.batch_size, self.device = frames, batch_size, device
         self.rank, self.world = _rank(), _world()
@@ -120,17 +136,30 @@ class Batches:
         # of images in [0, 1], so the error-driven share visits every sequence early on
         self.errors = torch.ones(len(images), dtype=torch.float64)
         self.rows = torch.zeros(0, dtype=torch.long)
+        self.chunked: ChunkBatches | None = None
+        if not self.in_memory and not prioritize and isinstance(images, ChunkedArray):
+            self.chunked = ChunkBatches(
+                images, frames, batch_size, device, seed=derive_seed(seed, "batches"),
+                rank=self.rank, world=self.world, window=WINDOW_CHUNKS,
+            )  # fmt: skip
 
-    def __call__(self) -> torch.Tensor:
-        frames = self.frames
+    def _draw(self) -> Tensor:
+        """The global batch's rows, from the reseeded global RNG."""
         total = self.batch_size * self.world
         if self.prioritize:
             n, share = len(self.images), self.prioritize
             weights = (1 - share) / n + share * self.errors / self.errors.sum()
-            rows = torch.multinomial(weights, total, replacement=True)
-        else:
-            rows = torch.randint(len(self.images), (total,))
-        self.rows = rows
+            return torch.multinomial(weights, total, replacement=True)
+        return torch.randint(len(self.images), (total,))
+
+    def __call__(self, step: int | None = None) -> torch.Tensor:
+        """The batch of ``step`` (the chunk-aware order needs it; without it, or for
+        a split in memory, the rows are random draws)."""
+        if self.chunked is not None and step is not None:
+            return self.chunked(step)
+        frames = self.frames
+        total = self.batch_size * self.world
+        rows = self.rows = self._draw()
         starts = torch.randint(self.length - frames + 1, (total,))
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         rows, starts = rows[mine], starts[mine]
@@ -142,6 +171,11 @@ class Batches:
             seqs = torch.from_numpy(np.asarray(self.images[unique]))
             window = seqs[torch.from_numpy(inverse)[:, None], times]
         return to_frames(window, self.device)
+
+    def close(self) -> None:
+        """Stop the background reads (if any)."""
+        if self.chunked is not None:
+            self.chunked.close()
 
     def record(self, errors: Tensor) -> None:
         """Store this rank's per-sequence errors ``(batch_size,)`` of the last batch (all
@@ -350,16 +384,29 @@ def _autocast(amp: str, device: torch.device) -> AbstractContextManager:
     return nullcontext()
 
 
-def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
-    """An ``AveragedModel`` update whose decay after ``n`` updates is ``min(decay,
-    (1 + n) / (10 + n))``: a short run's average covers about its last tenth instead of
-    ~1/(1 − decay) steps of a model that was still far from trained (a 3-minute demo
-    takes ~1,500 steps), and a long run's is the plain moving average."""
+def ema_with_warmup(
+    decay: float,
+) -> Callable[[list[Tensor], list[Tensor], Tensor, Tensor | None], None]:
+    """An average's update ``(averaged, current, n, keep)`` whose decay after ``n``
+    updates is ``min(decay, (1 + n) / (10 + n))``: a short run's average covers about its
+    last tenth instead of ~1/(1 − decay) steps of a model that was still far from trained
+    (a 3-minute demo takes ~1,500 steps), and a long run's is the plain moving average.
+    The first update (``n`` = 0) copies. ``n`` and ``keep`` (False: leave the average as
+    it is, for a skipped step) are tensors read on the device, so the update waits for
+    nothing on the host."""
 
     @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
-        count = float(n)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + count) / (10 + count)))
+    def update(
+        averaged: list[Tensor], current: list[Tensor], n: Tensor, keep: Tensor | None = None
+    ) -> None:
+        count = n.to(averaged[0].dtype)
+        weight = 1 - ((1 + count) / (10 + count)).clamp(max=decay)
+        weight = torch.where(count == 0, 1.0, weight)
+        if keep is not None:
+            weight = weight * keep
+        step = torch._foreach_sub(current, averaged)
+        torch._foreach_mul_(step, weight)
+        torch._foreach_add_(averaged, step)
 
     return update
 
@@ -370,10 +417,18 @@ class Average:
     that opening a run (:mod:`hgn.runs`) needs nothing of torch's ``AveragedModel``."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.average = AveragedModel(model, multi_avg_fn=ema_with_warmup(decay))
+        # its counter where the weights are: the update reads it there, not on the host
+        self.average = AveragedModel(model).to(next(model.parameters()).device)
+        self.move = ema_with_warmup(decay)
 
-    def update(self, model: torch.nn.Module) -> None:
-        self.average.update_parameters(model)
+    def update(self, model: torch.nn.Module, keep: Tensor | None = None) -> None:
+        """Move the average towards ``model``'s weights, unless ``keep`` is False (a
+        skipped step, decided on the device)."""
+        averaged = [p.detach() for p in self.average.module.parameters()]
+        current = [p.detach() for p in model.parameters()]
+        counter = self.average.n_averaged
+        self.move(averaged, current, counter, keep)
+        counter += 1 if keep is None else keep.to(counter.dtype)
 
     def state_dict(self) -> dict[str, Any]:
         weights = {k: v.detach() for k, v in self.average.module.named_parameters()}
@@ -389,6 +444,37 @@ class Average:
         self.average.n_averaged.copy_(state["n_averaged"])
 
 
+class SkippingAdam(torch.optim.Adam):
+    """Adam, fused, that skips a step the device has judged bad without asking the host.
+
+    :meth:`step_unless` hands the fused kernel a ``found_inf`` flag, the mechanism
+    ``torch.amp.GradScaler`` uses: where it is set the weights, moments and step count
+    stay as they were. Checking the gradient's norm in Python instead waited for the
+    whole step to finish on the device, every step. The saved state is Adam's; a
+    resumed run of an earlier version (unfused Adam, its step counts on the host) is
+    made fused on loading."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, lr=lr, fused=True)
+
+    def step_unless(self, skip: Tensor) -> None:
+        """One step, or none on the device where ``skip`` is True."""
+        self.found_inf = skip.to(torch.float32).reshape(())
+        try:
+            self.step()
+        finally:
+            del self.found_inf
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["fused"], group["foreach"] = True, None
+            for param in group["params"]:
+                saved = self.state.get(param, {})
+                if "step" in saved:
+                    saved["step"] = saved["step"].to(param.device, torch.float32)
+
+
 def decay_factor(fraction: float, decay: float) -> float:
     """The learning rate's factor at ``fraction`` of the run: 1 until the last ``decay``
     of it, then falling linearly to 0 at its end (a warm-down; with a time budget the
@@ -397,6 +483,172 @@ def decay_factor(fraction: float, decay: float) -> float:
     if decay <= 0 or fraction <= 1 - decay:
         return 1.0
     return max(0.0, (1.0 - fraction) / decay)
+
+
+class TrainStep:
+    """One optimisation step (the loop's ``step_fn``), without a host sync on its path.
+
+    The loss is averaged over the ranks and returned as a tensor (the loop reads it at
+    log steps). A step whose gradient is not finite (the same on every rank: DDP
+    averaged it) is skipped on the device (:class:`SkippingAdam`, the average too) and
+    counted in ``skipped_steps``; once a loss was not finite every later step is
+    skipped, so the weights stay the last good ones until the loop stops the run.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        forward: Any,
+        optimizer: SkippingAdam,
+        batches: Batches,
+        tc: TrainConfig,
+        dev: torch.device,
+        average: Average | None,
+    ) -> None:
+        self.model, self.forward, self.optimizer = model, forward, optimizer
+        self.batches, self.tc, self.dev, self.average = batches, tc, dev, average
+        self.poisoned = torch.zeros((), dtype=torch.bool, device=dev)
+        self.skips = torch.zeros((), device=dev)  # in this invocation
+        self.clock = time.perf_counter()
+
+    def __call__(self, step: int) -> dict[str, float | Tensor]:
+        tc = self.tc
+        self.model.train()
+        x = self.batches(step)
+        with _autocast(tc.amp, self.dev):
+            loss, metrics = self.forward(x)
+        shared = _all_mean(loss.detach().float().reshape(1))[0]
+        metrics["loss"] = shared
+        self.poisoned = self.poisoned | ~torch.isfinite(shared)
+        if tc.prioritize:
+            assert self.model.sequence_errors is not None
+            self.batches.record(self.model.sequence_errors)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # the norm is always measured (an infinite bound clips nothing: its factor is 1)
+        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        skip = self.poisoned | ~torch.isfinite(norm)
+        self.optimizer.step_unless(skip)
+        if self.average is not None:
+            self.average.update(self.model, keep=~skip)
+        self.skips += skip
+        metrics |= {"grad_norm": norm, "skipped_steps": self.skips.clone()}
+        now = time.perf_counter()
+        metrics["seq_per_s"] = tc.batch_size * _world() / max(now - self.clock, 1e-9)
+        self.clock = now
+        return metrics
+
+
+def _resolve_run(
+    out: Path,
+    config: RunConfig | None,
+    resume: bool,
+    device: str,
+    budgets: dict[str, float | int | None],
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The run's config (saved on ``resume``, with the step and time ``budgets`` given
+    now) and what a resumed run was trained on; ``out`` and ``device`` checked first."""
+    ckpt = out / CHECKPOINT
+    if resume and config is not None:
+        raise UserError("--resume continues a run with its saved config; drop the overrides")
+    env_rank, _world_env, _local = launch_env()
+    resolve_device(device)  # a bad --device is refused before anything is written
+    if env_rank == 0:  # only rank 0 writes (others may see its claim)
+        _check_out(out, resume)
+    elif resume and not ckpt.exists():
+        raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
+    record = None
+    if resume:
+        saved = load_checkpoint(ckpt)
+        config = RunConfig.from_dict(saved["config"])
+        record = saved.get("trained_on")
+    else:
+        config = config or resolve()
+    given = {k: v for k, v in budgets.items() if v is not None}
+    if given:
+        merged = {**dataclasses.asdict(config.train), **given}
+        config = dataclasses.replace(config, train=config_from_dict(TrainConfig, merged, "train"))
+    return config, record
+
+
+def _build(
+    config: RunConfig, split: hgn_data.Split, dev: torch.device, resume: bool
+) -> tuple[TrainStep, dict[str, Any]]:
+    """The model, its optimiser, average and batches, wired into a :class:`TrainStep`,
+    and the objects a checkpoint saves."""
+    tc = config.train
+    frames = getattr(config.model, "frames", split.meta["steps"] + 1)
+    _check_model_memory(config, frames, split.meta["size"])
+    torch.manual_seed(derive_seed(tc.seed, "init"))  # the initial weights follow the seed
+    model = get_model(config.name)(config.model).to(dev)
+    if not resume:
+        model.init_from_data(mean_frame(split).to(dev))
+    optimizer = SkippingAdam(model.parameters(), lr=tc.lr)
+    objects: dict[str, Any] = {"model": model, "optimizer": optimizer}
+    average = None
+    if tc.ema:  # parameters only: buffers (counters, fitted statistics) stay the model's
+        average = objects["averaged"] = Average(model, tc.ema)
+    forward: Any = model
+    if torch.distributed.is_initialized():
+        forward = torch.nn.parallel.DistributedDataParallel(model)
+    if tc.compile:
+        forward = torch.compile(forward)
+    batches = Batches(split, frames, tc.batch_size, dev, tc.prioritize, tc.seed)
+    if tc.prioritize:
+        if not model.reports_sequence_errors:
+            raise UserError(
+                f"train.prioritize needs a model that reports per-sequence errors; "
+                f"{config.name} does not (hgn++ does): drop it or use --model hgn++"
+            )
+        objects["sampler"] = batches  # its errors are saved: a resumed run draws the same
+    return TrainStep(model, forward, optimizer, batches, tc, dev, average), objects
+
+
+def _image_logger(model: Any, data: str | os.PathLike, dev: torch.device) -> Callable:
+    """The loop's ``on_log``: four test sequences' rollouts as a TensorBoard image."""
+    preview = to_frames(np.asarray(hgn_data.load(data, "test").images[:4]), dev)
+
+    def log_images(step: int, tb: Any) -> None:
+        from hgn.plots import comparison_strip
+
+        model.eval()
+        with torch.no_grad():
+            pred = model.predict(preview, preview.shape[1] - 1)["images"]
+        tb.add_image("rollout", comparison_strip(preview, pred), step, dataformats="HWC")
+
+    return log_images
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, dev: torch.device) -> Callable:
+    """The loop's ``schedule``: the warm-down of :func:`decay_factor`, one rate on every rank."""
+
+    def schedule(fraction: float) -> None:
+        if torch.distributed.is_initialized():
+            fraction = float(_all_mean(torch.tensor([fraction], device=dev))[0])
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr * decay_factor(fraction, tc.lr_decay)
+
+    return schedule
+
+
+def _loop_config(
+    config: RunConfig, writer: bool, progress: bool, budget_from_now: bool
+) -> LoopConfig:
+    """The loop's budgets and bookkeeping from the train section."""
+    tc = config.train
+    return LoopConfig(
+        steps=tc.steps,
+        seed=tc.seed,
+        max_minutes=tc.max_minutes,
+        clock=tc.budget_clock,
+        checkpoint_every=tc.checkpoint_every,
+        log_every=tc.log_every,
+        desc=f"train {config.name}",
+        writer=writer,
+        progress=progress,
+        budget_from_now=budget_from_now,
+    )
 
 
 def train(
@@ -419,28 +671,8 @@ def train(
     anything is written.
     """
     out = Path(out)
-    ckpt = out / CHECKPOINT
-    if resume and config is not None:
-        raise UserError("--resume continues a run with its saved config; drop the overrides")
-    env_rank, _world_env, _local = launch_env()
-    resolve_device(device)  # a bad --device is refused before anything is written
-    if env_rank == 0:  # only rank 0 writes (others may see its claim)
-        _check_out(out, resume)
-    elif resume and not ckpt.exists():
-        raise UserError(f"nothing to resume: {out} holds no {CHECKPOINT}")
-    record = None
-    if resume:
-        saved = load_checkpoint(ckpt)
-        config = RunConfig.from_dict(saved["config"])
-        record = saved.get("trained_on")
-    else:
-        config = config or resolve()
-    overrides = {"steps": steps, "max_minutes": max_minutes}
-    budgets = {k: v for k, v in overrides.items() if v is not None}
-    if budgets:
-        merged = {**dataclasses.asdict(config.train), **budgets}
-        config = dataclasses.replace(config, train=config_from_dict(TrainConfig, merged, "train"))
-
+    budgets = {"steps": steps, "max_minutes": max_minutes}
+    config, record = _resolve_run(out, config, resume, device, budgets)
     split = hgn_data.load(data, "train")
     if not resume:
         config = follow_data(config, split.meta)
@@ -452,120 +684,33 @@ def train(
     tc = config.train
     check_range(tc.lr, "train.lr", gt=0, le=MAX_LR)  # Adam's float32 state overflows past it
     _autocast(tc.amp, dev)  # refuse a bad amp setting before writing anything
-
-    _check_model_memory(
-        config, getattr(config.model, "frames", split.meta["steps"] + 1), split.meta["size"]
-    )
-    torch.manual_seed(derive_seed(tc.seed, "init"))  # the initial weights follow the seed
-    model = get_model(config.name)(config.model).to(dev)
-    if not resume:
-        model.init_from_data(mean_frame(split).to(dev))
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    objects: dict[str, Any] = {"model": model, "optimizer": optimizer}
-    if tc.ema:  # parameters only: buffers (counters, fitted statistics) stay the model's
-        objects["averaged"] = Average(model, tc.ema)
-    forward: Any = model
-    if torch.distributed.is_initialized():
-        forward = torch.nn.parallel.DistributedDataParallel(model)
-    if tc.compile:
-        forward = torch.compile(forward)
-    frames = getattr(config.model, "frames", split.meta["steps"] + 1)
-    batches = Batches(split, frames, tc.batch_size, dev, tc.prioritize)
-    if tc.prioritize:
-        if not model.reports_sequence_errors:
-            raise UserError(
-                f"train.prioritize needs a model that reports per-sequence errors; "
-                f"{config.name} does not (hgn++ does): drop it or use --model hgn++"
-            )
-        objects["sampler"] = batches  # its errors are saved: a resumed run draws the same
+    step, objects = _build(config, split, dev, resume)
     writer = _rank() == 0
     if writer:
         _claim_out(out, resume)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(dump_yaml(config))
-
-    clock = {"last": time.perf_counter()}
-    skips = {"n": 0}  # steps skipped for a non-finite gradient, in this invocation
-
-    def step_fn(step: int) -> dict[str, float | Tensor]:
-        model.train()
-        x = batches()
-        with _autocast(tc.amp, dev):
-            loss, metrics = forward(x)
-        shared = _all_mean(loss.detach().float().reshape(1))
-        metrics["loss"] = shared[0]
-        if not torch.isfinite(shared[0]):
-            return metrics  # the loop stops the run; the weights stay the last good ones
-        if tc.prioritize:
-            assert model.sequence_errors is not None
-            batches.record(model.sequence_errors)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # the norm is always measured (an infinite bound clips nothing: its factor is 1)
-        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        metrics["grad_norm"] = norm
-        # a non-finite gradient (the same on every rank: DDP averaged it) would write
-        # NaN into the weights and the next checkpoint: skip the step instead
-        skipped = not math.isfinite(norm)
-        if not skipped:
-            optimizer.step()
-            if "averaged" in objects:
-                objects["averaged"].update(model)
-        skips["n"] += skipped
-        if skips["n"]:
-            metrics["skipped_steps"] = float(skips["n"])
-        now = time.perf_counter()
-        metrics["seq_per_s"] = tc.batch_size * _world() / max(now - clock["last"], 1e-9)
-        clock["last"] = now
-        return metrics
-
-    preview = to_frames(np.asarray(hgn_data.load(data, "test").images[:4]), dev)
-
-    def log_images(step: int, tb: Any) -> None:
-        from hgn.plots import comparison_strip
-
-        model.eval()
-        with torch.no_grad():
-            pred = model.predict(preview, preview.shape[1] - 1)["images"]
-        tb.add_image("rollout", comparison_strip(preview, pred), step, dataformats="HWC")
-
-    def schedule(fraction: float) -> None:
-        if torch.distributed.is_initialized():  # one learning rate on every rank
-            fraction = float(_all_mean(torch.tensor([fraction], device=dev))[0])
-        for group in optimizer.param_groups:
-            group["lr"] = tc.lr * decay_factor(fraction, tc.lr_decay)
-
-    loop = LoopConfig(
-        steps=tc.steps,
-        seed=tc.seed,
-        max_minutes=tc.max_minutes,
-        clock=tc.budget_clock,
-        checkpoint_every=tc.checkpoint_every,
-        log_every=tc.log_every,
-        desc=f"train {config.name}",
-        writer=writer,
-        progress=progress,
-        budget_from_now=max_minutes is not None,
-    )
+    loop = _loop_config(config, writer, progress, budget_from_now=max_minutes is not None)
+    distributed = torch.distributed.is_initialized()
     try:
         result = train_loop(
             out,
             objects,
-            step_fn,
+            step,
             loop,
             config.to_dict(),
             resume=resume,
-            on_log=log_images,
+            on_log=_image_logger(step.model, data, dev),
             log_images_every=tc.image_every,
-            agree=_agree_on(dev) if torch.distributed.is_initialized() else None,
+            agree=_agree_on(dev) if distributed else None,
             extra={"kind": SEQUENCE, "trained_on": trained_on(split, data)},
-            schedule=schedule if tc.lr_decay else None,
+            schedule=_lr_schedule(step.optimizer, tc, dev) if tc.lr_decay else None,
         )
         if writer:  # the sampler travels with the run: no path to the data is needed
             store_sampler(out, split)
         return result
     finally:
-        if torch.distributed.is_initialized():
-            forward = None  # empties the closures' cell: the DDP wrapper holds the group
+        step.batches.close()
+        if distributed:
+            step.forward = None  # the DDP wrapper holds the group
             _leave_distributed()
