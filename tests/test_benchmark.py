@@ -286,3 +286,13 @@ def test_bad_tuning_options_are_refused_in_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err.splitlines()[-1], err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_estimate_spreads_the_budgets_over_the_jobs_longest_first() -> None:
+    from hgn.experiments.reproduce.run import estimate
+
+    line = estimate([10.0] * 35, 2, "cpu clock")
+    assert "3 h 00 min with 2 job(s)" in line
+    assert "5 h 50 min of training budgets by the cpu clock" in line
+    assert "20 min with 1 job(s)" in estimate([5.0, 15.0], 1, "wall clock")
+    assert "15 min with 2 job(s)" in estimate([5.0, 15.0, 10.0], 2, "wall clock")

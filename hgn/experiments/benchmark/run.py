@@ -30,7 +30,7 @@ from hgn.experiments.benchmark.profiles import (
     get_size,
     style_of,
 )
-from hgn.experiments.reproduce.run import default_threads, run_cells
+from hgn.experiments.reproduce.run import default_threads, estimate, run_cells
 from hgn.utils import (
     OUTPUT_MARKER,
     UserError,
@@ -257,6 +257,7 @@ def _run(
         f"{len(requested)} cells, {len(requested) - len(todo)} already finished, "
         f"{len(todo)} to run"
     )
+    say(estimate([settings.minutes] * len(todo), jobs, f"{settings.clock} clock"))
     run_cells(out, settings, todo, paths, device, jobs, say, progress, cells.run_cell)
     summary = report.build_outputs(out, settings, requested, command, described, left_out)
     if settings.tune:

@@ -267,10 +267,30 @@ def _run(
     )
     if jobs > 1:  # the longest first, so no core idles at the end
         todo = sorted(todo, key=lambda cell: -_expected_minutes(chosen, cell[1]))
+    say(estimate([_expected_minutes(chosen, m) for _, m in todo], jobs, "wall clock"))
     run_cells(out, chosen, todo, paths, device, jobs, say, progress, cells.run_cell)
     summary = report.build_outputs(out, chosen, requested, command, described)
     say(f"wrote {out / 'report.html'} ({summary['finished_cells']}/{len(requested)} cells)")
     return summary
+
+
+def estimate(minutes: Sequence[float], jobs: int, clock: str) -> str:
+    """The line printed before the cells start: their training budgets in total, and
+    spread over ``jobs`` (the longest first, as they run), so that a user knows before
+    starting how long a profile takes on this machine. Evaluation comes on top."""
+    lanes = [0.0] * max(1, jobs)
+    for m in sorted(minutes, reverse=True):
+        lanes[lanes.index(min(lanes))] += m
+    total, longest = sum(minutes), max(lanes)
+    return (
+        f"estimated training time: {_hours(longest)} with {jobs} job(s) "
+        f"({_hours(total)} of training budgets by the {clock}), plus each cell's evaluation"
+    )
+
+
+def _hours(minutes: float) -> str:
+    hours, rest = divmod(round(minutes), 60)
+    return f"{hours} h {rest:02d} min" if hours else f"{rest} min"
 
 
 def _expected_minutes(profile: Profile, model: str) -> float:
