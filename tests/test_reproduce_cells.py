@@ -21,6 +21,7 @@ from hgn.experiments.reproduce import cells
 from hgn.utils import OUTPUT_MARKER, UserError
 
 
+@pytest.mark.slow  # 36 models built and scored: make test's, not the quick loop's
 def test_every_row_builds_and_scores_on_every_systems_data(tmp_path: Path) -> None:
     """The system × row matrix at unit level (the smoke run trains every row on two
     systems only): each row, configured by the smoke profile for each system's own data
