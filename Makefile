@@ -27,14 +27,19 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: setup
 	$(BIN)/python -m hgn.demo
 
+# On every core (pytest-xdist; PYTEST_XDIST_AUTO_NUM_WORKERS=N sets how many), a whole
+# file at a time, so that a module's shared tiny runs and datasets are built once, in the
+# order collected (tests/conftest.py puts the longest file, the reproduce smoke run, first).
+PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
+
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 	$(BIN)/ruff check hgn tests benchmarks
 
 # The inner loop: every test not marked `@pytest.mark.slow` (the marker is declared in
 # pyproject.toml), in under a minute on two cores, stopping at the first failure.
 quick: setup
-	$(BIN)/python -m pytest -m "not slow" -x -q
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" -x -q
 
 # The property tests of damaged stores and hostile options at 500 examples each (minutes;
 # make test runs 25 of each).

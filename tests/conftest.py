@@ -34,10 +34,22 @@ SLOW_UNMARKED = frozenset(
 how every other module marks its own); marked here by node id, parameters aside."""
 
 
+LONGEST_FIRST = ("tests/test_reproduce.py",)
+"""Modules whose tests run first under ``pytest -n`` (``make test``): the smoke run of
+``hgn reproduce`` that they share is the suite's longest piece of work (a third of its
+CPU time), and started last it would leave the other worker idle at the end."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark :data:`SLOW_UNMARKED`; under pytest-xdist, move :data:`LONGEST_FIRST` to the
+    front, whole modules in their own order (``make test`` hands out whole files,
+    ``--dist loadfile``, so that each module's shared tiny runs and datasets are built
+    once, in the order collected: ``--no-loadscope-reorder``)."""
     for item in items:
         if item.nodeid.partition("[")[0] in SLOW_UNMARKED:
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker (the order it reports counts)
+        items.sort(key=lambda item: item.nodeid.partition("::")[0] not in LONGEST_FIRST)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

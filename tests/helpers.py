@@ -106,6 +106,21 @@ def train_tiny(data: str | Path, out: str | Path, steps: int, *args: str) -> Pat
     return Path(out)
 
 
+def short_drift(monkeypatch: Any, steps: int = 20) -> None:
+    """Cut the extrapolation protocol's learned-energy drift rollout to ``steps`` (the
+    smoke profile's 20) for the rest of a test: ``hgn evaluate --protocol extrapolate``
+    rolls out 1,000 steps by default, most of its time on a tiny model. For a test whose
+    assertions do not read the drift; ``monkeypatch`` is pytest's fixture."""
+    from hgn.evaluation import commands
+
+    real = commands.run_protocol
+
+    def protocol(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **{**kwargs, "drift_steps": steps})
+
+    monkeypatch.setattr(commands, "run_protocol", protocol)
+
+
 # --- the tiny config of any registered model -----------------------------------------------
 
 TINY_CAPS: dict[str, int] = {
