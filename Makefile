@@ -39,7 +39,7 @@ test: setup browser
 # The inner loop: every test not marked `@pytest.mark.slow` (the marker is declared in
 # pyproject.toml), in under a minute on two cores, stopping at the first failure.
 quick: setup
-	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" -x -q
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow and not exhaustive" -x -q
 
 # The property tests of damaged stores and hostile options at 500 examples each (minutes;
 # make test runs 25 of each).

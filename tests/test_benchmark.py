@@ -248,6 +248,7 @@ def test_every_model_declares_what_the_sweep_turns() -> None:
                 assert changed == set(tuning.WIDTH[model])
 
 
+@pytest.mark.slow
 def test_a_tuning_sweep_chooses_and_the_table_trains_the_choice(tmp_path: Path) -> None:
     from hgn.experiments.benchmark import tuning
 

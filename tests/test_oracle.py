@@ -98,8 +98,8 @@ def test_render_float_has_gradients(name: str, style: str) -> None:
     [
         ("pendulum", CONTEXT, 0),
         ("pendulum", CONTEXT, CONTEXT - 1),
-        ("two-body", CONTEXT, 0),
-        ("two-body", CONTEXT, CONTEXT - 1),
+        pytest.param("two-body", CONTEXT, 0, marks=pytest.mark.slow),
+        pytest.param("two-body", CONTEXT, CONTEXT - 1, marks=pytest.mark.slow),
         ("pendulum", 13, 6),  # a longer window: the start grows its window in steps
     ],
 )
@@ -127,7 +127,7 @@ def test_fitted_state_is_close_to_the_truth(
     torch.testing.assert_close(once, again, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["pendulum", "two-body"])
+@pytest.mark.parametrize("name", ["pendulum", pytest.param("two-body", marks=pytest.mark.slow)])
 def test_oracle_valid_time_reaches_the_01_percent_curve(clean: dict[str, Path], name: str) -> None:
     split, train = hgn_data.load(clean[name], "test"), hgn_data.load(clean[name], "train")
     mean = hgn_data.mean_frame(train)
