@@ -70,8 +70,7 @@ def run_config(settings: Settings, model: str, meta: Mapping[str, Any]) -> hgn_c
     the smoke size, its config's defaults with the tiny networks of :data:`TINY`), the
     data's image size, the size's overrides (smoke: short windows), the cell's minutes
     and the seed."""
-    model, variant = tuning.split_row(model)
-    variant = variant or settings.tuned.get(model)
+    model, variant = tuning.variant_of(model, settings.tuned)
     spec = get_model(model)
     base = hgn_config.resolve(PROFILE, model=model)
     values = dataclasses.asdict(spec.config({}) if settings.size.tiny else base.model)
@@ -175,7 +174,7 @@ def _timed(compute: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]
 def _new_record(settings: Settings, column: str, row: str) -> dict[str, Any]:
     """What a cell's result says before anything is trained: which cell, at which
     settings, and what its model declares it can do."""
-    name, variant = tuning.split_row(row)
+    name, variant = tuning.variant_of(row, settings.tuned)
     cls = get_model(name).cls
     return {
         "dataset": column,
@@ -183,18 +182,24 @@ def _new_record(settings: Settings, column: str, row: str) -> dict[str, Any]:
         "size": settings.name,
         "minutes": settings.minutes,
         "seed": settings.seed,
-        "variant": variant or settings.tuned.get(name) or tuning.DEFAULT,
+        "variant": variant,
         "can_run_backwards": bool(cls.can_run_backwards),
         "can_change_speed": bool(cls.can_change_speed),
     }
 
 
 def _scores(
-    cell: Path, net: Any, saved: dict, data_path: Path, settings: Settings, dev: torch.device
+    cell: Path,
+    net: Any,
+    saved: dict,
+    data_path: Path,
+    meta: Mapping[str, Any],
+    settings: Settings,
+    dev: torch.device,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every protocol's stage on the trained model (each resumable, with its seconds),
     and the arrays of the rollout strip."""
-    meta, test, size = hgn_data.info(data_path), hgn_data.load(data_path, "test"), settings.size
+    test, size = hgn_data.load(data_path, "test"), settings.size
     strip: dict[str, np.ndarray] = {}
 
     def vpt() -> dict[str, Any]:
@@ -257,7 +262,7 @@ def run_cell(
     net, saved = open_sequence_model(run, dev)
     record["config"] = dataclasses.asdict(net.config)
     record["context_frames"], record["state_offset"] = net.context_frames, net.state_offset
-    scores, strip = _scores(cell, net, saved, data_path, settings, dev)
+    scores, strip = _scores(cell, net, saved, data_path, meta, settings, dev)
     record.update(scores)
     if strip:
         with atomic_path(cell / "strip.npz") as tmp, open(tmp, "wb") as fh:

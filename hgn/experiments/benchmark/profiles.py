@@ -171,9 +171,10 @@ def check_clock(value: Any, device: str) -> str:
     """``--clock`` (default: ``cpu`` on the CPU, where it keeps cells fair on a busy
     machine; ``wall`` on a GPU, whose work the process's CPU time does not count)."""
     from hgn.training.config import CLOCKS
+    from hgn.utils import resolve_device
 
-    if value is None:
-        return "cpu" if device == "cpu" else "wall"
+    if value is None:  # "auto" on a machine without a GPU is the CPU too
+        return "cpu" if resolve_device(device).type == "cpu" else "wall"
     if value not in CLOCKS:
         raise UserError(f"--clock must be one of {', '.join(CLOCKS)}, got {value!r}")
     return str(value)

@@ -63,9 +63,21 @@ def split_row(row: str) -> tuple[str, str | None]:
     return model, variant or None
 
 
+def variant_of(row: str, tuned: Mapping[str, str]) -> tuple[str, str]:
+    """A row's model and the variant it trains with: its own (``lstm@lr-x3``), else the
+    one ``--tuned`` chose for the model, else :data:`DEFAULT`."""
+    model, variant = split_row(row)
+    return model, variant or tuned.get(model) or DEFAULT
+
+
+def row_of(model: str, variant: str) -> str:
+    """The row of ``model`` trained with ``variant`` (:data:`DEFAULT`: the model's name)."""
+    return model if variant == DEFAULT else f"{model}{SEPARATOR}{variant}"
+
+
 def rows(models: Sequence[str]) -> list[str]:
     """The sweep's rows: each model's profile, then its variants."""
-    return [r for m in models for r in (m, *(f"{m}{SEPARATOR}{v}" for v in VARIANTS))]
+    return [row_of(m, v) for m in models for v in (DEFAULT, *VARIANTS)]
 
 
 def _scaled(value: Any, factor: float, key: str) -> Any:
@@ -116,8 +128,7 @@ def summarise(
         scores: dict[str, float | None] = {}
         finished = True
         for variant in (DEFAULT, *VARIANTS):
-            row = model if variant == DEFAULT else f"{model}{SEPARATOR}{variant}"
-            records = [cells.get(c, {}).get(row) for c in columns]
+            records = [cells.get(c, {}).get(row_of(model, variant)) for c in columns]
             finished &= all(r is not None for r in records)
             scored = [s for s in (_score(r) for r in records if r) if s is not None]
             scores[variant] = sum(scored) / len(scored) if scored else None
