@@ -424,23 +424,16 @@ def _drift_and_reversibility(
 
 
 def _context(
-    model: SequenceModel,
-    split: hgn_data.Split,
-    mean: Tensor,
-    start: int,
-    align: str,
-    n: int,
-    backward_only: bool = False,
+    model: SequenceModel, split: hgn_data.Split, mean: Tensor, start: int, align: str, n: int
 ) -> dict[str, Any]:
     """What every batch of a protocol run shares: the plan, the truth, the noise floor,
-    the mean image and where it puts the bodies; the rollouts it runs (``backward_only``:
-    the backward one, from its own window)."""
+    the mean image and where it puts the bodies, and the rollouts it runs."""
     meta = split.meta
     back = rolled_back(model, align)
-    longer = LONGER_GENERATED if split.has_states else LONGER_IMPORTED
-    offset = model.state_offset - back
-    frames = meta["steps"] + 1
-    plan_ = plan(frames, start, model.context_frames, offset, longer, backward_only)
+    plan_ = plan(
+        meta["steps"] + 1, start, model.context_frames, model.state_offset - back,
+        _longer(split),
+    )  # fmt: skip
     truth = Truth(split)
     floor = 0.0
     if (meta.get("noise") or 0) > 0 and truth.system is not None:
@@ -449,15 +442,32 @@ def _context(
     mean_pos = None
     if reader is not None:  # where the mean image puts the bodies: the no-skill level
         mean_pos = physics.recover(viz.hwc(mean.cpu()), reader).bodies()
-    runs = tuple(r for r in ROLLOUTS if not backward_only or r.name == "backward")
     return {
         "device": mean.device, "mean": mean, "plan": plan_, "back": back, "truth": truth,
         "floor": floor, "reader": reader, "mean_pos": mean_pos, "dt": model.trained_dt,
-        "start": start, "runs": runs,
+        "start": start, "runs": ROLLOUTS,
         "skipped": {
-            r.name: why for r in runs if (why := cannot(model, model.trained_dt * r.speed))
+            r.name: why for r in ROLLOUTS if (why := cannot(model, model.trained_dt * r.speed))
         },
     }  # fmt: skip
+
+
+def _backward_context(
+    model: SequenceModel, split: hgn_data.Split, ctx: dict[str, Any], start: int
+) -> dict[str, Any]:
+    """The backward rollout alone, from its own window at ``start`` (``--backward-start``):
+    ``ctx``'s truth, noise floor and mean image (computed once), its own plan."""
+    plan_ = plan(
+        split.meta["steps"] + 1, start, model.context_frames, model.state_offset - ctx["back"],
+        _longer(split), backward_only=True,
+    )  # fmt: skip
+    runs = tuple(r for r in ROLLOUTS if r.name == "backward")
+    return {**ctx, "plan": plan_, "start": start, "runs": runs}
+
+
+def _longer(split: hgn_data.Split) -> str:
+    """How to get a longer test set than ``split``, for :func:`plan`'s refusals."""
+    return LONGER_GENERATED if split.has_states else LONGER_IMPORTED
 
 
 def _header(
@@ -558,7 +568,7 @@ def run_protocol(
     ctx = _context(model, split, mean, start, align, n)
     back_ctx = None
     if b_start is not None and "backward" not in ctx["skipped"]:
-        back_ctx = _context(model, split, mean, b_start, align, n, backward_only=True)
+        back_ctx = _backward_context(model, split, ctx, b_start)
     rollouts, pictures = _scored(model, split, ctx, n, batch_size, vpt_fraction, progress)
     if back_ctx is not None:
         back, back_pictures = _scored(model, split, back_ctx, n, batch_size, vpt_fraction, progress)
