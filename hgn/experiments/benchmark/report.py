@@ -26,6 +26,7 @@ import torch
 
 from hgn import __version__, plots
 from hgn.evaluation.dm_vpt import CAVEAT, THRESHOLD
+from hgn.experiments.benchmark import tuning
 from hgn.experiments.benchmark.cells import finished_cells
 from hgn.experiments.benchmark.profiles import Settings
 from hgn.experiments.reproduce.tables import html_table, markdown_table
@@ -233,7 +234,7 @@ def figure_vpt(cells: Cells, models: Sequence[str], columns: Sequence[str], path
         2, 1, figsize=(max(6.0, 1.6 * len(columns) * max(1, len(models)) / 3), 6.4)
     )
     width = 0.8 / max(1, len(models))
-    colours = plt.get_cmap("tab10")
+    looks = _bar_looks(models, plt.get_cmap("tab10"))
     for ax, (title, value) in zip(axes, panels, strict=True):
         for i, model in enumerate(models):
             for j, col in enumerate(columns):
@@ -246,7 +247,7 @@ def figure_vpt(cells: Cells, models: Sequence[str], columns: Sequence[str], path
                     j + (i - (len(models) - 1) / 2) * width,
                     v,
                     width,
-                    color=colours(i % 10),
+                    **looks[model],
                     hatch="//" if light and value is _dm_value else None,
                     label=model
                     if j == 0 or not ax.get_legend_handles_labels()[1].count(model)
@@ -260,12 +261,27 @@ def figure_vpt(cells: Cells, models: Sequence[str], columns: Sequence[str], path
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.legend(
-        unique.values(), unique.keys(), loc="lower center", ncol=min(7, len(unique)), fontsize=8
-    )
+    ncol = min(7, len(unique))
+    legend_rows = -(-len(unique) // ncol)
+    fig.set_figheight(6.4 + 0.22 * legend_rows)
+    fig.tight_layout(rect=(0, (0.1 + 0.22 * legend_rows) / fig.get_figheight(), 1, 1))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=ncol, fontsize=8)
     plots.save_figure(fig, path)
     return True
+
+
+def _bar_looks(rows: Sequence[str], colours: Any) -> dict[str, dict[str, Any]]:
+    """Each row's bar colour and opacity: one colour per model, so that a tuning sweep's
+    35 rows (``model@variant``) stay readable, each variant of a model a lighter shade."""
+    models = list(dict.fromkeys(tuning.split_row(r)[0] for r in rows))
+    shades: dict[str, int] = {}
+    looks = {}
+    for row in rows:
+        model = tuning.split_row(row)[0]
+        shade = shades[model] = shades.get(model, -1) + 1
+        colour = colours(models.index(model) % 10)
+        looks[row] = {"color": colour, "alpha": 0.35 + 0.65 * 0.75**shade}
+    return looks
 
 
 def _dm_value(record: Mapping[str, Any] | None) -> float | None:
