@@ -34,6 +34,7 @@ from hgn.utils import write_json, write_text
 
 TEMPLATE = "report.html.template"
 MISSING = "—"
+CANNOT = "`cannot`: a rollout the model cannot run (why: the last table)."
 ROLLOUT_NAMES = {"forward": "fwd", "backward": "bwd", "2x": "2×", "half": "½×"}
 
 Cells = Mapping[str, Mapping[str, Any]]
@@ -65,10 +66,7 @@ def dm_vpt_cell(record: Mapping[str, Any]) -> str:
     if reason:
         return reason
     if v.get("style") == "paper":
-        return (
-            f"n/a: light background, the metric does not discriminate (measured "
-            f"{v['vpt']:.1f}, in results.json)"
-        )
+        return f"n/a: light background (measured {v['vpt']:.1f})"
     text = f"{v['vpt']:.1f} of {v['horizon']}"
     if v.get("backward_cannot"):
         return f"{text} (forward only; backward cannot: {v['backward_cannot']})"
@@ -98,7 +96,7 @@ def _rollout_parts(record: Mapping[str, Any], show: Callable[[Mapping[str, Any]]
         r = ex["rollouts"].get(key)
         if r is None:
             continue
-        parts.append(f"{label} {why(r) or show(r)}")
+        parts.append(f"{label} {'cannot' if why(r) else show(r)}")
     return " · ".join(parts)
 
 
@@ -140,11 +138,17 @@ def training_cell(record: Mapping[str, Any]) -> str:
 
 
 def capability_cell(record: Mapping[str, Any]) -> str:
+    """What the model declares, with the reason its refusals gave once (the rollout
+    tables only say ``cannot``)."""
+    rollouts = record.get("extrapolation", {}).get("rollouts", {})
     words = []
-    if not record["can_run_backwards"]:
-        words.append("cannot run backwards")
-    if not record["can_change_speed"]:
-        words.append("cannot change speed")
+    for declared, rollout, word in (
+        ("can_run_backwards", "backward", "cannot run backwards"),
+        ("can_change_speed", "2x", "cannot change speed"),
+    ):
+        if not record[declared]:
+            reason = (rollouts.get(rollout) or {}).get("skipped")
+            words.append(f"{word}: {reason}" if reason else word)
     return "; ".join(words) or "backwards and other speeds"
 
 
@@ -174,14 +178,14 @@ FAMILIES: list[tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] = [
         "Extrapolation: MSE / mean-image MSE (hgn's protocol)",
         "From the window at the size's start frame: forward to the last frame, backward to "
         "frame 0, at 2× and at ½× speed; 1 = no better than the average frame "
-        "(hgn.evaluation.extrapolate).",
+        f"(hgn.evaluation.extrapolate). {CANNOT}",
         ratio_cell,
     ),
     (
         "hgn_vpt",
         "Extrapolation: hgn's valid prediction time",
         "Mean predicted steps before a frame's MSE first exceeds ½ × that frame's "
-        "mean-image MSE / steps taken (hgn.evaluation.extrapolate).",
+        f"mean-image MSE / steps taken (hgn.evaluation.extrapolate). {CANNOT}",
         hgn_vpt_cell,
     ),
     (
@@ -199,7 +203,13 @@ FAMILIES: list[tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] = [
         "level, and the fraction of frames with the right number of bodies.",
         samples_cell,
     ),
-    ("training", "Training done", "Steps in the cell's wall-clock budget.", training_cell),
+    (
+        "training",
+        "Training done",
+        "Steps in the cell's budget of minutes, counted by the run's clock (CPU time or "
+        "wall time, in the heading).",
+        training_cell,
+    ),
     ("capabilities", "What each model can be asked", "Declared by the model.", capability_cell),
 ]
 
@@ -378,6 +388,8 @@ def build_outputs(
     summary = {
         "size": settings.size.settings(),
         "minutes_per_cell": settings.minutes,
+        "clock": settings.clock,
+        "tuned": dict(settings.tuned),
         "seed": settings.seed,
         "command": command,
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -411,8 +423,10 @@ def _heading(summary: Mapping[str, Any]) -> str:
     size = summary["size"]
     return (
         f"Profile `{size['name']}` ({size['description']}); {summary['minutes_per_cell']:g} "
-        f"minutes of training per cell on this machine ({summary['machine']}); seed "
-        f"{summary['seed']}. Last built by `{summary['command']}` from every finished cell "
+        f"minutes of training per cell, {summary.get('clock', 'wall')} time, on this machine "
+        f"({summary['machine']}); seed {summary['seed']}."
+        + _tuned_words(summary.get("tuned") or {})
+        + f" Last built by `{summary['command']}` from every finished cell "
         "in this directory. — = not run yet."
         + (
             f" Default models not registered in this version, left out: "
@@ -421,6 +435,13 @@ def _heading(summary: Mapping[str, Any]) -> str:
             else ""
         )
     )
+
+
+def _tuned_words(tuned: Mapping[str, str]) -> str:
+    if not tuned:
+        return ""
+    chosen = ", ".join(f"{model} {variant}" for model, variant in tuned.items())
+    return f" Each model trains with the variant its tuning sweep chose: {chosen}."
 
 
 def _markdown(out: Path, summary: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
