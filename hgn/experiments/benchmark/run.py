@@ -249,7 +249,7 @@ def _run(
     requested = [(c, m) for c in paths for m in rows]
     done = cells.finished_cells(out)
     todo = [(c, m) for c, m in requested if m not in done.get(c, {})]
-    say = tqdm.write if progress else (lambda _msg: None)
+    say = tqdm.write if progress else print  # logs keep the plan and the estimate
     if left_out:
         say(f"hgn benchmark: not registered in this version, left out: {', '.join(left_out)}")
     say(

@@ -260,7 +260,7 @@ def _run(
     requested = [(s, m) for s in systems for m in models]
     done = cells.finished_cells(out)
     todo = [(s, m) for s, m in requested if m not in done.get(s, {})]
-    say = tqdm.write if progress else (lambda _msg: None)
+    say = tqdm.write if progress else print  # logs keep the plan and the estimate
     say(
         f"hgn reproduce: profile {chosen.name}, {len(requested)} cells, "
         f"{len(requested) - len(todo)} already finished, {len(todo)} to run"
