@@ -423,9 +423,9 @@ def _heading(summary: Mapping[str, Any]) -> str:
     size = summary["size"]
     return (
         f"Profile `{size['name']}` ({size['description']}); {summary['minutes_per_cell']:g} "
-        f"minutes of training per cell, {summary.get('clock', 'wall')} time, on this machine "
+        f"minutes of training per cell, {summary['clock']} time, on this machine "
         f"({summary['machine']}); seed {summary['seed']}."
-        + _tuned_words(summary.get("tuned") or {})
+        + _tuned_words(summary["tuned"])
         + f" Last built by `{summary['command']}` from every finished cell "
         "in this directory. — = not run yet."
         + (
