@@ -26,6 +26,7 @@ class OneWay(HGNPP):
 
     can_run_backwards = False
     can_change_speed = False
+    prior = "none"
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,14 @@ def test_files_and_numbers(smoke: Path) -> None:
         assert title in text
     # a light background: the number is kept in results.json, the table says why not shown
     assert "n/a: light background" in text
+    # the answer, from the cells: the stub stands in for the models without a prior
+    found = summary["answer"]["pendulum"]
+    assert found["prior"]["verdict"] in {"wins", "ties", "loses"}
+    assert found["prior"]["without"].startswith(f"{STUB}: holds ")
+    assert set(found["held"][STUB]) <= {"forward"}  # it can make no other rollout
+    assert "## The answer: does the Hamiltonian prior win, tie or lose?" in text
     page = (smoke / "report.html").read_text()
+    assert "The answer: which rollouts each model holds" in page
     assert 'src="vpt.png"' in page and 'src="strip_pendulum.png"' in page and "<style>" in page
 
 
@@ -104,6 +112,30 @@ def test_a_model_that_cannot_run_backwards_gets_reasons_not_numbers(smoke: Path)
     assert "bwd cannot · 2× cannot · ½× cannot" in text  # the rollout tables: the word
     assert "cannot run backwards: OneWay cannot run backwards" in text  # the reason, once
     assert "; cannot change speed: OneWay cannot roll out at another speed" in text
+
+
+def _record(**ratios: float) -> dict:
+    return {"extrapolation": {"rollouts": {k: {"ratio": v} for k, v in ratios.items()}}}
+
+
+def test_the_verdict_ranks_rollouts_held_then_forward_error_with_a_tie_band() -> None:
+    from hgn.experiments.benchmark.answer import answer, compare, standing
+
+    both = standing("a", _record(forward=0.002, backward=0.002, **{"2x": 0.1, "half": 0.3}))
+    other = standing("b", _record(forward=0.0039, backward=0.19))
+    assert both.held == ("forward", "backward", "2x") and other.held == ("forward", "backward")
+    assert compare(both, other) == "wins" and compare(other, both) == "loses"  # holds more
+    same = standing("c", _record(forward=0.0039, backward=0.01, **{"2x": 0.1}))
+    assert compare(both, same) == "ties"  # within a factor of 2
+    far = standing("d", _record(forward=0.005, backward=0.01, **{"2x": 0.1}))
+    assert compare(both, far) == "wins" and compare(far, both) == "loses"
+    assert standing("e", {"extrapolation": {"cannot": "no data"}}) is None
+    cells = {"set": {"h": _record(forward=0.5), "n": _record(forward=0.1), "x": _record(forward=9)}}
+    priors = {"h": "hamiltonian", "n": "none", "x": "lagrangian"}
+    v = answer(cells, ["h", "n", "x"], ["set"], priors)["set"]["prior"]
+    assert v["verdict"] == "loses" and v["with_prior"].startswith("h:") and "n:" in v["without"]
+    lonely = answer({"set": {"h": _record(forward=0.5)}}, ["h", "n"], ["set"], priors)
+    assert lonely["set"]["prior"] == {"verdict": None, "why": "no trained model without it yet"}
 
 
 def test_resume_reruns_only_the_deleted_cell(smoke: Path) -> None:

@@ -70,6 +70,16 @@ def test_every_registered_model_has_a_tiny_config() -> None:
 # --- sequence models ------------------------------------------------------------------------
 
 
+def test_every_registered_model_declares_its_prior() -> None:
+    """The benchmark's verdict groups models by the prior they declare; the three
+    Hamiltonian models and the four without a physics prior are the ones it compares."""
+    priors = {name: MODELS[name].cls.prior for name in SEQUENCE_MODELS}
+    assert set(priors.values()) <= {"hamiltonian", "lagrangian", "none"}
+    assert {n for n, p in priors.items() if p == "none"} >= {"ode", "rgn", "lstm", "gru"}
+    assert {n for n, p in priors.items() if p == "hamiltonian"} >= {"hgn", "hgn++", "hnn"}
+    assert priors["lgn"] == "lagrangian"
+
+
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)
 def test_shapes(name: str) -> None:
     model = tiny_sequence_model(name).eval()

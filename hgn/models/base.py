@@ -31,7 +31,8 @@ class SequenceModel(nn.Module, ABC):
     What a model *is* is declared, not probed: :attr:`context_frames` (frames the
     encoder reads), :attr:`state_offset` (which of them the encoded state describes),
     :attr:`can_run_backwards` and :attr:`can_change_speed` (what its rollouts may be
-    asked), and :meth:`hamiltonian` (None for a model without one). The pieces every
+    asked), :attr:`prior` (the physics its dynamics are built on) and :meth:`hamiltonian`
+    (None for a model without one). The pieces every
     protocol composes:
 
     * ``encode(frames) -> State``: the state at frame ``state_offset`` of ``frames``
@@ -56,6 +57,10 @@ class SequenceModel(nn.Module, ABC):
     dynamics: HGN, HGN++, HNN, the neural ODE; not the discrete or recurrent models)."""
     can_change_speed: ClassVar[bool]
     """Whether ``rollout`` accepts a ``dt`` other than the trained one."""
+    prior: ClassVar[str]
+    """The physics the dynamics are built on: ``"hamiltonian"`` (HGN, HGN++, HNN),
+    ``"lagrangian"`` (LGN) or ``"none"`` (the neural ODE, RGN, LSTM, GRU). The
+    benchmark's verdict sets the first against the last."""
     sampler_buffers: ClassVar[tuple[str, ...]] = ()
     """The buffers :meth:`fit_aggregate_posterior` fills: a run keeps them beside its
     training state (:func:`hgn.runs.store_sampler`)."""

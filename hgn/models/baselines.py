@@ -208,6 +208,7 @@ class NeuralODE(LatentDynamicsModel):
     label = "ODE"
     can_run_backwards = True
     can_change_speed = True
+    prior = "none"
 
     def build_dynamics(self, config: ODEConfig) -> None:  # type: ignore[override]
         """f: the vector field."""
@@ -277,6 +278,7 @@ class LGN(NeuralODE):
     Config = LGNConfig
     config: LGNConfig
     label = "LGN"
+    prior = "lagrangian"
 
     def build_dynamics(self, config: LGNConfig) -> None:  # type: ignore[override]
         """The learned part of L, a scalar Softplus MLP of (q, q̇)."""
@@ -330,6 +332,7 @@ class RGN(OneWay, LatentDynamicsModel):
     step_kind = "discrete residual"
     can_run_backwards = False
     can_change_speed = False
+    prior = "none"
 
     def build_dynamics(self, config: RGNConfig) -> None:  # type: ignore[override]
         """g: the residual step."""
@@ -373,6 +376,7 @@ class Recurrent(OneWay, LatentDynamicsModel):
     step_kind = "recurrent"
     can_run_backwards = False
     can_change_speed = False
+    prior = "none"
 
     def build_dynamics(self, config: RecurrentConfig) -> None:  # type: ignore[override]
         """The cell and its read-out (the predicted change of the latent)."""

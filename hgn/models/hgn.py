@@ -363,6 +363,7 @@ class HGN(SequenceModel):
     Config = HGNConfig
     can_run_backwards = True
     can_change_speed = True
+    prior = "hamiltonian"
 
     def __init__(self, config: HGNConfig) -> None:
         super().__init__()

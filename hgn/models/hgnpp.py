@@ -118,6 +118,7 @@ class HGNPP(LatentDynamicsModel):
     label = "HGN++"
     can_run_backwards = True
     can_change_speed = True
+    prior = "hamiltonian"
 
     def build_dynamics(self, config: HGNPPConfig) -> None:  # type: ignore[override]
         """The kinetic and potential energies, K(p) and V(q)."""

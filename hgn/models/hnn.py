@@ -245,6 +245,7 @@ class HNN(SequenceModel):
     """The state is inferred from the first frame pair, whatever the sequence length."""
     can_run_backwards = True
     can_change_speed = True
+    prior = "hamiltonian"
 
     def __init__(self, config: HNNConfig) -> None:
         super().__init__()

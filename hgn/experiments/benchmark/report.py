@@ -26,7 +26,7 @@ import torch
 
 from hgn import __version__, plots
 from hgn.evaluation.dm_vpt import CAVEAT, THRESHOLD
-from hgn.experiments.benchmark import tuning
+from hgn.experiments.benchmark import answer, tuning
 from hgn.experiments.benchmark.cells import finished_cells
 from hgn.experiments.benchmark.profiles import Settings
 from hgn.experiments.reproduce.tables import html_table, markdown_table
@@ -35,7 +35,7 @@ from hgn.utils import write_json, write_text
 TEMPLATE = "report.html.template"
 MISSING = "—"
 CANNOT = "`cannot`: a rollout the model cannot run (why: the last table)."
-ROLLOUT_NAMES = {"forward": "fwd", "backward": "bwd", "2x": "2×", "half": "½×"}
+ROLLOUT_NAMES = answer.ROLLOUTS
 
 Cells = Mapping[str, Mapping[str, Any]]
 
@@ -405,8 +405,10 @@ def build_outputs(
         "dm_vpt_caveat": CAVEAT,
         "cells": cells,
     }
+    summary["answer"] = answer.answer(cells, models, columns, _priors(models))
     write_json(out / "results.json", summary)
     tables = {key: table(cells, models, columns, fn) for key, _, _, fn in FAMILIES}
+    tables["held"], tables["verdict"] = answer.tables(summary["answer"], models, columns)
     figures: dict[str, Any] = {"strips": {}}
     if figure_vpt(cells, models, columns, out / "vpt.png"):
         figures["vpt"] = "vpt.png"
@@ -417,6 +419,21 @@ def build_outputs(
     _markdown(out, summary, tables)
     _html(out, summary, tables, figures)
     return summary
+
+
+def _priors(rows: Sequence[str]) -> dict[str, str]:
+    """Each row's declared prior (:attr:`SequenceModel.prior`); rows of models this
+    version does not register have none."""
+    from hgn.models import MODELS
+
+    models = {row: tuning.split_row(row)[0] for row in rows}
+    return {row: MODELS[m].cls.prior for row, m in models.items() if m in MODELS}
+
+
+ANSWER = (
+    ("verdict", "The answer: does the Hamiltonian prior win, tie or lose?"),
+    ("held", "The answer: which rollouts each model holds"),
+)
 
 
 def _heading(summary: Mapping[str, Any]) -> str:
@@ -452,6 +469,8 @@ def _markdown(out: Path, summary: Mapping[str, Any], tables: Mapping[str, Any]) 
         "protocol asks; `n/a: …` = the data cannot support the metric "
         "(docs/SCIENCE.md §7).\n",
     ]
+    for key, title in ANSWER:
+        parts.append(f"## {title}\n\n{answer.RULES}\n\n" + markdown_table(*tables[key]))
     for key, title, note, _ in FAMILIES:
         parts.append(f"## {title}\n\n{note}\n\n" + markdown_table(*tables[key]))
     write_text(out / "benchmark.md", "\n".join(parts))
@@ -468,6 +487,10 @@ def _html(
         else ""
     )
     sections = []
+    for key, title in ANSWER:
+        sections.append(f"<h2>{html.escape(title)}</h2>")
+        sections.append(f'<p class="note">{html.escape(answer.RULES)}</p>')
+        sections.append(html_table(*tables[key]))
     for key, title, note, _ in FAMILIES:
         sections.append(f"<h2>{html.escape(title)}</h2>")
         sections.append(f'<p class="note">{html.escape(note)}</p>')
