@@ -500,6 +500,23 @@ def _html(
     for col, src in figures["strips"].items():
         sections.append(f"<h3>{html.escape(col)}: truth and forward rollouts</h3>")
         sections.append(_img(src, f"{col} rollouts"))
+    page = _template().substitute(
+        style=_borrowed("style"),
+        script=_borrowed("script"),
+        size_name=html.escape(summary["size"]["name"]),
+        heading=html.escape(_heading(summary)),
+        generated=html.escape(summary["generated"]),
+        version=html.escape(summary["version"]),
+        partial=partial,
+        caveat=html.escape(CAVEAT),
+        sections="\n".join(sections),
+        datasets=_dataset_table(summary["datasets"]),
+    )
+    write_text(out / "report.html", page)
+
+
+def _dataset_table(datasets: Mapping[str, Any]) -> str:
+    """The report's closing table: where each dataset came from and what it holds."""
     header = [
         "dataset",
         "kind",
@@ -525,18 +542,6 @@ def _html(
             "yes" if d["has_states"] else "no",
             "size's settings" if d["size_settings"] else "used as it is",
         ]
-        for col, d in summary["datasets"].items()
+        for col, d in datasets.items()
     ]
-    page = _template().substitute(
-        style=_borrowed("style"),
-        script=_borrowed("script"),
-        size_name=html.escape(summary["size"]["name"]),
-        heading=html.escape(_heading(summary)),
-        generated=html.escape(summary["generated"]),
-        version=html.escape(summary["version"]),
-        partial=partial,
-        caveat=html.escape(CAVEAT),
-        sections="\n".join(sections),
-        datasets=html_table(header, rows),
-    )
-    write_text(out / "report.html", page)
+    return html_table(header, rows)
