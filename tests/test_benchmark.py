@@ -138,12 +138,16 @@ def test_the_verdict_ranks_rollouts_held_then_forward_error_with_a_tie_band() ->
     assert lonely["set"]["prior"] == {"verdict": None, "why": "no trained model without it yet"}
 
 
-def test_resume_reruns_only_the_deleted_cell(smoke: Path) -> None:
+def test_resume_reruns_only_the_deleted_cell(smoke: Path, capsys: pytest.CaptureFixture) -> None:
     results = {m: smoke / "cells/pendulum" / m / "result.json" for m in ("hgn++", "hnn", STUB)}
     before = {m: p.stat().st_mtime_ns for m, p in results.items()}
     kept = results["hnn"].read_text()
     results["hnn"].unlink()
+    capsys.readouterr()
     assert main(_argv(smoke, f"hgn++,hnn,{STUB}", "pendulum")) == 0
+    said = capsys.readouterr().out  # --no-progress still says the plan and the count
+    assert "3 cells, 2 already finished, 1 to run" in said
+    assert "estimated training time" in said and "[0 of 1 done] running pendulum × hnn" in said
     assert results["hnn"].is_file()
     assert json.loads(results["hnn"].read_text())["train"] == json.loads(kept)["train"]
     for m in ("hgn++", STUB):

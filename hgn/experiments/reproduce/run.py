@@ -333,13 +333,17 @@ def run_cells(
 
 
 def _announce(say: Any, bar: Any, running: Sequence[tuple[str, str]], queued: Sequence) -> None:
-    """The progress display: which cells run now and which remain."""
+    """The progress display: which cells run now and which remain. The count of
+    finished cells is what is neither running nor queued (a disabled bar counts
+    nothing)."""
     now = ", ".join(f"{s} × {m}" for s, m in running)
     later = [f"{s}×{m}" for s, m in queued]
     left = ", ".join(later[:6]) + (" …" if len(later) > 6 else "")
+    done = bar.total - len(running) - len(later)
     bar.set_description(f"running {now}")
     say(
-        f"[{bar.n + 1}/{bar.total}] running {now}; {len(later)} queued{': ' if later else ''}{left}"
+        f"[{done} of {bar.total} done] running {now}; "
+        f"{len(later)} queued{': ' if later else ''}{left}"
     )
 
 
