@@ -7,7 +7,10 @@ frozen (the best that decoder can draw that frame). Both errors are printed as f
 of the mean image's. A large gap means the encoder's inference, not the decoder's
 drawing, is what a longer rollout starts from wrong (docs/RESULTS.md, "The physical
 limit"). Also printed: the posterior's width against the spread of its means, which says
-whether the KL term blurs the state.
+whether the KL term blurs the state. And by horizon h: the frame error of the rollout
+from the window's state, h steps on, beside the error of the frame decoded from the
+encoder's own read of the window that ends there (how fast the dynamics leave what the
+encoder reads).
 
     .venv/bin/python benchmarks/inference_probe.py RUN DATA [--start 30] [--sequences 64]
 
@@ -23,6 +26,7 @@ import torch
 
 from hgn import data as hgn_data
 from hgn.data.dataset import mean_frame, to_frames
+from hgn.models.base import State
 from hgn.runs import open_sequence_model
 
 
@@ -58,6 +62,36 @@ def probe(run: str, data: str, start: int, sequences: int, steps: int, seed: int
     }
 
 
+def by_horizon(
+    run: str, data: str, start: int, sequences: int, horizons: tuple[int, ...]
+) -> list[tuple[int, float, float]]:
+    """Per horizon h: the rollout's frame error h steps after the state's frame, and the
+    error of the encoder's read of that same frame, both over the mean image's."""
+    model, _ = open_sequence_model(run)
+    test = hgn_data.load(data, "test")
+    k, o = model.context_frames, model.state_offset
+    last = start + o + max(horizons)
+    if last >= test.images.shape[1] or start + max(horizons) + k > test.images.shape[1]:
+        raise SystemExit(f"{data}: its sequences are too short for horizon {max(horizons)}")
+    frames = to_frames(np.asarray(test.images[:sequences, : last + 1]), "cpu")
+    floor = (frames[:, start + o] - mean_frame(hgn_data.load(data, "train"))).square().mean()
+    rows = []
+    with torch.no_grad():
+        states = model.rollout(model.encode(frames[:, start : start + k]), max(horizons))
+        for h in horizons:
+            target = frames[:, start + o + h]
+            rolled = model.decode(State(states.q[:, h], states.p[:, h]))
+            read = model.decode(model.encode(frames[:, start + h : start + h + k]))
+            rows.append(
+                (
+                    h,
+                    ((rolled - target).square().mean() / floor).item(),
+                    ((read - target).square().mean() / floor).item(),
+                )
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
@@ -76,6 +110,10 @@ def main() -> None:
         f"std {r['posterior_std']:.3g} (median) against its means' spread "
         f"{r['posterior_mean_spread']:.3g}"
     )
+    horizons = (1, 2, 5, 10, 20, 40)
+    print("horizon h: frame MSE / mean image from the rollout | from the encoder's read")
+    for h, rolled, read in by_horizon(args.run, args.data, args.start, args.sequences, horizons):
+        print(f"  {h:3d}: {rolled:.3f} | {read:.3f}")
 
 
 if __name__ == "__main__":
