@@ -130,6 +130,8 @@ def test_the_verdict_ranks_rollouts_held_then_forward_error_with_a_tie_band() ->
     far = standing("d", _record(forward=0.005, backward=0.01, **{"2x": 0.1}))
     assert compare(both, far) == "wins" and compare(far, both) == "loses"
     assert standing("e", {"extrapolation": {"cannot": "no data"}}) is None
+    diverged = standing("f", _record(forward=float("nan"), backward=None))
+    assert diverged.held == () and compare(other, diverged) == "wins"
     cells = {"set": {"h": _record(forward=0.5), "n": _record(forward=0.1), "x": _record(forward=9)}}
     priors = {"h": "hamiltonian", "n": "none", "x": "lagrangian"}
     v = answer(cells, ["h", "n", "x"], ["set"], priors)["set"]["prior"]

@@ -19,6 +19,7 @@ rule and still use the table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,13 +49,12 @@ class Standing:
 def standing(row: str, record: Mapping[str, Any]) -> Standing | None:
     """The cell's standing, or None where it has no forward ratio (not trained, refused)."""
     rollouts = (record.get("extrapolation") or {}).get("rollouts") or {}
-    forward = (rollouts.get("forward") or {}).get("ratio")
-    if forward is None:
+    ratios = {key: (rollouts.get(key) or {}).get("ratio") for key in ROLLOUTS}
+    if ratios["forward"] is None:
         return None
-    held = tuple(
-        key for key in ROLLOUTS if (rollouts.get(key) or {}).get("ratio", HOLDS + 1) <= HOLDS
-    )
-    return Standing(row, held, float(forward))
+    held = tuple(key for key, r in ratios.items() if r is not None and r <= HOLDS)
+    forward = float(ratios["forward"])  # a diverged model's NaN ranks last
+    return Standing(row, held, forward if math.isfinite(forward) else math.inf)
 
 
 def compare(a: Standing, b: Standing) -> str:
@@ -62,7 +62,7 @@ def compare(a: Standing, b: Standing) -> str:
     if len(a.held) != len(b.held):
         return "wins" if len(a.held) > len(b.held) else "loses"
     low, high = sorted((a.forward, b.forward))
-    if high <= TIE_FACTOR * low:
+    if high <= TIE_FACTOR * low:  # two infinities (both diverged) tie too
         return "ties"
     return "wins" if a.forward < b.forward else "loses"
 
