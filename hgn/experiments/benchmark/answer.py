@@ -160,11 +160,15 @@ def tables(
     )
 
 
-RULES = (
+HOLD_RULE = (
     f"A rollout holds when its MSE is at most {HOLDS:g} of the mean image's over the whole "
     "rollout (fwd 60 steps, bwd 30, 2× and ½× speed); one the model cannot make does not "
-    "hold. Verdict per dataset: the best model with a Hamiltonian prior (HGN++, HGN, HNN) "
-    "against the best without a physics prior (ODE, RGN, LSTM, GRU), ranked by rollouts "
-    f"held, then by forward ratio, where a factor under {TIE_FACTOR:g} is a tie (one seed "
-    "per cell). HGN++ vs ODE: the same model but for the prior (docs/SCIENCE.md §7)."
+    "hold. SyMetric: the mean over batches of 1 (the latent is a symplectic image of the "
+    "true phase space) or 0 (docs/SCIENCE.md §7)."
+)
+VERDICT_RULE = (
+    "Per dataset, the best model with a Hamiltonian prior (HGN++, HGN, HNN) against the "
+    "best without a physics prior (ODE, RGN, LSTM, GRU), ranked by the rollouts held, then "
+    f"by the forward ratio, where a factor under {TIE_FACTOR:g} is a tie (one seed per "
+    "cell); HGN++ against the ODE: the same model but for the prior (docs/SCIENCE.md §7)."
 )

@@ -431,8 +431,8 @@ def _priors(rows: Sequence[str]) -> dict[str, str]:
 
 
 ANSWER = (
-    ("verdict", "The answer: does the Hamiltonian prior win, tie or lose?"),
-    ("held", "The answer: which rollouts each model holds"),
+    ("verdict", "The answer: does the Hamiltonian prior win, tie or lose?", answer.VERDICT_RULE),
+    ("held", "The answer: which rollouts each model holds", answer.HOLD_RULE),
 )
 
 
@@ -469,8 +469,8 @@ def _markdown(out: Path, summary: Mapping[str, Any], tables: Mapping[str, Any]) 
         "protocol asks; `n/a: …` = the data cannot support the metric "
         "(docs/SCIENCE.md §7).\n",
     ]
-    for key, title in ANSWER:
-        parts.append(f"## {title}\n\n{answer.RULES}\n\n" + markdown_table(*tables[key]))
+    for key, title, rule in ANSWER:
+        parts.append(f"## {title}\n\n{rule}\n\n" + markdown_table(*tables[key]))
     for key, title, note, _ in FAMILIES:
         parts.append(f"## {title}\n\n{note}\n\n" + markdown_table(*tables[key]))
     write_text(out / "benchmark.md", "\n".join(parts))
@@ -487,9 +487,9 @@ def _html(
         else ""
     )
     sections = []
-    for key, title in ANSWER:
+    for key, title, rule in ANSWER:
         sections.append(f"<h2>{html.escape(title)}</h2>")
-        sections.append(f'<p class="note">{html.escape(answer.RULES)}</p>')
+        sections.append(f'<p class="note">{html.escape(rule)}</p>')
         sections.append(html_table(*tables[key]))
     for key, title, note, _ in FAMILIES:
         sections.append(f"<h2>{html.escape(title)}</h2>")
