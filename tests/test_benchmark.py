@@ -136,6 +136,13 @@ def test_the_verdict_ranks_rollouts_held_then_forward_error_with_a_tie_band() ->
     priors = {"h": "hamiltonian", "n": "none", "x": "lagrangian"}
     v = answer(cells, ["h", "n", "x"], ["set"], priors)["set"]["prior"]
     assert v["verdict"] == "loses" and v["with_prior"].startswith("h:") and "n:" in v["without"]
+    # holding more wins overall; forward alone, the lower ratio beyond the band wins
+    two_way = _record(forward=0.27, backward=0.17, half=0.08)
+    cells = {"set": {"h": two_way, "n": _record(forward=0.1), "m": _record(forward=0.6, half=0.1)}}
+    found = answer(cells, ["h", "n", "m"], ["set"], {**priors, "m": "none"})["set"]
+    assert found["prior"]["verdict"] == "wins" and found["prior"]["without"].startswith("n:")
+    assert found["forward_alone"]["verdict"] == "loses"
+    assert found["forward_alone"]["without"].startswith("n:")
     lonely = answer({"set": {"h": _record(forward=0.5)}}, ["h", "n"], ["set"], priors)
     assert lonely["set"]["prior"] == {"verdict": None, "why": "no trained model without it yet"}
 

@@ -57,9 +57,10 @@ def standing(row: str, record: Mapping[str, Any]) -> Standing | None:
     return Standing(row, held, forward if math.isfinite(forward) else math.inf)
 
 
-def compare(a: Standing, b: Standing) -> str:
-    """``"wins"``, ``"ties"`` or ``"loses"``: how ``a`` does against ``b``."""
-    if len(a.held) != len(b.held):
+def compare(a: Standing, b: Standing, forward_only: bool = False) -> str:
+    """``"wins"``, ``"ties"`` or ``"loses"``: how ``a`` does against ``b`` (by the
+    forward ratio alone with ``forward_only``)."""
+    if not forward_only and len(a.held) != len(b.held):
         return "wins" if len(a.held) > len(b.held) else "loses"
     low, high = sorted((a.forward, b.forward))
     if high <= TIE_FACTOR * low:  # two infinities (both diverged) tie too
@@ -67,8 +68,11 @@ def compare(a: Standing, b: Standing) -> str:
     return "wins" if a.forward < b.forward else "loses"
 
 
-def best(standings: Sequence[Standing]) -> Standing | None:
-    """The first by rollouts held, then by forward ratio."""
+def best(standings: Sequence[Standing], forward_only: bool = False) -> Standing | None:
+    """The first by rollouts held, then by forward ratio (by that alone with
+    ``forward_only``)."""
+    if forward_only:
+        return min(standings, key=lambda s: s.forward, default=None)
     return min(standings, key=lambda s: (-len(s.held), s.forward), default=None)
 
 
@@ -90,6 +94,7 @@ def answer(
             for kind in ("hamiltonian", "none")
         }
         with_prior, without = best(groups["hamiltonian"]), best(groups["none"])
+        ahead = [best(groups[kind], forward_only=True) for kind in ("hamiltonian", "none")]
         found[col] = {
             "held": {r: list(s.held) for r, s in stand.items()},
             "forward": {r: s.forward for r, s in stand.items()},
@@ -99,6 +104,7 @@ def answer(
                 if r in records and "score" in (records[r].get("symetric") or {})
             },
             "prior": _verdict(with_prior, without),
+            "forward_alone": _verdict(*ahead, forward_only=True),
             "pairs": {
                 f"{a} vs {b}": _verdict(stand.get(a), stand.get(b))
                 for a, b in PAIRS
@@ -108,12 +114,14 @@ def answer(
     return found
 
 
-def _verdict(with_prior: Standing | None, without: Standing | None) -> dict[str, Any]:
+def _verdict(
+    with_prior: Standing | None, without: Standing | None, forward_only: bool = False
+) -> dict[str, Any]:
     if with_prior is None or without is None:
         missing = "with the prior" if with_prior is None else "without it"
         return {"verdict": None, "why": f"no trained model {missing} yet"}
     return {
-        "verdict": compare(with_prior, without),
+        "verdict": compare(with_prior, without, forward_only),
         "with_prior": with_prior.words(),
         "without": without.words(),
     }
@@ -147,6 +155,7 @@ def tables(
         [
             col,
             verdict_cell(found[col]["prior"]),
+            verdict_cell(found[col]["forward_alone"]),
             *(
                 verdict_cell(found[col]["pairs"][p]) if p in found[col]["pairs"] else "—"
                 for p in pair_names
@@ -156,7 +165,15 @@ def tables(
     ]
     return (
         (["model", *columns], held_rows),
-        (["dataset", "best with the Hamiltonian prior vs best without", *pair_names], verdict_rows),
+        (
+            [
+                "dataset",
+                "best with the Hamiltonian prior vs best without",
+                "forward alone",
+                *pair_names,
+            ],
+            verdict_rows,
+        ),
     )
 
 
@@ -170,5 +187,7 @@ VERDICT_RULE = (
     "Per dataset, the best model with a Hamiltonian prior (HGN++, HGN, HNN) against the "
     "best without a physics prior (ODE, RGN, LSTM, GRU), ranked by the rollouts held, then "
     f"by the forward ratio, where a factor under {TIE_FACTOR:g} is a tie (one seed per "
-    "cell); HGN++ against the ODE: the same model but for the prior (docs/SCIENCE.md §7)."
+    "cell). Forward alone: the lowest forward ratio on each side, by the same tie band "
+    "(every model rolls forward; only some run backwards or at other speeds). HGN++ "
+    "against the ODE: the same model but for the prior (docs/SCIENCE.md §7)."
 )
