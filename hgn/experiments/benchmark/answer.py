@@ -42,8 +42,12 @@ class Standing:
     forward: float
 
     def words(self) -> str:
-        held = ", ".join(ROLLOUTS[r] for r in self.held) or "none"
-        return f"{self.row}: holds {held}; fwd {self.forward:.3g}"
+        return f"{self.row}: holds {held_words(self.held)}; fwd {self.forward:.3g}"
+
+
+def held_words(held: Sequence[str]) -> str:
+    """``("forward", "half")`` → ``"fwd, ½×"``; nothing held → ``"none"``."""
+    return ", ".join(ROLLOUTS[r] for r in held) or "none"
 
 
 def standing(row: str, record: Mapping[str, Any]) -> Standing | None:
@@ -146,9 +150,9 @@ def tables(
             if r not in f.get("held", {}):
                 line.append("—")
                 continue
-            held = ", ".join(ROLLOUTS[k] for k in f["held"][r]) or "none"
             score = f["phase_space"].get(r)
-            line.append(held + ("" if score is None else f"; SyMetric {score:.2g}"))
+            tail = "" if score is None else f"; SyMetric {score:.2g}"
+            line.append(held_words(f["held"][r]) + tail)
         held_rows.append(line)
     pair_names = list(dict.fromkeys(p for f in found.values() for p in f["pairs"]))
     verdict_rows = [
