@@ -312,6 +312,40 @@ class _Saver:
 
 
 @dataclass
+class _Clock:
+    """The run's time budget: seconds of ``loop.clock`` spent before this invocation
+    (``before``), when the current budget began (``budget_start``, in the run's
+    seconds), and this invocation's start on the clock (``t0``)."""
+
+    read: Callable[[], float]
+    before: float
+    budget_start: float
+    budget: float | None
+    t0: float
+
+    @classmethod
+    def start(cls, loop: LoopConfig, before: float, budget_start: float) -> _Clock:
+        read = time.process_time if loop.clock == "cpu" else time.perf_counter
+        budget = None if loop.max_minutes is None else 60.0 * loop.max_minutes
+        if loop.budget_from_now:
+            budget_start = before
+        return cls(read, before, budget_start, budget, read())
+
+    def now(self) -> float:
+        """Seconds of this invocation."""
+        return self.read() - self.t0
+
+    def used(self, now: float) -> float:
+        """Seconds of the current budget spent, ``now`` seconds into this invocation."""
+        return self.before + now - self.budget_start
+
+    def fraction(self, step: int, steps: int) -> float:
+        """The share of the run done before ``step``, by whichever budget ends it first."""
+        by_time = self.used(self.now()) / self.budget if self.budget else 0.0
+        return min(1.0, max(step / steps, by_time))
+
+
+@dataclass
 class _Logs:
     """Where logged metrics go: the result's history, the JSON lines, TensorBoard, the bar."""
 
@@ -319,6 +353,18 @@ class _Logs:
     bar: _Progress
     log: MetricsLog | None
     tensorboard: Any
+
+    @classmethod
+    def open(cls, run_dir: Path, loop: LoopConfig, result: LoopResult, clock: _Clock) -> _Logs:
+        """The outputs of a run resuming at ``result.start`` (only the writer's)."""
+        start = result.start
+        tensorboard = None
+        if loop.tensorboard and loop.writer:
+            tensorboard = tensorboard_writer(run_dir / "tensorboard", start)
+        used = clock.before - clock.budget_start
+        bar = _Progress(loop, start, clock.budget, used, loop.writer and loop.progress)
+        log = MetricsLog(run_dir / METRICS_LOG, start) if loop.writer else None
+        return cls(result, bar, log, tensorboard)
 
     def write(self, done: int, metrics: Mapping[str, float | Tensor], rate: float) -> None:
         # the one host sync of the metrics: they stay tensors between log steps
@@ -374,46 +420,37 @@ def train_loop(
     """
     run_dir = Path(run_dir)
     start, before, budget_start = _restore(run_dir, objects, resume)
-    if loop.budget_from_now:
-        budget_start = before
+    clock = _Clock.start(loop, before, budget_start)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensorboard = None
-    if loop.tensorboard and loop.writer:
-        tensorboard = tensorboard_writer(run_dir / "tensorboard", start)
-    save = _Saver(run_dir / CHECKPOINT, objects, config, extra or {}, budget_start, loop.writer)
-    budget = None if loop.max_minutes is None else 60.0 * loop.max_minutes
+    save = _Saver(
+        run_dir / CHECKPOINT, objects, config, extra or {}, clock.budget_start, loop.writer
+    )
     result = LoopResult(step=start, seconds=0.0, start=start)
-    bar = _Progress(loop, start, budget, before - budget_start, loop.writer and loop.progress)
-    log = MetricsLog(run_dir / METRICS_LOG, start) if loop.writer else None
-    logs = _Logs(result, bar, log, tensorboard)
-    clock = time.process_time if loop.clock == "cpu" else time.perf_counter
+    logs = _Logs.open(run_dir, loop, result, clock)
     guard = LossGuard()
-    t0 = clock()
     try:
         for step in range(start, loop.steps):
             # checked before every step, so a resume whose budget is spent takes none
-            used = before + clock() - t0 - budget_start
-            out_of_time = budget is not None and used > budget
+            out_of_time = clock.budget is not None and clock.used(clock.now()) > clock.budget
             if agree is not None:
                 out_of_time = agree(out_of_time)
             if out_of_time:
                 result.stopped_by = "time"
                 break
             if schedule is not None:
-                by_time = used / budget if budget else 0.0
-                schedule(min(1.0, max(step / loop.steps, by_time)))
+                schedule(clock.fraction(step, loop.steps))
             torch.manual_seed(derive_seed(loop.seed, "step", step))
             metrics = dict(step_fn(step))
             guard.see(step, metrics.get("loss", 0.0))
-            now = clock() - t0
+            now = clock.now()
             done = result.step = step + 1
-            bar.update(done, before + now - budget_start, now)
+            logs.bar.update(done, clock.used(now), now)
             if done % loop.log_every == 0 or done == loop.steps:
                 guard.check()
                 logs.write(done, metrics, (done - start) / max(now, 1e-9))
             images = on_log is not None and log_images_every and done % log_images_every == 0
-            if tensorboard is not None and images:
-                on_log(done, tensorboard)
+            if logs.tensorboard is not None and images:
+                on_log(done, logs.tensorboard)
             if done % loop.checkpoint_every == 0 and done != loop.steps:
                 guard.check()
                 save(done, before + now)
@@ -425,6 +462,6 @@ def train_loop(
         ) from None
     finally:
         logs.close()
-    result.seconds = before + clock() - t0
+    result.seconds = before + clock.now()
     save(result.step, result.seconds)
     return result
