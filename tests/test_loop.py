@@ -208,6 +208,14 @@ def test_progress_rate_is_never_negative_after_switching_units(
     assert "it/s" in printed and not re.search(r"-[0-9.]+it/s", printed), printed
 
 
+def test_a_bar_into_a_file_redraws_every_30_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    """Into a file or a pipe (here: captured; a benchmark cell's log.txt) every redraw is
+    kept, so the bar redraws every 30 s there, not tqdm's every 0.1 s."""
+    progress = _Progress(LoopConfig(steps=100), 0, None, 0.0, enabled=True)
+    assert progress.bar.mininterval == 30.0
+    progress.close()
+
+
 @pytest.mark.parametrize(("clock", "steps"), [("wall", range(2, 10)), ("cpu", [10])])
 def test_a_cpu_clock_budget_does_not_count_time_the_cpu_spent_elsewhere(
     tmp_path: Path, clock: str, steps
