@@ -339,6 +339,10 @@ class _Clock:
             budget_start = before
         return cls(read, before, budget_start, budget, read())
 
+    def restart(self) -> None:
+        """Count this invocation from now: the writers' setup is not training time."""
+        self.t0 = self.read()
+
     def now(self) -> float:
         """Seconds of this invocation."""
         return self.read() - self.t0
@@ -436,6 +440,7 @@ def train_loop(
     result = LoopResult(step=start, seconds=0.0, start=start)
     logs = _Logs.open(run_dir, loop, result, clock)
     guard = LossGuard()
+    clock.restart()
     try:
         for step in range(start, loop.steps):
             # checked before every step, so a resume whose budget is spent takes none
