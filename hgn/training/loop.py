@@ -351,9 +351,14 @@ class _Clock:
         """Seconds of the current budget spent, ``now`` seconds into this invocation."""
         return self.before + now - self.budget_start
 
-    def fraction(self, step: int, steps: int) -> float:
-        """The share of the run done before ``step``, by whichever budget ends it first."""
-        by_time = self.used(self.now()) / self.budget if self.budget else 0.0
+    def spent(self, used: float) -> bool:
+        """Whether ``used`` seconds exhaust the time budget (never without one)."""
+        return self.budget is not None and used > self.budget
+
+    def fraction(self, step: int, steps: int, used: float) -> float:
+        """The share of the run done before ``step``, with ``used`` seconds of the budget
+        spent, by whichever budget ends it first."""
+        by_time = used / self.budget if self.budget else 0.0
         return min(1.0, max(step / steps, by_time))
 
 
@@ -444,14 +449,15 @@ def train_loop(
     try:
         for step in range(start, loop.steps):
             # checked before every step, so a resume whose budget is spent takes none
-            out_of_time = clock.budget is not None and clock.used(clock.now()) > clock.budget
+            used = clock.used(clock.now())
+            out_of_time = clock.spent(used)
             if agree is not None:
                 out_of_time = agree(out_of_time)
             if out_of_time:
                 result.stopped_by = "time"
                 break
             if schedule is not None:
-                schedule(clock.fraction(step, loop.steps))
+                schedule(clock.fraction(step, loop.steps, used))
             torch.manual_seed(derive_seed(loop.seed, "step", step))
             metrics = dict(step_fn(step))
             guard.see(step, metrics.get("loss", 0.0))
