@@ -266,6 +266,8 @@ def breakdown(profile: str, steps: int, models: list[str]) -> None:
             if event.key in (
                 "_EnergyGrad",
                 "autograd::engine::evaluate_function: _EnergyGradBackward",
+                "_EnergyLeapfrog",
+                "autograd::engine::evaluate_function: _EnergyLeapfrogBackward",
             ):
                 kinds["energy gradient (closed form)"] += event.cpu_time_total
         print("  by operation (profiler, CPU time):")

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from hgn.physics import integrators
+
 
 def mlp(
     sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU, out_bias: bool = True
@@ -54,6 +56,89 @@ def _mm(a: Tensor, b: Tensor, add: Tensor | None = None) -> Tensor:
     return torch.mm(a, b) if add is None else torch.addmm(add, a, b)
 
 
+def _energy_grad(
+    x: Tensor, quadratic: bool, w: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
+) -> tuple[Tensor, list[Tensor]]:
+    """∇E(x) by hand-written backpropagation (:class:`_EnergyGrad`), and what its
+    backward pass needs: ``[h_0 = x, …, h_{L-1}, σ(a_1), …, σ(a_L), g_1, …, g_{L-1},
+    c_2, …, c_L]``."""
+    depth = len(weights)
+    hs, ss = [x], []
+    h = x
+    for k, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        a = _mm(h, weight.t(), bias)
+        if k < depth - 1:  # the last layer's softplus is not needed for ∇E
+            h = F.softplus(a)
+            hs.append(h)
+        ss.append(a.sigmoid_())  # a_k is not needed again
+    # c_L = (σ(a_L) ⊙ w) W_L = σ(a_L) (diag(w) W_L): w scales a small matrix, not a batch
+    gs: list[Tensor] = []
+    cs: list[Tensor] = [_mm(ss[-1], w[:, None] * weights[-1])]
+    for k in range(depth - 2, -1, -1):
+        gs.insert(0, cs[0] * ss[k])
+        cs.insert(0, _mm(gs[0], weights[k]))
+    return (cs[0] + x if quadratic else cs[0]), [*hs, *ss, *gs, *cs[1:]]
+
+
+def _energy_grad_vjp(
+    u: Tensor, quadratic: bool, w: Tensor, weights: Sequence[Tensor], saved: Sequence[Tensor]
+) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor]:
+    """The cotangent ``u`` of ∇E(x) pulled back to x (a Hessian-vector product), with the
+    per-row terms :func:`_energy_param_grads` sums into the parameters' gradients:
+    ``∂L/∂a_k`` and ``∂L/∂c_k`` for every layer and the output weight's ``(B, hidden)``
+    rows. Kept apart so that a rollout can sum the parameter gradients of all its
+    evaluations in one product per weight (:class:`_EnergyLeapfrog`)."""
+    depth = len(weights)
+    ss = saved[depth : 2 * depth]
+    cs = (None, *saved[3 * depth - 1 :])
+    d_cs: list[Tensor] = []  # ∂L/∂c_k, down ∇E's path
+    d_pre: list[Tensor] = []  # ∂L/∂a_k through σ(a_k) on ∇E's path
+    d_c = u
+    for k in range(depth):  # c_k = g_k W_k, then g_k = c_{k+1} ⊙ σ(a_k) or w ⊙ σ(a_L)
+        d_cs.append(d_c)
+        d_g = _mm(d_c, weights[k].t())
+        s = ss[k]
+        # in place wherever a temporary is not needed again: at 2,048 rows a fresh
+        # batch-sized tensor cost more than its arithmetic (benchmarks/bench_flows.py)
+        if k < depth - 1:
+            d_s = d_g * cs[k + 1]
+            d_c = d_g.mul_(s)
+        else:
+            d_s = d_g * w
+            d_w_rows = d_g.mul_(s)
+        d_s.mul_(s)
+        d_pre.append(d_s.addcmul_(d_s, s, value=-1))  # ⊙ σ' = σ - σ²
+    d_as: list[Tensor] = [d_pre[0]] * depth
+    d_h = None
+    for k in range(depth - 1, -1, -1):  # back up the forward activations
+        d_as[k] = d_pre[k] if d_h is None else d_pre[k].addcmul_(d_h, ss[k])
+        d_h = _mm(d_as[k], weights[k])
+    assert d_h is not None
+    return (d_h.add_(u) if quadratic else d_h), d_as, d_cs, d_w_rows
+
+
+def _energy_param_grads(
+    w: Tensor,
+    saved: Sequence[Tensor],
+    d_as: Sequence[Tensor],
+    d_cs: Sequence[Tensor],
+    d_w_rows: Tensor,
+) -> list[Tensor]:
+    """``[∂L/∂w, ∂L/∂W_1, ∂L/∂b_1, …]`` from :func:`_energy_grad_vjp`'s terms (rows of
+    one evaluation, or of many stacked)."""
+    depth = len(d_as)
+    hs, ss, gs = saved[:depth], saved[depth : 2 * depth], saved[2 * depth : 3 * depth - 1]
+    grads = [d_w_rows.sum(0)[None]]
+    for k in range(depth):
+        # ∂L/∂W_k = g_kᵀ ∂L/∂c_k + (∂L/∂a_k)ᵀ h_{k-1}; g_Lᵀ ∂L/∂c_L = diag(w) σ(a_L)ᵀ ∂L/∂c_L
+        if k == depth - 1:
+            path = _mm(ss[k].t(), d_cs[k]).mul_(w[:, None])
+        else:
+            path = _mm(gs[k].t(), d_cs[k])
+        grads += [_mm(d_as[k].t(), hs[k], path), d_as[k].sum(0)]
+    return grads
+
+
 class _EnergyGrad(torch.autograd.Function):
     """∇E(x) of :class:`EnergyMLP` with a closed-form backward pass.
 
@@ -78,70 +163,19 @@ class _EnergyGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, quadratic: bool, out_weight: Tensor, *wb: Tensor) -> Tensor:
         w = out_weight[0]
-        weights, biases = wb[0::2], wb[1::2]
-        depth = len(weights)
-        hs, ss = [x], []
-        h = x
-        for k, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            a = _mm(h, weight.t(), bias)
-            if k < depth - 1:  # the last layer's softplus is not needed for ∇E
-                h = F.softplus(a)
-                hs.append(h)
-            ss.append(a.sigmoid_())  # a_k is not needed again
-        # c_L = (σ(a_L) ⊙ w) W_L = σ(a_L) (diag(w) W_L): w scales a small matrix, not a batch
-        gs: list[Tensor] = []
-        cs: list[Tensor] = [_mm(ss[-1], w[:, None] * weights[-1])]
-        for k in range(depth - 2, -1, -1):
-            gs.insert(0, cs[0] * ss[k])
-            cs.insert(0, _mm(gs[0], weights[k]))
-        ctx.quadratic, ctx.depth = quadratic, depth
-        ctx.save_for_backward(w, *weights, *hs, *ss, *gs, *cs[1:])
-        return cs[0] + x if quadratic else cs[0]
+        out, saved = _energy_grad(x, quadratic, w, wb[0::2], wb[1::2])
+        ctx.quadratic = quadratic
+        ctx.save_for_backward(w, *wb[0::2], *saved)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        depth = ctx.depth
-        saved = ctx.saved_tensors
-        w = saved[0]
-        weights = saved[1 : 1 + depth]
-        hs = saved[1 + depth : 1 + 2 * depth]
-        ss = saved[1 + 2 * depth : 1 + 3 * depth]
-        gs = saved[1 + 3 * depth : 4 * depth]  # g_1 … g_{L-1}; g_L = σ(a_L) ⊙ w is not kept
-        cs = (None, *saved[4 * depth :])
-        d_cs: list[Tensor] = []  # ∂L/∂c_k, down ∇E's path
-        d_pre: list[Tensor] = []  # ∂L/∂a_k through σ(a_k) on ∇E's path
-        d_c = grad_out
-        d_w = w
-        for k in range(depth):  # c_k = g_k W_k, then g_k = c_{k+1} ⊙ σ(a_k) or w ⊙ σ(a_L)
-            d_cs.append(d_c)
-            d_g = _mm(d_c, weights[k].t())
-            s = ss[k]
-            # in place wherever a temporary is not needed again: at 2,048 rows a fresh
-            # batch-sized tensor cost more than its arithmetic (benchmarks/bench_flows.py)
-            if k < depth - 1:
-                d_s = d_g * cs[k + 1]
-                d_c = d_g.mul_(s)
-            else:
-                d_s = d_g * w
-                d_w = d_g.mul_(s).sum(0)
-            d_s.mul_(s)
-            d_pre.append(d_s.addcmul_(d_s, s, value=-1))  # ⊙ σ' = σ - σ²
-        grads: list[Tensor | None] = [None] * (3 + 2 * depth)
-        grads[2] = d_w[None]
-        d_h = None
-        for k in range(depth - 1, -1, -1):  # back up the forward activations
-            d_a = d_pre[k] if d_h is None else d_pre[k].addcmul_(d_h, ss[k])
-            # ∂L/∂W_k = g_kᵀ ∂L/∂c_k + (∂L/∂a_k)ᵀ h_{k-1}; g_Lᵀ ∂L/∂c_L = diag(w) σ(a_L)ᵀ ∂L/∂c_L
-            if k == depth - 1:
-                path = _mm(ss[k].t(), d_cs[k]).mul_(w[:, None])
-            else:
-                path = _mm(gs[k].t(), d_cs[k])
-            grads[3 + 2 * k] = _mm(d_a.t(), hs[k], path)
-            grads[4 + 2 * k] = d_a.sum(0)
-            d_h = _mm(d_a, weights[k])
-        grads[0] = d_h.add_(grad_out) if ctx.quadratic else d_h
-        return tuple(grads)
+        w, *rest = ctx.saved_tensors
+        depth = (len(rest) + 2) // 5  # L weights and 4L - 2 saved activations
+        weights, saved = rest[:depth], rest[depth:]
+        d_x, d_as, d_cs, d_w_rows = _energy_grad_vjp(grad_out, ctx.quadratic, w, weights, saved)
+        return (d_x, None, *_energy_param_grads(w, saved, d_as, d_cs, d_w_rows))
 
 
 class EnergyMLP(nn.Module):
@@ -205,3 +239,153 @@ class EnergyMLP(nn.Module):
             g = _mm(g * torch.sigmoid(a), layer.weight)
         g = g.reshape(x.shape)
         return g + x if self.quadratic else g
+
+
+class _EnergyLeapfrog(torch.autograd.Function):
+    """:func:`hgn.physics.integrators.leapfrog_separable` of two :class:`EnergyMLP`'s
+    closed-form gradients as one graph node, with the reverse pass written out.
+
+    Through autograd a rollout of T steps records 2T + 1 :class:`_EnergyGrad` nodes and
+    ~4T small kick and drift nodes, and every energy evaluation's backward computes and
+    accumulates its own parameter gradients (~10 small products and sums each). Here the
+    forward pass runs without recording, and :meth:`backward` runs the adjoint of the
+    kick-drift-kick map (Hessian-vector products through :func:`_energy_grad_vjp`),
+    keeping each evaluation's per-row terms, then sums all parameter gradients in one
+    product per weight over the stacked rows. The same map and the same gradients,
+    to float64 round-off (``tests/test_hgnpp.py``).
+
+    Inputs: ``(q, p, h, steps, substeps, K's depth, K quadratic, V quadratic, K's w, W_1,
+    b_1, …, V's w, W_1, b_1, …)``, ``h = dt / substeps`` a float or a tensor that needs
+    no gradient. Outputs: ``(qs, ps)``, ``(steps + 1, B, n)`` each.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        p: Tensor,
+        h: float | Tensor,
+        steps: int,
+        substeps: int,
+        k_depth: int,
+        k_quadratic: bool,
+        v_quadratic: bool,
+        *params: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        k_params, v_params = params[: 1 + 2 * k_depth], params[1 + 2 * k_depth :]
+        (wk, *k_wb), (wv, *v_wb) = k_params, v_params
+        wk, wv = wk[0], wv[0]
+        half = 0.5 * h
+        dv, v_saved = _energy_grad(q, v_quadratic, wv, v_wb[0::2], v_wb[1::2])
+        ks, vs = [], [v_saved]
+        qs, ps = [q], [p]
+        for _ in range(steps):
+            for _ in range(substeps):
+                p = p - half * dv
+                dk, k_saved = _energy_grad(p, k_quadratic, wk, k_wb[0::2], k_wb[1::2])
+                q = q + h * dk
+                dv, v_saved = _energy_grad(q, v_quadratic, wv, v_wb[0::2], v_wb[1::2])
+                p = p - half * dv
+                ks.append(k_saved)
+                vs.append(v_saved)
+            qs.append(q)
+            ps.append(p)
+        ctx.h, ctx.substeps, ctx.k_depth = h, substeps, k_depth
+        ctx.quadratic = (k_quadratic, v_quadratic)
+        ctx.ks, ctx.vs = ks, vs  # intermediates, not inputs or outputs
+        ctx.save_for_backward(*params)
+        return torch.stack(qs), torch.stack(ps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, d_qs: Tensor, d_ps: Tensor) -> tuple[Tensor | None, ...]:
+        params = ctx.saved_tensors
+        k_params, v_params = params[: 1 + 2 * ctx.k_depth], params[1 + 2 * ctx.k_depth :]
+        (wk, *k_wb), (wv, *v_wb) = k_params, v_params
+        wk, wv, kw, vw = wk[0], wv[0], k_wb[0::2], v_wb[0::2]
+        k_quadratic, v_quadratic = ctx.quadratic
+        h, half = ctx.h, 0.5 * ctx.h
+        steps = d_qs.shape[0] - 1
+        k_terms: list[tuple[list[Tensor], list[Tensor], Tensor]] = []
+        v_terms: list[tuple[list[Tensor], list[Tensor], Tensor]] = []
+        l_q, l_p = d_qs[steps].clone(), d_ps[steps].clone()
+        l_dv = torch.zeros_like(l_q)  # the cotangent of the ∇V(q') the next step opens with
+        j = steps * ctx.substeps
+        for t in range(steps - 1, -1, -1):
+            # the adjoint of p½ = p − ½h∇V(q), q' = q + h∇K(p½), p' = p½ − ½h∇V(q')
+            for _ in range(ctx.substeps):
+                l_dv = l_dv - half * l_p
+                d_q, *terms = _energy_grad_vjp(l_dv, v_quadratic, wv, vw, ctx.vs[j])
+                v_terms.append(terms)
+                l_q = l_q + d_q
+                d_p, *terms = _energy_grad_vjp(h * l_q, k_quadratic, wk, kw, ctx.ks[j - 1])
+                k_terms.append(terms)
+                l_p = l_p + d_p
+                l_dv = -half * l_p
+                j -= 1
+            l_q = l_q + d_qs[t]
+            l_p = l_p + d_ps[t]
+        d_q, *terms = _energy_grad_vjp(l_dv, v_quadratic, wv, vw, ctx.vs[0])
+        v_terms.append(terms)
+        l_q = l_q + d_q
+        k_grads = _stacked_param_grads(wk, ctx.ks[::-1], k_terms)
+        v_grads = _stacked_param_grads(wv, ctx.vs[::-1], v_terms)
+        return (l_q, l_p, None, None, None, None, None, None, *k_grads, *v_grads)
+
+
+def _stacked_param_grads(
+    w: Tensor,
+    saved: Sequence[Sequence[Tensor]],
+    terms: Sequence[tuple[list[Tensor], list[Tensor], Tensor]],
+) -> list[Tensor]:
+    """:func:`_energy_param_grads` over many evaluations at once: each term's rows
+    stacked, so each weight's gradient is one product, not one per evaluation."""
+    stack = [torch.cat(rows) for rows in zip(*saved, strict=True)]
+    d_as = [torch.cat(rows) for rows in zip(*(t[0] for t in terms), strict=True)]
+    d_cs = [torch.cat(rows) for rows in zip(*(t[1] for t in terms), strict=True)]
+    return _energy_param_grads(w, stack, d_as, d_cs, torch.cat([t[2] for t in terms]))
+
+
+def energy_leapfrog(
+    kinetic: EnergyMLP,
+    potential: EnergyMLP,
+    q: Tensor,
+    p: Tensor,
+    dt: float | Tensor,
+    steps: int,
+    substeps: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """:func:`~hgn.physics.integrators.leapfrog_separable` of ``H = K(p) + V(q)``, with K
+    and V :class:`EnergyMLP`\\s and ``q, p`` of shape ``(B, n)``: ``(qs, ps)``, each
+    ``(steps + 1, B, n)``.
+
+    When training needs its gradients, the rollout is one :class:`_EnergyLeapfrog` node;
+    otherwise (no gradient wanted, no step, autocast, a ``dt`` that is learned, or under
+    ``torch.compile``) it is the plain integrator over :meth:`EnergyMLP.grad`."""
+    learned_dt = isinstance(dt, Tensor) and dt.requires_grad
+    wants_grad = torch.is_grad_enabled() and (
+        q.requires_grad or p.requires_grad or any(t.requires_grad for t in kinetic.parameters())
+    )
+    if (
+        not wants_grad
+        or steps == 0
+        or learned_dt
+        or q.dim() != 2
+        or torch.is_autocast_enabled(q.device.type)
+        or torch.compiler.is_compiling()
+    ):
+        return integrators.leapfrog_separable(
+            kinetic.grad, potential.grad, q, p, dt, steps, substeps=substeps
+        )
+    if steps < 0 or substeps < 1:
+        raise ValueError(f"need steps ≥ 0 and substeps ≥ 1, got {steps} and {substeps}")
+    params = [kinetic.out.weight]
+    for layer in kinetic.layers:
+        params += [layer.weight, layer.bias]
+    params.append(potential.out.weight)
+    for layer in potential.layers:
+        params += [layer.weight, layer.bias]
+    return _EnergyLeapfrog.apply(
+        q, p, dt / substeps, steps, substeps, len(kinetic.layers),
+        kinetic.quadratic, potential.quadratic, *params,
+    )  # fmt: skip

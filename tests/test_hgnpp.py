@@ -16,9 +16,11 @@ from helpers import TINY_HGN, model_sets, set_args, tiny_dataset, tiny_model
 from helpers import TINY_HGNPP as TINY
 from torch import Tensor
 
-from hgn.models import HGNPP, State, get_model
+from hgn.models import HGNPP, State, get_model, hgnpp
 from hgn.models.base import substeps_for
 from hgn.models.hgnpp import SEVERAL_BODIES
+from hgn.nn import EnergyMLP, energy_leapfrog
+from hgn.physics import integrators
 from hgn.training.config import RunConfig, follow_data, resolve
 from hgn.utils import UserError
 
@@ -95,6 +97,42 @@ def test_rollout_is_exactly_reversible() -> None:
     torch.testing.assert_close(back.p[:, -1], s.p, atol=1e-10, rtol=0)
     # and the backward trajectory retraces the forward one
     torch.testing.assert_close(back.q.flip(1), fwd.q, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("quadratic", "layers", "substeps"), [((True, False), 2, 1), ((False, True), 3, 2)]
+)
+def test_fused_rollout_is_the_leapfrog_with_the_same_gradients(
+    quadratic: tuple[bool, bool], layers: int, substeps: int
+) -> None:
+    """The rollout as one graph node with its reverse pass written out
+    (:func:`hgn.nn.energy_leapfrog`) is the plain leapfrog over autograd's ∇E: states and
+    every gradient (start state, both energies' parameters) to float64 round-off, with a
+    per-sample dt of both signs."""
+    torch.manual_seed(0)
+    kinetic = EnergyMLP(4, 8, layers, quadratic=quadratic[0]).double()
+    potential = EnergyMLP(4, 8, layers, quadratic=quadratic[1]).double()
+    q0, p0 = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    dt = torch.tensor([[0.1], [-0.1], [0.2], [-0.05], [0.1]], dtype=torch.float64)
+    weights = torch.randn(2, 8, 5, 4, dtype=torch.float64)
+    inputs = [q0, p0, *kinetic.parameters(), *potential.parameters()]
+
+    def rollout_and_grads(qs: Tensor, ps: Tensor) -> list[Tensor]:
+        loss = (qs * weights[0]).sum() + (ps * weights[1]).square().sum()
+        return [qs, ps, *torch.autograd.grad(loss, inputs)]
+
+    fused = rollout_and_grads(*energy_leapfrog(kinetic, potential, q0, p0, dt, 7, substeps))
+    reference = rollout_and_grads(
+        *integrators.leapfrog_separable(
+            kinetic.grad_autograd, potential.grad_autograd, q0, p0, dt, 7, substeps=substeps
+        )
+    )
+    for got, want in zip(fused, reference, strict=True):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert fused[0].grad_fn.name() == "_EnergyLeapfrogBackward"
+    with torch.no_grad():  # nothing to differentiate: the plain integrator, no saved graph
+        qs, _ = energy_leapfrog(kinetic, potential, q0, p0, dt, 7, substeps)
+    assert qs.grad_fn is None and torch.allclose(qs, fused[0])
 
 
 def test_substeps_never_exceed_the_trained_step() -> None:
@@ -177,8 +215,13 @@ def test_backward_half_is_scored_against_earlier_frames(monkeypatch: pytest.Monk
             torch.tensor([[2.0], [2.0], [8.0], [8.0]]).expand(4, 4).clone(), torch.ones(4, 4)
         ),
     )
-    monkeypatch.setattr(model.kinetic, "grad", lambda p: torch.full_like(p, 8.0))  # 8·dt = 1
-    monkeypatch.setattr(model.potential, "grad", lambda q: torch.zeros_like(q))
+    monkeypatch.setattr(
+        hgnpp,
+        "energy_leapfrog",  # ∇K = 8 (8·dt = 1), ∇V = 0, in place of the energies
+        lambda kinetic, potential, q, p, dt, steps, substeps: integrators.leapfrog_separable(
+            lambda p: torch.full_like(p, 8.0), torch.zeros_like, q, p, dt, steps
+        ),
+    )
 
     def decode(q: Tensor) -> Tensor:  # the true frame of the index held in q[..., 0]
         rows = torch.arange(4)[:, None].expand(q.shape[:2])

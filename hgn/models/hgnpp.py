@@ -7,7 +7,8 @@ what this module does:
 * a flat phase space ``q, p ∈ Rⁿ`` (n = 16) instead of 16×4×4 maps: the dynamics of a few
   bodies need few numbers, and an MLP energy on a vector is cheap to differentiate;
 * a separable ``H = K(p) + V(q)`` with smooth (Softplus) MLP energies, integrated by the
-  first-same-as-last leapfrog (:func:`hgn.physics.integrators.leapfrog_separable`), which
+  first-same-as-last leapfrog (:func:`hgn.physics.integrators.leapfrog_separable`, as one
+  graph node with a hand-written reverse pass: :func:`hgn.nn.energy_leapfrog`), which
   is symplectic and exactly reversible, so running backwards (dt → −dt) is the same map
   inverted, not a different approximation;
 * an encoder that reads k = 5 frames stacked on the channel axis and infers the state at
@@ -62,8 +63,7 @@ from hgn.models.latent import (
     LatentConfig,
     LatentDynamicsModel,
 )
-from hgn.nn import EnergyMLP
-from hgn.physics import integrators
+from hgn.nn import EnergyMLP, energy_leapfrog
 from hgn.utils import UserError
 
 __all__ = [
@@ -137,10 +137,9 @@ class HGNPP(LatentDynamicsModel):
         in float32 even under autocast (bf16 would swamp the small increments)."""
         with torch.autocast(q.device.type, enabled=False):
             dtype = torch.promote_types(q.dtype, torch.float32)
-            qs, ps = integrators.leapfrog_separable(
-                self.kinetic.grad, self.potential.grad, q.to(dtype), p.to(dtype), dt, steps,
-                substeps=substeps,
-            )  # fmt: skip
+            qs, ps = energy_leapfrog(
+                self.kinetic, self.potential, q.to(dtype), p.to(dtype), dt, steps, substeps
+            )
         return State(qs.transpose(0, 1), ps.transpose(0, 1))
 
     def rollout(self, state: State, steps: int, dt: float | None = None) -> State:
