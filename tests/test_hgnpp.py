@@ -135,6 +135,25 @@ def test_fused_rollout_is_the_leapfrog_with_the_same_gradients(
     assert qs.grad_fn is None and torch.allclose(qs, fused[0])
 
 
+def test_gradient_horizon_keeps_far_errors_out_of_the_start_state() -> None:
+    """Past ``gradient_horizon`` steps a training rollout is the same rollout, and its
+    states' error reaches the energies but not the state it started from."""
+    model = tiny(gradient_horizon=3)
+    s0 = State(torch.randn(4, 4, requires_grad=True), torch.randn(4, 4, requires_grad=True))
+    dt = torch.full((4, 1), model.config.dt)
+    states = model.train_rollout(s0, dt, 7, torch.zeros(0))
+    with torch.no_grad():
+        assert torch.allclose(states.q, model.rollout(s0, 7).q, atol=1e-6)
+    states.q[:, 4:].sum().backward()
+    assert not s0.q.grad.any() and not s0.p.grad.any()
+    assert model.potential.layers[0].weight.grad.abs().sum() > 0
+    states = model.train_rollout(s0, dt, 7, torch.zeros(0))
+    states.q[:, 3].sum().backward()  # within the horizon: the start state learns
+    assert s0.q.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="gradient_horizon"):
+        tiny(gradient_horizon=-1)
+
+
 def test_substeps_never_exceed_the_trained_step() -> None:
     assert substeps_for(0.25, 0.125) == 2
     assert substeps_for(-0.25, 0.125) == 2

@@ -101,12 +101,21 @@ class HGNPPConfig(LatentConfig):
     correction, so q moves along p from the first step (a fresh MLP is nearly flat)."""
     potential_quadratic: bool = False
     """V(q) = ½|q|² + MLP(q): rollouts then oscillate from the first step."""
+    gradient_horizon: int = 0
+    """In training, the error of a state more than this many steps from the state's
+    frame trains the energies and the decoder but passes no gradient back into the
+    state the rollout started from, hence none into the encoder (0: all do). On a
+    chaotic system the far states' error is mostly the growth of a small error in the
+    start, and through it they teach the encoder to blur its read
+    (docs/RESULTS.md, "Three-body against the limit")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for key in ("energy_hidden", "energy_layers"):
             if getattr(self, key) <= 0:
                 raise UserError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.gradient_horizon < 0:
+            raise UserError(f"model.gradient_horizon must be ≥ 0, got {self.gradient_horizon}")
 
 
 class HGNPP(LatentDynamicsModel):
@@ -151,8 +160,16 @@ class HGNPP(LatentDynamicsModel):
         return self._integrate(state.q, state.p, dt, steps, substeps_for(dt, cfg.dt / cfg.substeps))
 
     def train_rollout(self, s0: State, dt: Tensor, steps: int, frames: Tensor) -> State:
-        """Leapfrog at the trained integration step, ``dt / substeps``."""
-        return self._integrate(s0.q, s0.p, dt, steps, self.config.substeps)
+        """Leapfrog at the trained integration step, ``dt / substeps``; past
+        ``gradient_horizon`` steps it goes on from a detached copy of the state there."""
+        cut, substeps = self.config.gradient_horizon, self.config.substeps
+        if not 0 < cut < steps:
+            return self._integrate(s0.q, s0.p, dt, steps, substeps)
+        near = self._integrate(s0.q, s0.p, dt, cut, substeps)
+        far = self._integrate(
+            near.q[:, -1].detach(), near.p[:, -1].detach(), dt, steps - cut, substeps
+        )
+        return State(torch.cat([near.q, far.q[:, 1:]], 1), torch.cat([near.p, far.p[:, 1:]], 1))
 
     @property
     def decoder_width(self) -> int:
