@@ -108,12 +108,11 @@ def _energy_grad_vjp(
             d_w_rows = d_g.mul_(s)
         d_s.mul_(s)
         d_pre.append(d_s.addcmul_(d_s, s, value=-1))  # ⊙ σ' = σ - σ²
-    d_as: list[Tensor] = [d_pre[0]] * depth
-    d_h = None
+    d_as: list[Tensor] = []  # ∂L/∂a_k, filled from the last layer down
+    d_h = u
     for k in range(depth - 1, -1, -1):  # back up the forward activations
-        d_as[k] = d_pre[k] if d_h is None else d_pre[k].addcmul_(d_h, ss[k])
-        d_h = _mm(d_as[k], weights[k])
-    assert d_h is not None
+        d_as.insert(0, d_pre[k] if k == depth - 1 else d_pre[k].addcmul_(d_h, ss[k]))
+        d_h = _mm(d_as[0], weights[k])
     return (d_h.add_(u) if quadratic else d_h), d_as, d_cs, d_w_rows
 
 
@@ -164,7 +163,7 @@ class _EnergyGrad(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, quadratic: bool, out_weight: Tensor, *wb: Tensor) -> Tensor:
         w = out_weight[0]
         out, saved = _energy_grad(x, quadratic, w, wb[0::2], wb[1::2])
-        ctx.quadratic = quadratic
+        ctx.quadratic, ctx.depth = quadratic, len(wb) // 2
         ctx.save_for_backward(w, *wb[0::2], *saved)
         return out
 
@@ -172,8 +171,7 @@ class _EnergyGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         w, *rest = ctx.saved_tensors
-        depth = (len(rest) + 2) // 5  # L weights and 4L - 2 saved activations
-        weights, saved = rest[:depth], rest[depth:]
+        weights, saved = rest[: ctx.depth], rest[ctx.depth :]
         d_x, d_as, d_cs, d_w_rows = _energy_grad_vjp(grad_out, ctx.quadratic, w, weights, saved)
         return (d_x, None, *_energy_param_grads(w, saved, d_as, d_cs, d_w_rows))
 
@@ -217,14 +215,19 @@ class EnergyMLP(nn.Module):
         (autograd's own backward of a matrix product cannot choose them)."""
         if torch.is_autocast_enabled(x.device.type):
             return self.grad_autograd(x)
-        params: list[Tensor] = []
+        if x.dim() == 2:  # as the leapfrog calls it: no reshapes to record
+            return _EnergyGrad.apply(x, self.quadratic, *self.closed_form_params())
+        flat = x.reshape(-1, x.shape[-1])
+        grad = _EnergyGrad.apply(flat, self.quadratic, *self.closed_form_params())
+        return grad.reshape(x.shape)
+
+    def closed_form_params(self) -> list[Tensor]:
+        """``[w, W_1, b_1, …, W_L, b_L]``: the parameters in the order the closed forms
+        (:class:`_EnergyGrad`, :class:`_EnergyLeapfrog`) take them."""
+        params = [self.out.weight]
         for layer in self.layers:
             params += [layer.weight, layer.bias]
-        if x.dim() == 2:  # as the leapfrog calls it: no reshapes to record
-            return _EnergyGrad.apply(x, self.quadratic, self.out.weight, *params)
-        flat = x.reshape(-1, x.shape[-1])
-        grad = _EnergyGrad.apply(flat, self.quadratic, self.out.weight, *params)
-        return grad.reshape(x.shape)
+        return params
 
     def grad_autograd(self, x: Tensor) -> Tensor:
         """The same ∇E as plain tensor algebra, for autograd to differentiate (any order):
@@ -248,15 +251,16 @@ class _EnergyLeapfrog(torch.autograd.Function):
     Through autograd a rollout of T steps records 2T + 1 :class:`_EnergyGrad` nodes and
     ~4T small kick and drift nodes, and every energy evaluation's backward computes and
     accumulates its own parameter gradients (~10 small products and sums each). Here the
-    forward pass runs without recording, and :meth:`backward` runs the adjoint of the
+    forward pass runs the same integrator over the closed form without recording, keeping
+    each evaluation's activations, and :meth:`backward` runs the adjoint of the
     kick-drift-kick map (Hessian-vector products through :func:`_energy_grad_vjp`),
     keeping each evaluation's per-row terms, then sums all parameter gradients in one
     product per weight over the stacked rows. The same map and the same gradients,
     to float64 round-off (``tests/test_hgnpp.py``).
 
-    Inputs: ``(q, p, h, steps, substeps, K's depth, K quadratic, V quadratic, K's w, W_1,
-    b_1, …, V's w, W_1, b_1, …)``, ``h = dt / substeps`` a float or a tensor that needs
-    no gradient. Outputs: ``(qs, ps)``, ``(steps + 1, B, n)`` each.
+    Inputs: ``(q, p, dt, steps, substeps, K's depth, K quadratic, V quadratic, K's w,
+    W_1, b_1, …, V's w, W_1, b_1, …)``, ``dt`` a float or a tensor that needs no
+    gradient. Outputs: ``(qs, ps)``, ``(steps + 1, B, n)`` each.
     """
 
     @staticmethod
@@ -264,7 +268,7 @@ class _EnergyLeapfrog(torch.autograd.Function):
         ctx: Any,
         q: Tensor,
         p: Tensor,
-        h: float | Tensor,
+        dt: float | Tensor,
         steps: int,
         substeps: int,
         k_depth: int,
@@ -274,27 +278,25 @@ class _EnergyLeapfrog(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         k_params, v_params = params[: 1 + 2 * k_depth], params[1 + 2 * k_depth :]
         (wk, *k_wb), (wv, *v_wb) = k_params, v_params
-        wk, wv = wk[0], wv[0]
-        half = 0.5 * h
-        dv, v_saved = _energy_grad(q, v_quadratic, wv, v_wb[0::2], v_wb[1::2])
-        ks, vs = [], [v_saved]
-        qs, ps = [q], [p]
-        for _ in range(steps):
-            for _ in range(substeps):
-                p = p - half * dv
-                dk, k_saved = _energy_grad(p, k_quadratic, wk, k_wb[0::2], k_wb[1::2])
-                q = q + h * dk
-                dv, v_saved = _energy_grad(q, v_quadratic, wv, v_wb[0::2], v_wb[1::2])
-                p = p - half * dv
-                ks.append(k_saved)
-                vs.append(v_saved)
-            qs.append(q)
-            ps.append(p)
-        ctx.h, ctx.substeps, ctx.k_depth = h, substeps, k_depth
+        ks: list[list[Tensor]] = []  # each evaluation's saved terms, in the order made
+        vs: list[list[Tensor]] = []
+
+        def grad_k(p: Tensor) -> Tensor:
+            dk, saved = _energy_grad(p, k_quadratic, wk[0], k_wb[0::2], k_wb[1::2])
+            ks.append(saved)
+            return dk
+
+        def grad_v(q: Tensor) -> Tensor:
+            dv, saved = _energy_grad(q, v_quadratic, wv[0], v_wb[0::2], v_wb[1::2])
+            vs.append(saved)
+            return dv
+
+        qs, ps = integrators.leapfrog_separable(grad_k, grad_v, q, p, dt, steps, substeps=substeps)
+        ctx.h, ctx.substeps, ctx.k_depth = dt / substeps, substeps, k_depth
         ctx.quadratic = (k_quadratic, v_quadratic)
         ctx.ks, ctx.vs = ks, vs  # intermediates, not inputs or outputs
         ctx.save_for_backward(*params)
-        return torch.stack(qs), torch.stack(ps)
+        return qs, ps
 
     @staticmethod
     @once_differentiable
@@ -377,15 +379,8 @@ def energy_leapfrog(
         return integrators.leapfrog_separable(
             kinetic.grad, potential.grad, q, p, dt, steps, substeps=substeps
         )
-    if steps < 0 or substeps < 1:
-        raise ValueError(f"need steps ≥ 0 and substeps ≥ 1, got {steps} and {substeps}")
-    params = [kinetic.out.weight]
-    for layer in kinetic.layers:
-        params += [layer.weight, layer.bias]
-    params.append(potential.out.weight)
-    for layer in potential.layers:
-        params += [layer.weight, layer.bias]
+    params = [*kinetic.closed_form_params(), *potential.closed_form_params()]
     return _EnergyLeapfrog.apply(
-        q, p, dt / substeps, steps, substeps, len(kinetic.layers),
+        q, p, dt, steps, substeps, len(kinetic.layers),
         kinetic.quadratic, potential.quadratic, *params,
     )  # fmt: skip
